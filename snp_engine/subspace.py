@@ -1,0 +1,245 @@
+"""The activation subspace of a unit group: orderings, the triangular (LDL) transform and
+explained-variance curves.
+
+Notation: C (n×n) is the covariance of the n units, an ordering is a permutation listing the
+most important unit first. In that order the LDL factorisation
+
+    C = L D Lᵀ,   L unit lower-triangular,   D = diag(d₁ … dₙ)
+
+is the unnormalised Gram–Schmidt orthogonalisation of the units: y = L⁻¹x has uncorrelated
+components and dᵢ = Var(yᵢ) is the part of unit i's variance *not* linearly explained by the
+units before it. With R = L D^½ (the Cholesky factor), the residual covariance of all units given
+the first k is Σ_{j>k} R₋ⱼ R₋ⱼᵀ, so unit j (in order) explains ‖R₋ⱼ‖² of the layer's total
+variance — and R₋ⱼᵀ M R₋ⱼ of the consumer's output energy for a consumer metric M.
+
+Rank-deficient covariances (dead units, duplicates, fewer samples than units) are handled by a
+small ridge r·I added before factorising; :func:`ridge_for` picks it relative to the mean variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_RELATIVE_RIDGE = 1e-6
+
+
+def ridge_for(cov: torch.Tensor, relative: float = DEFAULT_RELATIVE_RIDGE) -> float:
+    """r = relative · tr(C)/n, with a tiny floor so an all-zero covariance still factorises."""
+    n = cov.shape[0]
+    mean_variance = float(torch.diagonal(cov).sum()) / max(n, 1)
+    return relative * mean_variance if mean_variance > 0 else 1e-12
+
+
+def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + r·I."""
+    return cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+
+
+def cholesky_in_order(cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """Cholesky factor R (lower) of P (C + r I) Pᵀ for the permutation ``order``: R Rᵀ = C_perm."""
+    if ridge is None:
+        ridge = ridge_for(cov)
+    permuted = regularised(cov, ridge)[order][:, order]
+    factor, info = torch.linalg.cholesky_ex(permuted)
+    if int(info) != 0:
+        # Round-off on a nearly singular matrix: grow the ridge until it factorises.
+        return cholesky_in_order(cov, order, ridge=max(ridge * 100, 1e-12))
+    return factor
+
+
+def ldl(cov: torch.Tensor, order: torch.Tensor | None = None, ridge: float | None = None):
+    """LDL factors (L unit lower-triangular, d) of the (regularised, permuted) covariance.
+
+    L = R diag(R)⁻¹ and dᵢ = Rᵢᵢ², with R the Cholesky factor; dᵢ is the residual variance of unit i
+    given the units before it in ``order``.
+    """
+    if order is None:
+        order = torch.arange(cov.shape[0], device=cov.device)
+    factor = cholesky_in_order(cov, order, ridge)
+    diag = torch.diagonal(factor)
+    return factor / diag, diag**2
+
+
+def residual_variances(cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """dᵢ: variance of the i-th unit (in ``order``) not linearly explained by the units before it."""
+    return ldl(cov, order, ridge)[1]
+
+
+def explained_curve(
+    cov: torch.Tensor,
+    order: torch.Tensor,
+    metric: torch.Tensor | None = None,
+    ridge: float | None = None,
+) -> torch.Tensor:
+    """Fraction explained when keeping the first k units of ``order``, for k = 0 … n (length n+1).
+
+    E(k) = Σ_{j≤k} R₋ⱼᵀ M R₋ⱼ / tr(M C): with M = I (default) the fraction of the layer's total
+    activation variance that a least-squares reconstruction from the first k units recovers; with
+    M the consumer metric, the fraction of the consumer's output energy. Monotone, E(0)=0, E(n)=1.
+    """
+    factor = cholesky_in_order(cov, order, ridge)
+    if metric is None:
+        gains = (factor**2).sum(0)
+    else:
+        permuted_metric = metric[order][:, order]
+        gains = (factor * (permuted_metric @ factor)).sum(0).clamp_min(0)
+    return _cumulative_fraction(gains)
+
+
+def subspace_curve(cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """The paper's cumulative subspace variance F(k) = Σ_{i≤k} dᵢ / Σᵢ dᵢ, k = 0 … n."""
+    return _cumulative_fraction(residual_variances(cov, order, ridge))
+
+
+def _cumulative_fraction(gains: torch.Tensor) -> torch.Tensor:
+    total = gains.sum()
+    cumulative = torch.cat([gains.new_zeros(1), torch.cumsum(gains, 0)])
+    if total <= 0:
+        return torch.linspace(0, 1, gains.shape[0] + 1, dtype=gains.dtype, device=gains.device)
+    return (cumulative / total).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Orderings: each returns a permutation of the units, most important first.
+
+
+@dataclass(frozen=True)
+class OrderingInputs:
+    """What an ordering may look at for one group."""
+
+    covariance: torch.Tensor
+    metric: torch.Tensor | None = None  # consumer metric M (n×n), see compensation.consumer_metric
+    weight_l1: torch.Tensor | None = None  # L1 norm of each unit's producing filter
+    seed: int = 0
+
+
+def order_identity(inputs: OrderingInputs) -> torch.Tensor:
+    """Units in their original index order."""
+    return torch.arange(inputs.covariance.shape[0], device=inputs.covariance.device)
+
+
+def order_random(inputs: OrderingInputs) -> torch.Tensor:
+    """A seeded random permutation (a baseline)."""
+    gen = torch.Generator().manual_seed(inputs.seed)
+    return torch.randperm(inputs.covariance.shape[0], generator=gen).to(inputs.covariance.device)
+
+
+def order_variance(inputs: OrderingInputs) -> torch.Tensor:
+    """Descending activation variance Cᵢᵢ (ignores redundancy)."""
+    return torch.argsort(torch.diagonal(inputs.covariance), descending=True, stable=True)
+
+
+def order_l1(inputs: OrderingInputs) -> torch.Tensor:
+    """Descending L1 norm of the producing filter (classic magnitude pruning, Li et al. 2017)."""
+    if inputs.weight_l1 is None:
+        raise ValueError("the l1 ordering needs the producing layer's weights")
+    return torch.argsort(inputs.weight_l1.to(inputs.covariance.device), descending=True, stable=True)
+
+
+def zca_scores(cov: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """The paper's unnormalised-ZCA score: Var(yᵢ) for y = diag(W)⁻¹ W x, W = C^{-1/2}.
+
+    Var(yᵢ) = (W C W)ᵢᵢ / Wᵢᵢ² = 1 / (C^{-1/2})ᵢᵢ²: the variance of unit i that remains after a
+    symmetric whitening against all other units at once.
+    """
+    if ridge is None:
+        ridge = ridge_for(cov)
+    eigenvalues, eigenvectors = torch.linalg.eigh(regularised(cov, ridge))
+    inv_sqrt = (eigenvectors * eigenvalues.clamp_min(ridge).rsqrt()) @ eigenvectors.T
+    return 1.0 / torch.diagonal(inv_sqrt) ** 2
+
+
+def order_zca(inputs: OrderingInputs) -> torch.Tensor:
+    """The paper's ordering: descending unnormalised-ZCA score (one-shot, order-free)."""
+    return torch.argsort(zca_scores(inputs.covariance), descending=True, stable=True)
+
+
+def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
+    """Pivoted Cholesky: repeatedly keep the unit with the largest residual variance S_jj given the
+    units kept so far (S = C − C₋K C_KK⁻¹ C_K₋, updated by rank-one steps, O(n²) each)."""
+    cov = regularised(inputs.covariance, ridge_for(inputs.covariance))
+    n = cov.shape[0]
+    residual = cov.clone()
+    available = torch.ones(n, dtype=torch.bool, device=cov.device)
+    order = []
+    for _ in range(n):
+        diag = torch.diagonal(residual).masked_fill(~available, -torch.inf)
+        j = int(torch.argmax(diag))
+        order.append(j)
+        available[j] = False
+        column = residual[:, j].clone()
+        residual -= torch.outer(column, column) / column[j].clamp_min(1e-300)
+    return torch.tensor(order, device=cov.device)
+
+
+def forward_greedy(cov: torch.Tensor, metric: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy forward selection minimising E(K) = tr(M S|K), S|K the residual covariance given K.
+
+    Keeping unit j lowers E by s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
+    S ← S − s_j s_jᵀ / S_jj and G = M S ← G − (M s_j) s_jᵀ / S_jj. O(n²) per step, O(n³) in all.
+    With M = I it keeps the unit that explains most of the remaining total variance.
+    """
+    residual = regularised(cov, ridge_for(cov))
+    n = residual.shape[0]
+    weighted = residual.clone() if metric is None else metric.to(residual) @ residual
+    available = torch.ones(n, dtype=torch.bool, device=cov.device)
+    order = []
+    for _ in range(n):
+        diag = torch.diagonal(residual).clamp_min(1e-300)
+        gains = (residual * weighted).sum(0) / diag
+        gains = gains.masked_fill(~available, -torch.inf)
+        j = int(torch.argmax(gains))
+        order.append(j)
+        available[j] = False
+        column, weighted_column, pivot = residual[:, j].clone(), weighted[:, j].clone(), diag[j].clone()
+        residual -= torch.outer(column, column) / pivot
+        weighted -= torch.outer(weighted_column, column) / pivot
+    return torch.tensor(order, device=cov.device)
+
+
+def order_greedy(inputs: OrderingInputs) -> torch.Tensor:
+    """Forward greedy with M = I: each step keeps the unit explaining most remaining variance."""
+    return forward_greedy(inputs.covariance)
+
+
+def order_output(inputs: OrderingInputs) -> torch.Tensor:
+    """Output-aware forward greedy: each step keeps the unit whose addition most lowers the consumer's
+    output error tr(M S|K) (falls back to M = I where no consumer metric is known)."""
+    return forward_greedy(inputs.covariance, inputs.metric)
+
+
+ORDERINGS: dict[str, Callable[[OrderingInputs], torch.Tensor]] = {
+    "output": order_output,
+    "greedy": order_greedy,
+    "pivoted": order_pivoted,
+    "zca": order_zca,
+    "variance": order_variance,
+    "l1": order_l1,
+    "identity": order_identity,
+    "random": order_random,
+}
+
+ORDERING_HELP = {
+    "output": "output-aware greedy: keeps the units that best preserve the next layer's output (default)",
+    "greedy": "greedy: keeps the units that explain the most remaining activation variance",
+    "pivoted": "pivoted Cholesky: keeps the unit with the largest unexplained variance next",
+    "zca": "the paper's unnormalised-ZCA score (one-shot ranking)",
+    "variance": "plain activation variance",
+    "l1": "L1 norm of the producing filter (weight magnitude)",
+    "identity": "original unit order",
+    "random": "random order (baseline)",
+}
+
+DEFAULT_ORDERING = "output"
+
+
+def order_units(name: str, inputs: OrderingInputs) -> torch.Tensor:
+    """Apply the ordering registered as ``name``."""
+    try:
+        ordering = ORDERINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown ordering {name!r}; choose one of {', '.join(ORDERINGS)}") from None
+    return ordering(inputs)
