@@ -1,0 +1,145 @@
+"""Forward hooks that stream consumer inputs into :class:`~snp_engine.statistics.Moments`.
+
+Hooks sit at the *input* of each group's consumer layer, so the statistics describe exactly the
+tensor the consumer reads (after BatchNorm, activation and pooling of the producer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from snp_engine.groups import UnitGroup
+from snp_engine.progress import Reporter
+from snp_engine.statistics import Moments, to_samples
+
+
+class _StopForward(Exception):
+    """Ends a forward pass early once the last needed activation was captured."""
+
+
+def _images(batch):
+    return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def _subsample(samples: torch.Tensor, layout: str, max_positions: int | None, images: int, gen) -> torch.Tensor:
+    """Keep at most ``max_positions`` random spatial positions per image (conv features only)."""
+    if max_positions is None or layout != "conv":
+        return samples
+    per_image = samples.shape[0] // max(images, 1)
+    if per_image <= max_positions:
+        return samples
+    keep = torch.randperm(samples.shape[0], generator=gen)[: max_positions * images]
+    return samples[keep.to(samples.device)]
+
+
+def collect_moments(
+    model: nn.Module,
+    groups: list[UnitGroup],
+    batches: Iterable,
+    *,
+    device: torch.device | str = "cpu",
+    total_batches: int | None = None,
+    max_positions: int | None = None,
+    reporter: Reporter | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Moments], dict[str, tuple[int, ...]]]:
+    """One pass over ``batches``: the moments of every group's consumer input, and that input's shape
+    (without the batch dimension, from the first batch)."""
+    reporter = reporter or Reporter()
+    moments = {g.name: Moments.zeros(g.units, device) for g in groups}
+    shapes: dict[str, tuple[int, ...]] = {}
+    gen = torch.Generator().manual_seed(seed)
+    handles = []
+    for group in groups:
+        def hook(_module, inputs, group=group):
+            x = inputs[0]
+            shapes.setdefault(group.name, tuple(x.shape[1:]))
+            samples = _subsample(to_samples(x, group.layout, group.units), group.layout, max_positions, x.shape[0], gen)
+            moments[group.name].update(samples, group.consumer)
+        handles.append(model.get_submodule(group.consumer).register_forward_pre_hook(hook))
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for index, batch in enumerate(batches):
+                reporter.check()
+                model(_images(batch).to(device))
+                done = f"batch {index + 1}" + (f"/{total_batches}" if total_batches else "")
+                reporter.update((index + 1) / total_batches if total_batches else 0.0, f"statistics: {done}")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return moments, shapes
+
+
+def collect_joint_moments(
+    pruned: nn.Module,
+    dense: nn.Module,
+    group: UnitGroup,
+    batches: Iterable,
+    *,
+    device: torch.device | str = "cpu",
+    reporter: Reporter | None = None,
+) -> Moments:
+    """Moments of z = [x̃; x] at one consumer's input: x̃ from the partly pruned network, x from the
+    dense one, on the same images. Both passes stop at that consumer."""
+    reporter = reporter or Reporter()
+    joint = Moments.zeros(2 * group.units, device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(key):
+        def hook(_module, inputs):
+            captured[key] = to_samples(inputs[0], group.layout, group.units)
+            raise _StopForward
+        return hook
+
+    handles = [
+        pruned.get_submodule(group.consumer).register_forward_pre_hook(capture("pruned")),
+        dense.get_submodule(group.consumer).register_forward_pre_hook(capture("dense")),
+    ]
+    try:
+        pruned.eval()
+        dense.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                reporter.check()
+                images = _images(batch).to(device)
+                for model in (pruned, dense):
+                    with contextlib.suppress(_StopForward):
+                        model(images)
+                joint.update(torch.cat([captured["pruned"], captured["dense"]], dim=1), group.consumer)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return joint
+
+
+def following_norms(model: nn.Module, consumers: list[str], example_input: torch.Tensor) -> dict[str, str]:
+    """For each consumer, the BatchNorm that directly normalises its output, if any (found by tracing
+    which tensor each BatchNorm receives)."""
+    outputs: dict[int, str] = {}
+    found: dict[str, str] = {}
+    names = {module: name for name, module in model.named_modules()}
+    handles = []
+    for consumer in consumers:
+        def remember(_module, _inputs, output, consumer=consumer):
+            outputs[id(output)] = consumer
+        handles.append(model.get_submodule(consumer).register_forward_hook(remember))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            def check(mod, inputs):
+                consumer = outputs.get(id(inputs[0]))
+                if consumer is not None:
+                    found.setdefault(consumer, names[mod])
+            handles.append(module.register_forward_pre_hook(check))
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found

@@ -1,0 +1,105 @@
+"""Model plumbing for pruning: view a consumer's weights per kernel tap, write compensated weights
+back, fold constants into bias or BatchNorm, and physically remove units with torch-pruning.
+
+Pruning happens in two steps. First the consumer is rewritten so that it no longer reads the
+pruned units (their weight columns become zero): the network is then functionally pruned, which
+is all that evaluation needs. Then :func:`remove_units` deletes the units for real — producer
+rows, BatchNorm entries, depthwise channels and consumer columns — through torch-pruning's
+dependency graph, which keeps every coupled layer consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from snp_engine.compensation import compensated_weight, constant_response
+from snp_engine.groups import UnitGroup, build_dependency_graph
+
+
+def weight_taps(consumer: nn.Module, group: UnitGroup) -> torch.Tensor:
+    """The consumer's weight as (out, units, taps): conv taps are kernel positions, a flatten→linear
+    layer has one tap per position of the flattened map, a plain linear layer one tap."""
+    weight = consumer.weight.detach()
+    if group.layout == "conv":
+        return weight.reshape(weight.shape[0], weight.shape[1], -1)
+    if group.layout == "flatten":
+        return weight.reshape(weight.shape[0], group.units, -1)
+    return weight.unsqueeze(-1)
+
+
+def write_weight_taps(consumer: nn.Module, taps: torch.Tensor) -> None:
+    with torch.no_grad():
+        consumer.weight.copy_(taps.reshape(consumer.weight.shape).to(consumer.weight.dtype))
+
+
+def fold_constant(model: nn.Module, consumer_name: str, delta: torch.Tensor, norm_name: str | None) -> None:
+    """Add the constant ``delta`` (one value per consumer output) to the consumer's output: into its
+    bias, else into the running mean of the BatchNorm that follows it (BN(y + δ) with μ ← μ − δ),
+    else as a new bias."""
+    consumer = model.get_submodule(consumer_name)
+    with torch.no_grad():
+        if consumer.bias is not None:
+            consumer.bias += delta.to(consumer.bias)
+        elif norm_name is not None:
+            norm = model.get_submodule(norm_name)
+            norm.running_mean -= delta.to(norm.running_mean)
+        else:
+            weight = consumer.weight
+            consumer.bias = nn.Parameter(delta.to(device=weight.device, dtype=weight.dtype).clone())
+
+
+def apply_reconstruction(
+    model: nn.Module,
+    group: UnitGroup,
+    kept: torch.Tensor,
+    mapping: torch.Tensor,
+    offset: torch.Tensor,
+    coverage: torch.Tensor | None,
+    norm_name: str | None,
+) -> None:
+    """Rewrite the consumer for x ≈ c + A x_K: columns K ← W A, other columns 0, constant folded."""
+    consumer = model.get_submodule(group.consumer)
+    taps = weight_taps(consumer, group).double()
+    new_taps = torch.zeros_like(taps)
+    new_taps[:, kept.to(taps.device)] = compensated_weight(taps, mapping.to(taps.device))
+    delta = constant_response(taps, offset.to(taps.device), coverage)
+    write_weight_taps(consumer, new_taps)
+    fold_constant(model, group.consumer, delta, norm_name)
+
+
+def drop_columns(model: nn.Module, group: UnitGroup, kept: torch.Tensor) -> None:
+    """Prune without compensation: the consumer simply stops reading the other units."""
+    consumer = model.get_submodule(group.consumer)
+    taps = weight_taps(consumer, group)
+    mask = torch.zeros(group.units, dtype=torch.bool, device=taps.device)
+    mask[kept.to(taps.device)] = True
+    write_weight_taps(consumer, taps * mask[None, :, None])
+
+
+def remove_units(
+    model: nn.Module,
+    groups: Sequence[UnitGroup],
+    removed: Mapping[str, Sequence[int]],
+    example_input: torch.Tensor,
+) -> nn.Module:
+    """Physically delete ``removed[group]`` units of each group (in place) and return the model."""
+    graph = build_dependency_graph(model, example_input)
+    for group in groups:
+        indices = sorted(int(i) for i in removed.get(group.name, ()))
+        if not indices:
+            continue
+        producer = model.get_submodule(group.name)
+        handler = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
+        pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
+        pruning_group.prune()
+    return model
+
+
+def producer_l1(model: nn.Module, group: UnitGroup) -> torch.Tensor:
+    """L1 norm of each unit's producing filter (row of the producer's weight)."""
+    weight = model.get_submodule(group.name).weight.detach()
+    return weight.abs().reshape(weight.shape[0], -1).sum(1).double()
