@@ -1,0 +1,214 @@
+"""Tests for the dataset sources, splits and model adaptation in snp_engine.data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snp_engine.data import (
+    DATASETS,
+    DIGITS_MEAN,
+    DIGITS_STD,
+    adapt_to_model,
+    digits_split_indices,
+    load_data,
+    make_loader,
+)
+from snp_engine.errors import DataError
+
+
+def _all(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.tensor(labels)
+
+
+# ----------------------------------------------------------------------------------------- digits
+
+
+def test_digits_is_registered():
+    assert "digits" in DATASETS
+
+
+def test_digits_split_sizes_and_shapes():
+    bundle = load_data("digits")
+    assert (len(bundle.train), len(bundle.calibration), len(bundle.test)) == (1000, 300, 497)
+    assert bundle.num_classes == 10 and bundle.channels == 1 and bundle.image_size == (8, 8)
+    image, label = bundle.test[0]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.float32
+    assert isinstance(label, int)
+
+
+def test_digits_splits_are_disjoint_and_cover_everything():
+    train, cal, test = (set(idx.tolist()) for idx in digits_split_indices())
+    assert not (train & cal) and not (train & test) and not (cal & test)
+    assert len(train | cal | test) == 1797
+
+
+def test_digits_is_deterministic():
+    first, second = load_data("digits"), load_data("digits")
+    for a, b in ((first.train, second.train), (first.test, second.test)):
+        xa, ya = _all(a)
+        xb, yb = _all(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_digits_normalisation():
+    from sklearn.datasets import load_digits
+
+    train_idx, _, _ = digits_split_indices()
+    raw = load_digits().data[train_idx] / 16.0
+    assert abs(DIGITS_MEAN - raw.mean()) < 1e-9
+    assert abs(DIGITS_STD - raw.std()) < 1e-9
+    images, labels = _all(load_data("digits").train)
+    assert abs(float(images.mean())) < 1e-4
+    assert float(images.std()) == pytest.approx(1.0, abs=1e-3)
+    assert sorted(labels.unique().tolist()) == list(range(10))
+
+
+def test_make_loader_limit_and_seeded_shuffle():
+    bundle = load_data("digits")
+    loader = make_loader(bundle.calibration, 64, limit=100)
+    assert sum(len(y) for _, y in loader) == 100
+    first = [y.tolist() for _, y in make_loader(bundle.train, 50, shuffle=True, seed=3)]
+    again = [y.tolist() for _, y in make_loader(bundle.train, 50, shuffle=True, seed=3)]
+    assert first == again
+
+
+# -------------------------------------------------------------------------------------------- npz
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def test_npz_xy_is_split_in_halves(tmp_path):
+    rng = np.random.default_rng(1)
+    spec = _write_npz(tmp_path / "d.npz", x=rng.random((20, 3, 5, 6), dtype=np.float32), y=np.arange(20) % 4)
+    bundle = load_data(spec)
+    assert bundle.train is None
+    assert len(bundle.calibration) == 10 and len(bundle.test) == 10
+    assert bundle.num_classes == 4 and bundle.channels == 3 and bundle.image_size == (5, 6)
+    image, label = bundle.test[0]
+    assert image.shape == (3, 5, 6) and isinstance(label, int)
+
+
+def test_npz_with_train_and_test_keys(tmp_path):
+    rng = np.random.default_rng(2)
+    spec = _write_npz(
+        tmp_path / "d.npz",
+        x_train=rng.random((12, 1, 4, 4), dtype=np.float32),
+        y_train=np.arange(12) % 3,
+        x_test=rng.random((5, 1, 4, 4), dtype=np.float32),
+        y_test=np.arange(5) % 3,
+    )
+    bundle = load_data(spec)
+    assert len(bundle.train) == 12 and len(bundle.test) == 5
+    assert bundle.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"x": np.zeros((4, 1, 2, 2), np.float32)}, "missing key y"),
+        ({"x": np.zeros((4, 2, 2), np.float32), "y": np.zeros(4, np.int64)}, "expected (N, C, H, W)"),
+        ({"x": np.zeros((4, 1, 2, 2), np.uint8), "y": np.zeros(4, np.int64)}, "dtype uint8"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.array([0, 1, -1, 2])}, "negative labels"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.zeros(3, np.int64)}, "'y' has shape (3,)"),
+    ],
+)
+def test_npz_errors_name_the_file(tmp_path, arrays, expected):
+    spec = _write_npz(tmp_path / "broken_data.npz", **arrays)
+    with pytest.raises(DataError) as info:
+        load_data(spec)
+    assert "broken_data.npz" in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_npz_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nothere\.npz"):
+        load_data(f"npz:{tmp_path / 'nothere.npz'}")
+
+
+def test_unknown_spec():
+    with pytest.raises(DataError, match="no-such-dataset"):
+        load_data("no-such-dataset")
+
+
+# ------------------------------------------------------------------------------------ ImageFolder
+
+
+def _make_image_folder(root, per_class: int = 3):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    (root / "dog" / "junk.png").write_bytes(b"this is not an image")
+    (root / "dog" / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_image_folder_split_and_skipped_file(tmp_path):
+    root = _make_image_folder(tmp_path / "pets")
+    bundle = load_data(str(root), input_size=10)
+    assert bundle.skipped == 1
+    assert bundle.num_classes == 2 and bundle.classes == ("cat", "dog")
+    assert len(bundle.calibration) + len(bundle.test) == 6
+    image, label = bundle.calibration[0]
+    assert image.shape == (3, 10, 10) and label in (0, 1)
+
+
+def test_image_folder_with_train_and_val(tmp_path):
+    _make_image_folder(tmp_path / "ds" / "train", per_class=4)
+    _make_image_folder(tmp_path / "ds" / "val", per_class=2)
+    bundle = load_data(str(tmp_path / "ds"), input_size=8)
+    assert len(bundle.train) == 8 and len(bundle.test) == 4
+    assert len(bundle.calibration) == 8  # drawn from train so val stays whole
+    assert bundle.skipped == 2
+
+
+def test_image_folder_grayscale(tmp_path):
+    bundle = load_data(str(_make_image_folder(tmp_path / "pets")), input_size=6, channels=1)
+    assert bundle.test[0][0].shape == (1, 6, 6)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        load_data(str(tmp_path / "empty"))
+
+
+def test_folder_with_only_unreadable_images(tmp_path):
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "x.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match="no readable images"):
+        load_data(str(tmp_path / "bad"))
+
+
+# --------------------------------------------------------------------------------------- adapting
+
+
+def test_adapt_repeats_channels_and_resizes():
+    bundle = load_data("digits")
+    adapted = adapt_to_model(bundle, 3, (32, 32))
+    image, label = adapted.test[0]
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    assert label == bundle.test[0][1]
+    assert adapted.channels == 3 and adapted.image_size == (32, 32)
+    assert len(adapted.train) == 1000
+
+
+def test_adapt_is_a_no_op_when_shapes_match():
+    bundle = load_data("digits")
+    assert adapt_to_model(bundle, 1, (8, 8)) is bundle
+
+
+def test_adapt_refuses_to_drop_channels(tmp_path):
+    spec = _write_npz(tmp_path / "rgb.npz", x=np.zeros((4, 3, 4, 4), np.float32), y=np.zeros(4, np.int64))
+    with pytest.raises(DataError, match="3-channel"):
+        adapt_to_model(load_data(spec), 1, None)

@@ -1,0 +1,147 @@
+"""Tests for model loading (demo, torchvision, checkpoints, pickles) and the accuracy helper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from snp_engine.data import load_data, make_loader
+from snp_engine.errors import ModelLoadError
+from snp_engine.models import DEMO_MODELS, RESOURCES, DemoVGG, list_architectures, load_model
+from snp_engine.progress import CancelFlag, Cancelled
+from snp_engine.training import accuracy, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.mark.parametrize("name", list(DEMO_MODELS))
+def test_demo_model_matches_recorded_accuracy(name, digits):
+    loaded = load_model(name)
+    assert loaded.arch == name and loaded.num_classes == 10 and loaded.input_shape == (1, 8, 8)
+    assert not loaded.model.training
+    recorded = json.loads((RESOURCES / "demo_models.json").read_text())[name]["test_top1"]
+    assert DEMO_MODELS[name].test_top1 == recorded
+    measured = accuracy(loaded.model, make_loader(digits.test, 256))
+    assert measured["n"] == 497
+    assert measured["top1"] == pytest.approx(recorded, abs=0.01)
+    assert measured["top1"] >= 97.0
+
+
+@pytest.mark.parametrize("name", list(DEMO_MODELS))
+def test_demo_weights_are_small(name):
+    assert DEMO_MODELS[name].weights_path.stat().st_size < 2 * 1024 * 1024
+
+
+def test_list_architectures():
+    names = list_architectures()
+    assert names[:2] == ["demo-vgg", "demo-resnet"]
+    assert "torchvision:resnet18" in names and "torchvision:vit_b_16" in names
+
+
+def test_torchvision_random_init():
+    loaded = load_model("torchvision:resnet18")
+    assert loaded.num_classes == 1000 and loaded.input_shape == (3, 224, 224)
+    assert loaded.source == "random init"
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_checkpoint_round_trip(tmp_path, suffix):
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18(num_classes=10).eval()
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": original.state_dict()}, path)
+    else:
+        save_file(original.state_dict(), str(path))
+    loaded = load_model(f"torchvision:resnet18@{path}")
+    assert loaded.num_classes == 10 and loaded.source == str(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), original(x))
+
+
+def test_checkpoint_of_another_architecture_names_keys(tmp_path):
+    path = tmp_path / "vgg.pth"
+    torch.save(DemoVGG().state_dict(), path)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(f"torchvision:resnet18@{path}")
+    message = str(info.value)
+    assert "does not fit torchvision:resnet18" in message
+    assert "conv1.weight" in message or "features.0.weight" in message
+
+
+def test_unknown_architecture():
+    with pytest.raises(ModelLoadError, match="resnet18"):
+        load_model("torchvision:resnet181")
+
+
+def test_unknown_spec():
+    with pytest.raises(ModelLoadError, match="demo-vgg"):
+        load_model("no-such-model")
+
+
+def test_bare_state_dict_file_needs_architecture(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save(DemoVGG().state_dict(), path)
+    with pytest.raises(ModelLoadError, match="torchvision:ARCH@"):
+        load_model(str(path))
+
+
+class _WritesMarker:
+    """Unpickling this object creates a file: stands in for malicious code inside a pickle."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_is_refused_without_trust_and_runs_nothing(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "model.pth"
+    torch.save(_WritesMarker(str(marker)), path)
+    with pytest.raises(ModelLoadError, match="--trust"):
+        load_model(str(path))
+    with pytest.raises(ModelLoadError, match="--trust"):
+        load_model(f"torchvision:resnet18@{path}")
+    assert not marker.exists()
+    # The payload is real: with trust it does execute (and is then rejected as not a model).
+    with pytest.raises(ModelLoadError, match="not a model"):
+        load_model(str(path), trust=True)
+    assert marker.exists()
+
+
+def test_trusted_pickled_module_loads(tmp_path):
+    path = tmp_path / "full.pth"
+    torch.save(DemoVGG(), path)
+    loaded = load_model(str(path), trust=True)
+    assert isinstance(loaded.model, DemoVGG)
+    assert loaded.num_classes == 10 and loaded.input_shape == (1, 8, 8)
+
+
+def test_train_improves_and_can_be_cancelled(digits):
+    torch.manual_seed(0)
+    model = DemoVGG()
+    loader = make_loader(digits.train, 50, shuffle=True)
+    history = train(model, loader, epochs=3, lr=0.05, eval_loader=make_loader(digits.test, 256))
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["eval_acc"] > 50.0
+    flag = CancelFlag()
+    flag.cancel()
+    with pytest.raises(Cancelled):
+        train(DemoVGG(), loader, epochs=1, lr=0.05, reporter=flag)
+
+
+def test_accuracy_topk_larger_than_classes():
+    model = torch.nn.Linear(4, 3)
+    loader = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
+    result = accuracy(model, loader, topk=(1, 5))
+    assert result["top5"] == 100.0 and 0.0 <= result["top1"] <= 100.0
