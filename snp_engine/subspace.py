@@ -181,22 +181,32 @@ def forward_greedy(cov: torch.Tensor, metric: torch.Tensor | None = None) -> tor
     Keeping unit j lowers E by s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
     S ← S − s_j s_jᵀ / S_jj and G = M S ← G − (M s_j) s_jᵀ / S_jj. O(n²) per step, O(n³) in all.
     With M = I it keeps the unit that explains most of the remaining total variance.
+
+    Rows and columns of kept units are zero in S (their residual is nil), so the matrices are
+    compacted to the still-available units from time to time, which makes the whole run ~3x cheaper.
     """
     residual = regularised(cov, ridge_for(cov))
-    n = residual.shape[0]
     weighted = residual.clone() if metric is None else metric.to(residual) @ residual
-    available = torch.ones(n, dtype=torch.bool, device=cov.device)
-    order = []
-    for _ in range(n):
+    remaining = torch.arange(residual.shape[0], device=cov.device)  # original index of each row
+    available = torch.ones(residual.shape[0], dtype=torch.bool, device=cov.device)
+    order: list[int] = []
+    while remaining.numel() > 0:
+        if (~available).sum() * 4 > available.numel():
+            keep = available.nonzero().squeeze(1)
+            residual, weighted = residual[keep][:, keep], weighted[keep][:, keep]
+            remaining, available = remaining[keep], available[keep]
+            if remaining.numel() == 0:
+                break
         diag = torch.diagonal(residual).clamp_min(1e-300)
-        gains = (residual * weighted).sum(0) / diag
-        gains = gains.masked_fill(~available, -torch.inf)
+        gains = ((residual * weighted).sum(0) / diag).masked_fill(~available, -torch.inf)
         j = int(torch.argmax(gains))
-        order.append(j)
+        order.append(int(remaining[j]))
         available[j] = False
         column, weighted_column, pivot = residual[:, j].clone(), weighted[:, j].clone(), diag[j].clone()
-        residual -= torch.outer(column, column) / pivot
-        weighted -= torch.outer(weighted_column, column) / pivot
+        residual.sub_(torch.outer(column, column) / pivot)
+        weighted.sub_(torch.outer(weighted_column, column) / pivot)
+        if not available.any():
+            break
     return torch.tensor(order, device=cov.device)
 
 
