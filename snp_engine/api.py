@@ -16,6 +16,7 @@ also absorbs the error of the groups pruned before it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,7 +86,7 @@ class GroupAnalysis:
         so the ridge, not the data, decides part of the ordering."""
         return self.samples <= self.units or bool(self.rank_deficient)
 
-    @property
+    @functools.cached_property
     def rank_deficient(self) -> bool:
         cov = self.moments.covariance()
         scale = float(torch.diagonal(cov).max().clamp_min(1e-300))
@@ -414,6 +415,7 @@ def prune(
     batch_size: int = DEFAULT_BATCH_SIZE,
     samples: int | None = None,
     device: str | torch.device | None = "cpu",
+    reselect: bool = False,
     reporter: Reporter | None = None,
 ) -> nn.Module:
     """A pruned copy of ``model`` (the original is left untouched).
@@ -421,6 +423,8 @@ def prune(
     One-shot (``sequential=False``) compensates every consumer from the dense statistics of the
     analysis. Sequential (default, needs ``data``) prunes groups front to back, re-measuring each
     consumer's input on the partly pruned network and fitting it towards the dense network.
+    By default it keeps exactly the units of ``plan`` (what the user saw); ``reselect=True``
+    re-runs the ordering on the partly pruned network's statistics instead.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
     The copy carries ``snp_pruning``: the kept indices per group and the settings used.
     """
@@ -442,8 +446,8 @@ def prune(
         k = plan.keep.get(g.name, g.units)
         kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
         if sequential and (k < g.units or upstream_pruned):
-            kept = _fit_sequential(pruned, dense, g, k, analysis, loader, device,
-                                   Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups)))
+            step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
+            kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
         elif k < g.units:
             if compensate:
                 cov, mean = g.moments.covariance(), g.moments.mean()
@@ -473,16 +477,21 @@ def prune(
 
 
 def _fit_sequential(
-    pruned, dense, g: GroupAnalysis, k: int, analysis: Analysis, loader, device, reporter
+    pruned, dense, g: GroupAnalysis, kept: torch.Tensor | int, analysis: Analysis, loader, device, reporter
 ) -> torch.Tensor:
-    """Choose k units on the partly pruned network and fit the consumer towards the dense input."""
+    """Fit the consumer towards the dense input from the kept units of the partly pruned network.
+
+    ``kept`` is either the indices to keep, or a count: then the units are re-selected with the
+    analysis' ordering on the partly pruned network's covariance.
+    """
     joint = collect_joint_moments(pruned, dense, g.group, loader, device=device, reporter=reporter)
     n = g.units
     cov, mean = joint.covariance().cpu(), joint.mean().cpu()
     own_cov, cross = cov[:n, :n], cov[n:, :n]
-    inputs = OrderingInputs(own_cov, g.metric, g.weight_l1, analysis.seed)
-    order = g.order if analysis.ordering in ("l1", "identity", "random") else order_units(analysis.ordering, inputs)
-    kept = torch.sort(order[:k]).values
+    if isinstance(kept, int):
+        inputs = OrderingInputs(own_cov, g.metric, g.weight_l1, analysis.seed)
+        kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
+    k = kept.shape[0]
     prior = torch.zeros(n, k, dtype=cov.dtype)
     prior[kept, torch.arange(k)] = 1
     mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept],
