@@ -1,0 +1,43 @@
+"""Shared pytest configuration.
+
+* Qt runs headless: ``QT_QPA_PLATFORM=offscreen`` is set when this file is imported, before any
+  test module can import Qt.
+* Tests marked ``@pytest.mark.gpu`` are skipped cleanly on machines without CUDA; the
+  ``cuda_device`` fixture gives such tests the device to use.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+SKIP_WITHOUT_CUDA = "needs a CUDA device (torch.cuda.is_available() is False)"
+
+
+def cuda_available() -> bool:
+    """True when torch can use a CUDA device (torch is imported only when asked)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items or cuda_available():
+        return
+    skip = pytest.mark.skip(reason=SKIP_WITHOUT_CUDA)
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device():
+    """``torch.device("cuda")``, or a skip where no CUDA device is present."""
+    if not cuda_available():
+        pytest.skip(SKIP_WITHOUT_CUDA)
+    import torch
+
+    return torch.device("cuda")

@@ -1,0 +1,105 @@
+"""Brute-force float64 references and small shared fixtures for the engine tests."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import torch
+
+
+def correlated_samples(samples: int, units: int, seed: int = 0, *, latent: int | None = None) -> np.ndarray:
+    """(samples, units) float64 data with correlated units and non-zero means.
+
+    With ``latent < units`` the units are linear combinations of ``latent`` sources (rank-deficient).
+    """
+    rng = np.random.default_rng(seed)
+    latent = units if latent is None else latent
+    sources = rng.standard_normal((samples, latent)) * rng.uniform(0.5, 3.0, latent)
+    mixing = rng.standard_normal((latent, units))
+    return sources @ mixing + rng.standard_normal(units)
+
+
+def random_covariance(units: int, seed: int = 0, samples: int | None = None) -> torch.Tensor:
+    """A well-conditioned float64 covariance of correlated units (from samples, centred, biased)."""
+    x = correlated_samples(samples or 20 * units, units, seed)
+    return torch.from_numpy(np.cov(x, rowvar=False, bias=True))
+
+
+def random_metric(units: int, seed: int = 0, outputs: int = 5) -> torch.Tensor:
+    """A PSD consumer metric Wᵀ W."""
+    w = np.random.default_rng(seed + 1000).standard_normal((outputs, units))
+    return torch.from_numpy(w.T @ w)
+
+
+def conditional_covariance(cov: np.ndarray, kept) -> np.ndarray:
+    """Schur complement S|K = C − C₋K C_KK⁻¹ C_K₋ (the residual covariance of all units given K)."""
+    cov = np.asarray(cov, dtype=np.float64)
+    kept = list(kept)
+    if not kept:
+        return cov.copy()
+    cross = cov[:, kept]
+    return cov - cross @ np.linalg.solve(cov[np.ix_(kept, kept)], cross.T)
+
+
+def explained_reference(cov: np.ndarray, order, metric: np.ndarray | None = None) -> np.ndarray:
+    """1 − tr(M S|first k)/tr(M C) for k = 0 … n, by explicit Schur complements."""
+    cov = np.asarray(cov, dtype=np.float64)
+    m = np.eye(cov.shape[0]) if metric is None else np.asarray(metric, dtype=np.float64)
+    total = np.trace(m @ cov)
+    order = [int(i) for i in order]
+    return np.array([1 - np.trace(m @ conditional_covariance(cov, order[:k])) / total for k in range(len(order) + 1)])
+
+
+def gram_schmidt(rows: np.ndarray) -> np.ndarray:
+    """Unnormalised Gram–Schmidt of the rows (units) in the sample inner product ⟨a, b⟩ = mean(a b).
+
+    Rows are centred first; returns Y with y_i = x_i − Σ_{j<i} (⟨x_i, y_j⟩/⟨y_j, y_j⟩) y_j.
+    """
+    x = rows - rows.mean(1, keepdims=True)
+    y = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        v = x[i].copy()
+        for j in range(i):
+            v -= (x[i] @ y[j]) / (y[j] @ y[j]) * y[j]
+        y[i] = v
+    return y
+
+
+def is_permutation(order: torch.Tensor, n: int) -> bool:
+    return sorted(int(i) for i in order.tolist()) == list(range(n))
+
+
+# ------------------------------------------------------------------------------------- demo data
+
+
+@functools.lru_cache(maxsize=1)
+def digits():
+    from snp_engine.data import load_data
+
+    return load_data("digits")
+
+
+@functools.lru_cache(maxsize=2)
+def _demo(name: str) -> torch.nn.Module:
+    from snp_engine.models import load_model
+
+    return load_model(name).model
+
+
+def demo_model(name: str) -> torch.nn.Module:
+    """A fresh copy of a bundled demo model (eval mode, CPU)."""
+    return copy.deepcopy(_demo(name)).eval()
+
+
+def stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of a small in-memory dataset."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.as_tensor(labels)
+
+
+def outputs(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return model(images).double()
