@@ -1,0 +1,115 @@
+"""Entry point of the desktop app: ``snp-gui`` (or ``python -m snp_gui.app``).
+
+With no arguments, or with ``--demo``, it opens on the bundled demo network and the digits data so
+there is something to look at straight away; ``--analyse`` starts the analysis right after loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+DEMO_MODEL, DEMO_DATA = "demo-vgg", "digits"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snp-gui",
+        description="Subspace Node Pruning: see each layer's explained-variance curve, choose how many "
+        "units to keep, evaluate and export a smaller network.",
+    )
+    parser.add_argument("session", nargs="?", help="a saved session (.snpsession) to reopen")
+    parser.add_argument("--demo", action="store_true", help=f"open {DEMO_MODEL} with the {DEMO_DATA} data "
+                        "(the default when nothing else is given)")
+    parser.add_argument("--model", metavar="SPEC", help="demo-vgg, demo-resnet, torchvision:ARCH[@WEIGHTS] "
+                        "or an exported .safetensors file")
+    parser.add_argument("--data", metavar="SPEC", help="digits, an ImageFolder directory or npz:PATH")
+    parser.add_argument("--analyse", "--analyze", dest="analyse", action="store_true",
+                        help="start the analysis as soon as the model and data are loaded")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: the first GPU, else the CPU)")
+    parser.add_argument("--samples", type=int, help="calibration images to analyse")
+    parser.add_argument("--batch-size", type=int, help="images per batch")
+    parser.add_argument("--settings", metavar="INI", help=argparse.SUPPRESS)  # an isolated settings file
+    parser.add_argument("--quit-after", type=int, metavar="MS", help=argparse.SUPPRESS)  # smoke tests
+    parser.add_argument("--screenshot", metavar="PNG", help=argparse.SUPPRESS)  # saved once all loading is done
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    app = _application()
+    from snp_gui.main_window import MainWindow
+    from snp_gui.settings import Settings
+
+    window = MainWindow(settings=Settings(args.settings) if args.settings else None)
+    _apply_arguments(window, args)
+    window.show()
+    if args.screenshot:
+        _screenshot_when_idle(window, args.screenshot)
+    if args.quit_after is not None:
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(max(args.quit_after, 0), window.close)
+    return app.exec()
+
+
+def _application():
+    """The QApplication, set up for high-DPI screens and a consistent look on every platform."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+
+    # fractional scale factors (125 %, 150 %) render crisply instead of being rounded
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("snp-gui")
+    app.setOrganizationName("snp")
+    app.setApplicationDisplayName("snp")
+    # Fusion follows the system's light or dark palette the same way on every platform
+    app.setStyle("Fusion")
+    return app
+
+
+def _apply_arguments(window, args: argparse.Namespace) -> None:
+    c = window.controller
+    for key in ("device", "samples", "batch_size"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(c.options, key, value)
+    window.apply_options()
+    if args.session:
+        window.open_session(args.session)
+    elif args.model or args.data:
+        if args.model:
+            window.load_model_spec(args.model)
+        if args.data:
+            window.load_data_spec(args.data)
+    else:  # --demo, or nothing at all: a new user should see something working
+        window.open_demo(DEMO_MODEL, DEMO_DATA)
+    if args.analyse:
+        c.analyse()
+
+
+def _screenshot_when_idle(window, path: str) -> None:
+    """Save the window once every queued task has ended, then quit (used for documentation)."""
+    from PySide6.QtCore import QTimer
+
+    def shoot() -> None:
+        window.grab().save(path)
+        print(f"screenshot saved to {path}", file=sys.stderr)
+        window.close()
+
+    def idle(busy: bool) -> None:
+        if not busy:
+            QTimer.singleShot(500, shoot)  # let the plots repaint first
+
+    window.controller.runner.busyChanged.connect(idle)
+    if not window.controller.runner.busy:
+        idle(False)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

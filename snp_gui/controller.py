@@ -1,0 +1,373 @@
+"""The application state and every action on it, kept apart from the widgets that show it.
+
+The controller owns the loaded model and data, the current analysis and the keep counts, and
+starts all slow work on a :class:`~snp_gui.workers.TaskRunner`. Widgets call its methods and
+listen to its signals; they never call the engine themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from PySide6.QtCore import QObject, Signal
+
+from snp_engine.api import Analysis, Plan, analyze
+from snp_engine.data import DataBundle, adapt_to_model, load_data
+from snp_engine.errors import SnpError
+from snp_engine.models import LoadedModel, load_model
+from snp_engine.subspace import DEFAULT_ORDERING
+from snp_gui import workers
+from snp_gui.workers import FINISHED, Task, TaskRunner
+
+COMPENSATIONS = ("sequential", "one-shot", "none")
+
+
+@dataclass
+class Options:
+    """Every setting that shapes a run; saved in sessions and remembered between runs."""
+
+    samples: int = 256
+    batch_size: int = 64
+    input_size: int = 0  # folder images: 0 means the model's own input size
+    device: str = "cpu"
+    ordering: str = DEFAULT_ORDERING
+    curve: str = "variance"
+    compensation: str = "sequential"
+    threshold_mode: str = "variance"
+    threshold_value: float = 0.99
+    latency_batch: int = 16
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    sweep_reductions: str = "0.3, 0.5, 0.7"
+    sweep_baseline: str = "l1"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Options:
+        """Known keys, converted to each field's type; unknown or malformed values keep the default."""
+        options = cls()
+        for item in fields(cls):
+            if item.name in raw:
+                default = getattr(options, item.name)
+                with contextlib.suppress(TypeError, ValueError):
+                    setattr(options, item.name, type(default)(raw[item.name]))
+        return options
+
+    def copy(self) -> Options:
+        return Options(**asdict(self))
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(device id, label) for the CPU and every CUDA device, GPUs first so they are the default."""
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{index}", f"GPU {index}: {torch.cuda.get_device_name(index)}"))
+    return [*devices, ("cpu", "CPU")]
+
+
+class Controller(QObject):
+    """State plus actions; results arrive through signals in the GUI thread."""
+
+    modelChanged = Signal(object)  # LoadedModel
+    dataChanged = Signal(object)  # DataBundle
+    analysisChanged = Signal(object)  # Analysis or None: new curves
+    keepChanged = Signal(dict, bool)  # keep counts, final (False while a marker is dragged)
+    metricsChanged = Signal(dict)
+    staleChanged = Signal(bool)
+    sweepPoint = Signal(str, list, list)  # series name, FLOPs reductions, top-1
+    historyPoint = Signal(int, dict)  # epoch, numbers
+    message = Signal(str)
+    errorOccurred = Signal(str, str)  # task name, one-line message
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.runner = TaskRunner(self)
+        self.runner.ended.connect(self._task_ended)
+        self.options = Options(device=available_devices()[0][0])
+        self.model: LoadedModel | None = None
+        self.model_trusted = False
+        self.data: DataBundle | None = None
+        self.data_spec: str | None = None
+        self.analysis: Analysis | None = None
+        self.keep: dict[str, int] = {}
+        self.threshold: float | None = None
+        self.overridden = False  # keep counts were edited by hand after the last threshold change
+        self.metrics: dict = {}
+        self.stale = False
+        self._pruned: tuple[tuple, torch.nn.Module] | None = None
+        self._baseline: tuple[tuple, dict] | None = None
+        self._adapted: tuple[tuple, DataBundle] | None = None
+        self.sweep_results: dict[str, dict[float, float]] = {}
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load_model(self, spec: str, trust: bool = False) -> None:
+        spec = spec.strip()
+        if not spec:
+            self.errorOccurred.emit("load model", "choose a model first")
+            return
+        self.runner.submit(Task("load model", lambda: lambda reporter: _load_model(spec, trust, reporter),
+                                on_finished=lambda loaded: self._set_model(loaded, trust)))
+
+    def _set_model(self, loaded: LoadedModel, trust: bool) -> None:
+        self.model, self.model_trusted = loaded, trust
+        self._reset_analysis()
+        self.modelChanged.emit(loaded)
+        self.message.emit(f"Loaded {loaded.arch} ({loaded.num_classes} classes, input {_shape(loaded.input_shape)})")
+
+    def load_data(self, spec: str) -> None:
+        spec, size = spec.strip(), self.options.input_size or None
+        if not spec:
+            self.errorOccurred.emit("load data", "choose a dataset first")
+            return
+
+        def prepare():
+            folder_size = size or (self.model.input_shape[-1] if self.model else None)
+            return lambda reporter: load_data(spec, input_size=folder_size) if _is_folder(spec) else load_data(spec)
+
+        self.runner.submit(Task("load data", prepare, on_finished=lambda bundle: self._set_data(spec, bundle)))
+
+    def _set_data(self, spec: str, bundle: DataBundle) -> None:
+        self.data, self.data_spec = bundle, spec
+        self._baseline = None
+        self.dataChanged.emit(bundle)
+        skipped = f", {bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
+        self.message.emit(f"Loaded data {bundle.name}: {len(bundle.calibration)} calibration / "
+                          f"{len(bundle.test)} test images{skipped}")
+
+    def model_data(self) -> DataBundle:
+        """The data adapted to the model's input (channels, size); a clear error when it cannot be."""
+        if self.model is None:
+            raise SnpError("load a model first")
+        if self.data is None:
+            raise SnpError("load a dataset first")
+        channels, *size = self.model.input_shape
+        key = (id(self.data), channels, tuple(size))
+        if self._adapted is None or self._adapted[0] != key:  # reuse it, so cached baselines stay valid
+            self._adapted = (key, adapt_to_model(self.data, channels, tuple(size)))
+        bundle = self._adapted[1]
+        if bundle.num_classes and bundle.num_classes > self.model.num_classes:
+            raise SnpError(f"the data has {bundle.num_classes} classes but the model only {self.model.num_classes}")
+        return bundle
+
+    # -- analysis ---------------------------------------------------------------------------------
+    def analyse(self) -> None:
+        def prepare():
+            model, bundle, opts = self.model, self.model_data(), self.options.copy()
+            return lambda reporter: analyze(
+                model.model, bundle, samples=opts.samples, batch_size=opts.batch_size, device=opts.device,
+                ordering=opts.ordering, curve=opts.curve, reporter=reporter, info={"model": model.spec})
+
+        self.runner.submit(Task("analysis", prepare, on_finished=self.set_analysis))
+
+    def set_analysis(self, analysis: Analysis, keep: dict[str, int] | None = None) -> None:
+        self.analysis, self._pruned = analysis, None
+        self.options.ordering, self.options.curve = analysis.ordering, analysis.curve_kind
+        self.analysisChanged.emit(analysis)
+        if keep is not None:
+            self.set_keep(keep, final=True)
+        else:
+            self.set_threshold(self.options.threshold_mode, self.options.threshold_value)
+        samples = analysis.info.get("samples", "?")
+        self.message.emit(f"Analysed {len(analysis.groups)} prunable layers on {samples} images")
+
+    def replot(self, ordering: str | None = None, curve: str | None = None) -> None:
+        """Another ordering or curve kind from the stored statistics (no forward pass)."""
+        if ordering:
+            self.options.ordering = ordering
+        if curve:
+            self.options.curve = curve
+        if self.analysis is None:
+            return
+
+        def prepare():
+            analysis, opts = self.analysis, self.options
+            return lambda reporter: analysis.reorder(opts.ordering, opts.curve, reporter=reporter)
+
+        keep = dict(self.keep) if self.overridden else None
+        self.runner.submit(Task("re-plot", prepare, on_finished=lambda new: self.set_analysis(new, keep)))
+
+    def _reset_analysis(self) -> None:
+        self.analysis, self.keep, self._pruned, self._baseline = None, {}, None, None
+        self.analysisChanged.emit(None)
+        self.set_metrics({})
+
+    # -- keep counts ------------------------------------------------------------------------------
+    def set_threshold(self, mode: str, value: float) -> None:
+        """Re-plan every layer from one global setting: explained variance or a FLOPs/params cut."""
+        self.options.threshold_mode, self.options.threshold_value = mode, float(value)
+        if self.analysis is None:
+            return
+        try:
+            plan = self.analysis.plan(**{_PLAN_KEYS[mode]: float(value)})
+        except SnpError as exc:
+            self.message.emit(str(exc))
+            return
+        self.threshold, self.overridden = plan.threshold, False
+        self._apply_keep(plan.keep, final=True)
+
+    def set_layer_keep(self, name: str, count: int, final: bool = True) -> None:
+        """One layer overridden by hand (a marker drag or a table edit)."""
+        if self.analysis is None or name not in self.keep:
+            return
+        count = max(1, min(int(count), self.analysis.units[name]))
+        if count == self.keep[name] and not final:
+            return
+        self.overridden = True
+        self._apply_keep({**self.keep, name: count}, final)
+
+    def set_keep(self, keep: dict[str, int], final: bool = True) -> None:
+        if self.analysis is None:
+            return
+        units = self.analysis.units
+        self.overridden = True
+        self._apply_keep({n: max(1, min(int(keep.get(n, u)), u)) for n, u in units.items()}, final)
+
+    def _apply_keep(self, keep: dict[str, int], final: bool) -> None:
+        changed = keep != self.keep
+        self.keep = keep
+        if changed and self.metrics and not self.stale:
+            self.stale = True
+            self.staleChanged.emit(True)
+        self.keepChanged.emit(dict(keep), final)
+
+    def plan(self) -> Plan:
+        if self.analysis is None:
+            raise SnpError("run an analysis first")
+        return self.analysis.plan_for(self.keep, self.threshold if not self.overridden else None)
+
+    def explained(self) -> dict[str, float]:
+        analysis = self.analysis
+        return {} if analysis is None else {n: float(analysis.group(n).curve[k]) for n, k in self.keep.items()}
+
+    def costs(self) -> tuple[int, int, float, float]:
+        """Parameters and FLOPs before and after the current keep counts (microseconds to compute)."""
+        if self.analysis is None:
+            return 0, 0, 0.0, 0.0
+        (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(self.keep)
+        return params_before, params_after, flops_before, flops_after
+
+    def layer_costs(self, keep: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, float]]:
+        """Parameters and FLOPs of each group's own layers (producer and its norm) and of each excluded
+        layer, under ``keep`` (default: the current keep counts; ``{}`` gives the unpruned costs)."""
+        params: dict[str, int] = {}
+        flops: dict[str, float] = {}
+        if self.analysis is None:
+            return params, flops
+        keep = self.keep if keep is None else keep
+        model = self.analysis.costs
+        owners = set(model.units) | {e.name for e in self.analysis.excluded}
+
+        def kept(group: str | None) -> float:
+            return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
+
+        for layer in model.layers:
+            owner = layer.channel_group or (layer.name if layer.name in owners else None)
+            if owner is None:
+                continue
+            scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
+            bias = kept(layer.out_group) * kept(layer.channel_group)
+            params[owner] = params.get(owner, 0) + round(layer.weight_params * scale + layer.bias_params * bias)
+            flops[owner] = flops.get(owner, 0.0) + layer.macs * scale
+        return params, flops
+
+    # -- evaluation, sweep, fine-tuning, export ---------------------------------------------------
+    def evaluate(self) -> None:
+        def prepare():
+            job = self._job()
+            baseline = self._baseline[1] if self._baseline and self._baseline[0] == job.baseline_key else None
+            return lambda reporter: workers.evaluate_plan(job, baseline, reporter)
+
+        self.runner.submit(Task("evaluation", prepare, on_finished=self._evaluated))
+
+    def _evaluated(self, result: dict) -> None:
+        job_key, baseline_key = result["keys"]
+        self._pruned, self._baseline = (job_key, result["pruned"]), (baseline_key, result["baseline"])
+        self.set_metrics(result["metrics"])
+
+    def set_metrics(self, metrics: dict) -> None:
+        self.metrics, self.stale = dict(metrics), False
+        self.metricsChanged.emit(self.metrics)
+        self.staleChanged.emit(False)
+
+    def sweep(self, reductions: list[float], baseline: str = "l1") -> None:
+        def prepare():
+            job = self._job()
+            return lambda reporter: workers.sweep(job, reductions, baseline, reporter)
+
+        self.sweep_results = {}
+        self.runner.submit(Task("sweep", prepare, on_partial=self._sweep_point))
+
+    def _sweep_point(self, point: tuple[str, float, float]) -> None:
+        series, reduction, top1 = point
+        values = self.sweep_results.setdefault(series, {})
+        values[reduction] = top1
+        xs = sorted(values)
+        self.sweepPoint.emit(series, xs, [values[x] for x in xs])
+
+    def finetune(self, epochs: int, lr: float) -> None:
+        def prepare():
+            job = self._job()
+            pruned = self._pruned[1] if self._pruned and self._pruned[0] == job.key else None
+            return lambda reporter: workers.finetune(job, pruned, epochs, lr, reporter)
+
+        self.runner.submit(Task("fine-tuning", prepare, on_finished=self._finetuned,
+                                on_partial=lambda point: self.historyPoint.emit(*point)))
+
+    def _finetuned(self, result: dict) -> None:
+        self._pruned = (result["key"], result["model"])
+        self.set_metrics({**self.metrics, **result["metrics"], "finetuned_epochs": result["epochs"]})
+        self.message.emit(f"Fine-tuned for {result['epochs']} epoch(s): top-1 {result['metrics']['top1_after']:.2f} %")
+
+    def export(self, path: str, torchscript: bool = False, onnx: bool = False) -> None:
+        def prepare():
+            job = self._job()
+            pruned = self._pruned[1] if self._pruned and self._pruned[0] == job.key else None
+            metrics = {} if self.stale else dict(self.metrics)
+            return lambda reporter: workers.export(job, pruned, metrics, path, torchscript, onnx, reporter)
+
+        self.runner.submit(Task("export", prepare, on_finished=lambda paths: self.message.emit(
+            "Exported and verified: " + ", ".join(str(p) for p in paths))))
+
+    def _job(self) -> workers.PruneJob:
+        """A snapshot of everything a prune needs, taken in the GUI thread."""
+        if self.analysis is None or self.model is None:
+            raise SnpError("run an analysis first")
+        return workers.PruneJob(self.model, self.model_data(), self.analysis, self.plan(), self.options.copy())
+
+    # -- running ----------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel whatever runs and wait for the worker thread (the window is closing)."""
+        self.runner.cancel()
+        return self.runner.wait(timeout_ms)
+
+    def _task_ended(self, name: str, outcome: str, text: str) -> None:
+        if outcome == FINISHED:
+            return
+        if outcome == "cancelled":
+            self.message.emit(f"{name.capitalize()} cancelled; nothing was changed")
+        else:
+            self.message.emit(f"{name.capitalize()} failed: {text}")
+            self.errorOccurred.emit(name, text)
+
+
+_PLAN_KEYS = {"variance": "variance", "flops": "flops_reduction", "params": "params_reduction"}
+
+
+def _load_model(spec: str, trust: bool, reporter) -> LoadedModel:
+    reporter.update(0.0, f"loading {spec}")
+    return load_model(spec, trust=trust)
+
+
+def _is_folder(spec: str) -> bool:
+    from pathlib import Path
+
+    return Path(spec).is_dir()
+
+
+def _shape(shape) -> str:
+    return "×".join(str(s) for s in shape)

@@ -1,0 +1,121 @@
+"""Choosing the calibration/test data and how much of it the analysis reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget
+
+from snp_engine.data import DATASETS, DataBundle
+from snp_gui.panels.common import PathEdit, fill_combo, select_data
+
+KINDS = (
+    ("digits", "Digits (embedded)", DATASETS["digits"]),
+    ("folder", "Image folder", "A folder in ImageFolder layout: one subfolder per class, optionally split into "
+                               "train/, val/ and test/"),
+    ("npz", "NumPy .npz file", "An .npz archive with image and label arrays"),
+)
+
+
+class DataPanel(QGroupBox):
+    """Emits ``loadRequested(spec)`` and ``optionsChanged()`` when a number is edited."""
+
+    loadRequested = Signal(str)
+    optionsChanged = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Data", parent)
+        self.kind = QComboBox()
+        fill_combo(self.kind, KINDS)
+        self.kind.setToolTip("Images used to measure the activations (calibration) and to score the network (test)")
+        self.path = PathEdit("folder or .npz file")
+        self.path.setToolTip("Where the images are")
+        self.path.pathChosen.connect(lambda _path: self.request_load())
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        self.samples = _spin(8, 1_000_000, 256, "Calibration images the analysis looks at. More gives steadier "
+                             "curves but takes longer; a few hundred is usually enough.")
+        self.batch_size = _spin(1, 4096, 64, "Images processed together. Larger is faster but needs more memory; "
+                                "the progress bar and Cancel react once per batch.")
+        self.input_size = _spin(0, 2048, 0, "Side length, in pixels, that folder images are resized and cropped to. "
+                                "'model' uses the size the network expects.")
+        self.input_size.setSpecialValueText("model")
+        self.input_size.setSuffix(" px")
+        for spin in (self.samples, self.batch_size, self.input_size):
+            spin.valueChanged.connect(lambda _value: self.optionsChanged.emit())
+        self.load_button = QPushButton("Load data")
+        self.load_button.setToolTip("Load the chosen images (Ctrl+Shift+O opens a folder or file instead)")
+        self.load_button.clicked.connect(self.request_load)
+        self.info = QLabel("No data loaded")
+        self.info.setWordWrap(True)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form = QFormLayout(self)
+        form.addRow(self.kind)
+        form.addRow(self.path)
+        form.addRow("Calibration images", self.samples)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Input size", self.input_size)
+        form.addRow(self.load_button)
+        form.addRow(self.info)
+        self._kind_changed()
+
+    def _kind_changed(self, _index: int = 0) -> None:
+        kind = self.kind.currentData()
+        self.path.setVisible(kind != "digits")
+        self.path.mode = "folder" if kind == "folder" else "file"
+        self.path.file_filter = "NumPy archive (*.npz);;All files (*)"
+        self.path.edit.setPlaceholderText("image folder" if kind == "folder" else ".npz file")
+        self.input_size.setEnabled(kind == "folder")
+
+    def current(self) -> str:
+        kind = self.kind.currentData()
+        if kind == "digits":
+            return "digits"
+        path = self.path.path()
+        return f"npz:{path}" if kind == "npz" and path and not path.endswith(".npz") else path
+
+    def request_load(self) -> None:
+        self.loadRequested.emit(self.current())
+
+    def set_spec(self, spec: str) -> None:
+        if spec.lower() == "digits":
+            select_data(self.kind, "digits")
+            return
+        path = spec.removeprefix("npz:")
+        select_data(self.kind, "npz" if spec.startswith("npz:") or path.endswith(".npz") else "folder")
+        self.path.set_path(path)
+
+    def set_start_dir(self, folder: str) -> None:
+        self.path.start_dir = folder
+
+    def values(self) -> dict[str, int]:
+        return {"samples": self.samples.value(), "batch_size": self.batch_size.value(),
+                "input_size": self.input_size.value()}
+
+    def set_values(self, samples: int, batch_size: int, input_size: int) -> None:
+        for spin, value in ((self.samples, samples), (self.batch_size, batch_size), (self.input_size, input_size)):
+            spin.blockSignals(True)
+            spin.setValue(int(value))
+            spin.blockSignals(False)
+
+    def show_loaded(self, bundle: DataBundle | None) -> None:
+        if bundle is None:
+            self.info.setText("No data loaded")
+            return
+        name = bundle.name if bundle.name == "digits" else Path(bundle.name).name
+        train = f"{len(bundle.train)} train · " if bundle.train is not None else ""
+        size = "×".join(map(str, bundle.image_size)) if bundle.image_size else "?"
+        skipped = f"<br>{bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
+        self.info.setText(f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>"
+                          f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}")
+        self.info.setToolTip(bundle.name)
+
+
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    spin.setGroupSeparatorShown(True)
+    spin.setKeyboardTracking(False)
+    return spin

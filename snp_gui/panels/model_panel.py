@@ -1,0 +1,161 @@
+"""Choosing the network to prune: a demo, a torchvision architecture with weights, an snp file or a pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QCompleter,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from snp_engine.models import DEMO_MODELS, TORCHVISION_PREFIX, LoadedModel, list_architectures
+from snp_gui.panels.common import PathEdit, fill_combo, select_data
+
+KINDS = (
+    ("demo", "Demo network", "A small network bundled with snp, trained on the digits data"),
+    ("torchvision", "torchvision architecture", "A torchvision classifier; give a weights file or start from random"),
+    ("snp", "Exported snp file", "A network exported by snp (.safetensors); safe to open, runs no code"),
+    ("pickle", "Pickled model (trusted)", "A whole model saved with torch.save; opening it can run code"),
+)
+WEIGHTS_FILTER = "Weights (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)"
+MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+class ModelPanel(QGroupBox):
+    """Emits ``loadRequested(spec, kind)``; the window asks for trust before loading a pickle."""
+
+    loadRequested = Signal(str, str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model", parent)
+        self.kind = QComboBox()
+        fill_combo(self.kind, KINDS)
+        self.kind.setToolTip("Where the network to prune comes from")
+        self.stack = QStackedWidget()
+        self.demo = QComboBox()
+        fill_combo(self.demo, ((name, _demo_label(name), f"Bundled {name}, trained on {info.dataset}")
+                               for name, info in DEMO_MODELS.items()))
+        self.demo.setToolTip("A small bundled network: loads instantly, good for trying things out")
+        self.arch = QComboBox()
+        self.arch.setEditable(True)
+        self.arch.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.arch.addItems([a.removeprefix(TORCHVISION_PREFIX) for a in list_architectures()
+                            if a.startswith(TORCHVISION_PREFIX)])
+        self.arch.completer().setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.arch.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+        self.arch.setCurrentText("resnet18")
+        self.arch.setToolTip("The torchvision architecture the weights belong to (type to search)")
+        self.weights = PathEdit("weights file (empty: random init)", WEIGHTS_FILTER)
+        self.weights.setToolTip("A state dict (.pth/.safetensors) for this architecture; its class count is read "
+                                "from the file. Leave empty for random weights.")
+        self.snp_file = PathEdit("exported .safetensors file", "snp export (*.safetensors);;All files (*)")
+        self.snp_file.setToolTip("A file written by snp's export; it rebuilds the pruned network without running code")
+        self.pickle_file = PathEdit("pickled model file", "PyTorch (*.pth *.pt *.pkl);;All files (*)")
+        self.pickle_file.setToolTip("A full model saved with torch.save. Only open files you trust: "
+                                    "unpickling can run code.")
+        self._add_page(self.demo)
+        self._add_page(self._torchvision_page())
+        self._add_page(self.snp_file)
+        self._add_page(self.pickle_file)
+        self.kind.currentIndexChanged.connect(self.stack.setCurrentIndex)
+        for edit in (self.weights, self.snp_file, self.pickle_file):
+            edit.pathChosen.connect(lambda _path: self.request_load())
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load the chosen network (Ctrl+O opens a file instead)")
+        self.load_button.clicked.connect(self.request_load)
+        self.info = QLabel("No model loaded")
+        self.info.setWordWrap(True)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.kind)
+        layout.addWidget(self.stack)
+        layout.addWidget(self.load_button)
+        layout.addWidget(self.info)
+
+    def _add_page(self, widget: QWidget) -> None:
+        # pages hug the top, so a one-line page is not stretched to the height of the tallest
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(widget)
+        layout.addStretch(1)
+        self.stack.addWidget(page)
+
+    def _torchvision_page(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Architecture", self.arch)
+        form.addRow("Weights", self.weights)
+        return page
+
+    # -- specs ------------------------------------------------------------------------------------
+    def current(self) -> tuple[str, str]:
+        """(spec for load_model, kind)."""
+        kind = str(self.kind.currentData())
+        if kind == "demo":
+            return str(self.demo.currentData()), kind
+        if kind == "torchvision":
+            weights = self.weights.path()
+            return f"{TORCHVISION_PREFIX}{self.arch.currentText().strip()}" + (f"@{weights}" if weights else ""), kind
+        return (self.snp_file if kind == "snp" else self.pickle_file).path(), kind
+
+    def request_load(self) -> None:
+        spec, kind = self.current()
+        self.loadRequested.emit(spec, kind)
+
+    def set_spec(self, spec: str, kind: str | None = None) -> None:
+        """Show ``spec`` in the matching page (used for recent files, sessions and dropped files)."""
+        kind = kind or guess_kind(spec)
+        select_data(self.kind, kind)
+        if kind == "demo":
+            select_data(self.demo, spec)
+        elif kind == "torchvision":
+            arch, _, weights = spec.removeprefix(TORCHVISION_PREFIX).partition("@")
+            if arch:
+                self.arch.setCurrentText(arch)
+            self.weights.set_path(weights)
+        else:
+            (self.snp_file if kind == "snp" else self.pickle_file).set_path(spec)
+
+    def set_weights_file(self, path: str) -> None:
+        """A dropped weights file: keep the chosen architecture, use the file's weights."""
+        select_data(self.kind, "torchvision")
+        self.weights.set_path(path)
+
+    def set_start_dir(self, folder: str) -> None:
+        for edit in (self.weights, self.snp_file, self.pickle_file):
+            edit.start_dir = folder
+
+    def show_loaded(self, loaded: LoadedModel | None) -> None:
+        if loaded is None:
+            self.info.setText("No model loaded")
+            return
+        params = sum(p.numel() for p in loaded.model.parameters())
+        source = Path(loaded.source).name if loaded.source not in ("random init",) else loaded.source
+        self.info.setText(f"<b>{loaded.arch}</b> · {params:,} parameters · {loaded.num_classes} classes · "
+                          f"input {'×'.join(map(str, loaded.input_shape))}<br>from {source}")
+        self.info.setToolTip(loaded.source)
+
+
+def guess_kind(spec: str) -> str:
+    """Which page a spec belongs to: demo name, torchvision:…, an snp export or another file."""
+    if spec in DEMO_MODELS:
+        return "demo"
+    if spec.startswith(TORCHVISION_PREFIX):
+        return "torchvision"
+    return "snp" if spec.endswith(".safetensors") else "pickle"
+
+
+def _demo_label(name: str) -> str:
+    top1 = DEMO_MODELS[name].test_top1
+    return f"{name} (digits, {top1:.1f} % top-1)" if top1 is not None else name

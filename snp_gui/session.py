@@ -1,0 +1,124 @@
+"""Sessions: the model, data, settings and keep counts of a piece of work, saved so it survives a restart.
+
+A session is a small JSON file (``*.snpsession``); the analysis statistics go into a safetensors
+file beside it (``<name>.stats.safetensors``, written with ``Analysis.save``) so reopening skips
+the forward pass. Both are written atomically: a crash mid-save leaves the previous files intact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from snp_engine.api import Analysis
+from snp_engine.errors import SnpError
+from snp_engine.io import atomic_write, check_analysis_fits
+from snp_gui.workers import Task
+
+if TYPE_CHECKING:
+    from snp_gui.controller import Controller
+
+SUFFIX = ".snpsession"
+FORMAT = "snp-gui-session"
+VERSION = 1
+
+
+@dataclass
+class SessionData:
+    model_spec: str | None = None
+    model_kind: str | None = None  # "demo", "torchvision", "snp" or "pickle" (asks for trust again)
+    data_spec: str | None = None
+    options: dict = field(default_factory=dict)
+    keep: dict[str, int] = field(default_factory=dict)
+    overridden: bool = False
+    statistics: str | None = None  # file name beside the session file
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=2, sort_keys=True)
+
+
+def statistics_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(SUFFIX) + ".stats.safetensors")
+
+
+def write_session(path: str | Path, session: SessionData, analysis: Analysis | None) -> Path:
+    """Statistics first, then the JSON that refers to them, so the JSON never points at a missing file."""
+    path = Path(path)
+    session.statistics = None
+    if analysis is not None:
+        stats = statistics_path(path)
+        analysis.save(stats)
+        session.statistics = stats.name
+    text = session.to_json()
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def read_session(path: str | Path) -> SessionData:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SnpError(f"session file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SnpError(f"{path}: not a readable session file ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise SnpError(f"{path}: not an snp session file")
+    if int(raw.get("version", 0)) > VERSION:
+        raise SnpError(f"{path}: written by a newer snp; upgrade to open it")
+    try:
+        keep = {str(k): int(v) for k, v in (raw.get("keep") or {}).items()}
+        return SessionData(raw.get("model_spec"), raw.get("model_kind"), raw.get("data_spec"),
+                           dict(raw.get("options") or {}), keep, bool(raw.get("overridden")), raw.get("statistics"))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SnpError(f"{path}: damaged session file ({exc})") from None
+
+
+# -- the controller side ----------------------------------------------------------------------------
+
+
+def capture(controller: Controller, model_kind: str | None) -> SessionData:
+    """The controller's current state as session data."""
+    return SessionData(
+        model_spec=controller.model.spec if controller.model else None, model_kind=model_kind,
+        data_spec=controller.data_spec, options=asdict(controller.options), keep=dict(controller.keep),
+        overridden=controller.overridden,
+    )
+
+
+def save(controller: Controller, path: str | Path, model_kind: str | None) -> None:
+    """Write the session in the background (statistics files of large networks take a moment)."""
+    session, analysis, target = capture(controller, model_kind), controller.analysis, Path(path)
+    controller.runner.submit(Task(
+        "save session", lambda: lambda reporter: write_session(target, session, analysis),
+        on_finished=lambda written: controller.message.emit(f"Session saved to {written}")))
+
+
+def restore(controller: Controller, path: str | Path, session: SessionData, trust: bool) -> None:
+    """Load the session's model and data, then its statistics, then put the keep counts back."""
+    from snp_gui.controller import Options
+
+    controller.options = Options.from_dict({**session.options})
+    if session.model_spec:
+        controller.load_model(session.model_spec, trust=trust)
+    if session.data_spec:
+        controller.load_data(session.data_spec)
+    if not session.statistics:
+        return
+    stats = Path(path).with_name(session.statistics)
+
+    def prepare():
+        model, data, opts = controller.model, controller.model_data(), controller.options
+
+        def load(reporter):
+            reporter.update(0.0, f"reading {stats.name}")
+            analysis = Analysis.load(stats, ordering=opts.ordering, curve=opts.curve, reporter=reporter)
+            check_analysis_fits(analysis, model.model, tuple(data.calibration[0][0].shape))
+            return analysis
+
+        return load
+
+    keep = session.keep if session.overridden else None
+    controller.runner.submit(Task("open session", prepare, on_finished=lambda a: controller.set_analysis(a, keep)))

@@ -1,0 +1,88 @@
+"""Persistent preferences: recent files, window layout and the last-used options (QSettings).
+
+Stored as an INI file in the user's config folder. ``SNP_GUI_SETTINGS`` points it elsewhere, which
+the tests use so they never read or overwrite a real user's preferences.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings
+
+MAX_RECENT = 8
+ENV_PATH = "SNP_GUI_SETTINGS"
+
+
+class Settings:
+    """Typed access to the handful of values the app remembers between runs."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        path = path or os.environ.get(ENV_PATH)
+        if path:
+            self._store = QSettings(str(path), QSettings.Format.IniFormat)
+        else:
+            self._store = QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "snp", "snp-gui")
+
+    @property
+    def path(self) -> str:
+        return self._store.fileName()
+
+    def sync(self) -> None:
+        self._store.sync()
+
+    # -- plain values -----------------------------------------------------------------------------
+    def value(self, key: str, default=None, kind: type | None = None):
+        """The stored value, converted to ``kind`` (INI files hand everything back as strings)."""
+        raw = self._store.value(key, default)
+        if raw is None or kind is None:
+            return raw
+        try:
+            if kind is bool:
+                return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            return kind(raw)
+        except (TypeError, ValueError):
+            return default
+
+    def set_value(self, key: str, value) -> None:
+        self._store.setValue(key, value)
+
+    # -- recent files -----------------------------------------------------------------------------
+    def recent(self, kind: str) -> list[str]:
+        """Most recent first; ``kind`` is "models", "data" or "sessions"."""
+        raw = self._store.value(f"recent/{kind}", [])
+        items = [raw] if isinstance(raw, str) else list(raw or [])
+        return [str(item) for item in items if item]
+
+    def add_recent(self, kind: str, entry: str) -> list[str]:
+        items = [entry, *(item for item in self.recent(kind) if item != entry)][:MAX_RECENT]
+        self._store.setValue(f"recent/{kind}", items)
+        return items
+
+    def clear_recent(self, kind: str) -> None:
+        self._store.remove(f"recent/{kind}")
+
+    # -- window layout ----------------------------------------------------------------------------
+    def window_geometry(self) -> QByteArray | None:
+        return self._bytes("window/geometry")
+
+    def window_state(self) -> QByteArray | None:
+        return self._bytes("window/state")
+
+    def save_window(self, geometry: QByteArray, state: QByteArray) -> None:
+        self._store.setValue("window/geometry", geometry)
+        self._store.setValue("window/state", state)
+
+    def _bytes(self, key: str) -> QByteArray | None:
+        raw = self._store.value(key)
+        return raw if isinstance(raw, QByteArray) and not raw.isEmpty() else None
+
+    # -- folders ----------------------------------------------------------------------------------
+    def last_dir(self) -> str:
+        folder = self.value("paths/last_dir", "", str)
+        return folder if folder and Path(folder).is_dir() else str(Path.home())
+
+    def remember_dir(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        self._store.setValue("paths/last_dir", str(path if path.is_dir() else path.parent))

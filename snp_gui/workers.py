@@ -1,0 +1,407 @@
+"""Background tasks: engine calls run in a QThread so the window keeps answering.
+
+:class:`TaskRunner` runs one task at a time (later ones wait in a queue) and guarantees that every
+submitted task ends with exactly one of *finished*, *failed* or *cancelled*. Tasks are plain
+functions taking a :class:`TaskReporter`; they never touch widgets. Cancelling sets a flag that
+the engine polls between batches, so a run stops within about one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+from torch import nn
+from torch.utils.data import DataLoader
+
+from snp_engine.api import Analysis, Plan, evaluate, fidelity, prune
+from snp_engine.data import DataBundle, make_loader
+from snp_engine.errors import SnpError
+from snp_engine.latency import measure_latency
+from snp_engine.models import LoadedModel
+from snp_engine.progress import Cancelled, Reporter, Scaled
+from snp_engine.training import train
+
+FINISHED, FAILED, CANCELLED = "finished", "failed", "cancelled"
+# Progress from tight engine loops is thinned out so it cannot flood the GUI event queue.
+PROGRESS_INTERVAL_S = 0.05
+
+
+class TaskReporter(Reporter):
+    """The engine-facing side of a task: progress, partial results and the cancel flag."""
+
+    def __init__(self, emit_progress: Callable[[float, str], None], emit_partial: Callable[[object], None]) -> None:
+        self._cancel = threading.Event()
+        self._emit_progress = emit_progress
+        self._emit_partial = emit_partial
+        self._last = 0.0
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def update(self, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last < PROGRESS_INTERVAL_S:
+            return
+        self._last = now
+        self._emit_progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+    def partial(self, value: object) -> None:
+        """Hand an intermediate result (a sweep point, an epoch of history) to the GUI thread."""
+        self._emit_partial(value)
+
+
+TaskFunction = Callable[[TaskReporter], object]
+
+
+@dataclass
+class Task:
+    """A unit of background work and the GUI-thread callbacks for its outcome.
+
+    ``prepare`` runs in the GUI thread right before the task starts and returns the function to
+    run in the worker; it reads the state as it is *then*, so queued tasks see earlier results.
+    """
+
+    name: str
+    prepare: Callable[[], TaskFunction]
+    on_finished: Callable[[object], None] | None = None
+    on_partial: Callable[[object], None] | None = None
+    on_failed: Callable[[str], None] | None = None
+    on_cancelled: Callable[[], None] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class _Job(QObject):
+    """Lives in the worker thread; runs the function once and reports how it ended."""
+
+    progress = Signal(float, str)
+    partial = Signal(object)
+    done = Signal(str, object)  # outcome, result or message
+
+    def __init__(self, function: TaskFunction) -> None:
+        super().__init__()
+        self._function = function
+        self.reporter = TaskReporter(self.progress.emit, self.partial.emit)
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._function(self.reporter)
+        except Cancelled:
+            self.done.emit(CANCELLED, None)
+        except SnpError as exc:
+            self.done.emit(FAILED, str(exc))
+        except Exception as exc:  # anything unexpected: one line for the user, the traceback to stderr
+            traceback.print_exc(file=sys.stderr)
+            self.done.emit(FAILED, _describe(exc))
+        else:
+            # A result that arrives after Cancel was pressed is dropped: the user asked to keep the old state.
+            self.done.emit(CANCELLED if self.reporter.cancel_requested() else FINISHED, result)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"unexpected error ({type(exc).__name__}{': ' + text if text else ''}); details were written to the log"
+
+
+class TaskRunner(QObject):
+    """Runs :class:`Task` objects one after another in a worker thread."""
+
+    started = Signal(str)
+    progress = Signal(str, float, str, object)  # task name, fraction, message, seconds left or None
+    ended = Signal(str, str, str)  # task name, outcome, message (error text for failures)
+    busyChanged = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._queue: deque[Task] = deque()
+        self._current: Task | None = None
+        self._job: _Job | None = None
+        self._thread: QThread | None = None
+        self._started_at = 0.0
+        self._was_busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current(self) -> str | None:
+        return self._current.name if self._current else None
+
+    def submit(self, task: Task) -> None:
+        self._queue.append(task)
+        if not self.busy:
+            self._start_next()
+
+    def cancel(self) -> None:
+        """Stop the running task at its next check and drop everything queued behind it."""
+        self._drop_queue()
+        if self._job is not None:
+            self._job.reporter.cancel()
+
+    def wait(self, timeout_ms: int = 10_000) -> bool:
+        """Block until the worker thread has stopped (used when the window closes)."""
+        thread = self._thread
+        return thread is None or thread.wait(timeout_ms)
+
+    def _drop_queue(self) -> None:
+        while self._queue:
+            task = self._queue.popleft()
+            self._report(task, CANCELLED, "")
+
+    def _start_next(self) -> None:
+        while self._queue and not self.busy:
+            task = self._queue.popleft()
+            try:
+                function = task.prepare()
+            except SnpError as exc:
+                self._report(task, FAILED, str(exc))
+                self._drop_queue()
+                continue
+            self._launch(task, function)
+            break
+        self._sync_busy()
+
+    def _sync_busy(self) -> None:
+        if self.busy != self._was_busy:
+            self._was_busy = self.busy
+            self.busyChanged.emit(self.busy)
+
+    def _launch(self, task: Task, function: TaskFunction) -> None:
+        self._current, self._started_at = task, time.monotonic()
+        job, thread = _Job(function), QThread(self)
+        job.moveToThread(thread)
+        thread.started.connect(job.run)
+        job.progress.connect(self._on_progress)
+        job.partial.connect(self._on_partial)
+        job.done.connect(self._on_done)
+        self._job, self._thread = job, thread
+        self.started.emit(task.name)
+        thread.start()
+
+    @Slot(float, str)
+    def _on_progress(self, fraction: float, message: str) -> None:
+        if self._current is None:
+            return
+        elapsed = time.monotonic() - self._started_at
+        left = elapsed * (1 - fraction) / fraction if fraction > 0.02 and elapsed > 0.5 else None
+        self.progress.emit(self._current.name, fraction, message, left)
+
+    @Slot(object)
+    def _on_partial(self, value: object) -> None:
+        if self._current is not None and self._current.on_partial is not None:
+            self._current.on_partial(value)
+
+    @Slot(str, object)
+    def _on_done(self, outcome: str, value: object) -> None:
+        task, job, thread = self._current, self._job, self._thread
+        self._current = self._job = self._thread = None
+        if thread is not None:
+            thread.quit()
+            thread.wait()
+            thread.deleteLater()
+        if job is not None:
+            job.deleteLater()
+        if task is not None:
+            self._report(task, outcome, value)
+        if outcome != FINISHED:
+            self._drop_queue()
+        self._start_next()
+
+    def _report(self, task: Task, outcome: str, value: object) -> None:
+        """Call the task's own callback first, then tell listeners how it ended (exactly once)."""
+        message = value if outcome == FAILED else ""
+        try:
+            if outcome == FINISHED and task.on_finished is not None:
+                task.on_finished(value)
+            elif outcome == FAILED and task.on_failed is not None:
+                task.on_failed(str(value))
+            elif outcome == CANCELLED and task.on_cancelled is not None:
+                task.on_cancelled()
+        except SnpError as exc:
+            outcome, message = FAILED, str(exc)
+        except Exception as exc:  # a bug in a result handler must not take the window down
+            traceback.print_exc(file=sys.stderr)
+            outcome, message = FAILED, _describe(exc)
+        self.ended.emit(task.name, outcome, str(message))
+
+
+# ----------------------------------------------------------------------------------------------
+# Task bodies. They run in the worker thread, so they only see the snapshot they were given.
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """Everything a prune needs, captured in the GUI thread when the task starts."""
+
+    model: LoadedModel
+    data: DataBundle
+    analysis: Analysis
+    plan: Plan
+    options: Any  # controller.Options; typed loosely to keep this module free of the controller
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the pruned network this job produces, so results can be reused."""
+        o = self.options
+        return (id(self.analysis), tuple(sorted(self.plan.keep.items())), self.analysis.ordering, o.compensation,
+                o.samples, o.batch_size, id(self.data.calibration))
+
+    @property
+    def baseline_key(self) -> tuple:
+        return (id(self.model.model), id(self.data.test), self.options.device, self.options.latency_batch)
+
+
+def prune_for(job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None,
+              physical: bool = True) -> nn.Module:
+    """The pruned copy of the job's model with the chosen compensation."""
+    o = job.options
+    return prune(job.model.model, analysis or job.analysis, plan or job.plan, data=job.data,
+                 compensate=o.compensation != "none", sequential=o.compensation == "sequential",
+                 physical=physical, batch_size=o.batch_size, samples=o.samples, device=o.device, reporter=reporter)
+
+
+def _measure(model: nn.Module, job: PruneJob, reporter: Reporter) -> dict:
+    o = job.options
+    scores = evaluate(model, job.data, device=o.device, reporter=reporter)
+    reporter.check()
+    latency = measure_latency(model, job.analysis.input_shape, o.device, batch_size=o.latency_batch)
+    return {"top1": scores["top1"], "top5": scores["top5"], "latency_ms": latency["ms_mean"]}
+
+
+def evaluate_plan(job: PruneJob, baseline: dict | None, reporter: Reporter) -> dict:
+    """Prune, then top-1/top-5, output fidelity and latency of the original and the pruned network."""
+    pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
+    if baseline is None:
+        reporter.update(0.6, "measuring the original network")
+        baseline = _measure(job.model.model, job, Scaled(reporter, 0.6, 0.8))
+    reporter.update(0.8, "measuring the pruned network")
+    after = _measure(pruned, job, Scaled(reporter, 0.8, 0.95))
+    reporter.check()
+    error = fidelity(job.model.model, pruned, job.data, device=job.options.device)
+    metrics = {
+        "top1_before": baseline["top1"], "top1_after": after["top1"],
+        "top5_before": baseline["top5"], "top5_after": after["top5"], "fidelity": error,
+        "latency_before_ms": baseline["latency_ms"], "latency_after_ms": after["latency_ms"],
+        "latency_batch": job.options.latency_batch, "device": job.options.device,
+    }
+    reporter.update(1.0, "evaluated")
+    return {"pruned": pruned, "baseline": baseline, "metrics": metrics, "keys": (job.key, job.baseline_key)}
+
+
+def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
+    """Top-1 against FLOPs reduction for the current ordering and a baseline ordering.
+
+    Each point is handed over as soon as it is measured, so the plot fills in while it runs.
+    """
+    o = job.options
+    dense = evaluate(job.model.model, job.data, device=o.device)["top1"]
+    orderings = list(dict.fromkeys([job.analysis.ordering, baseline]))
+    steps, done, results = len(orderings) * len(reductions), 0, {}
+    for ordering in orderings:
+        analysis = job.analysis if ordering == job.analysis.ordering else job.analysis.reorder(ordering)
+        label = f"SNP ({ordering})" if ordering == job.analysis.ordering else f"{ordering} (baseline)"
+        reporter.partial((label, 0.0, dense))
+        for reduction in reductions:
+            reporter.check()
+            part = Scaled(reporter, done / steps, (done + 1) / steps)
+            pruned = prune_for(job, part, analysis, analysis.plan(flops_reduction=reduction), physical=False)
+            top1 = evaluate(pruned, job.data, device=o.device)["top1"]
+            results[(label, reduction)] = top1
+            reporter.partial((label, reduction, top1))
+            done += 1
+    return results
+
+
+class _EpochEnd:
+    """Wraps a training loader and measures the test split whenever an epoch has gone through it."""
+
+    def __init__(self, loader: DataLoader, on_epoch_end: Callable[[], None]) -> None:
+        self.loader, self.on_epoch_end = loader, on_epoch_end
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from self.loader
+        self.on_epoch_end()
+
+
+def _test_numbers(model: nn.Module, loader: DataLoader, device: str) -> dict[str, float]:
+    """Top-1 (%) and mean cross-entropy on ``loader``; the model's train/eval mode is restored."""
+    was_training, correct, loss, seen = model.training, 0, 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for images, labels in loader:
+            logits = model(images.to(device)).float()
+            labels = labels.to(device)
+            loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += int(labels.shape[0])
+    model.train(was_training)
+    return {"test top-1 %": 100.0 * correct / max(seen, 1), "test loss": loss / max(seen, 1)}
+
+
+def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, reporter: Reporter) -> dict:
+    """A short fine-tune of (a copy of) the pruned network, reporting test numbers every epoch."""
+    o = job.options
+    if pruned is None:
+        pruned = prune_for(job, Scaled(reporter, 0.0, 0.2))
+    model = copy.deepcopy(pruned)  # a cancelled run must not leave half-trained weights behind
+    train_set = job.data.train if job.data.train is not None else job.data.calibration
+    loader = make_loader(train_set, o.batch_size, shuffle=True)
+    test_loader = make_loader(job.data.test, 256)
+    epoch = [0]
+
+    def epoch_end() -> None:
+        epoch[0] += 1
+        reporter.partial((epoch[0], _test_numbers(model, test_loader, o.device)))
+
+    model.to(o.device)
+    reporter.partial((0, _test_numbers(model, test_loader, o.device)))
+    history = train(model, _EpochEnd(loader, epoch_end), epochs=epochs, lr=lr, device=o.device,
+                    reporter=Scaled(reporter, 0.2, 0.95))
+    scores = evaluate(model, job.data, device=o.device)
+    error = fidelity(job.model.model, model, job.data, device=o.device)
+    metrics = {"top1_after": scores["top1"], "top5_after": scores["top5"], "fidelity": error}
+    return {"model": model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": history}
+
+
+def export(job: PruneJob, pruned: nn.Module | None, metrics: dict, path: str, torchscript: bool, onnx: bool,
+           reporter: Reporter) -> list[Path]:
+    """Write the pruned network (and optional deployment copies); each file is verified on reload."""
+    from snp_engine.io import export_model, export_onnx, export_torchscript
+
+    o = job.options
+    if pruned is None:
+        pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
+    reporter.check()
+    reporter.update(0.6, "writing and verifying the snp file")
+    settings = {"ordering": job.analysis.ordering, "curve": job.analysis.curve_kind, "compensation": o.compensation,
+                "samples": o.samples, "model": job.model.spec, "data": job.data.name}
+    target = Path(path)
+    written = [export_model(pruned, target, arch=job.model.arch, num_classes=job.model.num_classes,
+                            input_shape=job.analysis.input_shape, settings=settings, metrics=metrics)]
+    example = torch.randn((1, *job.analysis.input_shape))
+    if torchscript:
+        reporter.update(0.75, "writing TorchScript")
+        written.append(export_torchscript(pruned, target.with_suffix(".pt"), example))
+    if onnx:
+        reporter.update(0.9, "writing ONNX")
+        written.append(export_onnx(pruned, target.with_suffix(".onnx"), example))
+    reporter.update(1.0, "exported")
+    return written
