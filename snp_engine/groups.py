@@ -69,9 +69,13 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` traced on ``example_input``."""
+    # torch-pruning calls model(*example_inputs) first: a bare tensor would be unpacked along its batch
+    # dimension, so a one-image batch would be traced as an unbatched input (and a failed first try
+    # leaves its modules counted as reused). Passing a 1-tuple makes that call model(example_input).
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about unwrapped parameters (ViT tokens)
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
 
 
 def _classify(dependencies, names: dict[nn.Module, str], graph_units: int):
