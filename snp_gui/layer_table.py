@@ -1,0 +1,287 @@
+"""Per-layer table of the plan: units, kept units (editable), explained variance and cost of each group.
+
+Layers the engine cannot prune are listed greyed at the bottom, with the reason as a tooltip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QAbstractTableModel,
+    QItemSelection,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSignalBlocker,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QGuiApplication, QPalette
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QSpinBox, QStyledItemDelegate, QTableView, QWidget
+
+from snp_gui.summary import DASH, human_count
+
+__all__ = ["LayerTable", "LayerTableModel"]
+
+COLUMNS = ("Layer", "Type", "Units", "Kept", "Ratio", "Explained", "Params", "FLOPs")
+LAYER, TYPE, UNITS, KEPT, RATIO, EXPLAINED, PARAMS, FLOPS = range(len(COLUMNS))
+HEADER_TIPS = (
+    "Unit group (a layer, or layers that must keep the same units)",
+    "Kind of layer",
+    "Output units (channels or features) before pruning",
+    "Units the plan keeps; double-click to edit",
+    "Kept units as a share of all units",
+    "Share of the layer's activation variance that the kept units still explain",
+    "Parameters of the layer with the kept units",
+    "Multiply-accumulates per image of the layer with the kept units",
+)
+Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass
+class _Row:
+    name: str
+    type: str
+    units: int
+    kept: int
+    explained: float | None
+    params: int
+    flops: float
+    excluded_reason: str | None = None
+    order: int = 0  # position in network order, to undo sorting
+
+    def values(self) -> tuple:
+        """Comparable value of each column (for sorting)."""
+        explained = -1.0 if self.explained is None else self.explained
+        return (self.name, self.type, self.units, self.kept, self.kept / max(self.units, 1), explained,
+                self.params, self.flops)
+
+
+def _display(row: _Row, column: int) -> str:
+    if column == RATIO:
+        return f"{100.0 * row.kept / max(row.units, 1):.1f} %"
+    if column == EXPLAINED:
+        return DASH if row.explained is None else f"{100.0 * row.explained:.1f} %"
+    if column in (PARAMS, FLOPS):
+        return human_count(row.params if column == PARAMS else row.flops)
+    return str((row.name, row.type, row.units, row.kept)[column])
+
+
+class LayerTableModel(QAbstractTableModel):
+    """Rows of the plan; prunable groups first, excluded layers after them."""
+
+    keepEdited = Signal(str, int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[_Row] = []
+        self._index: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- Qt model interface
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own default
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and 0 <= section < len(COLUMNS):
+            if role == Qt.ItemDataRole.DisplayRole:
+                return COLUMNS[section]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return HEADER_TIPS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row, column = self._rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return _display(row, column)
+        if role == Qt.ItemDataRole.EditRole:
+            return row.kept if column == KEPT else _display(row, column)
+        if role == Qt.ItemDataRole.TextAlignmentRole and column >= UNITS:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if row.excluded_reason is not None:
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return f"Not pruned: {row.excluded_reason}"
+        elif role == Qt.ItemDataRole.ToolTipRole and column == KEPT:
+            return f"Double-click to change (1 … {row.units})"
+        if role == Qt.ItemDataRole.UserRole:
+            return row.units  # the spin box editor's upper bound
+        return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        row = self._rows[index.row()]
+        if row.excluded_reason is not None:
+            return Qt.ItemFlag.ItemIsEnabled  # enabled so that its tooltip shows, but neither selectable nor editable
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        return flags | Qt.ItemFlag.ItemIsEditable if index.column() == KEPT else flags
+
+    def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
+        if not index.isValid() or role != Qt.ItemDataRole.EditRole or index.column() != KEPT:
+            return False
+        row = self._rows[index.row()]
+        if row.excluded_reason is not None:
+            return False
+        try:
+            kept = min(max(round(float(value)), 1), row.units)
+        except (TypeError, ValueError):
+            return False
+        if kept != row.kept:
+            row.kept = kept
+            self.dataChanged.emit(self.index(index.row(), KEPT), self.index(index.row(), RATIO))
+            self.keepEdited.emit(row.name, kept)
+        return True
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Sort prunable rows by ``column`` (network order when ``column`` is -1); excluded rows stay last."""
+        self.layoutAboutToBeChanged.emit()
+        previous = [row.name for row in self._rows]
+        descending = order == Qt.SortOrder.DescendingOrder and column >= 0
+
+        def key(row: _Row) -> Any:
+            return row.order if column < 0 else row.values()[column]
+
+        included = sorted((r for r in self._rows if r.excluded_reason is None), key=key, reverse=descending)
+        excluded = sorted((r for r in self._rows if r.excluded_reason is not None), key=lambda r: r.order)
+        self._rows = included + excluded
+        self._index = {row.name: position for position, row in enumerate(self._rows)}
+        # keep the selection and any open editor on the same layer
+        old = self.persistentIndexList()
+        new = [self.index(self._index[previous[i.row()]], i.column()) for i in old]
+        self.changePersistentIndexList(old, new)
+        self.layoutChanged.emit()
+
+    # ----------------------------------------------------------------- plan interface
+
+    def set_rows(self, rows: list[dict]) -> None:
+        """Replace all rows; dicts hold name, type, units, kept, explained, params, flops[, excluded_reason]."""
+        self.beginResetModel()
+        self._rows = [
+            _Row(str(r["name"]), str(r.get("type", "")), int(r["units"]), int(r.get("kept", r["units"])),
+                 None if r.get("explained") is None else float(r["explained"]), int(r.get("params", 0)),
+                 float(r.get("flops", 0.0)), r.get("excluded_reason"), order)
+            for order, r in enumerate(rows)
+        ]
+        # network order, but layers that cannot be pruned go last
+        self._rows.sort(key=lambda row: (row.excluded_reason is not None, row.order))
+        self._index = {row.name: position for position, row in enumerate(self._rows)}
+        self.endResetModel()
+
+    def update_keep(self, keep: dict[str, int], explained: dict[str, float],
+                    params: dict[str, int] | None = None, flops: dict[str, float] | None = None) -> None:
+        """Update rows in place; ``dataChanged`` goes out only for the cells whose value changed."""
+        params, flops = params or {}, flops or {}
+        for name, position in self._index.items():
+            row = self._rows[position]
+            if row.excluded_reason is not None:
+                continue
+            before = row.values()
+            row.kept = int(keep.get(name, row.kept))
+            row.explained = float(explained[name]) if name in explained else row.explained
+            row.params = int(params.get(name, row.params))
+            row.flops = float(flops.get(name, row.flops))
+            changed = [column for column, (a, b) in enumerate(zip(before, row.values(), strict=True)) if a != b]
+            if changed:  # one notification spanning the changed cells of this row
+                self.dataChanged.emit(self.index(position, changed[0]), self.index(position, changed[-1]),
+                                      [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole])
+
+    def row_of(self, name: str) -> int:
+        """Row of group ``name``, -1 when it is not in the table."""
+        return self._index.get(name, -1)
+
+    def name_at(self, row: int) -> str:
+        return self._rows[row].name
+
+    def is_excluded(self, row: int) -> bool:
+        return self._rows[row].excluded_reason is not None
+
+
+class KeptDelegate(QStyledItemDelegate):
+    """Edits the Kept column with a spin box bounded by the layer's unit count."""
+
+    def createEditor(self, parent: QWidget, option: Any, index: Index) -> QWidget:
+        editor = QSpinBox(parent)
+        editor.setRange(1, max(int(index.data(Qt.ItemDataRole.UserRole) or 1), 1))
+        editor.setToolTip("Units this layer keeps")
+        editor.setKeyboardTracking(False)
+        return editor
+
+    def setEditorData(self, editor: QWidget, index: Index) -> None:
+        editor.setValue(int(index.data(Qt.ItemDataRole.EditRole)))
+
+    def setModelData(self, editor: QWidget, model: QAbstractItemModel, index: Index) -> None:
+        editor.interpretText()
+        model.setData(index, editor.value(), Qt.ItemDataRole.EditRole)
+
+
+class LayerTable(QTableView):
+    """Table view over :class:`LayerTableModel` with row selection and a spin box for the Kept column."""
+
+    keepEdited = Signal(str, int)
+    layerSelected = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._model = LayerTableModel(self)
+        self.setModel(self._model)
+        self._model.keepEdited.connect(self.keepEdited)
+        self.setItemDelegateForColumn(KEPT, KeptDelegate(self))
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                             | QAbstractItemView.EditTrigger.EditKeyPressed
+                             | QAbstractItemView.EditTrigger.SelectedClicked)
+        self.setAlternatingRowColors(True)
+        self.verticalHeader().setVisible(False)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
+        header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # start in network order
+        self.setSortingEnabled(True)
+        self.selectionModel().selectionChanged.connect(self._selection_changed)
+
+    @property
+    def layer_model(self) -> LayerTableModel:
+        return self._model
+
+    def set_rows(self, rows: list[dict]) -> None:
+        """Replace all rows (see :meth:`LayerTableModel.set_rows`)."""
+        self._model.set_rows(rows)
+        header = self.horizontalHeader()
+        if header.sortIndicatorSection() >= 0:  # new rows arrive in network order; keep the user's sort
+            self._model.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
+        self.resizeColumnsToContents()
+        self.horizontalHeader().setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
+
+    def update_keep(self, keep: dict[str, int], explained: dict[str, float],
+                    params: dict[str, int] | None = None, flops: dict[str, float] | None = None) -> None:
+        """Update kept units, explained variance and costs in place."""
+        self._model.update_keep(keep, explained, params, flops)
+
+    def select(self, name: str) -> None:
+        """Select and reveal the row of ``name`` without emitting ``layerSelected``."""
+        row = self._model.row_of(name)
+        if row < 0 or self._model.is_excluded(row):
+            return
+        with QSignalBlocker(self):  # the caller already knows the selection, so layerSelected stays quiet
+            self.selectRow(row)
+            self.scrollTo(self._model.index(row, LAYER))
+
+    def selected(self) -> str | None:
+        rows = self.selectionModel().selectedRows()
+        return self._model.name_at(rows[0].row()) if rows else None
+
+    def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
+        indexes = selected.indexes()
+        if indexes:
+            self.layerSelected.emit(self._model.name_at(indexes[0].row()))

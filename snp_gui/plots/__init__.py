@@ -1,0 +1,155 @@
+"""Plot widgets of the main window and the palette helpers they share.
+
+``CurvesWidget`` (explained-variance curves with draggable keep markers) lives in
+:mod:`snp_gui.plots.curves`; ``HistoryPlot`` and ``SweepPlot`` in :mod:`snp_gui.plots.history`.
+They are re-exported here lazily so that the submodules can import the helpers below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF
+from PySide6.QtGui import QColor, QPalette
+
+__all__ = [
+    "CurvesWidget", "HistoryPlot", "SweepPlot", "UnitMarker", "apply_palette", "colour_at", "make_plot",
+    "series_colours", "units_at",
+]
+
+# A rainbow whose lightness stays in a narrow middle band, so every colour reads on light and dark bases.
+_COLOUR_MAP = "CET-R2"
+
+
+def _luminance(colour: QColor) -> float:
+    """Relative luminance as defined for contrast ratios (WCAG)."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * linear(colour.redF()) + 0.7152 * linear(colour.greenF()) + 0.0722 * linear(colour.blueF())
+
+
+def readable(colour: QColor, palette: QPalette | None, contrast: float = 3.0) -> QColor:
+    """``colour`` blended towards the text colour just enough to stand out from the base colour."""
+    if palette is None:
+        return QColor(colour)
+    base, text = palette.color(QPalette.ColorRole.Base), palette.color(QPalette.ColorRole.Text)
+    lb = _luminance(base)
+    for step in range(11):
+        t = step / 10
+        mixed = QColor.fromRgbF(*(a + t * (b - a) for a, b in zip(colour.getRgbF()[:3], text.getRgbF()[:3],
+                                                                    strict=True)))
+        lc = _luminance(mixed)
+        if (max(lc, lb) + 0.05) / (min(lc, lb) + 0.05) >= contrast:
+            return mixed
+    return QColor(text)
+
+
+def series_colours(count: int, palette: QPalette | None = None) -> list[QColor]:
+    """``count`` colours from a perceptually even colour map, in order, made readable on ``palette``'s base."""
+    if count <= 0:
+        return []
+    positions = np.linspace(0.0, 1.0, count) if count > 1 else np.array([0.15])
+    return [readable(c, palette) for c in pg.colormap.get(_COLOUR_MAP).map(positions, mode="qcolor")]
+
+
+def colour_at(position: float, palette: QPalette | None = None) -> QColor:
+    """The colour map's colour at ``position`` in 0..1, made readable on ``palette``'s base."""
+    return readable(pg.colormap.get(_COLOUR_MAP).map(np.array([position]), mode="qcolor")[0], palette)
+
+
+def foreground(palette: QPalette) -> QColor:
+    """Text colour of ``palette``: used for axes and labels."""
+    return palette.color(QPalette.ColorRole.Text)
+
+
+def muted(palette: QPalette) -> QColor:
+    """A colour halfway between text and base: grid lines, reference lines."""
+    fg, bg = palette.color(QPalette.ColorRole.Text), palette.color(QPalette.ColorRole.Base)
+    return QColor((fg.red() + bg.red()) // 2, (fg.green() + bg.green()) // 2, (fg.blue() + bg.blue()) // 2)
+
+
+def apply_palette(plot: pg.PlotWidget, palette: QPalette) -> None:
+    """Paint ``plot`` with the base and text colours of ``palette`` instead of pyqtgraph's fixed black."""
+    plot.setBackground(palette.color(QPalette.ColorRole.Base))
+    fg = foreground(palette)
+    item = plot.getPlotItem()
+    for name in ("left", "bottom", "right", "top"):
+        axis = item.getAxis(name)
+        axis.setPen(pg.mkPen(fg))
+        axis.setTextPen(pg.mkPen(fg))
+    item.titleLabel.setAttr("color", fg)
+    if item.titleLabel.text:
+        item.setTitle(item.titleLabel.text)  # the colour only applies once the text is set again
+    legend = item.legend
+    if legend is not None:
+        legend.setLabelTextColor(fg)
+        base = QColor(palette.color(QPalette.ColorRole.Base))
+        base.setAlpha(200)  # translucent so that curves under the legend stay visible
+        legend.setBrush(pg.mkBrush(base))
+        legend.setPen(pg.mkPen(muted(palette)))
+
+
+def make_plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
+    """A plot with a faint grid, axis labels and no auto-range button (ranges are managed by the owner)."""
+    plot = pg.PlotWidget()
+    item = plot.getPlotItem()
+    item.setTitle(title or None)  # None leaves no empty title row
+    item.showGrid(x=True, y=True, alpha=0.2)
+    for side, label in (("left", y_label), ("bottom", x_label)):
+        if label:  # an empty label would still reserve a row
+            item.setLabel(side, label)
+    item.hideButtons()
+    return plot
+
+
+def units_at(x: float, n: int, fraction: bool, lowest: int = 1) -> int:
+    """Whole unit count nearest to ``x`` (a count, or a share of ``n``), clamped to ``[lowest, n]``."""
+    k = x * n if fraction else x
+    return int(min(max(np.floor(k + 0.5), lowest), n))
+
+
+class UnitMarker(pg.InfiniteLine):
+    """A draggable vertical line that only ever rests on a whole number of units in ``[1, n]``.
+
+    With ``fraction`` the x axis is the kept share ``k / n`` instead of ``k``. Snapping happens in ``setPos``,
+    so dragging, ``setValue`` and bounds all agree, and ``sigPositionChanged`` fires only when ``k`` changes.
+    """
+
+    n = 1  # class defaults: InfiniteLine.__init__ already calls setPos
+    fraction = False
+
+    def __init__(self, n: int, fraction: bool = False, **kwargs: Any) -> None:
+        super().__init__(angle=90, movable=True, **kwargs)
+        self.set_scale(n, fraction)
+
+    def set_scale(self, n: int, fraction: bool) -> None:
+        """Change the unit count or the axis kind; the line keeps its unit count."""
+        k = self.units()
+        self.n, self.fraction = max(int(n), 1), fraction
+        self.set_units(k)
+
+    def units(self) -> int:
+        return units_at(self.value(), self.n, self.fraction)
+
+    def set_units(self, k: int) -> None:
+        self.setValue(k / self.n if self.fraction else float(k))
+
+    def setPos(self, pos: Any) -> None:
+        x = pos.x() if isinstance(pos, QPointF) else float(pos) if np.ndim(pos) == 0 else float(pos[0])
+        k = units_at(x, self.n, self.fraction)
+        super().setPos(k / self.n if self.fraction else float(k))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CurvesWidget":
+        from snp_gui.plots.curves import CurvesWidget
+
+        return CurvesWidget
+    if name in ("HistoryPlot", "SweepPlot"):
+        from snp_gui.plots import history
+
+        return getattr(history, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,347 @@
+"""Explained-variance curves of every unit group, with draggable markers for how many units each keeps.
+
+The left plot overlays all groups; the right one focuses on the selected group. Markers snap to whole
+units and are clamped to ``[1, n]``; moving them programmatically (``set_keep``) never emits signals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, QPointF, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
+
+from snp_gui.plots import UnitMarker, apply_palette, make_plot, muted, series_colours, units_at
+
+HINT = "Hover a curve to read it · drag a marker to change how many units a layer keeps · click a curve to focus it"
+LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
+
+
+@dataclass
+class _Series:
+    values: np.ndarray
+    colour: QColor
+    curve: pg.PlotDataItem
+    marker: UnitMarker
+
+    @property
+    def n(self) -> int:
+        return len(self.values) - 1
+
+    def xs(self, fraction: bool) -> np.ndarray:
+        k = np.arange(self.n + 1, dtype=float)
+        return k / self.n if fraction else k
+
+
+def _plot(title: str) -> pg.PlotWidget:
+    plot = make_plot(title, "kept units", "explained variance")
+    plot.getPlotItem().setYRange(0.0, 1.0, padding=0.02)
+    plot.getPlotItem().setMouseEnabled(x=True, y=False)  # y is always 0..1; zooming only makes sense along k
+    return plot
+
+
+def _overlay_item(item: pg.GraphicsObject, z: float) -> pg.GraphicsObject:
+    item.setVisible(False)
+    item.setZValue(z)
+    return item
+
+
+class CurvesWidget(QWidget):
+    """Overlay of all explained-variance curves plus a focused view of the selected one."""
+
+    keepChanged = Signal(str, int)
+    keepChangeFinished = Signal(str, int)
+    layerSelected = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._series: dict[str, _Series] = {}
+        self._keep: dict[str, int] = {}
+        self._selected: str | None = None
+        self._fraction = False
+        self._syncing = False  # set while markers are moved by code, so that no signal goes out
+        self._build_controls()
+        self._build_plots()
+        self._apply_palette()
+
+    def _build_controls(self) -> None:
+        self.x_axis = QComboBox()
+        self.x_axis.addItems(["Kept units", "Kept fraction"])
+        self.x_axis.setToolTip("Plot against the number of units kept, or against the kept share of each layer")
+        self.x_axis.currentIndexChanged.connect(lambda index: self._set_fraction(index == 1))
+        self.legend_box = QCheckBox("Legend")
+        self.legend_box.setToolTip("Show the colour of each layer")
+        self.legend_box.toggled.connect(self._show_legend)
+        self._controls = QHBoxLayout()
+        for widget in (QLabel("x axis:"), self.x_axis, self.legend_box):
+            self._controls.addWidget(widget)
+        self._controls.addStretch(1)
+
+    def _build_plots(self) -> None:
+        self.overlay = _plot("All layers")
+        self.overlay.addLegend(offset=(-10, -10), labelTextSize="8pt")  # bottom right: below the rising curves
+        self.overlay_threshold = _overlay_item(pg.InfiniteLine(angle=0), 5)
+        self.hover_dot = _overlay_item(pg.ScatterPlotItem(size=9), 20)
+        self.overlay_readout = QLabel(HINT)
+        self.focus = _plot("")
+        self.focus_curve = pg.PlotDataItem(antialias=True)
+        self.focus_marker = _overlay_item(UnitMarker(1), 10)
+        self.focus_marker.setToolTip("Drag to change how many units this layer keeps")
+        self.focus_marker.sigPositionChanged.connect(lambda line: self._marker_moved(self._selected, line))
+        self.focus_marker.sigPositionChangeFinished.connect(lambda _line: self._marker_finished(self._selected))
+        self.focus_dot = _overlay_item(pg.ScatterPlotItem(size=10), 20)
+        self.focus_label = _overlay_item(pg.TextItem(anchor=(0, 0)), 20)
+        self.focus_threshold = _overlay_item(pg.InfiniteLine(angle=0), 5)
+        self.focus_readout = QLabel("")
+        for item in (self.overlay_threshold, self.hover_dot):
+            self.overlay.addItem(item, ignoreBounds=True)
+        self.focus.addItem(self.focus_curve)
+        for item in (self.focus_marker, self.focus_dot, self.focus_label, self.focus_threshold):
+            self.focus.addItem(item, ignoreBounds=True)
+        self.overlay.scene().sigMouseMoved.connect(self._hover_overlay)
+        self.focus.scene().sigMouseMoved.connect(self._hover_focus)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        for plot, readout, stretch in ((self.overlay, self.overlay_readout, 3), (self.focus, self.focus_readout, 2)):
+            column = QWidget()
+            box = QVBoxLayout(column)
+            box.setContentsMargins(0, 0, 0, 0)
+            box.addWidget(plot, 1)
+            readout.setWordWrap(True)
+            box.addWidget(readout)
+            splitter.addWidget(column)
+            splitter.setStretchFactor(splitter.count() - 1, stretch)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._controls)
+        layout.addWidget(splitter, 1)
+
+    def _apply_palette(self) -> None:
+        palette = self.palette()
+        for plot in (self.overlay, self.focus):
+            apply_palette(plot, palette)
+        pen = pg.mkPen(muted(palette), width=1.5, style=Qt.PenStyle.DashLine)
+        self.overlay_threshold.setPen(pen)
+        self.focus_threshold.setPen(pen)
+        self.focus_label.setColor(palette.color(palette.ColorRole.Text))
+        # series colours are chosen against the base colour, so they change with it
+        for (name, series), colour in zip(self._series.items(), series_colours(len(self._series), palette),
+                                          strict=True):
+            series.colour = colour
+            self._style(name, selected=name == self._selected)
+        if self._selected is not None:
+            self._place(self._selected, self._keep[self._selected])
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.PaletteChange:
+            self._apply_palette()
+        super().changeEvent(event)
+
+    def set_curves(self, curves: dict[str, np.ndarray], keep: dict[str, int]) -> None:
+        """Replace all curves; ``curves[name][k]`` is the explained variance with ``k`` units kept."""
+        previous = self._selected
+        self.clear()
+        for (name, values), colour in zip(curves.items(), series_colours(len(curves), self.palette()), strict=True):
+            values = np.asarray(values, dtype=float).ravel()
+            if len(values) < 2:
+                continue  # a group with no unit cannot be pruned or drawn
+            self._series[name] = self._add_series(name, values, colour)
+            self._keep[name] = units_at(keep.get(name, len(values) - 1), len(values) - 1, False)
+            self._place(name, self._keep[name])
+        self.legend_box.setChecked(len(self._series) <= LEGEND_LIMIT)
+        self._show_legend(self.legend_box.isChecked())
+        self.overlay.getPlotItem().enableAutoRange(axis="x")
+        if self._series:
+            self.set_selected(previous if previous in self._series else next(iter(self._series)))
+
+    def set_keep(self, keep: dict[str, int]) -> None:
+        """Move markers to ``keep`` without emitting ``keepChanged``; only changed markers are touched."""
+        for name, k in keep.items():
+            series = self._series.get(name)
+            if series is not None and (k := units_at(k, series.n, False)) != self._keep[name]:
+                self._keep[name] = k
+                self._place(name, k)
+
+    def set_selected(self, name: str) -> None:
+        """Focus the right-hand plot on ``name`` and emphasise its curve in the overlay (no signal)."""
+        if name not in self._series or name == self._selected:
+            return
+        if self._selected in self._series:
+            self._style(self._selected, selected=False)
+        self._selected = name
+        self._style(name, selected=True)
+        series = self._series[name]
+        self.focus_curve.setData(series.xs(self._fraction), series.values)
+        self.focus.getPlotItem().setTitle(name)
+        with self._quiet():
+            self.focus_marker.set_scale(series.n, self._fraction)
+        self._place(name, self._keep[name])
+        self.focus.getPlotItem().enableAutoRange(axis="x")
+
+    def set_threshold(self, value: float | None) -> None:
+        """Draw the global explained-variance threshold in both plots, or hide it with ``None``."""
+        for line in (self.overlay_threshold, self.focus_threshold):
+            line.setVisible(value is not None)
+            if value is not None:
+                line.setValue(float(value))
+
+    def clear(self) -> None:
+        """Remove every curve and marker."""
+        plot = self.overlay.getPlotItem()
+        plot.legend.clear()
+        for series in self._series.values():
+            plot.removeItem(series.curve)
+            plot.removeItem(series.marker)
+        self._series.clear()
+        self._keep.clear()
+        self._selected = None
+        self.focus_curve.setData([], [])
+        self.focus.getPlotItem().setTitle("")
+        for item in (self.focus_marker, self.focus_dot, self.focus_label, self.hover_dot):
+            item.setVisible(False)
+        self.overlay_readout.setText(HINT)
+        self.focus_readout.setText("")
+
+    def keep(self) -> dict[str, int]:
+        """Current marker positions."""
+        return dict(self._keep)
+
+    def selected(self) -> str | None:
+        return self._selected
+
+    def marker(self, name: str) -> UnitMarker:
+        """The overlay marker of group ``name``."""
+        return self._series[name].marker
+
+    def curve(self, name: str) -> pg.PlotDataItem:
+        """The overlay curve of group ``name``."""
+        return self._series[name].curve
+
+    def _add_series(self, name: str, values: np.ndarray, colour: QColor) -> _Series:
+        curve = pg.PlotDataItem(antialias=True)  # unnamed: legend entries are added only when it is shown
+        curve.setCurveClickable(True, width=8)
+        curve.sigClicked.connect(partial(self._curve_clicked, name))
+        marker = UnitMarker(len(values) - 1, self._fraction)
+        marker.setToolTip(f"{name}: drag to change how many units it keeps")
+        marker.setZValue(10)
+        marker.sigPositionChanged.connect(partial(self._marker_moved, name))
+        marker.sigPositionChangeFinished.connect(lambda _line, name=name: self._marker_finished(name))
+        series = _Series(values, colour, curve, marker)
+        curve.setData(series.xs(self._fraction), values)
+        self.overlay.addItem(curve)
+        self.overlay.addItem(marker, ignoreBounds=True)
+        self._style(name, selected=False, series=series)
+        return series
+
+    def _style(self, name: str, selected: bool, series: _Series | None = None) -> None:
+        series = series or self._series[name]
+        series.curve.setPen(pg.mkPen(series.colour, width=3 if selected else 1.5))
+        series.curve.setZValue(2 if selected else 1)
+        style = Qt.PenStyle.SolidLine if selected else Qt.PenStyle.DashLine
+        series.marker.setPen(pg.mkPen(series.colour, width=2 if selected else 1, style=style))
+        series.marker.setHoverPen(pg.mkPen(series.colour, width=4))
+        if selected:
+            self.focus_curve.setPen(pg.mkPen(series.colour, width=3))
+            self.focus_marker.setPen(pg.mkPen(series.colour, width=2))
+            self.focus_marker.setHoverPen(pg.mkPen(series.colour, width=4))
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Markers moved inside this block are being placed by code: their handlers must not emit."""
+        self._syncing, previous = True, self._syncing
+        try:
+            yield
+        finally:
+            self._syncing = previous
+
+    def _place(self, name: str, k: int) -> None:
+        """Put the markers of ``name`` at ``k`` (both plots if it is selected) without emitting signals."""
+        series = self._series[name]
+        with self._quiet():
+            series.marker.set_units(k)
+            if name != self._selected:
+                return
+            self.focus_marker.set_units(k)
+        x, y = self.focus_marker.value(), float(series.values[k])
+        self.focus_dot.setData([x], [y], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None))
+        self.focus_label.setText(f" {k}/{series.n} units: {100 * y:.1f} %")
+        self.focus_label.setPos(x, y)
+        # below the point is free under a rising curve; near the right end, go left to stay in view
+        self.focus_label.setAnchor((1, 0) if k > 0.75 * series.n else (0, 0))
+        for item in (self.focus_marker, self.focus_dot, self.focus_label):
+            item.setVisible(True)
+
+    def _set_fraction(self, fraction: bool) -> None:
+        self._fraction = fraction
+        label = "kept fraction" if fraction else "kept units"
+        with self._quiet():
+            for series in self._series.values():
+                series.curve.setData(series.xs(fraction), series.values)
+                series.marker.set_scale(series.n, fraction)
+            if self._selected is not None:
+                series = self._series[self._selected]
+                self.focus_curve.setData(series.xs(fraction), series.values)
+                self.focus_marker.set_scale(series.n, fraction)
+                self._place(self._selected, self._keep[self._selected])
+        for plot in (self.overlay, self.focus):
+            plot.getPlotItem().setLabel("bottom", label)
+            plot.getPlotItem().enableAutoRange(axis="x")
+
+    def _show_legend(self, visible: bool) -> None:
+        legend = self.overlay.getPlotItem().legend
+        if visible and not legend.items:  # filled lazily: each entry relayouts the legend, which adds up
+            for name, series in self._series.items():
+                legend.addItem(series.curve, name)
+        legend.setVisible(visible)
+
+    def _marker_moved(self, name: str | None, line: UnitMarker) -> None:
+        if self._syncing or name not in self._series:
+            return
+        k = line.units()  # already snapped and clamped by the marker itself
+        self._place(name, k)  # mirrors the move in the other plot
+        if k != self._keep[name]:
+            self._keep[name] = k
+            self.keepChanged.emit(name, k)
+
+    def _marker_finished(self, name: str | None) -> None:
+        if name in self._series:
+            self.keepChangeFinished.emit(name, self._keep[name])
+
+    def _curve_clicked(self, name: str, *_args: object) -> None:
+        self.set_selected(name)
+        self.layerSelected.emit(name)
+
+    def _readout(self, name: str, x: float) -> tuple[str, int]:
+        """Read-out text for the point of ``name``'s curve nearest to ``x``, and its unit count."""
+        series = self._series[name]
+        k = units_at(x, series.n, self._fraction, lowest=0)
+        return f"{name} — {k} units kept: {100 * series.values[k]:.1f} % explained  ({k}/{series.n})", k
+
+    def _hover_overlay(self, pos: QPointF) -> None:
+        view, best = self.overlay.getPlotItem().vb, None
+        if self._series and view.sceneBoundingRect().contains(pos):
+            point = view.mapSceneToView(pos)
+            distance = 8 * view.viewPixelSize()[1]  # within eight pixels, in explained-variance units
+            for name, series in self._series.items():
+                gap = abs(float(np.interp(point.x(), series.xs(self._fraction), series.values)) - point.y())
+                if gap < distance:
+                    best, distance = name, gap
+        self.hover_dot.setVisible(best is not None)
+        if best is None:
+            self.overlay_readout.setText(HINT)
+            return
+        series = self._series[best]
+        text, k = self._readout(best, point.x())
+        self.overlay_readout.setText(text)
+        self.hover_dot.setData([series.xs(self._fraction)[k]], [series.values[k]], brush=pg.mkBrush(series.colour),
+                               pen=pg.mkPen(None))
+
+    def _hover_focus(self, pos: QPointF) -> None:
+        view = self.focus.getPlotItem().vb
+        inside = self._selected is not None and view.sceneBoundingRect().contains(pos)
+        self.focus_readout.setText(self._readout(self._selected, view.mapSceneToView(pos).x())[0] if inside else "")

@@ -1,0 +1,129 @@
+"""Live fine-tuning curves (loss and accuracy per epoch) and the accuracy-versus-FLOPs sweep plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+from snp_gui.plots import apply_palette, colour_at, make_plot
+
+__all__ = ["HistoryPlot", "SweepPlot"]
+
+# Fixed, well separated picks from the shared colour map, so that series keep their colour as more arrive.
+_PICKS = (0.0, 0.75, 0.35, 1.0, 0.55, 0.15)
+
+
+class _Plots(QWidget):
+    """A vertical stack of palette-aware plots whose lines are recoloured when the palette changes."""
+
+    def __init__(self, plots: list[tuple[pg.PlotWidget, tuple[int, int]]], parent: QWidget | None = None) -> None:
+        """``plots``: each plot with its legend offset, chosen for the corner its data usually leaves empty."""
+        super().__init__(parent)
+        self._plots = [plot for plot, _offset in plots]
+        self._lines: dict[str, tuple[pg.PlotDataItem, Qt.PenStyle]] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for plot, offset in plots:
+            plot.getPlotItem().addLegend(offset=offset, labelTextSize="8pt")
+            plot.setMinimumHeight(110)
+            layout.addWidget(plot, 1)
+        self._repaint()
+
+    def _add_line(self, plot: pg.PlotWidget, name: str, style: Qt.PenStyle, size: int) -> pg.PlotDataItem:
+        line = plot.plot([], [], name=name, symbol="o", symbolSize=size, symbolPen=None)
+        self._lines[name] = (line, style)
+        self._colour(len(self._lines) - 1, line, style)
+        return line
+
+    def _colour(self, index: int, line: pg.PlotDataItem, style: Qt.PenStyle) -> None:
+        # fixed picks rather than an even split, so that a series keeps its colour as more arrive
+        colour = colour_at(_PICKS[index % len(_PICKS)], self.palette())
+        line.setPen(pg.mkPen(colour, width=2, style=style))
+        line.setSymbolBrush(colour)
+
+    def _repaint(self) -> None:
+        for plot in self._plots:
+            apply_palette(plot, self.palette())
+        for index, (line, style) in enumerate(self._lines.values()):
+            self._colour(index, line, style)
+
+    def _clear_lines(self) -> None:
+        for plot in self._plots:
+            plot.getPlotItem().clear()  # also empties the legend
+        self._lines.clear()
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.PaletteChange:
+            self._repaint()
+        super().changeEvent(event)
+
+
+class HistoryPlot(_Plots):
+    """Loss (top) and accuracy (bottom) against epoch, one line per metric, updated point by point.
+
+    Metrics whose name contains "loss" go to the top plot, all others (accuracies, fidelity, …) to the bottom;
+    names containing "train" are dashed, held-out metrics solid.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        self.loss_plot = make_plot("", "", "loss")
+        self.accuracy_plot = make_plot("", "epoch", "accuracy (%)")
+        self.accuracy_plot.setXLink(self.loss_plot)  # the x label is shared, so the top plot has none
+        self.loss_plot.setToolTip("Training and validation loss per epoch")
+        self.accuracy_plot.setToolTip("Accuracy per epoch")
+        super().__init__([(self.loss_plot, (-10, 10)), (self.accuracy_plot, (-10, -10))], parent)
+        self._points: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add_point(self, epoch: float, values: dict[str, float]) -> None:
+        """Append one point per metric at ``epoch`` (fractional epochs are fine for mid-epoch updates)."""
+        for name, value in values.items():
+            if value is None or not np.isfinite(value):
+                continue
+            if name not in self._points:
+                plot = self.loss_plot if "loss" in name.lower() else self.accuracy_plot
+                style = Qt.PenStyle.DashLine if "train" in name.lower() else Qt.PenStyle.SolidLine
+                self._add_line(plot, name, style, size=5)
+                self._points[name] = ([], [])
+            xs, ys = self._points[name]
+            xs.append(float(epoch))
+            ys.append(float(value))
+            self._lines[name][0].setData(np.asarray(xs), np.asarray(ys))
+
+    def series(self, name: str) -> tuple[list[float], list[float]]:
+        """The points of metric ``name`` so far."""
+        xs, ys = self._points[name]
+        return list(xs), list(ys)
+
+    def clear(self) -> None:
+        """Remove every line."""
+        self._clear_lines()
+        self._points.clear()
+
+
+class SweepPlot(_Plots):
+    """Accuracy against FLOPs reduction, one line per pruning method (e.g. "SNP" and "L1")."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        self.plot = make_plot("", "FLOPs reduction (%)", "top-1 accuracy (%)")
+        self.plot.setToolTip("Accuracy of each method at each FLOPs reduction it was pruned to")
+        super().__init__([(self.plot, (10, -10))], parent)  # accuracy falls to the right
+
+    def set_series(self, name: str, xs: list[float], ys: list[float]) -> None:
+        """Show (or replace) the points of method ``name``; they are joined in order of increasing x."""
+        x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        if x.shape != y.shape:
+            raise ValueError(f"series {name!r}: {x.size} x values but {y.size} y values")
+        if name not in self._lines:
+            self._add_line(self.plot, name, Qt.PenStyle.SolidLine, size=7)
+        order = np.argsort(x, kind="stable")
+        self._lines[name][0].setData(x[order], y[order])
+
+    def names(self) -> list[str]:
+        return list(self._lines)
+
+    def clear(self) -> None:
+        """Remove every series."""
+        self._clear_lines()

@@ -1,0 +1,122 @@
+"""Summary bar: what the current plan costs and, once evaluated, what it does to accuracy and latency."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QGridLayout, QLabel, QWidget
+
+__all__ = ["SummaryBar", "human_count"]
+
+DASH = "—"
+STALE_TIP = "plan changed since the last evaluation"
+_PREFIXES = ("", " k", " M", " G", " T", " P")
+
+
+def human_count(x: float) -> str:
+    """Three significant digits with a metric prefix: ``11.2 M``, ``37.0 k``, ``1.82 G``; small integers stay whole."""
+    if x is None or not math.isfinite(x):
+        return DASH
+    sign, x = ("-" if x < 0 else ""), abs(float(x))
+    if x < 1000:
+        return f"{sign}{x:.0f}" if x == int(x) else f"{sign}{x:.3g}"
+    exponent = min(int(math.log10(x) // 3), len(_PREFIXES) - 1)
+    scaled = float(f"{x / 1000**exponent:.3g}")  # round first, so that 999.96 k becomes 1.00 M, not 1000 k
+    if scaled >= 1000 and exponent + 1 < len(_PREFIXES):
+        exponent, scaled = exponent + 1, scaled / 1000
+    decimals = 2 if scaled < 10 else 1 if scaled < 100 else 0
+    return f"{sign}{scaled:.{decimals}f}{_PREFIXES[exponent]}"
+
+
+def _change(before: float, after: float) -> str:
+    """``before → after (−12.3 %)``; the sign shows whether the plan shrinks or grows the number."""
+    if not before:
+        return f"{human_count(before)} → {human_count(after)}"
+    delta = 100.0 * (after - before) / before
+    sign = "−" if delta < 0 else "+"
+    return f"{human_count(before)} → {human_count(after)} ({sign}{abs(delta):.1f} %)"
+
+
+FIELDS: dict[str, tuple[str, str]] = {
+    "params": ("Parameters", "Parameters before → after pruning (change in %)"),
+    "flops": ("FLOPs", "Multiply-accumulates per image before → after pruning (change in %)"),
+    "speedup": ("Speed-up", "FLOPs before ÷ FLOPs after: an estimate, real speed depends on the hardware"),
+    "top1": ("Top-1", "Top-1 accuracy on the test split, original → pruned"),
+    "fidelity": ("Output error", "Relative difference of the pruned network's logits from the original's "
+                                 "(‖pruned − original‖ / ‖original‖; 0 % = identical outputs)"),
+    "latency": ("Latency", "Measured inference time, original → pruned"),
+}
+
+
+class SummaryBar(QWidget):
+    """A row of captioned numbers: parameters, FLOPs, estimated speed-up, top-1, output error, latency."""
+
+    MEASURED = ("top1", "fidelity", "latency")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._stale = False
+        self.values: dict[str, QLabel] = {}
+        grid = QGridLayout(self)
+        grid.setContentsMargins(6, 2, 6, 2)
+        grid.setHorizontalSpacing(24)
+        grid.setVerticalSpacing(0)
+        for column, (key, (caption, tip)) in enumerate(FIELDS.items()):
+            title = QLabel(caption)
+            title.setForegroundRole(QPalette.ColorRole.PlaceholderText)  # captions recede behind the numbers
+            font = title.font()
+            font.setPointSizeF(font.pointSizeF() * 0.85)
+            title.setFont(font)
+            value = QLabel(DASH)
+            bold = value.font()
+            bold.setBold(True)
+            value.setFont(bold)
+            for label in (title, value):
+                label.setToolTip(tip)
+            grid.addWidget(title, 0, column)
+            grid.addWidget(value, 1, column)
+            self.values[key] = value
+        grid.setColumnStretch(len(FIELDS), 1)
+
+    def set_costs(self, params_before: int, params_after: int, flops_before: float, flops_after: float) -> None:
+        """Parameters and FLOPs of the original and the planned network."""
+        self.values["params"].setText(_change(params_before, params_after))
+        self.values["flops"].setText(_change(flops_before, flops_after))
+        speedup = flops_before / flops_after if flops_after else float("nan")
+        self.values["speedup"].setText(f"{speedup:.2f}× (est.)" if math.isfinite(speedup) else DASH)
+
+    def set_metrics(self, metrics: dict) -> None:
+        """Measured numbers, replacing the previous ones; missing keys read "—".
+
+        Keys: ``top1_before``/``top1_after`` (percent), ``fidelity`` (relative output error, a fraction),
+        ``latency_before_ms``/``latency_after_ms``.
+        """
+        def fmt(key: str, pattern: str, scale: float = 1.0) -> str:
+            value = metrics.get(key)
+            return DASH if value is None else pattern.format(scale * value)
+
+        self.values["top1"].setText(f"{fmt('top1_before', '{:.2f} %')} → {fmt('top1_after', '{:.2f} %')}")
+        self.values["fidelity"].setText(fmt("fidelity", "{:.2f} %", 100.0))
+        self.values["latency"].setText(
+            f"{fmt('latency_before_ms', '{:.1f} ms')} → {fmt('latency_after_ms', '{:.1f} ms')}")
+        if not any(key in metrics for key in ("top1_before", "top1_after")):
+            self.values["top1"].setText(DASH)
+        if not any(key in metrics for key in ("latency_before_ms", "latency_after_ms")):
+            self.values["latency"].setText(DASH)
+
+    def mark_stale(self, stale: bool) -> None:
+        """Grey the measured numbers when the plan changed after they were measured."""
+        self._stale = bool(stale)
+        for key in self.MEASURED:
+            label = self.values[key]
+            label.setForegroundRole(QPalette.ColorRole.PlaceholderText if stale else QPalette.ColorRole.WindowText)
+            tip = FIELDS[key][1]
+            label.setToolTip(f"{tip}\n\n⚠ {STALE_TIP}" if stale else tip)
+
+    def is_stale(self) -> bool:
+        return self._stale
+
+    def text(self) -> str:
+        """Everything the bar shows, as one line (for tests, the status bar and copying)."""
+        return "  ".join(f"{FIELDS[key][0]}: {label.text()}" for key, label in self.values.items())
