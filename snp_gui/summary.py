@@ -31,8 +31,8 @@ def human_count(x: float) -> str:
 
 def _change(before: float, after: float) -> str:
     """``before → after (−12.3 %)``; the sign shows whether the plan shrinks or grows the number."""
-    if not before:
-        return f"{human_count(before)} → {human_count(after)}"
+    if not before:  # nothing analysed yet, or a cost the model cannot count
+        return DASH if not after else f"{DASH} → {human_count(after)}"
     delta = 100.0 * (after - before) / before
     sign = "−" if delta < 0 else "+"
     return f"{human_count(before)} → {human_count(after)} ({sign}{abs(delta):.1f} %)"

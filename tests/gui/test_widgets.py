@@ -273,6 +273,8 @@ def test_summary_bar(qtbot):
     assert STALE_TIP not in bar.values["top1"].toolTip()
     bar.set_metrics({})
     assert all(bar.values[key].text() == DASH for key in ("top1", "fidelity", "latency"))
+    bar.set_costs(0, 0, 0.0, 0.0)  # no analysis
+    assert all(bar.values[key].text() == DASH for key in ("params", "flops", "speedup"))
 
 
 # ---------------------------------------------------------------------------------------- threshold
