@@ -8,6 +8,8 @@ listen to its signals; they never call the engine themselves.
 from __future__ import annotations
 
 import contextlib
+import sys
+import traceback
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -15,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 
 from snp_engine.api import Analysis, Plan, analyze
 from snp_engine.data import DataBundle, adapt_to_model, load_data
-from snp_engine.errors import SnpError
+from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.models import LoadedModel, load_model
 from snp_engine.subspace import DEFAULT_ORDERING
 from snp_gui import workers
@@ -38,6 +40,7 @@ class Options:
     threshold_mode: str = "variance"
     threshold_value: float = 0.99
     latency_batch: int = 16
+    latency_repeats: int = 10
     finetune_epochs: int = 3
     finetune_lr: float = 0.01
     sweep_reductions: str = "0.3, 0.5, 0.7"
@@ -114,6 +117,10 @@ class Controller(QObject):
         self.model, self.model_trusted = loaded, trust
         self._reset_analysis()
         self.modelChanged.emit(loaded)
+        if self.data is not None and self.data_spec and _is_folder(self.data_spec):
+            channels, *size = loaded.input_shape
+            if (self.data.channels, tuple(self.data.image_size or ())) != (channels, tuple(size)):
+                self.load_data(self.data_spec)  # decode the images again for this model's input
         self.message.emit(f"Loaded {loaded.arch} ({loaded.num_classes} classes, input {_shape(loaded.input_shape)})")
 
     def load_data(self, spec: str) -> None:
@@ -123,8 +130,11 @@ class Controller(QObject):
             return
 
         def prepare():
-            folder_size = size or (self.model.input_shape[-1] if self.model else None)
-            return lambda reporter: load_data(spec, input_size=folder_size) if _is_folder(spec) else load_data(spec)
+            if not _is_folder(spec):
+                return lambda reporter: load_data(spec)
+            # folder images are decoded to the model's channels and size; without a model, RGB at 224 px
+            channels, folder_size = (self.model.input_shape[0], self.model.input_shape[-1]) if self.model else (3, 224)
+            return lambda reporter: load_data(spec, input_size=size or folder_size, channels=channels)
 
         self.runner.submit(Task("load data", prepare, on_finished=lambda bundle: self._set_data(spec, bundle)))
 
@@ -360,7 +370,13 @@ _PLAN_KEYS = {"variance": "variance", "flops": "flops_reduction", "params": "par
 
 def _load_model(spec: str, trust: bool, reporter) -> LoadedModel:
     reporter.update(0.0, f"loading {spec}")
-    return load_model(spec, trust=trust)
+    try:
+        return load_model(spec, trust=trust)
+    except SnpError:
+        raise
+    except Exception as exc:  # readers of damaged files fail in many ways; all mean "not a usable model"
+        traceback.print_exc(file=sys.stderr)
+        raise ModelLoadError(f"{spec}: could not be read as a model ({type(exc).__name__}: {exc})") from None
 
 
 def _is_folder(spec: str) -> bool:

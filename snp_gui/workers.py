@@ -99,6 +99,14 @@ class _Job(QObject):
     @Slot()
     def run(self) -> None:
         try:
+            self._run()
+        finally:
+            # Stop the thread from inside, so a GUI thread blocked in wait() (window closing) is released
+            # without having to process the queued ``done`` signal first.
+            self.thread().quit()
+
+    def _run(self) -> None:
+        try:
             result = self._function(self.reporter)
         except Cancelled:
             self.done.emit(CANCELLED, None)
@@ -279,7 +287,8 @@ def _measure(model: nn.Module, job: PruneJob, reporter: Reporter) -> dict:
     o = job.options
     scores = evaluate(model, job.data, device=o.device, reporter=reporter)
     reporter.check()
-    latency = measure_latency(model, job.analysis.input_shape, o.device, batch_size=o.latency_batch)
+    latency = measure_latency(model, job.analysis.input_shape, o.device, batch_size=o.latency_batch,
+                              repeats=o.latency_repeats)
     return {"top1": scores["top1"], "top5": scores["top5"], "latency_ms": latency["ms_mean"]}
 
 
