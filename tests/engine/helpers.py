@@ -103,3 +103,55 @@ def outputs(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.inference_mode():
         return model(images).double()
+
+
+# ------------------------------------------------------------------------------- distributed workers
+# (module-level so that spawned processes can import them)
+
+
+def _init_process_group(rank: int, world: int, init_method: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+
+
+def moments_worker(rank: int, world: int, init_method: str, samples: torch.Tensor, out_dir: str) -> None:
+    """Accumulate the moments of this rank's share of ``samples`` (in batches), then all-reduce them."""
+    import torch.distributed as dist
+
+    from snp_engine.statistics import Moments
+
+    _init_process_group(rank, world, init_method)
+    try:
+        share = samples[rank::world]
+        m = Moments.zeros(samples.shape[1])
+        for batch in share.split(7):
+            m.update(batch)
+        local = m.samples
+        m.all_reduce()
+        torch.save({"local": local, **m.state()}, f"{out_dir}/moments{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def analyze_worker(rank: int, world: int, init_method: str, model_name: str, out_dir: str) -> None:
+    """``analyze(distributed=True)`` with this rank's contiguous share of the digits calibration split."""
+    import torch.distributed as dist
+    from torch.utils.data import Subset
+
+    from snp_engine import api
+
+    _init_process_group(rank, world, init_method)
+    try:
+        calibration = digits().calibration
+        per_rank = len(calibration) // world
+        share = Subset(calibration, range(rank * per_rank, (rank + 1) * per_rank))
+        analysis = api.analyze(demo_model(model_name), share, distributed=True)
+        torch.save(
+            {g.name: {"state": g.moments.state(), "order": g.order, "curve": torch.from_numpy(g.curve)}
+             for g in analysis.groups},
+            f"{out_dir}/analysis{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()

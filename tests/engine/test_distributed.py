@@ -1,0 +1,56 @@
+"""Statistics summed over torch.distributed processes equal one process over all the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from snp_engine import api
+from snp_engine.statistics import Moments
+from tests.engine.helpers import analyze_worker, correlated_samples, demo_model, digits, moments_worker
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with the gloo backend is not available")
+
+WORLD = 2
+
+
+def _spawn(worker, tmp_path, *args) -> None:
+    init_method = (tmp_path / "rendezvous").as_uri()
+    mp.spawn(worker, args=(WORLD, init_method, *args, str(tmp_path)), nprocs=WORLD, join=True)
+
+
+def test_all_reduce_equals_single_process(tmp_path):
+    samples = torch.from_numpy(correlated_samples(203, 6, seed=0))
+    _spawn(moments_worker, tmp_path, samples)
+
+    single = Moments.zeros(6)
+    single.update(samples)
+    results = [torch.load(tmp_path / f"moments{rank}.pt") for rank in range(WORLD)]
+    assert sorted(r["local"] for r in results) == [101, 102], "each process saw only its half"
+    for result in results:
+        reduced = Moments.from_state(result)
+        assert reduced.samples == 203
+        torch.testing.assert_close(reduced.mean(), single.mean(), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(reduced.covariance(), single.covariance(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(reduced.covariance().numpy(), np.cov(samples.numpy(), rowvar=False, bias=True),
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_distributed_analyze_equals_single_process(tmp_path):
+    _spawn(analyze_worker, tmp_path, "demo-vgg")
+
+    single = api.analyze(demo_model("demo-vgg"), digits())
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"analysis{rank}.pt")
+        assert list(result) == single.names
+        for g in single.groups:
+            reduced = Moments.from_state(result[g.name]["state"])
+            assert reduced.samples == g.samples
+            torch.testing.assert_close(reduced.covariance(), g.moments.covariance(), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(reduced.mean(), g.moments.mean(), rtol=1e-10, atol=1e-10)
+            assert torch.equal(result[g.name]["order"], g.order)
+            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-8, atol=1e-10)

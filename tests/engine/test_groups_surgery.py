@@ -1,0 +1,228 @@
+"""Unit-group discovery on standard architectures, and the model surgery that prunes them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from snp_engine import api
+from snp_engine.costs import count
+from snp_engine.groups import UnitGroup, execution_order, find_groups
+from snp_engine.surgery import drop_columns, producer_l1, remove_units, weight_taps, write_weight_taps
+from tests.engine.helpers import demo_model, outputs
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                         nn.Linear(16, 10)).eval()
+
+
+def _torchvision(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
+
+
+def _resnet_blocks(layers: list[int]) -> list[str]:
+    return [f"layer{i + 1}.{j}" for i, n in enumerate(layers) for j in range(n)]
+
+
+BUILDERS = {
+    "demo-vgg": (lambda: demo_model("demo-vgg"), (1, 8, 8)),
+    "demo-resnet": (lambda: demo_model("demo-resnet"), (1, 8, 8)),
+    "mlp": (_mlp, (1, 8, 8)),
+    "resnet18": (lambda: _torchvision("resnet18"), (3, 32, 32)),
+    "mobilenet_v2": (lambda: _torchvision("mobilenet_v2"), (3, 32, 32)),
+    "vgg11_bn": (lambda: _torchvision("vgg11_bn"), (3, 32, 32)),
+    "vgg16": (lambda: _torchvision("vgg16"), (3, 32, 32)),
+    "resnet50": (lambda: _torchvision("resnet50"), (3, 32, 32)),
+    "vit_b_16": (lambda: _torchvision("vit_b_16", image_size=32), (3, 32, 32)),
+}
+
+# name -> (consumer, layout) of every expected group
+EXPECTED_GROUPS: dict[str, dict[str, tuple[str, str]]] = {
+    "demo-vgg": {
+        "features.0": ("features.3", "conv"),
+        "features.3": ("features.7", "conv"),
+        "features.7": ("features.10", "conv"),
+        "features.10": ("classifier.1", "flatten"),
+        "classifier.1": ("classifier.4", "linear"),
+    },
+    "demo-resnet": {f"layer{i}.0.conv1": (f"layer{i}.0.conv2", "conv") for i in (1, 2, 3)},
+    "mlp": {"1": ("3", "linear"), "3": ("5", "linear")},
+    "resnet18": {f"{b}.conv1": (f"{b}.conv2", "conv") for b in _resnet_blocks([2, 2, 2, 2])},
+    "resnet50": {
+        **{f"{b}.conv1": (f"{b}.conv2", "conv") for b in _resnet_blocks([3, 4, 6, 3])},
+        **{f"{b}.conv2": (f"{b}.conv3", "conv") for b in _resnet_blocks([3, 4, 6, 3])},
+    },
+    "vgg11_bn": {
+        **{f"features.{a}": (f"features.{b}", "conv") for a, b in
+           [(0, 4), (4, 8), (8, 11), (11, 15), (15, 18), (18, 22), (22, 25)]},
+        "features.25": ("classifier.0", "flatten"),
+        "classifier.0": ("classifier.3", "linear"),
+        "classifier.3": ("classifier.6", "linear"),
+    },
+    "vgg16": {
+        **{f"features.{a}": (f"features.{b}", "conv") for a, b in
+           [(0, 2), (2, 5), (5, 7), (7, 10), (10, 12), (12, 14), (14, 17), (17, 19), (19, 21), (21, 24),
+            (24, 26), (26, 28)]},
+        "features.28": ("classifier.0", "flatten"),
+        "classifier.0": ("classifier.3", "linear"),
+        "classifier.3": ("classifier.6", "linear"),
+    },
+    "mobilenet_v2": {
+        "features.0.0": ("features.1.conv.1", "conv"),
+        "features.1.conv.1": ("features.2.conv.0.0", "conv"),
+        **{f"features.{i}.conv.0.0": (f"features.{i}.conv.2", "conv") for i in range(2, 18)},
+        "features.17.conv.2": ("features.18.0", "conv"),
+        "features.18.0": ("classifier.1", "linear"),
+    },
+    "vit_b_16": {
+        f"encoder.layers.encoder_layer_{i}.mlp.0": (f"encoder.layers.encoder_layer_{i}.mlp.3", "linear")
+        for i in range(12)
+    },
+}
+
+# excluded name -> start of the reason
+EXPECTED_EXCLUDED: dict[str, dict[str, str]] = {
+    "demo-vgg": {"classifier.4": "network output"},
+    "demo-resnet": {"fc": "network output", "conv1": "residual stream",
+                    "layer2.0.downsample.0": "residual stream", "layer3.0.downsample.0": "residual stream"},
+    "mlp": {"5": "network output"},
+    "resnet18": {"fc": "network output", "conv1": "residual stream",
+                 **{f"layer{i}.0.downsample.0": "residual stream" for i in (2, 3, 4)}},
+    "resnet50": {"fc": "network output", "conv1": "read by several layers",
+                 **{f"layer{i}.0.downsample.0": "residual stream" for i in (1, 2, 3, 4)}},
+    "vgg11_bn": {"classifier.6": "network output"},
+    "vgg16": {"classifier.6": "network output"},
+    "mobilenet_v2": {"classifier.1": "network output", "features.3.conv.2": "residual stream",
+                     "features.16.conv.2": "residual stream"},
+    "vit_b_16": {"heads.head": "network output", "encoder.layers.encoder_layer_11.mlp.3": "residual stream"},
+}
+
+SLOW = {"vgg16", "resnet50", "vit_b_16", "vgg11_bn"}
+
+
+def _param(name: str, slow_models=frozenset()):
+    return pytest.param(name, marks=pytest.mark.slow) if name in slow_models else name
+
+
+@pytest.mark.parametrize("name", [_param(n, {"vgg16"}) for n in BUILDERS])
+def test_find_groups(name):
+    build, shape = BUILDERS[name]
+    model = build()
+    example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    groups, excluded = find_groups(model, example)
+    found = {g.name: (g.consumer, g.layout) for g in groups}
+    assert found == EXPECTED_GROUPS[name]
+    for g in groups:
+        producer = model.get_submodule(g.name)
+        assert g.units == (producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features)
+        for module in g.channelwise:  # BatchNorms and depthwise convs carried along have the group's width
+            sub = model.get_submodule(module)
+            assert (sub.num_features if hasattr(sub, "num_features") else sub.out_channels) == g.units
+    reasons = {e.name: e.reason for e in excluded}
+    for excluded_name, reason in EXPECTED_EXCLUDED[name].items():
+        assert reasons[excluded_name].startswith(reason), (excluded_name, reasons.get(excluded_name))
+    assert not set(reasons) & set(found), "a group cannot be both prunable and excluded"
+
+
+def test_batchnorm_free_net_with_one_image_example():
+    """A one-image example traces as a batch, also where the net would accept an unbatched input."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    one = find_groups(model, torch.randn(1, 3, 8, 8))
+    two = find_groups(model, torch.randn(2, 3, 8, 8))
+    assert one == two
+    assert {g.name: g.consumer for g in one[0]} == {"0": "1", "1": "3"}
+
+
+def test_execution_order_is_front_to_back():
+    model = demo_model("demo-vgg")
+    example = torch.zeros(1, 1, 8, 8)
+    groups, _ = find_groups(model, example)
+    ordered = execution_order(model, list(reversed(groups)), example)
+    assert [g.name for g in ordered] == ["features.0", "features.3", "features.7", "features.10", "classifier.1"]
+
+
+# ------------------------------------------------------------------------- pruning end to end
+
+
+@pytest.mark.parametrize("name", [_param(n, SLOW) for n in BUILDERS])
+def test_prune_forty_percent_flops(name):
+    build, shape = BUILDERS[name]
+    model = build()
+    gen = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(16, *shape, generator=gen), torch.zeros(16, dtype=torch.long))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    analysis = api.analyze(model, data, ordering="variance")
+    plan = analysis.plan(flops_reduction=0.4)
+    assert plan.flops_reduction >= 0.4 - 1e-9
+    assert plan.flops_after < plan.flops_before and plan.params_after < plan.params_before
+    pruned = api.prune(model, analysis, plan, sequential=False)
+
+    x = torch.randn(2, *shape, generator=gen)
+    y = outputs(pruned, x)
+    assert y.shape == outputs(model, x).shape and torch.isfinite(y).all()
+    params, macs = count(pruned, x)
+    assert params == pytest.approx(plan.params_after, rel=0.01)
+    assert macs == pytest.approx(plan.flops_after, rel=0.01)
+    for g in analysis.groups:
+        producer = pruned.get_submodule(g.name)
+        width = producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
+        assert width == plan.keep[g.name] == len(pruned.snp_pruning["kept"][g.name])
+    # the original model is left untouched
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------- surgery parts
+
+
+def test_weight_taps_layouts():
+    conv = nn.Conv2d(4, 3, (3, 2))
+    taps = weight_taps(conv, UnitGroup("p", "c", 4, "conv"))
+    assert taps.shape == (3, 4, 6)
+    assert torch.equal(taps[2, 1], conv.weight[2, 1].reshape(-1))
+
+    flat = nn.Linear(4 * 6, 5)  # reads a flattened 4-channel map of 6 positions
+    taps = weight_taps(flat, UnitGroup("p", "c", 4, "flatten"))
+    assert taps.shape == (5, 4, 6)
+    assert torch.equal(taps[3, 2, 5], flat.weight[3, 2 * 6 + 5])
+
+    linear = nn.Linear(4, 5)
+    taps = weight_taps(linear, UnitGroup("p", "c", 4, "linear"))
+    assert taps.shape == (5, 4, 1)
+
+    write_weight_taps(flat, torch.arange(5 * 24, dtype=torch.float64).reshape(5, 4, 6))
+    assert flat.weight.dtype == torch.float32 and float(flat.weight.detach()[1, 0]) == 24.0
+
+
+def test_drop_columns_equals_zeroing_the_pruned_units():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    group = UnitGroup("0", "2", 6, "conv")
+    kept = torch.tensor([0, 2, 5])
+    reference = copy.deepcopy(model)
+    dropped = copy.deepcopy(model)
+    drop_columns(dropped, group, kept)
+    hidden = reference[1](reference[0](x))
+    hidden[:, [1, 3, 4]] = 0
+    torch.testing.assert_close(outputs(dropped, x), reference[2](hidden).double())
+    # physically removing the now unread units changes nothing
+    removed = remove_units(copy.deepcopy(dropped), [group], {"0": [1, 3, 4]}, x[:1])
+    assert removed[0].out_channels == 3 and removed[2].in_channels == 3
+    torch.testing.assert_close(outputs(removed, x), outputs(dropped, x), rtol=1e-5, atol=1e-5)
+
+
+def test_producer_l1():
+    conv = nn.Conv2d(2, 3, 3)
+    model = nn.Sequential(conv)
+    expected = conv.weight.detach().abs().sum((1, 2, 3)).double()
+    torch.testing.assert_close(producer_l1(model, UnitGroup("0", "1", 3, "conv")), expected)
