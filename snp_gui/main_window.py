@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.session_path: str | None = None
         self.last_error: tuple[str, str] | None = None
         self._error_box: QMessageBox | None = None
+        self._closing = False
         self._build()
         self.actions, self.menus = build_actions(self, self._handlers())
         connect_all(self)
@@ -252,6 +253,8 @@ class MainWindow(QMainWindow):
         """One line in the status bar plus a non-blocking dialog; the window stays usable."""
         self.last_error = (task, text)
         self.statusBar().showMessage(f"{task.capitalize()} failed: {text}")
+        if self._closing:  # a dialog now would keep the application alive after its window closed
+            return
         if self._error_box is not None:
             self._error_box.close()
         self._error_box = QMessageBox(QMessageBox.Icon.Warning, f"{task.capitalize()} failed", text,
@@ -322,6 +325,7 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._closing = True
         if self.controller.runner.busy:
             self.statusBar().showMessage("Stopping the running task…")
         self.controller.shutdown()

@@ -28,6 +28,7 @@ KINDS = (
 )
 WEIGHTS_FILTER = "Weights (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)"
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt")
 
 
 class ModelPanel(QGroupBox):
@@ -148,12 +149,17 @@ class ModelPanel(QGroupBox):
 
 
 def guess_kind(spec: str) -> str:
-    """Which page a spec belongs to: demo name, torchvision:…, an snp export or another file."""
+    """Which page a spec belongs to: demo name, torchvision:…, an snp export or a pickle.
+
+    Only an existing torch file counts as a pickle; anything else is tried as a safe file, so a
+    mistyped name produces a "not found" message instead of a trust question.
+    """
     if spec in DEMO_MODELS:
         return "demo"
     if spec.startswith(TORCHVISION_PREFIX):
         return "torchvision"
-    return "snp" if spec.endswith(".safetensors") else "pickle"
+    path = Path(spec)
+    return "pickle" if path.suffix in PICKLE_SUFFIXES and path.is_file() else "snp"
 
 
 def _demo_label(name: str) -> str:
