@@ -4,6 +4,9 @@
   test module can import Qt.
 * Tests marked ``@pytest.mark.gpu`` are skipped cleanly on machines without CUDA; the
   ``cuda_device`` fixture gives such tests the device to use.
+* torch runs single-threaded unless ``OMP_NUM_THREADS`` says otherwise: the tests use small
+  tensors, and on a busy machine spinning OpenMP threads made them 5-20x slower. The variable is
+  also inherited by the subprocesses some tests start.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -22,6 +26,13 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def pytest_configure(config):
+    import sys
+
+    if "torch" in sys.modules:  # imported before this file set OMP_NUM_THREADS: apply it now
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -105,7 +105,7 @@ EXPECTED_EXCLUDED: dict[str, dict[str, str]] = {
     "vit_b_16": {"heads.head": "network output", "encoder.layers.encoder_layer_11.mlp.3": "residual stream"},
 }
 
-SLOW = {"vgg16", "resnet50", "vit_b_16", "vgg11_bn"}
+SLOW = {"vgg16", "vit_b_16", "vgg11_bn"}
 
 
 def _param(name: str, slow_models=frozenset()):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snp_engine import api
-from snp_engine.errors import SnpError
+from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.subspace import explained_curve, order_units, subspace_curve
 from tests.engine.helpers import demo_model, digits, outputs, stacked
 
@@ -194,3 +194,24 @@ def _small_analysis(model) -> api.Analysis:
     if "vgg" not in _SMALL:
         _SMALL["vgg"] = api.analyze(model, digits(), samples=64, ordering="variance")
     return _SMALL["vgg"]
+
+
+def test_nan_activations_name_the_layer():
+    model = demo_model("demo-vgg")
+    with torch.no_grad():
+        model.features[4].running_var[3] = -1.0  # sqrt of a negative variance: NaN in channel 3
+    with pytest.raises(AnalysisError, match=r"features\.7"):
+        api.analyze(model, digits(), samples=32)
+
+
+@pytest.mark.gpu
+def test_cuda_statistics_and_pruning_match_cpu(cuda_device):
+    model = demo_model("demo-resnet")
+    cpu = api.analyze(model, digits(), samples=128)
+    gpu = api.analyze(demo_model("demo-resnet"), digits(), samples=128, device=cuda_device)
+    for g, h in zip(cpu.groups, gpu.groups, strict=True):
+        torch.testing.assert_close(h.moments.covariance().cpu(), g.moments.covariance(), rtol=1e-4, atol=1e-5)
+    plan = gpu.plan(flops_reduction=0.4)
+    pruned = api.prune(demo_model("demo-resnet"), gpu, plan, data=digits(), samples=128, device=cuda_device)
+    assert next(pruned.parameters()).device.type == "cuda"
+    assert api.evaluate(pruned, digits(), device=cuda_device)["top1"] >= 90.0
