@@ -120,24 +120,26 @@ def collect_joint_moments(
 def following_norms(model: nn.Module, consumers: list[str], example_input: torch.Tensor) -> dict[str, str]:
     """For each consumer, the BatchNorm that directly normalises its output, if any (found by tracing
     which tensor each BatchNorm receives)."""
-    outputs: dict[int, str] = {}
+    # id -> (consumer, output, version): holding the output keeps its id from being reused by a later
+    # tensor; the version counter tells whether an in-place op (ReLU(inplace=True)) changed it since
+    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}
     found: dict[str, str] = {}
     names = {module: name for name, module in model.named_modules()}
     handles = []
     for consumer in consumers:
         def remember(_module, _inputs, output, consumer=consumer):
-            outputs[id(output)] = consumer
+            outputs[id(output)] = (consumer, output, output._version)
         handles.append(model.get_submodule(consumer).register_forward_hook(remember))
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             def check(mod, inputs):
-                consumer = outputs.get(id(inputs[0]))
-                if consumer is not None:
-                    found.setdefault(consumer, names[mod])
+                entry = outputs.get(id(inputs[0]))
+                if entry is not None and entry[1] is inputs[0] and entry[2] == inputs[0]._version:
+                    found.setdefault(entry[0], names[mod])
             handles.append(module.register_forward_pre_hook(check))
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: inference tensors have no version counter
             model(example_input)
     finally:
         for handle in handles:
