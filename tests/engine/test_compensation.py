@@ -131,7 +131,9 @@ def _dependent_conv_net(consumer_kind: str) -> nn.Module:
         producer.weight[2] = 2 * producer.weight[0] - producer.weight[1]
         producer.bias[2] = 2 * producer.bias[0] - producer.bias[1] + 0.5
     layers = [producer, nn.Conv2d(6, 4, 3, padding=0, bias=consumer_kind == "bias")]
-    if consumer_kind == "batchnorm":
+    if consumer_kind == "relu-batchnorm":  # the BatchNorm does not see the consumer's output itself
+        layers.append(nn.ReLU(inplace=True))
+    if consumer_kind.endswith("batchnorm"):
         norm = nn.BatchNorm2d(4)
         with torch.no_grad():
             norm.running_mean.uniform_(-1, 1)
@@ -165,13 +167,14 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm())
 
 
-@pytest.mark.parametrize("consumer_kind", ["bias", "batchnorm", "no-bias"])
+@pytest.mark.parametrize("consumer_kind", ["bias", "batchnorm", "no-bias", "relu-batchnorm"])
 @pytest.mark.parametrize("sequential", [False, True])
 def test_dependent_unit_is_removed_exactly_from_a_conv_consumer(consumer_kind, sequential):
     model = _dependent_conv_net(consumer_kind)
     images = torch.randn(48, 5, 8, 8, generator=torch.Generator().manual_seed(5))
     analysis, pruned = _prune_unit_two(model, images, sequential=sequential, physical=True)
     assert pruned[0].out_channels == 5 and pruned[1].in_channels == 5
+    assert analysis.group("0").norm == ("2" if consumer_kind == "batchnorm" else None)
     assert _relative_change(outputs(model, images), outputs(pruned, images)) < 1e-4
     held_out = torch.randn(16, 5, 8, 8, generator=torch.Generator().manual_seed(6))
     assert _relative_change(outputs(model, held_out), outputs(pruned, held_out)) < 1e-4

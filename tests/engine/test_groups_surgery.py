@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from snp_engine import api
+from snp_engine.activations import following_norms
 from snp_engine.costs import count
 from snp_engine.groups import UnitGroup, execution_order, find_groups
 from snp_engine.surgery import drop_columns, producer_l1, remove_units, weight_taps, write_weight_taps
@@ -226,3 +227,34 @@ def test_producer_l1():
     model = nn.Sequential(conv)
     expected = conv.weight.detach().abs().sum((1, 2, 3)).double()
     torch.testing.assert_close(producer_l1(model, UnitGroup("0", "1", 3, "conv")), expected)
+
+
+class _TanhBetween(nn.Module):
+    """conv2's output reaches the BatchNorm only through tanh and a scale (new tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(5)
+        self.head = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        z = torch.tanh(y)
+        del y  # frees conv2's output, so the next tensor may get its id
+        return self.head(self.bn(z * 2))
+
+
+def test_following_norms_only_directly_after_the_consumer():
+    example = torch.randn(1, 3, 8, 8)
+    assert following_norms(_TanhBetween().eval(), ["conv2", "head"], example) == {}
+    inplace = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.ReLU(inplace=True),
+                            nn.BatchNorm2d(5), nn.Conv2d(5, 2, 1)).eval()
+    assert following_norms(inplace, ["1", "4"], example) == {}
+    direct = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.BatchNorm2d(5),
+                           nn.ReLU(inplace=True), nn.Conv2d(5, 2, 1)).eval()
+    assert following_norms(direct, ["1", "4"], example) == {"1": "2"}
+    resnet = demo_model("demo-resnet")
+    consumers = [f"layer{i}.0.conv2" for i in (1, 2, 3)]
+    assert following_norms(resnet, consumers, torch.zeros(1, 1, 8, 8)) == {c: c[:-5] + "bn2" for c in consumers}
