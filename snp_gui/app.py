@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="SPEC", help="digits, an ImageFolder directory or npz:PATH")
     parser.add_argument("--analyse", "--analyze", dest="analyse", action="store_true",
                         help="start the analysis as soon as the model and data are loaded")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the plan once the analysis has finished")
+    parser.add_argument("--color-scheme", choices=("system", "light", "dark"), default="system",
+                        help="light or dark colours (default: follow the system)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: the first GPU, else the CPU)")
     parser.add_argument("--samples", type=int, help="calibration images to analyse")
     parser.add_argument("--batch-size", type=int, help="images per batch")
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    app = _application()
+    app = _application(args.color_scheme)
+    _leave_a_core_for_the_interface()
     from snp_gui.main_window import MainWindow
     from snp_gui.settings import Settings
 
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.exec()
 
 
-def _application():
+def _application(color_scheme: str = "system"):
     """The QApplication, set up for high-DPI screens and a consistent look on every platform."""
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QGuiApplication
@@ -69,7 +73,42 @@ def _application():
     app.setApplicationDisplayName("snp")
     # Fusion follows the system's light or dark palette the same way on every platform
     app.setStyle("Fusion")
+    if color_scheme != "system":
+        scheme = Qt.ColorScheme.Dark if color_scheme == "dark" else Qt.ColorScheme.Light
+        app.styleHints().setColorScheme(scheme)
+        # without a platform theme (plain X servers) the hint alone changes nothing; set the palette too
+        app.setPalette(_dark_palette() if color_scheme == "dark" else app.style().standardPalette())
     return app
+
+
+def _dark_palette():
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    roles = QPalette.ColorRole
+    colours = {
+        roles.Window: "#2b2b2e", roles.WindowText: "#e6e6e6", roles.Base: "#1f1f22", roles.AlternateBase: "#29292d",
+        roles.ToolTipBase: "#3a3a3f", roles.ToolTipText: "#f0f0f0", roles.Text: "#e6e6e6", roles.Button: "#35353a",
+        roles.ButtonText: "#e6e6e6", roles.BrightText: "#ff6b6b", roles.Highlight: "#3d7bd9",
+        roles.HighlightedText: "#ffffff", roles.Link: "#6ea8ff", roles.PlaceholderText: "#9a9aa2",
+        roles.Mid: "#4a4a50", roles.Dark: "#18181b", roles.Light: "#505057", roles.Midlight: "#404046",
+        roles.Shadow: "#000000",
+    }
+    for role, colour in colours.items():
+        palette.setColor(role, QColor(colour))
+    for role in (roles.WindowText, roles.Text, roles.ButtonText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#7c7c84"))
+    return palette
+
+
+def _leave_a_core_for_the_interface() -> None:
+    """Torch's intra-op threads spin on every core; with one core fewer the window stays smooth while
+    a task runs. An explicit OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads() - 1))
 
 
 def _apply_arguments(window, args: argparse.Namespace) -> None:
@@ -88,8 +127,10 @@ def _apply_arguments(window, args: argparse.Namespace) -> None:
             window.load_data_spec(args.data)
     else:  # --demo, or nothing at all: a new user should see something working
         window.open_demo(DEMO_MODEL, DEMO_DATA)
-    if args.analyse:
+    if args.analyse or args.evaluate:
         c.analyse()
+    if args.evaluate:
+        c.evaluate()
 
 
 def _screenshot_when_idle(window, path: str) -> None:

@@ -99,7 +99,7 @@ class Controller(QObject):
         self.overridden = False  # keep counts were edited by hand after the last threshold change
         self.metrics: dict = {}
         self.stale = False
-        self._pruned: tuple[tuple, torch.nn.Module] | None = None
+        self._pruned: tuple[tuple, torch.nn.Module, int] | None = None  # job key, network, fine-tuned epochs
         self._baseline: tuple[tuple, dict] | None = None
         self._adapted: tuple[tuple, DataBundle] | None = None
         self.sweep_results: dict[str, dict[float, float]] = {}
@@ -287,14 +287,28 @@ class Controller(QObject):
         def prepare():
             job = self._job()
             baseline = self._baseline[1] if self._baseline and self._baseline[0] == job.baseline_key else None
-            return lambda reporter: workers.evaluate_plan(job, baseline, reporter)
+            pruned, epochs = self._cached(job)
+            return lambda reporter: {**workers.evaluate_plan(job, baseline, pruned, reporter), "epochs": epochs}
 
         self.runner.submit(Task("evaluation", prepare, on_finished=self._evaluated))
 
+    def _cached(self, job: workers.PruneJob) -> tuple[torch.nn.Module | None, int]:
+        """The network pruned (and maybe fine-tuned) for exactly this job, if there is one."""
+        if self._pruned is not None and self._pruned[0] == job.key:
+            return self._pruned[1], self._pruned[2]
+        return None, 0
+
     def _evaluated(self, result: dict) -> None:
         job_key, baseline_key = result["keys"]
-        self._pruned, self._baseline = (job_key, result["pruned"]), (baseline_key, result["baseline"])
-        self.set_metrics(result["metrics"])
+        epochs = result["epochs"]
+        self._pruned, self._baseline = (job_key, result["pruned"], epochs), (baseline_key, result["baseline"])
+        m = result["metrics"]
+        if epochs:  # training rescales the logits, so their distance to the original's means little
+            m.update(fidelity=None, finetuned_epochs=epochs)
+        self.set_metrics(m)
+        error = f", output error {100 * m['fidelity']:.2f} %" if m["fidelity"] is not None else ""
+        self.message.emit(f"Evaluated: top-1 {m['top1_before']:.2f} % → {m['top1_after']:.2f} %{error}, "
+                          f"latency {m['latency_before_ms']:.1f} → {m['latency_after_ms']:.1f} ms")
 
     def set_metrics(self, metrics: dict) -> None:
         self.metrics, self.stale = dict(metrics), False
@@ -319,21 +333,22 @@ class Controller(QObject):
     def finetune(self, epochs: int, lr: float) -> None:
         def prepare():
             job = self._job()
-            pruned = self._pruned[1] if self._pruned and self._pruned[0] == job.key else None
-            return lambda reporter: workers.finetune(job, pruned, epochs, lr, reporter)
+            pruned, done = self._cached(job)
+            return lambda reporter: {**workers.finetune(job, pruned, epochs, lr, reporter), "epochs": done + epochs}
 
         self.runner.submit(Task("fine-tuning", prepare, on_finished=self._finetuned,
                                 on_partial=lambda point: self.historyPoint.emit(*point)))
 
     def _finetuned(self, result: dict) -> None:
-        self._pruned = (result["key"], result["model"])
+        self._pruned = (result["key"], result["model"], result["epochs"])
         self.set_metrics({**self.metrics, **result["metrics"], "finetuned_epochs": result["epochs"]})
-        self.message.emit(f"Fine-tuned for {result['epochs']} epoch(s): top-1 {result['metrics']['top1_after']:.2f} %")
+        top1 = result["metrics"]["top1_after"]
+        self.message.emit(f"Fine-tuned for {result['epochs']} epoch(s) in all: top-1 {top1:.2f} %")
 
     def export(self, path: str, torchscript: bool = False, onnx: bool = False) -> None:
         def prepare():
             job = self._job()
-            pruned = self._pruned[1] if self._pruned and self._pruned[0] == job.key else None
+            pruned, _epochs = self._cached(job)
             metrics = {} if self.stale else dict(self.metrics)
             return lambda reporter: workers.export(job, pruned, metrics, path, torchscript, onnx, reporter)
 

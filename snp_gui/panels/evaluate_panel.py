@@ -106,7 +106,8 @@ class EvaluatePanel(QWidget):
                         for name, a, b in rows)
         self.results.setText(
             f"<table cellspacing=6><tr><th></th><th>original</th><th>pruned{tuned}</th></tr>{table}</table>"
-            f"Output error: {DASH if fid is None else f'{100 * fid:.2f} %'} (relative logit difference)")
+            + (f"Output error: {100 * fid:.2f} % (relative logit difference)" if fid is not None else
+               "Output error: — (not comparable after fine-tuning)" if tuned else ""))
 
 
 class FinetunePanel(QWidget):

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -67,7 +68,8 @@ class ModelPanel(QGroupBox):
         self._add_page(self._torchvision_page())
         self._add_page(self.snp_file)
         self._add_page(self.pickle_file)
-        self.kind.currentIndexChanged.connect(self.stack.setCurrentIndex)
+        self.kind.currentIndexChanged.connect(self._show_page)
+        self._show_page(0)
         for edit in (self.weights, self.snp_file, self.pickle_file):
             edit.pathChosen.connect(lambda _path: self.request_load())
         self.load_button = QPushButton("Load model")
@@ -90,6 +92,14 @@ class ModelPanel(QGroupBox):
         layout.addWidget(widget)
         layout.addStretch(1)
         self.stack.addWidget(page)
+
+    def _show_page(self, index: int) -> None:
+        # hidden pages must not reserve space, otherwise the one-line pages get the torchvision page's height
+        for position in range(self.stack.count()):
+            policy = QSizePolicy.Policy.Preferred if position == index else QSizePolicy.Policy.Ignored
+            self.stack.widget(position).setSizePolicy(policy, policy)
+        self.stack.setCurrentIndex(index)
+        self.stack.adjustSize()
 
     def _torchvision_page(self) -> QWidget:
         page = QWidget()

@@ -206,6 +206,10 @@ def test_sweep_and_finetune_fill_their_plots(qtbot, analysed):
     xs, _ = analysed.finetune_panel.history.series("test top-1 %")
     assert xs == [0.0, 1.0]
     assert c.metrics["finetuned_epochs"] == 1 and c.metrics["top1_after"] > 0
+    assert c.metrics["fidelity"] is None  # logits of a trained network are not comparable to the original's
+    outcome, message = run(qtbot, analysed, "evaluation", c.evaluate)  # evaluates the fine-tuned weights
+    assert outcome == FINISHED, message
+    assert c.metrics["finetuned_epochs"] == 1 and c.metrics["latency_after_ms"] > 0
 
 
 def test_bad_model_file_shows_an_error_and_the_app_stays_usable(qtbot, window, tmp_path):
