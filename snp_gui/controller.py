@@ -7,10 +7,8 @@ listen to its signals; they never call the engine themselves.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import traceback
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from PySide6.QtCore import QObject, Signal
@@ -19,55 +17,9 @@ from snp_engine.api import Analysis, Plan, analyze
 from snp_engine.data import DataBundle, adapt_to_model, load_data
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.models import LoadedModel, load_model
-from snp_engine.subspace import DEFAULT_ORDERING
 from snp_gui import workers
+from snp_gui.settings import Options, default_device
 from snp_gui.workers import FINISHED, Task, TaskRunner
-
-COMPENSATIONS = ("sequential", "one-shot", "none")
-
-
-@dataclass
-class Options:
-    """Every setting that shapes a run; saved in sessions and remembered between runs."""
-
-    samples: int = 256
-    batch_size: int = 64
-    input_size: int = 0  # folder images: 0 means the model's own input size
-    device: str = "cpu"
-    ordering: str = DEFAULT_ORDERING
-    curve: str = "variance"
-    compensation: str = "sequential"
-    threshold_mode: str = "variance"
-    threshold_value: float = 0.99
-    latency_batch: int = 16
-    latency_repeats: int = 10
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.01
-    sweep_reductions: str = "0.3, 0.5, 0.7"
-    sweep_baseline: str = "l1"
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> Options:
-        """Known keys, converted to each field's type; unknown or malformed values keep the default."""
-        options = cls()
-        for item in fields(cls):
-            if item.name in raw:
-                default = getattr(options, item.name)
-                with contextlib.suppress(TypeError, ValueError):
-                    setattr(options, item.name, type(default)(raw[item.name]))
-        return options
-
-    def copy(self) -> Options:
-        return Options(**asdict(self))
-
-
-def available_devices() -> list[tuple[str, str]]:
-    """(device id, label) for the CPU and every CUDA device, GPUs first so they are the default."""
-    devices = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            devices.append((f"cuda:{index}", f"GPU {index}: {torch.cuda.get_device_name(index)}"))
-    return [*devices, ("cpu", "CPU")]
 
 
 class Controller(QObject):
@@ -88,7 +40,7 @@ class Controller(QObject):
         super().__init__(parent)
         self.runner = TaskRunner(self)
         self.runner.ended.connect(self._task_ended)
-        self.options = Options(device=available_devices()[0][0])
+        self.options = Options(device=default_device())
         self.model: LoadedModel | None = None
         self.model_trusted = False
         self.data: DataBundle | None = None
@@ -257,30 +209,6 @@ class Controller(QObject):
             return 0, 0, 0.0, 0.0
         (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(self.keep)
         return params_before, params_after, flops_before, flops_after
-
-    def layer_costs(self, keep: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, float]]:
-        """Parameters and FLOPs of each group's own layers (producer and its norm) and of each excluded
-        layer, under ``keep`` (default: the current keep counts; ``{}`` gives the unpruned costs)."""
-        params: dict[str, int] = {}
-        flops: dict[str, float] = {}
-        if self.analysis is None:
-            return params, flops
-        keep = self.keep if keep is None else keep
-        model = self.analysis.costs
-        owners = set(model.units) | {e.name for e in self.analysis.excluded}
-
-        def kept(group: str | None) -> float:
-            return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
-
-        for layer in model.layers:
-            owner = layer.channel_group or (layer.name if layer.name in owners else None)
-            if owner is None:
-                continue
-            scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
-            bias = kept(layer.out_group) * kept(layer.channel_group)
-            params[owner] = params.get(owner, 0) + round(layer.weight_params * scale + layer.bias_params * bias)
-            flops[owner] = flops.get(owner, 0.0) + layer.macs * scale
-        return params, flops
 
     # -- evaluation, sweep, fine-tuning, export ---------------------------------------------------
     def evaluate(self) -> None:

@@ -12,7 +12,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QDockWidget,
-    QFileDialog,
     QMainWindow,
     QMessageBox,
     QScrollArea,
@@ -24,18 +23,19 @@ from PySide6.QtWidgets import (
 
 from snp_engine.errors import SnpError
 from snp_gui import session
-from snp_gui.controller import Controller, available_devices
+from snp_gui.controller import Controller
+from snp_gui.dialogs import files
 from snp_gui.dialogs.about import show_about
 from snp_gui.dialogs.export import ExportDialog, removal_summary
 from snp_gui.dialogs.trust import confirm_pickle
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels.actions import build_actions, fill_recent
-from snp_gui.panels.analysis_panel import AnalysisPanel
+from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import MODEL_SUFFIXES, ModelPanel, guess_kind
 from snp_gui.panels.status import ProgressStatus
-from snp_gui.panels.wiring import connect_all, store_options
+from snp_gui.panels.wiring import connect_all, show_options, store_options
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.settings import Settings
 from snp_gui.summary import SummaryBar
@@ -120,8 +120,9 @@ class MainWindow(QMainWindow):
     def _handlers(self) -> dict:
         c = self.controller
         return {
-            "open_model": self.open_model_file, "open_data": self.open_data_folder, "open_npz": self.open_npz,
-            "open_session": self.open_session_dialog, "save_session": self.save_session,
+            "open_model": lambda: self._ask(files.ask_model_file),
+            "open_data": lambda: self._ask(files.ask_data_folder), "open_npz": lambda: self._ask(files.ask_npz_file),
+            "open_session": lambda: self._ask(files.ask_session_to_open), "save_session": self.save_session,
             "save_session_as": lambda: self.save_session(ask=True), "export": self.export_dialog,
             "quit": self.close, "analyse": c.analyse, "cancel": self.cancel, "evaluate": c.evaluate,
             "sweep": self.evaluate_panel.sweep_button.click, "finetune": self.finetune_panel.start_button.click,
@@ -136,6 +137,9 @@ class MainWindow(QMainWindow):
     def load_model_spec(self, spec: str, kind: str | None = None) -> None:
         kind = kind or guess_kind(spec)
         self.model_panel.set_spec(spec, kind)
+        if not spec.strip():
+            self.show_error("load model", "choose a model file first")
+            return
         trust = kind == "pickle"
         if trust and not self.confirm_trust(spec):
             self.statusBar().showMessage("Not opened: the pickled model was not trusted")
@@ -171,27 +175,10 @@ class MainWindow(QMainWindow):
         self.model_panel.request_load()
 
     # -- file dialogs -----------------------------------------------------------------------------
-    def open_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open model", self.settings.last_dir(),
-                                              "Models (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)")
+    def _ask(self, chooser, then=None) -> None:
+        path = chooser(self, self.settings.last_dir())
         if path:
-            self.open_path(path)
-
-    def open_data_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open image folder", self.settings.last_dir())
-        if path:
-            self.open_path(path)
-
-    def open_npz(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open NumPy data", self.settings.last_dir(), "NumPy (*.npz)")
-        if path:
-            self.open_path(path)
-
-    def open_session_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open session", self.settings.last_dir(),
-                                              f"snp sessions (*{session.SUFFIX})")
-        if path:
-            self.open_session(path)
+            (then or self.open_path)(path)
 
     def open_session(self, path: str) -> None:
         try:
@@ -214,14 +201,10 @@ class MainWindow(QMainWindow):
         self.refresh_recent()
 
     def save_session(self, ask: bool = False) -> None:
-        path = self.session_path
-        if ask or not path:
-            path, _ = QFileDialog.getSaveFileName(self, "Save session", self.settings.last_dir(),
-                                                  f"snp sessions (*{session.SUFFIX})")
-            if not path:
-                return
-            path = path if path.endswith(session.SUFFIX) else path + session.SUFFIX
-        self.save_session_to(path)
+        if ask or not self.session_path:
+            self._ask(files.ask_session_to_save, self.save_session_to)
+        else:
+            self.save_session_to(self.session_path)
 
     def save_session_to(self, path: str) -> None:
         session.save(self.controller, path, self.model_panel.current()[1] if self.controller.model else None)
@@ -286,15 +269,7 @@ class MainWindow(QMainWindow):
 
     def apply_options(self) -> None:
         """Show the controller's options in the panels (after a session or saved settings were loaded)."""
-        o = self.controller.options
-        self.data_panel.set_values(o.samples, o.batch_size, o.input_size)
-        for key in ("device", "ordering", "curve", "compensation"):
-            if not self.analysis_panel.set_value(key, getattr(o, key)):
-                setattr(o, key, self.analysis_panel.value(key))  # e.g. a GPU that is gone
-        self.threshold.set_value(o.threshold_mode, o.threshold_value)
-        self.evaluate_panel.latency_batch.setValue(o.latency_batch)
-        self.finetune_panel.epochs.setValue(o.finetune_epochs)
-        self.finetune_panel.lr.setValue(o.finetune_lr)
+        show_options(self)
 
     # -- window events ----------------------------------------------------------------------------
     def reset_layout(self) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from snp_engine.api import Analysis
 from snp_engine.errors import SnpError
 from snp_engine.io import atomic_write, check_analysis_fits
+from snp_gui.settings import Options
 from snp_gui.workers import Task
 
 if TYPE_CHECKING:
@@ -98,8 +99,6 @@ def save(controller: Controller, path: str | Path, model_kind: str | None) -> No
 
 def restore(controller: Controller, path: str | Path, session: SessionData, trust: bool) -> None:
     """Load the session's model and data, then its statistics, then put the keep counts back."""
-    from snp_gui.controller import Options
-
     controller.options = Options.from_dict({**session.options})
     if session.model_spec:
         controller.load_model(session.model_spec, trust=trust)

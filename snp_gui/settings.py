@@ -1,4 +1,4 @@
-"""Persistent preferences: recent files, window layout and the last-used options (QSettings).
+"""Persistent preferences: recent files, window layout and the last-used run options (QSettings).
 
 Stored as an INI file in the user's config folder. ``SNP_GUI_SETTINGS`` points it elsewhere, which
 the tests use so they never read or overwrite a real user's preferences.
@@ -6,10 +6,14 @@ the tests use so they never read or overwrite a real user's preferences.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
+
+from snp_engine.subspace import DEFAULT_ORDERING
 
 MAX_RECENT = 8
 ENV_PATH = "SNP_GUI_SETTINGS"
@@ -86,3 +90,45 @@ class Settings:
     def remember_dir(self, path: str | os.PathLike) -> None:
         path = Path(path)
         self._store.setValue("paths/last_dir", str(path if path.is_dir() else path.parent))
+
+
+@dataclass
+class Options:
+    """Every setting that shapes a run; saved in sessions and remembered between runs."""
+
+    samples: int = 256
+    batch_size: int = 64
+    input_size: int = 0  # folder images: 0 means the model's own input size
+    device: str = "cpu"
+    ordering: str = DEFAULT_ORDERING
+    curve: str = "variance"
+    compensation: str = "sequential"
+    threshold_mode: str = "variance"
+    threshold_value: float = 0.99
+    latency_batch: int = 16
+    latency_repeats: int = 10
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    sweep_reductions: str = "0.3, 0.5, 0.7"
+    sweep_baseline: str = "l1"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Options:
+        """Known keys, converted to each field's type; unknown or malformed values keep the default."""
+        options = cls()
+        for item in fields(cls):
+            if item.name in raw:
+                default = getattr(options, item.name)
+                with contextlib.suppress(TypeError, ValueError):
+                    setattr(options, item.name, type(default)(raw[item.name]))
+        return options
+
+    def copy(self) -> Options:
+        return Options(**asdict(self))
+
+
+def default_device() -> str:
+    """The first GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"

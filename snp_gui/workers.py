@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -31,6 +30,7 @@ from snp_engine.latency import measure_latency
 from snp_engine.models import LoadedModel
 from snp_engine.progress import Cancelled, Reporter, Scaled
 from snp_engine.training import train
+from snp_gui.settings import Options
 
 FINISHED, FAILED, CANCELLED = "finished", "failed", "cancelled"
 # Progress from tight engine loops is thinned out so it cannot flood the GUI event queue.
@@ -260,7 +260,7 @@ class PruneJob:
     data: DataBundle
     analysis: Analysis
     plan: Plan
-    options: Any  # controller.Options; typed loosely to keep this module free of the controller
+    options: Options
 
     @property
     def key(self) -> tuple:

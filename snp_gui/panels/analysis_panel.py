@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QWidget
 
@@ -77,3 +78,12 @@ class AnalysisPanel(QGroupBox):
 
     def value(self, key: str) -> str:
         return str(self.combos[key].currentData())
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(device id, label) for the CPU and every CUDA device, GPUs first so they are the default."""
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{index}", f"GPU {index}: {torch.cuda.get_device_name(index)}"))
+    return [*devices, ("cpu", "CPU")]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snp_engine.api import Analysis
 from snp_engine.models import LoadedModel
-from snp_gui.controller import Options
+from snp_gui.panels.common import select_data
+from snp_gui.settings import Options
 from snp_gui.workers import FAILED
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ def _widgets_to_controller(w: MainWindow) -> None:
     w.table.layerSelected.connect(w.curves.set_selected)
     w.table.keepEdited.connect(lambda name, k: c.set_layer_keep(name, k, final=True))
     w.evaluate_panel.evaluateRequested.connect(c.evaluate)
-    w.evaluate_panel.sweepRequested.connect(c.sweep)
+    w.evaluate_panel.sweepRequested.connect(lambda values, baseline: _sweep(w, values, baseline))
     w.evaluate_panel.latencyBatchChanged.connect(lambda value: setattr(c.options, "latency_batch", value))
     w.finetune_panel.finetuneRequested.connect(lambda epochs, lr: _finetune(w, epochs, lr))
 
@@ -92,7 +94,7 @@ def _analysis_changed(w: MainWindow, analysis: Analysis | None) -> None:
         return
     w.curves.set_curves(analysis.curves, {name: units for name, units in analysis.units.items()})
     model = w.controller.model.model if w.controller.model else None
-    params, flops = w.controller.layer_costs({})  # unpruned; excluded rows keep these numbers
+    params, flops = layer_costs(analysis, {})  # unpruned; excluded rows keep these numbers
     rows = [{"name": g.name, "type": _layer_type(model, g.name, g.group.layout), "units": g.units,
              "kept": g.units, "explained": 1.0, "params": params.get(g.name, 0), "flops": flops.get(g.name, 0.0)}
             for g in analysis.groups]
@@ -108,7 +110,7 @@ def _keep_changed(w: MainWindow, keep: dict[str, int]) -> None:
     c = w.controller
     w.curves.set_keep(keep)
     w.curves.set_threshold(c.threshold)
-    params, flops = c.layer_costs()
+    params, flops = layer_costs(c.analysis, c.keep)
     w.table.update_keep(keep, c.explained(), params, flops)
     w.summary.set_costs(*c.costs())
 
@@ -132,8 +134,12 @@ def _recent_failed(w: MainWindow, name: str, outcome: str) -> None:
 
 
 def _data_options(w: MainWindow) -> None:
+    c = w.controller
+    old_size = c.options.input_size
     for key, value in w.data_panel.values().items():
-        setattr(w.controller.options, key, value)
+        setattr(c.options, key, value)
+    if c.options.input_size != old_size and c.data_spec and Path(c.data_spec).is_dir():
+        c.load_data(c.data_spec)  # folder images are decoded at that size, so read them again
 
 
 def _option_changed(w: MainWindow, key: str, value: str) -> None:
@@ -147,6 +153,12 @@ def _option_changed(w: MainWindow, key: str, value: str) -> None:
             c.staleChanged.emit(True)
 
 
+def _sweep(w: MainWindow, reductions: list[float], baseline: str) -> None:
+    w.controller.options.sweep_reductions = ", ".join(f"{r:g}" for r in reductions)
+    w.controller.options.sweep_baseline = baseline
+    w.controller.sweep(reductions, baseline)
+
+
 def _finetune(w: MainWindow, epochs: int, lr: float) -> None:
     w.controller.options.finetune_epochs, w.controller.options.finetune_lr = epochs, lr
     w.finetune_panel.history.clear()
@@ -154,6 +166,21 @@ def _finetune(w: MainWindow, epochs: int, lr: float) -> None:
 
 
 # -- options remembered between runs ----------------------------------------------------------------
+
+
+def show_options(w: MainWindow) -> None:
+    """Put the controller's options into the panels; a device that is gone falls back to what is there."""
+    o = w.controller.options
+    w.data_panel.set_values(o.samples, o.batch_size, o.input_size)
+    for key in ("device", "ordering", "curve", "compensation"):
+        if not w.analysis_panel.set_value(key, getattr(o, key)):
+            setattr(o, key, w.analysis_panel.value(key))  # e.g. a GPU that is gone
+    w.threshold.set_value(o.threshold_mode, o.threshold_value)
+    w.evaluate_panel.latency_batch.setValue(o.latency_batch)
+    w.finetune_panel.epochs.setValue(o.finetune_epochs)
+    w.finetune_panel.lr.setValue(o.finetune_lr)
+    w.evaluate_panel.reductions.setText(o.sweep_reductions)
+    select_data(w.evaluate_panel.baseline, o.sweep_baseline)
 
 
 def store_options(w: MainWindow, load: bool) -> None:
@@ -169,3 +196,27 @@ def store_options(w: MainWindow, load: bool) -> None:
     if not w.settings.value("options/device"):
         c.options.device = device
     w.apply_options()
+
+
+def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
+    """Parameters and FLOPs of each group's own layers (producer and its norm) and of each excluded
+    layer, under ``keep`` (``{}`` gives the unpruned costs); for the table, so microseconds matter."""
+    params: dict[str, int] = {}
+    flops: dict[str, float] = {}
+    if analysis is None:
+        return params, flops
+    model = analysis.costs
+    owners = set(model.units) | {e.name for e in analysis.excluded}
+
+    def kept(group: str | None) -> float:
+        return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
+
+    for layer in model.layers:
+        owner = layer.channel_group or (layer.name if layer.name in owners else None)
+        if owner is None:
+            continue
+        scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
+        bias = kept(layer.out_group) * kept(layer.channel_group)
+        params[owner] = params.get(owner, 0) + round(layer.weight_params * scale + layer.bias_params * bias)
+        flops[owner] = flops.get(owner, 0.0) + layer.macs * scale
+    return params, flops
