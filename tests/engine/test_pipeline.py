@@ -215,3 +215,19 @@ def test_cuda_statistics_and_pruning_match_cpu(cuda_device):
     pruned = api.prune(demo_model("demo-resnet"), gpu, plan, data=digits(), samples=128, device=cuda_device)
     assert next(pruned.parameters()).device.type == "cuda"
     assert api.evaluate(pruned, digits(), device=cuda_device)["top1"] >= 90.0
+
+
+def test_statistics_do_not_depend_on_batching_or_sample_cap():
+    model = demo_model("demo-resnet")
+    a = api.analyze(model, digits(), samples=50, batch_size=64)
+    b = api.analyze(model, digits(), samples=50, batch_size=7)
+    for g, h in zip(a.groups, b.groups, strict=True):
+        assert g.samples == h.samples == 50 * int(np.prod(g.input_shape[1:]))
+        # float32 forward passes differ in the last bits between batch sizes; the sums are float64
+        scale = float(g.moments.covariance().abs().max())
+        torch.testing.assert_close(g.moments.covariance(), h.moments.covariance(), rtol=0, atol=1e-6 * scale)
+        np.testing.assert_allclose(g.curve, h.curve, atol=1e-5)
+    capped = api.analyze(model, digits(), samples=50, max_positions=3)
+    for g, h in zip(a.groups, capped.groups, strict=True):
+        positions = int(np.prod(g.input_shape[1:]))
+        assert h.samples == 50 * min(positions, 3)
