@@ -13,7 +13,7 @@ import pytest
 import torch
 from PySide6.QtCore import QMimeData, QPoint, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QComboBox, QPushButton, QSpinBox
+from PySide6.QtWidgets import QComboBox, QPushButton, QSpinBox, QTextBrowser
 
 import snp_engine
 from snp_engine.models import DemoVGG
@@ -112,7 +112,7 @@ def test_cancel_stops_quickly_and_keeps_the_previous_analysis(qtbot, analysed):
     def cancel_once(name, fraction, message, left):
         if name == "analysis" and "statistics" in message and not cancelled_at:
             cancelled_at.append(time.monotonic())
-            analysed.cancel()
+            analysed.actions["cancel"].trigger()  # the Esc shortcut
 
     c.runner.progress.connect(cancel_once)
     outcome, _ = run(qtbot, analysed, "analysis", c.analyse)
@@ -238,17 +238,53 @@ def test_pickled_model_needs_explicit_trust(qtbot, window, tmp_path):
     assert window.controller.model.arch == "pickle:DemoVGG" and window.controller.model_trusted
 
 
-def test_export_writes_a_file_that_reloads(qtbot, analysed, tmp_path):
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
+def test_export_dialog_writes_files_that_reload(qtbot, analysed, tmp_path, monkeypatch):
+    from snp_gui.dialogs.export import ExportDialog
+
     c = analysed.controller
     analysed.threshold.valueChangeFinished.emit("variance", 0.95)
     path = tmp_path / "small.safetensors"
-    outcome, message = run(qtbot, analysed, "export", lambda: c.export(str(path)))
+    shown = []
+
+    def accept(dialog):  # stands in for the user: check the summary, pick a path and TorchScript, press Export
+        shown.append(dialog.findChild(QTextBrowser).toPlainText())
+        dialog.path.setText(str(tmp_path / "small"))
+        dialog.torchscript.setChecked(True)
+        return 1
+
+    monkeypatch.setattr(ExportDialog, "exec", accept)
+    outcome, message = run(qtbot, analysed, "export", analysed.export_dialog)
     assert outcome == FINISHED, message
+    assert "units removed" in shown[0] and c.analysis.names[0] in shown[0]
     model = snp_engine.load(path)
-    params = sum(p.numel() for p in model.parameters())
-    assert params == c.analysis.cost(c.keep)[0]
-    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == c.analysis.cost(c.keep)[0]
+    scripted = torch.jit.load(str(tmp_path / "small.pt"))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
     assert "Exported" in analysed.statusBar().currentMessage()
+
+    # the exported file opens again as a model, e.g. when dropped on the window
+    outcome, message = run(qtbot, analysed, "load model", lambda: analysed.open_path(str(path)))
+    assert outcome == FINISHED, message
+    assert c.model.spec == str(path) and analysed.model_panel.kind.currentData() == "snp"
+
+
+def test_damaged_session_file_is_reported(window, tmp_path):
+    path = tmp_path / "broken.snpsession"
+    path.write_text("{not json", encoding="utf-8")
+    window.open_session(str(path))
+    assert window.last_error[0] == "open session" and "broken.snpsession" in window.last_error[1]
+    assert window.controller.model.arch == "demo-vgg"
+
+
+def test_about_lists_versions():
+    from snp_gui.dialogs.about import about_text, versions
+
+    found = versions()
+    for name in ("snp", "torch", "PySide6", "pyqtgraph"):
+        assert found[name]
+    assert found["PySide6"] in about_text()
 
 
 def test_session_round_trip(qtbot, analysed, settings, tmp_path):
