@@ -22,18 +22,23 @@ def tap_coverage(
     kernel_size: tuple[int, int],
     input_size: tuple[int, int],
     stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
+    padding: tuple[int, int] | str = (0, 0),
     dilation: tuple[int, int] = (1, 1),
 ) -> torch.Tensor:
     """f_t: for each kernel tap, the fraction of output positions where it reads a real input pixel.
 
     Equal to the mean over output positions of the convolution of an all-ones map under the
-    layer's zero padding, tap by tap. Shape (kh, kw), values in [0, 1].
+    layer's zero padding, tap by tap. Shape (kh, kw), values in [0, 1]. ``padding`` may also be
+    Conv2d's ``"valid"`` or ``"same"`` (which pads d·(k−1)//2 before and the rest after).
     """
+    if padding == "valid":
+        padding = (0, 0)
+    pads = ([(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel_size, dilation, strict=True)]
+            if padding == "same" else [(p, p) for p in padding])
     per_axis = []
-    for k, size, s, p, d in zip(kernel_size, input_size, stride, padding, dilation, strict=True):
-        outputs = (size + 2 * p - d * (k - 1) - 1) // s + 1
-        starts = torch.arange(outputs) * s - p
+    for k, size, s, (before, after), d in zip(kernel_size, input_size, stride, pads, dilation, strict=True):
+        outputs = (size + before + after - d * (k - 1) - 1) // s + 1
+        starts = torch.arange(outputs) * s - before
         taps = torch.arange(k) * d
         positions = starts[None, :] + taps[:, None]
         inside = ((positions >= 0) & (positions < size)).double()
