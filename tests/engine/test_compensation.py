@@ -58,6 +58,32 @@ def test_tap_coverage_matches_convolving_ones(kernel, size, stride, padding, dil
     np.testing.assert_allclose(coverage.numpy(), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("kernel", "dilation"),
+                         [((3, 3), (1, 1)), ((4, 2), (1, 1)), ((3, 4), (2, 1)), ((5, 5), (2, 2))])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_tap_coverage_with_string_padding(kernel, dilation, padding):
+    size = (11, 9)
+    coverage = tap_coverage(kernel, size, (1, 1), padding, dilation)
+    expected = _coverage_by_convolution(kernel, size, 1, padding, dilation)
+    np.testing.assert_allclose(coverage.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_consumer_with_string_padding_is_analysed_and_pruned():
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding="same"), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, padding="valid")).eval()
+    data = TensorDataset(torch.randn(32, 3, 8, 8), torch.zeros(32, dtype=torch.long))
+    analysis = api.analyze(model, data)
+    assert analysis.names == ["0", "2"]
+    np.testing.assert_allclose(analysis.group("0").coverage.numpy(),
+                               _coverage_by_convolution((3, 3), (8, 8), 1, "same", 1), atol=1e-12)
+    assert torch.equal(analysis.group("2").coverage, torch.ones(3, 3, dtype=torch.float64))
+    pruned = api.prune(model, analysis, analysis.plan(keep={"0": 3, "2": 2}), data=data)
+    assert pruned[0].out_channels == 3 and pruned[4].in_channels == 2
+    assert outputs(pruned, data.tensors[0][:2]).shape == (2, 2, 6, 6)
+
+
 def test_tap_coverage_of_a_1x1_map_is_the_centre_tap():
     coverage = tap_coverage((3, 3), (1, 1), padding=(1, 1))
     expected = torch.zeros(3, 3, dtype=torch.float64)
