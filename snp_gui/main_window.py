@@ -85,7 +85,13 @@ class MainWindow(QMainWindow):
         self.setup_dock.setWidget(scroll)
         self.setup_dock.setMinimumWidth(setup.sizeHint().width() + 24)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.setup_dock)
+        self._build_central()
+        self.progress = ProgressStatus()
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().showMessage("Ready")
 
+    def _build_central(self) -> None:
+        """Summary on top, threshold and curves as the main view, the table and extra tools in tabs."""
         self.summary = SummaryBar()
         self.threshold = ThresholdControl()
         self.curves = CurvesWidget()
@@ -113,9 +119,6 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.summary)
         layout.addWidget(self.splitter, 1)
         self.setCentralWidget(central)
-        self.progress = ProgressStatus()
-        self.statusBar().addPermanentWidget(self.progress)
-        self.statusBar().showMessage("Ready")
 
     def _handlers(self) -> dict:
         c = self.controller

@@ -43,6 +43,29 @@ class ModelPanel(QGroupBox):
         fill_combo(self.kind, KINDS)
         self.kind.setToolTip("Where the network to prune comes from")
         self.stack = QStackedWidget()
+        self._build_editors()
+        self._add_page(self.demo)
+        self._add_page(self._torchvision_page())
+        self._add_page(self.snp_file)
+        self._add_page(self.pickle_file)
+        self.kind.currentIndexChanged.connect(self._show_page)
+        self._show_page(0)
+        for edit in (self.weights, self.snp_file, self.pickle_file):
+            edit.pathChosen.connect(lambda _path: self.request_load())
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load the chosen network (Ctrl+O opens a file instead)")
+        self.load_button.clicked.connect(self.request_load)
+        self.info = QLabel("No model loaded")
+        self.info.setWordWrap(True)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.kind)
+        layout.addWidget(self.stack)
+        layout.addWidget(self.load_button)
+        layout.addWidget(self.info)
+
+    def _build_editors(self) -> None:
+        """One editor per source: the demo list, architecture + weights, and the two file fields."""
         self.demo = QComboBox()
         fill_combo(self.demo, ((name, _demo_label(name), f"Bundled {name}, trained on {info.dataset}")
                                for name, info in DEMO_MODELS.items()))
@@ -64,25 +87,6 @@ class ModelPanel(QGroupBox):
         self.pickle_file = PathEdit("pickled model file", "PyTorch (*.pth *.pt *.pkl);;All files (*)")
         self.pickle_file.setToolTip("A full model saved with torch.save. Only open files you trust: "
                                     "unpickling can run code.")
-        self._add_page(self.demo)
-        self._add_page(self._torchvision_page())
-        self._add_page(self.snp_file)
-        self._add_page(self.pickle_file)
-        self.kind.currentIndexChanged.connect(self._show_page)
-        self._show_page(0)
-        for edit in (self.weights, self.snp_file, self.pickle_file):
-            edit.pathChosen.connect(lambda _path: self.request_load())
-        self.load_button = QPushButton("Load model")
-        self.load_button.setToolTip("Load the chosen network (Ctrl+O opens a file instead)")
-        self.load_button.clicked.connect(self.request_load)
-        self.info = QLabel("No model loaded")
-        self.info.setWordWrap(True)
-        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.kind)
-        layout.addWidget(self.stack)
-        layout.addWidget(self.load_button)
-        layout.addWidget(self.info)
 
     def _add_page(self, widget: QWidget) -> None:
         # pages hug the top, so a one-line page is not stretched to the height of the tallest
