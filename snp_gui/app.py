@@ -121,10 +121,13 @@ def _apply_arguments(window, args: argparse.Namespace) -> None:
     if args.session:
         window.open_session(args.session)
     elif args.model or args.data:
+        from snp_engine.models import DEMO_MODELS
+
         if args.model:
             window.load_model_spec(args.model)
-        if args.data:
-            window.load_data_spec(args.data)
+        data = args.data or (DEMO_MODELS[args.model].dataset if args.model in DEMO_MODELS else None)
+        if data:  # a demo network comes with the data it was trained on
+            window.load_data_spec(data)
     else:  # --demo, or nothing at all: a new user should see something working
         window.open_demo(DEMO_MODEL, DEMO_DATA)
     if args.analyse or args.evaluate:
@@ -152,5 +155,4 @@ def _screenshot_when_idle(window, path: str) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -98,7 +98,8 @@ class DataPanel(QGroupBox):
             spin.setValue(int(value))
             spin.blockSignals(False)
 
-    def show_loaded(self, bundle: DataBundle | None) -> None:
+    def show_loaded(self, bundle: DataBundle | None, model_input: tuple[int, ...] | None = None) -> None:
+        """Describe the loaded data; ``model_input`` (C, H, W) adds a note when images will be adapted."""
         if bundle is None:
             self.info.setText("No data loaded")
             return
@@ -106,8 +107,12 @@ class DataPanel(QGroupBox):
         train = f"{len(bundle.train)} train · " if bundle.train is not None else ""
         size = "×".join(map(str, bundle.image_size)) if bundle.image_size else "?"
         skipped = f"<br>{bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
+        shape = (bundle.channels, *(bundle.image_size or ()))
+        adapted = ""
+        if model_input is not None and tuple(model_input) != shape:
+            adapted = f"<br>fed to the model as {'×'.join(map(str, model_input))}"
         self.info.setText(f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>"
-                          f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}")
+                          f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}{adapted}")
         self.info.setToolTip(bundle.name)
 
 

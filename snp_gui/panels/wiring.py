@@ -74,13 +74,14 @@ def _progress(w: MainWindow) -> None:
 
 def _model_loaded(w: MainWindow, loaded: LoadedModel) -> None:
     w.model_panel.show_loaded(loaded)
+    w.data_panel.show_loaded(w.controller.data, loaded.input_shape)
     w.settings.add_recent("models", loaded.spec)
     w.refresh_recent()
     w.setWindowTitle(f"snp — {loaded.arch}")
 
 
 def _data_loaded(w: MainWindow, bundle) -> None:
-    w.data_panel.show_loaded(bundle)
+    w.data_panel.show_loaded(bundle, w.controller.model.input_shape if w.controller.model else None)
     if w.controller.data_spec:
         w.settings.add_recent("data", w.controller.data_spec)
         w.refresh_recent()
