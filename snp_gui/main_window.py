@@ -210,7 +210,12 @@ class MainWindow(QMainWindow):
             self.save_session_to(self.session_path)
 
     def save_session_to(self, path: str) -> None:
-        session.save(self.controller, path, self.model_panel.current()[1] if self.controller.model else None)
+        c = self.controller
+        # what was loaded, not what the panel shows now: a pickle must ask for trust again on reopening
+        kind = None if c.model is None else "pickle" if c.model_trusted else guess_kind(c.model.spec)
+        session.save(c, path, kind, on_saved=lambda _written: self._session_saved(path))
+
+    def _session_saved(self, path: str) -> None:
         self.session_path = path
         self.settings.add_recent("sessions", path)
         self.refresh_recent()

@@ -8,6 +8,7 @@ the forward pass. Both are written atomically: a crash mid-save leaves the previ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,12 +90,18 @@ def capture(controller: Controller, model_kind: str | None) -> SessionData:
     )
 
 
-def save(controller: Controller, path: str | Path, model_kind: str | None) -> None:
+def save(controller: Controller, path: str | Path, model_kind: str | None,
+         on_saved: Callable[[Path], None] | None = None) -> None:
     """Write the session in the background (statistics files of large networks take a moment)."""
     session, analysis, target = capture(controller, model_kind), controller.analysis, Path(path)
-    controller.runner.submit(Task(
-        "save session", lambda: lambda reporter: write_session(target, session, analysis),
-        on_finished=lambda written: controller.message.emit(f"Session saved to {written}")))
+
+    def saved(written: Path) -> None:
+        controller.message.emit(f"Session saved to {written}")
+        if on_saved is not None:
+            on_saved(written)
+
+    controller.runner.submit(Task("save session", lambda: lambda reporter: write_session(target, session, analysis),
+                                  on_finished=saved))
 
 
 def restore(controller: Controller, path: str | Path, session: SessionData, trust: bool) -> None:
