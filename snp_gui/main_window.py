@@ -33,7 +33,7 @@ from snp_gui.panels.actions import build_actions, fill_recent
 from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
-from snp_gui.panels.model_panel import MODEL_SUFFIXES, ModelPanel, guess_kind
+from snp_gui.panels.model_panel import MODEL_SUFFIXES, ModelPanel, guess_kind, is_snp_export
 from snp_gui.panels.status import ProgressStatus
 from snp_gui.panels.wiring import connect_all, show_options, store_options
 from snp_gui.plots.curves import CurvesWidget
@@ -171,7 +171,7 @@ class MainWindow(QMainWindow):
 
     def open_model_path(self, path: str) -> None:
         """An snp export opens as itself; any other weights file goes with the chosen architecture."""
-        if path.endswith(".safetensors") and _is_snp_export(path):
+        if path.endswith(".safetensors") and is_snp_export(path):
             self.load_model_spec(path, "snp")
             return
         self.model_panel.set_weights_file(path)
@@ -317,13 +317,3 @@ class MainWindow(QMainWindow):
         store_options(self, load=False)
         self.settings.sync()
         event.accept()
-
-
-def _is_snp_export(path: str) -> bool:
-    from snp_engine.io import read_metadata
-
-    try:
-        read_metadata(path)
-    except SnpError:
-        return False
-    return True

@@ -179,3 +179,15 @@ def guess_kind(spec: str) -> str:
 def _demo_label(name: str) -> str:
     top1 = DEMO_MODELS[name].test_top1
     return f"{name} (digits, {top1:.1f} % top-1)" if top1 is not None else name
+
+
+def is_snp_export(path: str) -> bool:
+    """True for a file written by snp's export (read from its header only, so it is instant)."""
+    from snp_engine.errors import SnpError
+    from snp_engine.io import read_metadata
+
+    try:
+        read_metadata(path)
+    except SnpError:
+        return False
+    return True
