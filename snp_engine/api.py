@@ -15,6 +15,7 @@ also absorbs the error of the groups pruned before it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from snp_engine import __version__
 from snp_engine.activations import collect_joint_moments, collect_moments, following_norms
 from snp_engine.compensation import consumer_metric, one_shot_reconstruction, reconstruction, tap_coverage
 from snp_engine.costs import CostModel, LayerCost, build_cost_model
-from snp_engine.errors import AnalysisError, SnpError
+from snp_engine.errors import AnalysisError, DataError, OutOfMemoryError, SnpError
 from snp_engine.groups import ExcludedGroup, UnitGroup, execution_order, find_groups
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import keep_for_budget, keep_for_threshold, validate_keep
@@ -268,6 +269,22 @@ class Analysis:
 
         return load_analysis(path, **kwargs)
 
+    def warnings(self) -> list[str]:
+        """One line per group whose statistics are singular, so the user knows the ridge, not the
+        data, decided part of its ordering (and that more calibration samples would help)."""
+        lines = []
+        for g in self.groups:
+            if not g.regularised:
+                continue
+            if g.samples <= g.units:
+                why = f"{g.samples} calibration samples for {g.units} units"
+                hint = "use more samples"
+            else:
+                why = "dead or duplicate units"
+                hint = "pruning them first is harmless"
+            lines.append(f"{g.name}: singular statistics ({why}), regularised; {hint}")
+        return lines
+
     def summary(self) -> dict:
         params, flops = self.cost()
         return {
@@ -336,6 +353,49 @@ class _Cast:
             yield images.to(self.dtype)
 
 
+_OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError, or the RuntimeError that other allocators (CPU, MPS) raise."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OUT_OF_MEMORY_MARKERS)
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_error(what: str, device: torch.device, batch_size: int):
+    """Turn an allocator failure into :class:`OutOfMemoryError` with what to change.
+
+    The error is raised after the ``except`` block so that the failed step's tensors (held by the
+    original traceback) are released before the cache is emptied and the caller retries.
+    """
+    try:
+        yield
+        return
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    advice = "a smaller batch size (--batch-size)" + ("" if device.type == "cpu" else " or the CPU (--device cpu)")
+    raise OutOfMemoryError(f"{what} ran out of memory on {device} with batches of {batch_size}; try {advice}")
+
+
+def _check_forward(model: nn.Module, example: torch.Tensor) -> None:
+    """Run one example so that a model/input mismatch (a fixed input size, a different channel
+    count) is reported as one clear sentence instead of an error from deep inside the network."""
+    try:
+        with torch.inference_mode():
+            model(example)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        raise AnalysisError(f"the model cannot run on inputs of shape {tuple(example.shape[1:])} "
+                            f"({type(exc).__name__}: {detail})") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Analysis
 
@@ -364,39 +424,42 @@ def analyze(
     reporter = reporter or Reporter()
     device = resolve_device(device)
     loader = batches_of(data, batch_size=batch_size, samples=samples)
-    model = model.to(device).eval()
-    dtype = _model_dtype(model)
-    example = _example(loader, device, dtype)
-    reporter.update(0.0, "finding prunable layers")
-    groups, excluded = find_groups(model, example)
-    if not groups:
-        raise AnalysisError("no prunable layers found: " + "; ".join(f"{e.name}: {e.reason}" for e in excluded[:5]))
-    groups = execution_order(model, groups, example)
-    norms = following_norms(model, [g.consumer for g in groups], example)
-    costs = build_cost_model(model, groups, example)
-    moments, shapes = collect_moments(
-        model, groups, _Cast(loader, dtype), device=device, total_batches=len(loader),
-        max_positions=max_positions, reporter=Scaled(reporter, 0.0, 0.8), seed=seed,
-    )
-    if distributed:
-        for m in moments.values():
-            m.all_reduce()
-    analysed = []
-    for group in groups:
-        consumer = model.get_submodule(group.consumer)
-        coverage = None
-        if group.layout == "conv":
-            coverage = tap_coverage(consumer.kernel_size, shapes[group.name][1:], consumer.stride,
-                                    consumer.padding, consumer.dilation)
-        taps = weight_taps(consumer, group)
-        analysed.append(GroupAnalysis(
-            group, moments[group.name].to("cpu"), shapes[group.name],
-            consumer_metric(taps, coverage).cpu(), producer_l1(model, group).cpu(), norms.get(group.consumer),
-            coverage,
-        ))
-    info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
-    return Analysis(analysed, excluded, costs, tuple(example.shape[1:]), ordering=ordering, curve=curve,
-                    seed=seed, info=info, reporter=Scaled(reporter, 0.8, 1.0))
+    with _out_of_memory_as_error("the analysis", device, batch_size):
+        model = model.to(device).eval()
+        dtype = _model_dtype(model)
+        example = _example(loader, device, dtype)
+        reporter.update(0.0, "finding prunable layers")
+        _check_forward(model, example)
+        groups, excluded = find_groups(model, example)
+        if not groups:
+            reasons = "; ".join(f"{e.name}: {e.reason}" for e in excluded[:5])
+            raise AnalysisError(f"no prunable layers found: {reasons}")
+        groups = execution_order(model, groups, example)
+        norms = following_norms(model, [g.consumer for g in groups], example)
+        costs = build_cost_model(model, groups, example)
+        moments, shapes = collect_moments(
+            model, groups, _Cast(loader, dtype), device=device, total_batches=len(loader),
+            max_positions=max_positions, reporter=Scaled(reporter, 0.0, 0.8), seed=seed,
+        )
+        if distributed:
+            for m in moments.values():
+                m.all_reduce()
+        analysed = []
+        for group in groups:
+            consumer = model.get_submodule(group.consumer)
+            coverage = None
+            if group.layout == "conv":
+                coverage = tap_coverage(consumer.kernel_size, shapes[group.name][1:], consumer.stride,
+                                        consumer.padding, consumer.dilation)
+            taps = weight_taps(consumer, group)
+            analysed.append(GroupAnalysis(
+                group, moments[group.name].to("cpu"), shapes[group.name],
+                consumer_metric(taps, coverage).cpu(), producer_l1(model, group).cpu(), norms.get(group.consumer),
+                coverage,
+            ))
+        info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
+        return Analysis(analysed, excluded, costs, tuple(example.shape[1:]), ordering=ordering, curve=curve,
+                        seed=seed, info=info, reporter=Scaled(reporter, 0.8, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,50 +493,51 @@ def prune(
     """
     reporter = reporter or Reporter()
     device = resolve_device(device)
-    dense = model.to(device).eval()
-    pruned = copy.deepcopy(dense)
-    sequential = sequential and compensate
-    if sequential and data is None:
-        raise SnpError("sequential calibration needs calibration data (or use one-shot)")
-    loader = None
-    if sequential:
-        loader = _Cast(batches_of(data, batch_size=batch_size, samples=samples), _model_dtype(dense))
-    kept_now: dict[str, tuple[int, ...]] = {}
-    upstream_pruned = False
-    for index, g in enumerate(analysis.groups):
-        reporter.check()
-        reporter.update(index / len(analysis.groups), f"pruning {g.name}")
-        k = plan.keep.get(g.name, g.units)
-        kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
-        if sequential and (k < g.units or upstream_pruned):
-            step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
-            kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
-        elif k < g.units:
-            if compensate:
-                cov, mean = g.moments.covariance(), g.moments.mean()
-                mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge_for(cov))
-                apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
-            else:
-                drop_columns(pruned, g.group, kept)
-        kept_now[g.name] = tuple(int(i) for i in kept.tolist())
-        upstream_pruned = upstream_pruned or k < g.units
-    if physical:
-        reporter.update(0.99, "removing units")
-        removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
-        example = torch.zeros((1, *analysis.input_shape), device=device, dtype=_model_dtype(pruned))
-        remove_units(pruned, [g.group for g in analysis.groups], removed, example)
-    pruned.snp_pruning = {
-        "kept": {name: list(kept) for name, kept in kept_now.items()},
-        "units": analysis.units,
-        "groups": [g.name for g in analysis.groups],
-        "ordering": analysis.ordering,
-        "threshold": plan.threshold,
-        "compensation": "sequential" if sequential else ("one-shot" if compensate else "none"),
-        "input_shape": list(analysis.input_shape),
-        "physical": physical,
-    }
-    reporter.update(1.0, "pruned")
-    return pruned
+    with _out_of_memory_as_error("pruning", device, batch_size):
+        dense = model.to(device).eval()
+        pruned = copy.deepcopy(dense)
+        sequential = sequential and compensate
+        if sequential and data is None:
+            raise SnpError("sequential calibration needs calibration data (or use one-shot)")
+        loader = None
+        if sequential:
+            loader = _Cast(batches_of(data, batch_size=batch_size, samples=samples), _model_dtype(dense))
+        kept_now: dict[str, tuple[int, ...]] = {}
+        upstream_pruned = False
+        for index, g in enumerate(analysis.groups):
+            reporter.check()
+            reporter.update(index / len(analysis.groups), f"pruning {g.name}")
+            k = plan.keep.get(g.name, g.units)
+            kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
+            if sequential and (k < g.units or upstream_pruned):
+                step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
+                kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
+            elif k < g.units:
+                if compensate:
+                    cov, mean = g.moments.covariance(), g.moments.mean()
+                    mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge_for(cov))
+                    apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
+                else:
+                    drop_columns(pruned, g.group, kept)
+            kept_now[g.name] = tuple(int(i) for i in kept.tolist())
+            upstream_pruned = upstream_pruned or k < g.units
+        if physical:
+            reporter.update(0.99, "removing units")
+            removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
+            example = torch.zeros((1, *analysis.input_shape), device=device, dtype=_model_dtype(pruned))
+            remove_units(pruned, [g.group for g in analysis.groups], removed, example)
+        pruned.snp_pruning = {
+            "kept": {name: list(kept) for name, kept in kept_now.items()},
+            "units": analysis.units,
+            "groups": [g.name for g in analysis.groups],
+            "ordering": analysis.ordering,
+            "threshold": plan.threshold,
+            "compensation": "sequential" if sequential else ("one-shot" if compensate else "none"),
+            "input_shape": list(analysis.input_shape),
+            "physical": physical,
+        }
+        reporter.update(1.0, "pruned")
+        return pruned
 
 
 def _fit_sequential(
@@ -515,17 +579,29 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     correct = {k: 0 for k in topk}
     seen = 0
     reporter = reporter or Reporter()
-    with torch.inference_mode():
+    with _out_of_memory_as_error("the evaluation", device, batch_size), torch.inference_mode():
+        _check_forward(model, _example(loader, device, dtype))
         for index, (images, labels) in enumerate(loader):
             reporter.check()
             logits = model(images.to(device=device, dtype=dtype)).float()
             labels = labels.to(device)
+            _check_labels(labels, logits.shape[1])
             top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
             for k in topk:
                 correct[k] += int((top[:, :k] == labels[:, None]).any(1).sum())
             seen += labels.shape[0]
             reporter.update((index + 1) / len(loader), "evaluating")
     return {f"top{k}": 100.0 * correct[k] / max(seen, 1) for k in topk}
+
+
+def _check_labels(labels: torch.Tensor, classes: int) -> None:
+    """A label the model cannot predict makes accuracy meaningless (and training crash): refuse it."""
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise DataError(f"the data has labels {low}..{high} but the model predicts {classes} classes "
+                        f"(labels 0..{classes - 1}); evaluate it on data with matching classes")
 
 
 def fidelity(reference: nn.Module, candidate: nn.Module, data, *, batch_size: int = 256,

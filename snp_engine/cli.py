@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,6 +194,8 @@ def _analysis_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-positions", type=_positive_int, metavar="P",
                         help="spatial positions sampled per image for conv layers (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for position sampling and random orderings")
+    parser.add_argument("--cpu-fallback", action="store_true",
+                        help="if the GPU runs out of memory, warn and redo the analysis/pruning on the CPU")
 
 
 def _positive_int(text: str) -> int:
@@ -227,9 +230,12 @@ def _input_shape(loaded, data_spec: str | None, input_size: int | None) -> tuple
     a 28-fold upsampling, so they get 32x32 instead. Fixed-size models (ViT) keep their size.
     """
     channels, height, width = loaded.input_shape
+    fixed = isinstance(getattr(loaded.model, "image_size", None), int)
+    if input_size is not None and fixed and input_size != height:
+        raise SnpError(f"{loaded.arch} only takes {height}x{width} inputs (a fixed input size); "
+                       f"--input-size {input_size} cannot be used with it")
     if input_size is not None:
         return channels, input_size, input_size
-    fixed = isinstance(getattr(loaded.model, "image_size", None), int)
     if data_spec is not None and data_spec.strip().lower() == "digits" and (height, width) == (224, 224) and not fixed:
         return channels, DIGITS_TORCHVISION_SIZE, DIGITS_TORCHVISION_SIZE
     return channels, height, width
@@ -244,10 +250,67 @@ def _load_data(spec: str, shape: tuple[int, int, int], seed: int = 0):
 
 
 def _class_warning(loaded, bundle) -> list[str]:
+    """For the analysis, labels do not matter: a class mismatch is only worth a warning."""
+    warnings = _data_warnings(bundle)
     if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
-        return [f"the data has {bundle.num_classes} classes but the model predicts {loaded.num_classes}; "
-                "accuracies will be meaningless"]
+        warnings.append(f"the data has {bundle.num_classes} classes but the model predicts {loaded.num_classes}; "
+                        "accuracies will be meaningless")
+    return warnings
+
+
+def _check_classes(loaded, bundle, spec: str) -> list[str]:
+    """Evaluation and training need every label to be a class of the model; refuse early otherwise
+    (before a long analysis), and return the data's warnings."""
+    if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
+        raise SnpError(f"the data '{spec}' has labels 0..{bundle.num_classes - 1} but the model predicts "
+                       f"{loaded.num_classes} classes (labels 0..{loaded.num_classes - 1})")
+    return _data_warnings(bundle)
+
+
+def _data_warnings(bundle) -> list[str]:
+    if bundle.skipped:
+        return [f"skipped {bundle.skipped} unreadable image file(s) in {bundle.name}"]
     return []
+
+
+def _with_cpu_fallback(args: argparse.Namespace, device: torch.device, step, warnings: list[str]):
+    """Run ``step(device)``; after an out-of-memory error, and only with --cpu-fallback, warn and run
+    it again on the CPU. Returns the step's result and the device it finally ran on."""
+    from snp_engine.errors import OutOfMemoryError
+
+    try:
+        return step(device), device
+    except OutOfMemoryError as exc:
+        if not getattr(args, "cpu_fallback", False) or device.type == "cpu":
+            raise
+        message = f"{exc}; retrying on the CPU (--cpu-fallback)"
+    warnings.append(message)
+    _warn(args, [message])
+    cpu = torch.device("cpu")
+    return step(cpu), cpu
+
+
+def _check_output(*paths: str | None) -> None:
+    """Refuse an output that cannot be written before the work, not after it."""
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(path)
+        folder = target.parent if str(target.parent) else Path(".")
+        if not folder.is_dir():
+            raise SnpError(f"cannot write {target}: the folder {folder} does not exist")
+        if target.is_dir():
+            raise SnpError(f"cannot write {target}: it is a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SnpError(f"cannot write {target}: no permission to write in {folder}")
+
+
+def _check_runs(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> None:
+    """One example through the model, so a wrong input size is one clear error."""
+    from snp_engine.api import _check_forward
+
+    param = next(model.parameters())
+    _check_forward(model, torch.zeros((1, *shape), device=device, dtype=param.dtype))
 
 
 def _warn(args: argparse.Namespace, warnings: list[str]) -> None:
@@ -287,6 +350,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     model = loaded.model.to(device).eval()
     example = torch.zeros((1, *shape), device=device, dtype=next(model.parameters()).dtype)
     reporter.update(0.0, "finding prunable layers")
+    _check_runs(model, shape, device)
     groups, excluded = find_groups(model, example)
     groups = execution_order(model, groups, example)
     params, flops = _count(model, shape, device)
@@ -325,19 +389,28 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
     from snp_engine.api import analyze
     from snp_engine.subspace import DEFAULT_ORDERING
 
+    _check_output(args.out)
     loaded, device = _setup(args)
     shape = _input_shape(loaded, args.data, args.input_size)
     data = _load_data(args.data, shape, args.seed)
-    _warn(args, _class_warning(loaded, data))
-    analysis = analyze(
-        loaded.model, data, samples=args.samples, batch_size=args.batch_size, device=device,
-        ordering=args.ordering or DEFAULT_ORDERING, max_positions=args.max_positions, seed=args.seed,
-        reporter=reporter, info={"model": args.model, "data": args.data},
-    )
+    warnings = _class_warning(loaded, data)
+    _warn(args, warnings)
+
+    def step(on: torch.device):
+        return analyze(
+            loaded.model, data, samples=args.samples, batch_size=args.batch_size, device=on,
+            ordering=args.ordering or DEFAULT_ORDERING, max_positions=args.max_positions, seed=args.seed,
+            reporter=reporter, info={"model": args.model, "data": args.data},
+        )
+
+    analysis, device = _with_cpu_fallback(args, device, step, warnings)
+    singular = analysis.warnings()
+    _warn(args, singular)
+    warnings += singular
     path = analysis.save(args.out) or Path(args.out)
     summary = analysis.summary()
     result = {"model": args.model, "data": args.data, "out": str(path), "input_shape": list(shape),
-              "samples": analysis.info.get("samples"), **summary}
+              "samples": analysis.info.get("samples"), **summary, "warnings": warnings}
     lines = [
         f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} "
         f"({'x'.join(map(str, shape))})",
@@ -377,14 +450,17 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     if args.method != "snp" and args.ordering and args.ordering != args.method:
         raise SnpError(f"--method {args.method} is the '{args.method}' ordering; do not combine it with --ordering")
     ordering = (args.ordering or DEFAULT_ORDERING) if args.method == "snp" else args.method
+    _check_output(args.out, args.torchscript, args.onnx)
     loaded, device = _setup(args)
     io.check_exportable(loaded.arch)
     shape = _input_shape(loaded, args.data, args.input_size)
     data = _load_data(args.data, shape, args.seed)
     eval_data = _load_data(args.eval_data, shape, args.seed) if args.eval_data else data
-    warnings = _class_warning(loaded, eval_data)
+    warnings = _check_classes(loaded, eval_data, args.eval_data or args.data)
+    if args.eval_data:
+        warnings += _data_warnings(data)
     _warn(args, warnings)
-    dense = loaded.model.to(device).eval()
+    dense = loaded.model.eval()  # analyze and prune move it to the device they run on
 
     if args.stats:
         analysis = io.load_analysis(args.stats, reporter=Scaled(reporter, 0.0, 0.1))
@@ -392,11 +468,17 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         if analysis.ordering != ordering:
             analysis = analysis.reorder(ordering, reporter=Scaled(reporter, 0.1, 0.2))
     else:
-        analysis = api.analyze(
-            dense, data, samples=args.samples, batch_size=args.batch_size, device=device, ordering=ordering,
-            max_positions=args.max_positions, seed=args.seed, reporter=Scaled(reporter, 0.0, 0.2),
-            info={"model": args.model, "data": args.data},
-        )
+        def analyse_on(on: torch.device):
+            return api.analyze(
+                dense, data, samples=args.samples, batch_size=args.batch_size, device=on, ordering=ordering,
+                max_positions=args.max_positions, seed=args.seed, reporter=Scaled(reporter, 0.0, 0.2),
+                info={"model": args.model, "data": args.data},
+            )
+
+        analysis, device = _with_cpu_fallback(args, device, analyse_on, warnings)
+    singular = analysis.warnings()
+    _warn(args, singular)
+    warnings += singular
     if args.keep:
         plan = analysis.plan(keep=_parse_keep(args.keep, analysis), round_to=args.round_to)
     else:
@@ -404,9 +486,13 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
                              params_reduction=args.params_reduction, round_to=args.round_to)
     compensate = not args.no_compensation
     sequential = compensate and not args.one_shot
-    pruned = api.prune(dense, analysis, plan, data=data if sequential else None, compensate=compensate,
-                       sequential=sequential, batch_size=args.batch_size, samples=args.samples, device=device,
-                       reporter=Scaled(reporter, 0.2, 0.7))
+
+    def prune_on(on: torch.device):
+        return api.prune(dense, analysis, plan, data=data if sequential else None, compensate=compensate,
+                         sequential=sequential, batch_size=args.batch_size, samples=args.samples, device=on,
+                         reporter=Scaled(reporter, 0.2, 0.7))
+
+    pruned, device = _with_cpu_fallback(args, device, prune_on, warnings)
     before = api.evaluate(dense, eval_data, device=device, reporter=Scaled(reporter, 0.7, 0.8))
     after = api.evaluate(pruned, eval_data, device=device, reporter=Scaled(reporter, 0.8, 0.9))
     fidelity = api.fidelity(dense, pruned, eval_data, device=device)
@@ -428,7 +514,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     reporter.update(0.9, "exporting")
     cpu_model = pruned.cpu()
     out = io.export_model(cpu_model, args.out, arch=loaded.arch, num_classes=loaded.num_classes,
-                          input_shape=shape, settings=settings, metrics=metrics)
+                          input_shape=shape, settings=settings, metrics=metrics, reporter=Scaled(reporter, 0.9, 1.0))
     extra = {}
     example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
     if args.torchscript:
@@ -473,7 +559,7 @@ def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
     loaded, device = _setup(args)
     shape = _input_shape(loaded, args.data, args.input_size)
     data = _load_data(args.data, shape)
-    warnings = _class_warning(loaded, data)
+    warnings = _check_classes(loaded, data, args.data)
     _warn(args, warnings)
     scores = evaluate(loaded.model, data, batch_size=args.batch_size, device=device, reporter=reporter)
     params, flops = _count(loaded.model, shape, device)
@@ -500,12 +586,15 @@ def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
 
     if args.lr <= 0:
         raise SnpError(f"--lr must be positive, got {args.lr}")
+    _check_output(args.out)
     loaded, device = _setup(args)
     io.check_exportable(loaded.arch)
     shape = _input_shape(loaded, args.data, args.input_size)
     data = _load_data(args.data, shape, args.seed)
     eval_data = _load_data(args.eval_data, shape, args.seed) if args.eval_data else data
-    warnings = _class_warning(loaded, eval_data)
+    warnings = _check_classes(loaded, data, args.data)
+    if args.eval_data:
+        warnings += _check_classes(loaded, eval_data, args.eval_data)
     _warn(args, warnings)
     split = "train" if data.train is not None else "calibration"
     loader = make_loader(data.train if data.train is not None else data.calibration, args.batch_size,

@@ -143,7 +143,7 @@ def adapt_to_model(bundle: DataBundle, channels: int, image_size: tuple[int, int
     if channels != bundle.channels and bundle.channels != 1:
         raise DataError(
             f"data '{bundle.name}' has {bundle.channels}-channel images but the model expects {channels} "
-            "channels; only 1-channel images can be repeated to more channels"
+            "channel(s); only 1-channel images can be repeated to more channels"
         )
     new_channels = channels if channels != bundle.channels else None
     new_size = None if same_size else want_size
@@ -231,18 +231,39 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
     if not path.is_file():
         raise DataError(f"npz file '{path}' does not exist")
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise DataError(f"npz file '{path}' cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise DataError(f"npz file '{path}' is empty (0 bytes)")
+    if head == b"\x93NUMPY":
+        raise DataError(f"npz file '{path}' is a single .npy array; save x and y with numpy.savez instead")
+    if head[:2] != b"PK":
+        raise DataError(f"npz file '{path}' is not a NumPy .npz archive (a zip file written by numpy.savez)")
+    try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # numpy and zipfile report a damaged archive in many ways
         raise DataError(f"npz file '{path}' could not be read as a NumPy .npz archive ({exc})") from exc
     with archive:
         split_mode = bool(keys & {"x_train", "y_train", "x_test", "y_test"})
         required = ("x_train", "y_train", "x_test", "y_test") if split_mode else ("x", "y")
         missing = [k for k in required if k not in keys]
         if missing:
-            found = ", ".join(sorted(keys)) or "nothing"
+            found = ", ".join(sorted(keys)[:8]) + (", …" if len(keys) > 8 else "") if keys else "nothing"
             raise DataError(f"npz file '{path.name}': missing key {', '.join(missing)} (found: {found})")
-        arrays = {k: archive[k] for k in required}
+        arrays = {}
+        for key in required:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc):  # object arrays need pickle, which is never enabled
+                    raise DataError(f"npz file '{path.name}': '{key}' cannot be read without unpickling; "
+                                    "store plain numeric arrays") from None
+                raise DataError(f"npz file '{path.name}': '{key}' is damaged ({exc})") from None
+            except Exception as exc:  # zip, zlib and header errors of a damaged member
+                raise DataError(f"npz file '{path.name}': '{key}' is damaged or truncated ({exc})") from None
     if split_mode:
         x_train, y_train = _check_xy(path, arrays["x_train"], arrays["y_train"], "x_train", "y_train")
         x_test, y_test = _check_xy(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
@@ -275,7 +296,7 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
 def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, x_key: str, y_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one image/label pair and convert it to tensors; errors name the file and key."""
     where = f"npz file '{path.name}'"
-    if x.ndim != 4:
+    if x.ndim != 4 or 0 in x.shape[1:]:
         raise DataError(f"{where}: '{x_key}' has shape {x.shape}, expected (N, C, H, W)")
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where}: '{x_key}' has dtype {x.dtype}, expected float32 (normalised images)")
@@ -388,13 +409,26 @@ def _image_folder(root: Path, transform: Callable, skipped: list[int]):
             return False
 
     try:
-        folder = ImageFolder(str(root), transform=transform, is_valid_file=readable, allow_empty=True)
+        folder = ImageFolder(str(root), transform=transform, loader=_load_image, is_valid_file=readable,
+                             allow_empty=True)
     except FileNotFoundError as exc:
         message = f"folder '{root}': no class subfolders found (expected {root}/<class>/<image>)"
         raise DataError(message) from exc
     if len(folder) == 0:
         raise DataError(f"folder '{root}': no readable images ({skipped[0]} unreadable file(s) skipped)")
     return folder
+
+
+def _load_image(path: str):
+    """torchvision's loader, with a damage found only when the pixels are decoded (a truncated
+    JPEG, say) reported as a :class:`DataError` naming the file instead of a bare ``OSError``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL reports broken files as all of these
+        raise DataError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,3 +18,7 @@ class DataError(SnpError):
 
 class AnalysisError(SnpError):
     """The analysis could not be carried out (e.g. NaN activations)."""
+
+
+class OutOfMemoryError(AnalysisError):
+    """The device ran out of memory; a smaller batch or another device may succeed."""

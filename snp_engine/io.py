@@ -27,6 +27,7 @@ from torch import nn
 
 from snp_engine import __version__
 from snp_engine.errors import ModelLoadError, SnpError
+from snp_engine.progress import Reporter
 
 if TYPE_CHECKING:
     from snp_engine.api import Analysis
@@ -54,7 +55,8 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     system: readers see either the earlier file or the complete new one. On any exception
     (including Ctrl-C and :class:`~snp_engine.progress.Cancelled`) the temporary file is removed
     and an earlier file at ``path`` is left untouched. OS errors become :class:`SnpError` naming
-    the path.
+    the path. A process killed outright (SIGKILL) cannot remove its temporary file, so a stray
+    ``.<name>.<random>.tmp`` may remain; the file at ``path`` is still the earlier one.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -139,6 +141,7 @@ def export_model(
     settings: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
+    reporter: Reporter | None = None,
 ) -> Path:
     """Write ``model`` (typically pruned) as a self-describing safetensors file and verify it.
 
@@ -146,7 +149,9 @@ def export_model(
     ``arch_kwargs`` overrides the constructor arguments that are otherwise derived from the model
     (class count, ViT image size, …). The file is reloaded with :func:`load_exported` before it
     replaces anything at ``path``; if the reloaded model's outputs differ, nothing is written.
+    ``reporter`` may cancel between writing and verifying; the earlier file then stays as it was.
     """
+    reporter = reporter or Reporter()
     path = Path(path)
     input_shape = tuple(int(s) for s in input_shape)
     check_exportable(arch)
@@ -181,8 +186,14 @@ def export_model(
     def write(temp: Path) -> None:
         from safetensors.torch import save_file
 
+        reporter.check()
+        reporter.update(0.0, f"writing {path.name}")
         save_file(state, str(temp), metadata=metadata)
+        reporter.check()
+        reporter.update(0.5, f"verifying {path.name}")
         _verify_export(reference, temp, input_shape)
+        reporter.check()
+        reporter.update(1.0, f"written {path.name}")
 
     return atomic_write(path, write)
 
@@ -250,23 +261,31 @@ def load_exported(path: str | Path) -> LoadedModel:
         group_names = [str(n) for n in pruning.get("groups", [])]
         units = {str(k): int(v) for k, v in (pruning.get("units") or {}).items()}
         kept = {str(k): [int(i) for i in v] for k, v in (pruning.get("kept") or {}).items()}
-    except (KeyError, TypeError, ValueError) as exc:
+        if not input_shape or min(input_shape) < 1:
+            raise ValueError(f"input shape {list(input_shape)} has no positive size")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a value of the wrong JSON type
         raise ModelLoadError(f"{path}: incomplete snp metadata ({type(exc).__name__}: {exc})") from None
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise ModelLoadError(f"{path}: the weights cannot be read, the file is damaged or truncated ({exc})") from None
     model = _build_architecture(arch, kwargs, path)
-    example = torch.zeros((1, *input_shape))
-    if any(len(kept.get(name, ())) < units.get(name, 0) for name in group_names):
-        _remove_complement(model, group_names, units, kept, example, path)
-    _add_missing_biases(model, state)
-    dtype = _floating_dtype(state)
-    if dtype is not None:
-        model.to(dtype)
+    try:
+        example = torch.zeros((1, *input_shape))
+        if any(len(kept.get(name, ())) < units.get(name, 0) for name in group_names):
+            _remove_complement(model, group_names, units, kept, example, path)
+        _add_missing_biases(model, state)
+        dtype = _floating_dtype(state)
+        if dtype is not None:
+            model.to(dtype)
+    except SnpError:
+        raise
+    except Exception as exc:  # metadata that does not describe this architecture fails in many places
+        raise ModelLoadError(f"{path}: the snp metadata does not fit {arch} ({type(exc).__name__}: {exc})") from None
     _load_state(model, state, arch, path)
     model.eval()
-    settings = header.get("settings") or {}
+    settings = header.get("settings")
+    settings = settings if isinstance(settings, Mapping) else {}
     model.snp_pruning = {
         "kept": kept,
         "units": units,
@@ -281,16 +300,24 @@ def load_exported(path: str | Path) -> LoadedModel:
     return LoadedModel(model, str(path), arch, num_classes, input_shape, str(path))  # type: ignore[arg-type]
 
 
-def _read_header(path: Path) -> dict[str, str]:
+def _read_header(path: Path, what: str = "an snp export") -> dict[str, str]:
     from safetensors import safe_open
+
+    from snp_engine.models import sniff_format
 
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' does not exist")
+    kind = sniff_format(path)
+    if kind == "empty":
+        raise ModelLoadError(f"{path}: the file is empty (0 bytes)")
+    if kind in ("zip", "pickle", "torchscript", "damaged-zip"):
+        raise ModelLoadError(f"{path}: a PyTorch file, not {what} (snp writes safetensors files)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
+        what = "a damaged or truncated safetensors file" if kind == "safetensors" else "not a readable safetensors file"
+        raise ModelLoadError(f"{path}: {what} ({exc})") from None
 
 
 def _check_format(path: Path, raw: Mapping[str, str]) -> None:
@@ -361,7 +388,9 @@ def _build_architecture(arch: str, kwargs: Mapping[str, Any], path: Path) -> nn.
             if name not in _torchvision_names():
                 raise ModelLoadError(f"{path}: base architecture '{arch}' is not available in this torchvision")
             return torchvision.models.get_model(name, weights=None, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except SnpError:
+        raise
+    except Exception as exc:  # constructors reject odd arguments with TypeError, ValueError, RuntimeError, …
         raise ModelLoadError(f"{path}: cannot build base architecture {arch} with {kwargs} ({exc})") from None
     raise ModelLoadError(f"{path}: unknown base architecture '{arch}'")
 
@@ -564,13 +593,18 @@ def load_analysis(path: str | Path, **kwargs: Any) -> Analysis:
     if not path.is_file():
         raise SnpError(f"statistics file '{path}' does not exist")
     try:
-        raw = _read_header(path)
+        raw = _read_header(path, "an snp statistics file")
     except ModelLoadError as exc:
         raise SnpError(str(exc)) from None
     if ANALYSIS_KEY not in raw:
         raise SnpError(f"{path}: not an snp statistics file (write one with 'snp analyze --out')")
-    if int(raw[ANALYSIS_KEY]) > ANALYSIS_VERSION:
-        raise SnpError(f"{path}: written by a newer snp (statistics format {raw[ANALYSIS_KEY]}); upgrade snp")
+    try:
+        version = int(raw[ANALYSIS_KEY])
+    except ValueError:
+        raise SnpError(f"{path}: unreadable snp statistics format version '{raw[ANALYSIS_KEY]}'") from None
+    if version > ANALYSIS_VERSION:
+        raise SnpError(f"{path}: written by a newer snp (statistics format {version}; this snp {__version__} reads "
+                       f"format {ANALYSIS_VERSION} and older); upgrade snp")
     try:
         header = json.loads(raw[METADATA_KEY])
         tensors = load_file(str(path))

@@ -172,6 +172,10 @@ def load_model(spec: str, *, trust: bool = False) -> LoadedModel:
     path = Path(spec)
     if path.is_file():
         return _load_file(spec, path, trust)
+    if path.is_dir():
+        raise ModelLoadError(f"model '{spec}' is a folder, not a model file")
+    if path.suffix or "/" in spec or "\\" in spec:
+        raise ModelLoadError(f"model file '{spec}' does not exist")
     raise ModelLoadError(
         f"model '{spec}' not found: use {', '.join(DEMO_MODELS)}, torchvision:ARCH, "
         "torchvision:ARCH@WEIGHTS.pth or a path to an exported model file"
@@ -268,14 +272,25 @@ def _quiet_kwargs(arch: str, *, random_init: bool) -> dict:
 
 
 def _num_classes_of(model: nn.Module) -> int:
-    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-    return int(last.out_features if isinstance(last, nn.Linear) else last.out_channels)
+    """Output size of the last Linear/Conv2d; for TorchScript (whose submodules are not those
+    classes) the first dimension of the last matrix or kernel."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if last:
+        return int(last[-1].out_features if isinstance(last[-1], nn.Linear) else last[-1].out_channels)
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    if not weights:
+        raise ModelLoadError(f"{type(model).__name__} has no linear or convolution layer")
+    return int(weights[-1].shape[0])
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
     """Demo nets take 8x8; ViTs have a fixed size; other torchvision classifiers default to 224."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
+    if first is not None:
+        channels = first.in_channels
+    else:
+        kernel = next((p for p in model.parameters() if p.ndim == 4), None)
+        channels = int(kernel.shape[1]) if kernel is not None else 3
     if isinstance(model, DemoVGG | DemoResNet):
         return (channels, 8, 8)
     size = int(getattr(model, "image_size", 224))
@@ -288,13 +303,23 @@ def _input_shape(model: nn.Module) -> tuple[int, int, int]:
 
 
 def _load_file(spec: str, path: Path, trust: bool) -> LoadedModel:
-    """An exported ``.safetensors`` model, or (only with ``trust``) a pickled full module."""
-    if path.suffix == ".safetensors":
+    """An exported snp model, or (only with ``trust``) a pickled full module or TorchScript file.
+
+    The content decides, not the file name: people rename files, and a ``.pth`` that really holds
+    safetensors (or the reverse) should load like what it is.
+    """
+    kind = sniff_format(path)
+    if kind == "safetensors":
         if "snp_format" in _safetensors_metadata(path):
             from snp_engine.io import load_exported
 
             return load_exported(path)
         raise _bare_state_dict_error(path)
+    if kind == "torchscript":
+        model = _load_torchscript(path, trust)
+        arch = f"torchscript:{getattr(model, 'original_name', 'module')}"
+        return LoadedModel(model, spec, arch, _num_classes_of(model), _input_shape(model), str(path))
+    _refuse_unreadable(path, kind)
     obj = _torch_load(path, trust)
     if isinstance(obj, nn.Module):
         model = obj.cpu().eval()
@@ -321,14 +346,23 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
-    """Tensors from a ``.safetensors`` or ``.pth`` file; a state dict may sit under state_dict/model."""
+    """Tensors from a safetensors or PyTorch file (sniffed, whatever its suffix); a state dict may
+    sit under state_dict/model."""
     if not path.is_file():
         raise ModelLoadError(f"weights file '{path}' does not exist")
-    if path.suffix == ".safetensors":
+    kind = sniff_format(path)
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         _safetensors_metadata(path)  # turns a malformed file into a clear error
-        return _strip_prefix(load_file(str(path)), "module.")
+        try:
+            return _strip_prefix(load_file(str(path)), "module.")
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ModelLoadError(f"{path}: the weights cannot be read, the file is damaged or truncated ({exc})") \
+                from None
+    if kind == "torchscript":
+        return dict(_load_torchscript(path, trust).state_dict())
+    _refuse_unreadable(path, kind)
     obj = _torch_load(path, trust)
     if isinstance(obj, nn.Module):
         return obj.state_dict()
@@ -354,9 +388,14 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 
 def _torch_load(path: Path, trust: bool) -> object:
-    """Read a torch file with the restricted unpickler; the full one only when trusted."""
+    """Read a torch file with the restricted unpickler; the full one only when trusted.
+
+    The file is passed as an open handle because ``torch.load`` picks its reader from a
+    ``.safetensors`` name, which would misread a renamed ``torch.save`` archive.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust:
             raise ModelLoadError(
@@ -364,12 +403,81 @@ def _torch_load(path: Path, trust: bool) -> object:
                 "arbitrary code, so it was not opened; if you trust its source, pass --trust "
                 "(trust=True) to load it"
             ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a readable PyTorch file ({exc})") from exc
+    except Exception as exc:  # a damaged archive fails in the unpickler or the zip reader in many ways
+        raise ModelLoadError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {exc})") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=False)
     except Exception as exc:  # arbitrary unpickling can fail in arbitrary ways
         raise ModelLoadError(f"{path}: could not be unpickled ({type(exc).__name__}: {exc})") from exc
+
+
+def sniff_format(path: Path) -> str:
+    """What a file holds, judged by its first bytes rather than its name.
+
+    One of ``"empty"``, ``"safetensors"``, ``"torchscript"``, ``"zip"`` (a ``torch.save`` archive),
+    ``"damaged-zip"`` (truncated or corrupt archive), ``"pickle"`` (legacy ``torch.save``),
+    ``"numpy"`` or ``"unknown"``. Reading a few bytes is cheap and lets every loader give a message
+    that says what the file really is.
+    """
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        return "empty"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return "damaged-zip"
+        if any(name.partition("/")[2] == "constants.pkl" for name in names):
+            return "torchscript"
+        return "zip"
+    if head[:6] == b"\x93NUMPY":
+        return "numpy"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_size = int.from_bytes(head[:8], "little")
+        if 2 <= header_size <= size - 8:
+            return "safetensors"
+    return "unknown"
+
+
+def _refuse_unreadable(path: Path, kind: str) -> None:
+    """One clear sentence for files that are not a PyTorch archive or pickle at all."""
+    if kind in ("zip", "pickle"):
+        return
+    reasons = {
+        "empty": "the file is empty (0 bytes)",
+        "damaged-zip": "a damaged or truncated PyTorch file (its zip archive cannot be read)",
+        "numpy": "a NumPy array file, not a model",
+    }
+    reason = reasons.get(kind, "not a model file snp can read (neither safetensors nor a PyTorch file)")
+    raise ModelLoadError(f"{path}: {reason}")
+
+
+def _load_torchscript(path: Path, trust: bool) -> nn.Module:
+    """A TorchScript program runs its own code, so like a pickle it needs ``trust``."""
+    if not trust:
+        raise ModelLoadError(
+            f"{path} is a TorchScript program, which can run arbitrary code, so it was not opened; if you "
+            "trust its source, pass --trust (trust=True) to load it"
+        )
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # TorchScript deserialisation fails in many ways
+        raise ModelLoadError(f"{path}: could not be loaded as TorchScript ({type(exc).__name__}: {exc})") from None
 
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, path: Path) -> None:
