@@ -479,6 +479,7 @@ def prune(
     samples: int | None = None,
     device: str | torch.device | None = "cpu",
     reselect: bool = False,
+    refit_unpruned: bool = False,
     reporter: Reporter | None = None,
 ) -> nn.Module:
     """A pruned copy of ``model`` (the original is left untouched).
@@ -487,7 +488,10 @@ def prune(
     analysis. Sequential (default, needs ``data``) prunes groups front to back, re-measuring each
     consumer's input on the partly pruned network and fitting it towards the dense network.
     By default it keeps exactly the units of ``plan`` (what the user saw); ``reselect=True``
-    re-runs the ordering on the partly pruned network's statistics instead.
+    re-runs the ordering on the partly pruned network's statistics instead. Consumers of groups
+    that keep every unit are left as they are (so pruning only the first group equals one-shot);
+    ``refit_unpruned=True`` refits them too, towards the dense network, once anything upstream
+    was pruned.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
     The copy carries ``snp_pruning``: the kept indices per group and the settings used.
     """
@@ -509,7 +513,7 @@ def prune(
             reporter.update(index / len(analysis.groups), f"pruning {g.name}")
             k = plan.keep.get(g.name, g.units)
             kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
-            if sequential and (k < g.units or upstream_pruned):
+            if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
                 step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
                 kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
             elif k < g.units:

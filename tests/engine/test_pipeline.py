@@ -54,21 +54,32 @@ def test_keeping_every_unit_reproduces_the_dense_network(demo, test_images, sequ
     assert _max_diff(model, pruned, test_images) <= 1e-5
 
 
-def test_first_group_only_sequential_equals_one_shot_at_its_consumer(demo, test_images):
-    """With nothing pruned upstream, the sequential fit of the first consumer is the one-shot LLS fit.
-    Sequential calibration then also refits the downstream consumers towards the dense network, which
-    only brings the output closer to the dense one."""
+def test_first_group_only_sequential_equals_one_shot(demo, test_images):
+    """With nothing pruned upstream, the sequential fit of the first consumer is the one-shot LLS fit,
+    and consumers of unpruned groups are left alone."""
     _, model, analysis, _ = demo
     first = analysis.groups[0]
     plan = analysis.plan_for({first.name: first.units // 2})
-    sequential = api.prune(model, analysis, plan, data=digits(), physical=False)
+    sequential = api.prune(model, analysis, plan, data=digits())
+    one_shot = api.prune(model, analysis, plan, sequential=False)
+    assert sequential.snp_pruning["kept"] == one_shot.snp_pruning["kept"]
+    assert _max_diff(sequential, one_shot, test_images) <= 1e-4
+    assert _max_diff(model, one_shot, test_images) > 1e-3, "the group was pruned"
+
+
+def test_refitting_unpruned_consumers_moves_towards_the_dense_network(demo, test_images):
+    """Optionally, the consumers downstream of a pruned group are refitted towards the dense network
+    even where they keep every unit; that only brings the output closer to the dense one."""
+    _, model, analysis, _ = demo
+    first = analysis.groups[0]
+    plan = analysis.plan_for({first.name: first.units // 2})
+    refitted = api.prune(model, analysis, plan, data=digits(), physical=False, refit_unpruned=True)
     one_shot = api.prune(model, analysis, plan, sequential=False, physical=False)
     consumer = first.group.consumer
-    torch.testing.assert_close(sequential.get_submodule(consumer).weight, one_shot.get_submodule(consumer).weight,
+    torch.testing.assert_close(refitted.get_submodule(consumer).weight, one_shot.get_submodule(consumer).weight,
                                rtol=1e-5, atol=1e-6)
-    assert sequential.snp_pruning["kept"] == one_shot.snp_pruning["kept"]
     data = digits().test
-    assert api.fidelity(model, sequential, data) <= api.fidelity(model, one_shot, data) + 1e-6
+    assert api.fidelity(model, refitted, data) <= api.fidelity(model, one_shot, data) + 1e-6
 
 
 def test_last_group_only_sequential_equals_one_shot(demo, test_images):
