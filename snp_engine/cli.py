@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -292,17 +291,11 @@ def _with_cpu_fallback(args: argparse.Namespace, device: torch.device, step, war
 
 def _check_output(*paths: str | None) -> None:
     """Refuse an output that cannot be written before the work, not after it."""
+    from snp_engine import io
+
     for path in paths:
-        if path is None:
-            continue
-        target = Path(path)
-        folder = target.parent if str(target.parent) else Path(".")
-        if not folder.is_dir():
-            raise SnpError(f"cannot write {target}: the folder {folder} does not exist")
-        if target.is_dir():
-            raise SnpError(f"cannot write {target}: it is a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise SnpError(f"cannot write {target}: no permission to write in {folder}")
+        if path is not None:
+            io.check_writable(path)
 
 
 def _check_runs(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> None:

@@ -48,6 +48,20 @@ ONNX_TOLERANCE = 1e-4
 # Atomic writes
 
 
+def check_writable(path: str | Path) -> Path:
+    """Refuse a target that cannot be written (missing folder, a folder, no permission) up front;
+    returns the folder the file will live in."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SnpError(f"cannot write {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        raise SnpError(f"cannot write {path}: it is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SnpError(f"cannot write {path}: no permission to write in {folder}")
+    return folder
+
+
 def atomic_write(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     """Let ``write_fn`` write a temporary file beside ``path``, then move it into place.
 
@@ -59,11 +73,7 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     ``.<name>.<random>.tmp`` may remain; the file at ``path`` is still the earlier one.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SnpError(f"cannot write {path}: the folder {folder} does not exist")
-    if path.is_dir():
-        raise SnpError(f"cannot write {path}: it is a folder")
+    folder = check_writable(path)
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:

@@ -52,3 +52,14 @@ def cuda_device():
     import torch
 
     return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
+def vgg_export(tmp_path_factory):
+    """demo-vgg written as an snp export (unpruned: the fastest valid export)."""
+    from snp_engine import io
+    from snp_engine.models import load_model
+
+    loaded = load_model("demo-vgg")
+    path = tmp_path_factory.mktemp("export") / "vgg.safetensors"
+    return io.export_model(loaded.model, path, arch=loaded.arch, num_classes=10, input_shape=(1, 8, 8))

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from snp_engine import api, cli, io
 from snp_engine.errors import OutOfMemoryError
 from snp_engine.models import DemoVGG, load_model
+from tests.engine.helpers import rewrite_safetensors
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -47,22 +48,6 @@ def assert_error(code: int, out: str, err: str, pattern: str) -> str:
 
 def leftovers(folder: Path, *keep: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
-
-
-@pytest.fixture(scope="module")
-def vgg_export(tmp_path_factory) -> Path:
-    loaded = load_model("demo-vgg")
-    path = tmp_path_factory.mktemp("export") / "vgg.safetensors"
-    return io.export_model(loaded.model, path, arch=loaded.arch, num_classes=10, input_shape=(1, 8, 8))
-
-
-def _rewrite(source: Path, target: Path, *, tensors=None, **metadata) -> Path:
-    with safe_open(str(source), framework="pt") as handle:
-        meta = {**handle.metadata(), **metadata}
-        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    state.update(tensors or {})
-    save_file(state, str(target), metadata=meta)
-    return target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +85,7 @@ def test_weights_of_another_architecture_name_keys_and_shapes(capsys, tmp_path):
 
 
 def test_export_from_a_newer_snp(capsys, vgg_export, tmp_path):
-    future = _rewrite(vgg_export, tmp_path / "future.safetensors", snp_format="7")
+    future = rewrite_safetensors(vgg_export, tmp_path / "future.safetensors", snp_format="7")
     assert_error(*run(capsys, "info", "--model", str(future)), "newer snp.*upgrade")
 
 
@@ -247,7 +232,7 @@ def test_nan_weights_name_the_layer(capsys, vgg_export, tmp_path):
     with safe_open(str(vgg_export), framework="pt") as handle:
         weight = handle.get_tensor("features.7.weight").clone()
     weight[0, 0, 0, 0] = float("nan")
-    broken = _rewrite(vgg_export, tmp_path / "nan.safetensors", tensors={"features.7.weight": weight})
+    broken = rewrite_safetensors(vgg_export, tmp_path / "nan.safetensors", tensors={"features.7.weight": weight})
     code, out, err = run(capsys, "analyze", "--model", str(broken), "--data", "digits", "--out",
                          str(tmp_path / "s.stats"))
     assert_error(code, out, err, r"non-finite activations \(NaN or Inf\) at the input of features\.10")

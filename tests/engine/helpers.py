@@ -155,3 +155,16 @@ def analyze_worker(rank: int, world: int, init_method: str, model_name: str, out
         )
     finally:
         dist.destroy_process_group()
+
+
+def rewrite_safetensors(source, target, *, tensors=None, **metadata):
+    """Copy a safetensors file, replacing some tensors and/or metadata values (to forge bad files)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        meta = {**handle.metadata(), **metadata}
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    state.update(tensors or {})
+    save_file(state, str(target), metadata=meta)
+    return target

@@ -21,7 +21,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -30,7 +29,7 @@ from snp_engine.data import TensorImageDataset, load_data
 from snp_engine.errors import AnalysisError, DataError, ModelLoadError, OutOfMemoryError, SnpError
 from snp_engine.models import DemoVGG, load_model, sniff_format
 from snp_engine.progress import Cancelled, Reporter
-from tests.engine.helpers import demo_model, digits, outputs, stacked
+from tests.engine.helpers import demo_model, digits, outputs, rewrite_safetensors, stacked
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,24 +47,6 @@ def test_images(data) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def vgg_analysis(data):
     return api.analyze(demo_model("demo-vgg"), data, samples=128)
-
-
-@pytest.fixture(scope="module")
-def vgg_export(tmp_path_factory) -> Path:
-    """demo-vgg written as an snp export (unpruned: the fastest valid export)."""
-    loaded = load_model("demo-vgg")
-    path = tmp_path_factory.mktemp("export") / "vgg.safetensors"
-    return io.export_model(loaded.model, path, arch=loaded.arch, num_classes=10, input_shape=(1, 8, 8))
-
-
-def _rewrite(source: Path, target: Path, *, tensors=None, **metadata) -> Path:
-    """Copy a safetensors file, replacing some tensors and/or metadata values."""
-    with safe_open(str(source), framework="pt") as handle:
-        meta = {**handle.metadata(), **metadata}
-        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    state.update(tensors or {})
-    save_file(state, str(target), metadata=meta)
-    return target
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -154,7 +135,7 @@ def test_truncated_statistics_file_is_refused(vgg_analysis, tmp_path):
 def test_statistics_from_a_newer_snp_are_refused(vgg_analysis, tmp_path, version):
     path = tmp_path / "stats.safetensors"
     vgg_analysis.save(path)
-    future = _rewrite(path, tmp_path / "future.safetensors", snp_analysis=version)
+    future = rewrite_safetensors(path, tmp_path / "future.safetensors", snp_analysis=version)
     with pytest.raises(SnpError, match=re.escape(str(future)) + ".*(newer snp|unreadable)"):
         io.load_analysis(future)
 
@@ -194,7 +175,7 @@ def test_checkpoint_of_a_deeper_architecture_names_unexpected_keys(tmp_path):
 def test_export_whose_header_claims_other_classes_names_the_classifier(vgg_export, tmp_path):
     meta = io.read_metadata(vgg_export)
     meta["arch_kwargs"]["num_classes"] = 5
-    path = _rewrite(vgg_export, tmp_path / "five.safetensors", snp=json.dumps(meta))
+    path = rewrite_safetensors(vgg_export, tmp_path / "five.safetensors", snp=json.dumps(meta))
     with pytest.raises(ModelLoadError) as info:
         io.load_exported(path)
     assert str(path) in str(info.value)
