@@ -253,3 +253,25 @@ def test_redundant_units_come_last_and_explain_nothing():
     dead = _degenerate_covariances()["dead"]
     assert order_units("greedy", OrderingInputs(dead)).tolist()[-1] == 2
     assert order_units("zca", OrderingInputs(dead)).tolist()[-1] == 2
+
+
+def test_blocked_greedy_on_wide_layers_matches_the_exact_greedy_curve():
+    """Wide layers take several units per greedy step; the diversity filter must keep it from
+    taking both copies of a redundant pair, so its curve stays on the exact one."""
+    from snp_engine.subspace import EXACT_GREEDY_UNITS, forward_greedy
+
+    n, pairs = EXACT_GREEDY_UNITS + 88, 150
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 2 * n, generator=gen, dtype=torch.float64)
+    x[:pairs] = 0.95 * x[pairs : 2 * pairs] + 0.05 * x[:pairs]
+    cov = x @ x.T / x.shape[1]
+    exact = forward_greedy(cov, block=1)
+    blocked = forward_greedy(cov)  # default block for this width is > 1
+    assert sorted(blocked.tolist()) == list(range(n))
+    gap = explained_curve(cov, exact) - explained_curve(cov, blocked)
+    assert float(gap.abs().max()) < 1e-3
+    def both_copies_kept(order: torch.Tensor) -> int:
+        first_half = set(order[: n // 2].tolist())
+        return sum(1 for i in range(pairs) if i in first_half and i + pairs in first_half)
+
+    assert both_copies_kept(blocked) <= both_copies_kept(exact) + 2
