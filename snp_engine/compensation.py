@@ -53,8 +53,11 @@ def consumer_metric(weight_taps: torch.Tensor, coverage: torch.Tensor | None = N
     positions as uncorrelated gives E‖error‖² = tr(M Cov(e)).
     """
     w = weight_taps.double()
-    f = torch.ones(w.shape[2], dtype=w.dtype, device=w.device) if coverage is None else coverage.reshape(-1).to(w)
-    return torch.einsum("oit,ojt,t->ij", w, w, f)
+    f = _tap_weights(w, coverage)
+    # As one matrix product (rows = (out, tap) pairs scaled by √f_t): a BLAS call, far faster than
+    # the equivalent three-operand einsum on wide flatten→linear consumers.
+    rows = (w * f.sqrt()).transpose(1, 2).reshape(-1, w.shape[1])
+    return rows.T @ rows
 
 
 def reconstruction(
@@ -93,7 +96,9 @@ def one_shot_reconstruction(
 
 def compensated_weight(weight_taps: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
     """W_t ← W_t A for every tap: (out, n, taps) × (n, k) → (out, k, taps)."""
-    return torch.einsum("oit,ik->okt", weight_taps.double(), mapping.to(torch.float64))
+    w = weight_taps.double()
+    mapped = w.transpose(1, 2).reshape(-1, w.shape[1]) @ mapping.to(w)  # (out·taps, k)
+    return mapped.reshape(w.shape[0], w.shape[2], -1).transpose(1, 2)
 
 
 def constant_response(
@@ -101,5 +106,11 @@ def constant_response(
 ) -> torch.Tensor:
     """Mean consumer response to the constant input map c under zero padding: Σ_t f_t W_t c (out)."""
     w = weight_taps.double()
-    f = torch.ones(w.shape[2], dtype=w.dtype, device=w.device) if coverage is None else coverage.reshape(-1).to(w)
-    return torch.einsum("oit,i,t->o", w, offset.to(w), f)
+    return (w * _tap_weights(w, coverage)).sum(2) @ offset.to(w)
+
+
+def _tap_weights(w: torch.Tensor, coverage: torch.Tensor | None) -> torch.Tensor:
+    """f_t per tap (all ones without a coverage map)."""
+    if coverage is None:
+        return torch.ones(w.shape[2], dtype=w.dtype, device=w.device)
+    return coverage.reshape(-1).to(w)
