@@ -1,0 +1,106 @@
+"""Every benchmark script runs in its tiny ``--quick`` setting and writes strict, finite JSON with the
+keys the docs read. In-process (imports are shared), one thread, nothing written under docs/."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+def _strict_load(path: Path) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"{path.name}: non-finite number {constant}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+
+
+def _check(path: Path, keys: tuple[str, ...]) -> dict:
+    data = _strict_load(path)
+    assert all(math.isfinite(x) for x in _numbers(data))
+    for key in ("benchmark", "machine", "settings", *keys):
+        assert key in data, f"{path.name} lacks '{key}'"
+    assert data["machine"]["torch"] and data["machine"]["cores"] >= 1
+    return data
+
+
+def _args(tmp_path: Path, name: str) -> list[str]:
+    return ["--quick", "--threads", "1", "--out", str(tmp_path / f"{name}.json")]
+
+
+def test_quality_quick(tmp_path):
+    from benchmarks import quality
+
+    quality.main(_args(tmp_path, "quality"))
+    data = _check(tmp_path / "quality.json", ("models",))
+    model = data["models"]["demo-vgg"]
+    assert set(model["methods"]) == {"output+seq", "tp-magnitude"}
+    for method in model["methods"].values():
+        row = method["0.5"]
+        assert 0 <= row["top1"]["mean"] <= 100 and row["fidelity"]["mean"] >= 0
+        assert abs(row["flops_reduction"]["mean"] - 0.5) < 0.03  # torch-pruning matched within its granularity
+    assert set(model["allocation"]) == {"threshold", "uniform", "greedy"}
+    assert "32" in model["samples_sweep"]
+    assert set(model["finetune"]) == {"output+seq"}
+    assert {"top1_before", "top1_after"} <= set(model["finetune"]["output+seq"]["0.5"])
+
+
+def test_cost_quick(tmp_path):
+    from benchmarks import cost
+
+    cost.main(_args(tmp_path, "cost"))
+    data = _check(tmp_path / "cost.json", ("models", "width", "orderings"))
+    row = data["models"]["demo-vgg"]["by_samples"]["32"]
+    assert row["ratio"] > 0 and row["forward"]["seconds"] > 0
+    assert set(data["width"]) == {"mlp", "conv"}
+    assert set(data["orderings"]["by_ordering"]) == {"output", "zca"}
+    assert data["orderings"]["by_ordering"]["output"]["by_width"]["64"]["status"] == "done"
+
+
+def test_speedup_quick(tmp_path):
+    from benchmarks import speedup
+
+    speedup.main(_args(tmp_path, "speedup"))
+    data = _check(tmp_path / "speedup.json", ("cases",))
+    variants = data["cases"]["demo-vgg"]["variants"]
+    assert set(variants) == {"dense", "threshold", "uniform"}
+    assert variants["threshold"]["flops_ratio"] < 0.55
+    assert variants["threshold"]["speedup_batch1"] > 0 and variants["uniform"]["speedup_batch8"] > 0
+
+
+def test_distributed_quick(tmp_path):
+    from benchmarks import distributed
+
+    distributed.main(_args(tmp_path, "distributed"))
+    data = _check(tmp_path / "distributed.json", ("runs",))
+    worst = data["runs"]["1"]["comparison"]["worst"]
+    assert worst["all_orders_equal"] and worst["same_sample_counts"]
+    assert worst["max_abs_diff_covariance"] < 1e-9
+
+
+def test_gui_latency_quick(tmp_path):
+    pytest.importorskip("PySide6")
+    from benchmarks import gui_latency
+
+    gui_latency.main(_args(tmp_path, "gui_latency"))
+    data = _check(tmp_path / "gui_latency.json", ("event_loop_idle", "event_loop_during_analysis", "interactions"))
+    interactions = data["interactions"]
+    assert interactions["groups"] > 0
+    for kind in ("drag", "threshold_variance", "threshold_flops"):
+        assert interactions[kind]["keep_updates"] >= 1
+        assert interactions[kind]["render"]["median_ms"] >= interactions[kind]["handlers"]["median_ms"]
