@@ -171,7 +171,7 @@ def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
         order.append(j)
         available[j] = False
         column = residual[:, j].clone()
-        residual -= torch.outer(column, column) / column[j].clamp_min(1e-300)
+        residual.addr_(column, column, alpha=-1.0 / float(column[j].clamp_min(1e-300)))  # in place: no n×n temporary
     return torch.tensor(order, device=cov.device)
 
 
@@ -235,7 +235,12 @@ def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, chosen: torch.
     """In place: S ← S − S₋B S_BB⁻¹ S_B₋ and G ← G − G₋B S_BB⁻¹ S_B₋ (rank-|B| Schur update)."""
     pivot = residual[chosen][:, chosen]
     if chosen.numel() == 1:
-        update = residual[chosen] / pivot.clamp_min(1e-300)
+        # rank-one, in place: no n×n temporaries (a large share of the time on wide layers)
+        column, weighted_column = residual[:, chosen[0]].clone(), weighted[:, chosen[0]].clone()
+        alpha = -1.0 / float(pivot.clamp_min(1e-300))
+        weighted.addr_(weighted_column, column, alpha=alpha)
+        residual.addr_(column, column, alpha=alpha)
+        return
     else:
         pivot = pivot + 1e-12 * torch.diagonal(pivot).mean() * torch.eye(len(chosen), dtype=pivot.dtype,
                                                                          device=pivot.device)
