@@ -29,7 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from snp_engine import __version__
 from snp_engine.activations import collect_joint_moments, collect_moments, following_norms
-from snp_engine.compensation import consumer_metric, one_shot_reconstruction, reconstruction, tap_coverage
+from snp_engine.compensation import (
+    compensation_ridge,
+    consumer_metric,
+    one_shot_reconstruction,
+    reconstruction,
+    tap_coverage,
+)
 from snp_engine.costs import CostModel, LayerCost, build_cost_model
 from snp_engine.errors import AnalysisError, DataError, OutOfMemoryError, SnpError
 from snp_engine.groups import ExcludedGroup, UnitGroup, execution_order, find_groups
@@ -42,7 +48,6 @@ from snp_engine.subspace import (
     OrderingInputs,
     explained_curve,
     order_units,
-    ridge_for,
     subspace_curve,
 )
 from snp_engine.surgery import apply_reconstruction, drop_columns, producer_l1, remove_units, weight_taps
@@ -215,11 +220,13 @@ class Analysis:
         params_reduction: float | None = None,
         keep: Mapping[str, int] | None = None,
         round_to: int = 1,
-        allocation: str = "threshold",
+        allocation: str = "greedy",
     ) -> Plan:
         """Keep counts from exactly one of: a global explained-variance threshold ``variance``
         (0 < V ≤ 1), a FLOPs or parameter reduction (0 ≤ R < 1), or explicit ``keep`` counts
-        (groups not named keep all their units)."""
+        (groups not named keep all their units). A reduction is split across layers greedily by lost
+        explained variance per saved cost (``allocation="greedy"``) or by bisection on one global
+        threshold (``allocation="threshold"``)."""
         given = [x is not None for x in (variance, flops_reduction, params_reduction, keep)]
         if sum(given) != 1:
             raise SnpError("give exactly one of variance, flops_reduction, params_reduction or keep")
@@ -240,7 +247,8 @@ class Analysis:
                 index = 1 if flops_reduction is not None else 0
                 target = self.cost()[index] * (1 - reduction)
                 counts, threshold = keep_for_budget(
-                    curves, lambda k: self.cost(k)[index], target, round_to=round_to, allocation=allocation
+                    curves, lambda k: self.cost(k)[index], target, round_to=round_to, allocation=allocation,
+                    saving=lambda k, name, new_k: self.costs.saving(k, name, new_k)[index],
                 )
         except ValueError as exc:
             raise SnpError(str(exc)) from None
@@ -519,7 +527,8 @@ def prune(
             elif k < g.units:
                 if compensate:
                     cov, mean = g.moments.covariance(), g.moments.mean()
-                    mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge_for(cov))
+                    ridge = compensation_ridge(cov, len(kept), g.samples)
+                    mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge)
                     apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
                 else:
                     drop_columns(pruned, g.group, kept)
@@ -563,7 +572,7 @@ def _fit_sequential(
     prior = torch.zeros(n, k, dtype=cov.dtype)
     prior[kept, torch.arange(k)] = 1
     mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept],
-                                     ridge_for(own_cov), prior)
+                                     compensation_ridge(own_cov, k, joint.samples), prior)
     apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
     return kept
 

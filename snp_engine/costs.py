@@ -63,6 +63,36 @@ class CostModel:
             params += layer.weight_params * scale + layer.bias_params * r_out * r_ch
         return round(params), macs
 
+    def saving(self, keep: Mapping[str, int], group: str, new_k: int) -> tuple[float, float]:
+        """(parameters, MACs) saved when ``group`` goes from its count in ``keep`` to ``new_k`` units;
+        only the layers that touch the group are visited, so greedy allocation stays fast."""
+        units = self.units
+
+        def fraction(name: str | None, moved: bool) -> float:
+            if name is None:
+                return 1.0
+            return (new_k if moved else keep.get(name, units[name])) / units[name]
+
+        params = macs = 0.0
+        for layer in self._layers_of().get(group, ()):
+            for sign, moved in ((1.0, False), (-1.0, True)):
+                r_in = fraction(layer.in_group, moved and layer.in_group == group)
+                r_out = fraction(layer.out_group, moved and layer.out_group == group)
+                r_ch = fraction(layer.channel_group, moved and layer.channel_group == group)
+                macs += sign * layer.macs * r_in * r_out * r_ch
+                params += sign * (layer.weight_params * r_in * r_out * r_ch + layer.bias_params * r_out * r_ch)
+        return params, macs
+
+    def _layers_of(self) -> dict[str, list[LayerCost]]:
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = {}
+            for layer in self.layers:
+                for group in {layer.in_group, layer.out_group, layer.channel_group} - {None}:
+                    index.setdefault(group, []).append(layer)
+            object.__setattr__(self, "_index", index)  # a cache on a frozen dataclass
+        return index
+
     @property
     def params(self) -> int:
         return self.evaluate()[0]

@@ -271,3 +271,14 @@ def test_conv_consumer_metric_for_spatially_uncorrelated_errors(size, padding):
                         w_t = weight[:, :, u, v]
                         total += np.trace(w_t @ sigma @ w_t.T)
     assert np.trace(metric @ sigma) == pytest.approx(total / (out_h * out_w), rel=1e-10)
+
+
+def test_compensation_ridge_grows_only_when_kept_units_crowd_the_samples():
+    from snp_engine.compensation import compensation_ridge
+
+    cov = torch.diag(torch.tensor([2.0, 4.0, 6.0], dtype=torch.float64))  # mean variance 4
+    assert compensation_ridge(cov, kept=5, samples=64) == pytest.approx(4e-6)
+    assert compensation_ridge(cov, kept=32, samples=64) == pytest.approx(4e-6)
+    assert compensation_ridge(cov, kept=48, samples=64) == pytest.approx(4 * 0.25)
+    assert compensation_ridge(cov, kept=64, samples=64) == pytest.approx(4.0)
+    assert compensation_ridge(torch.zeros(3, 3, dtype=torch.float64), kept=2, samples=10) > 0

@@ -383,9 +383,10 @@ def test_fewer_samples_than_units_is_regularised_and_reported(data, test_images)
     assert curve[39] > 0.9999
     pruned = api.prune(model, analysis, analysis.plan(keep={"classifier.1": 39}), data=data, samples=40)
     assert torch.isfinite(outputs(pruned, test_images)).all()
-    # on the calibration images themselves the 39 kept units reproduce the head exactly
-    calibration = stacked(data.calibration)[0][:40]
-    assert _relative(outputs(model, calibration), outputs(pruned, calibration)) < 1e-3
+    # 39 kept units from 40 samples would interpolate the calibration images and fail on new ones;
+    # the compensation ridge grows as k approaches N, so the head still works on held-out images
+    assert api.evaluate(pruned, data)["top1"] > 97
+    assert api.fidelity(model, pruned, data) < 0.4
 
 
 def test_labels_outside_the_model_classes_are_refused(data):
