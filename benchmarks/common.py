@@ -294,3 +294,19 @@ def score(model: nn.Module, test: TensorDataset, dense_logits: torch.Tensor, dev
     top1 = 100.0 * float((logits.argmax(1) == labels).double().mean())
     error = float(((logits - dense_logits) ** 2).sum() / (dense_logits**2).sum()) ** 0.5
     return {"top1": top1, "fidelity": error}
+
+
+def add_run_args(parser, plot: str | None = None) -> None:
+    """The options every benchmark script shares: device, threads, output JSON, plot, quick mode."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    if plot is not None:
+        parser.add_argument("--plot", type=Path, default=None, help=f"PNG path (default {plot}; none in --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke setting for the test suite")
+
+
+def run_header(name: str, args, device: str = "cpu") -> dict:
+    """The start of every results file: which benchmark, on what machine, with which settings."""
+    return {"benchmark": name, "machine": machine_info(device),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}

@@ -292,11 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout-largest", type=float, default=60.0, help="limit per ordering at the largest width")
     parser.add_argument("--fit-from", type=int, default=512, help="fit the power law on widths >= this")
     parser.add_argument("--extrapolate", nargs="*", type=int, default=[8192, 10000, 16384, 32768])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default docs/cost.png; none in --quick)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting for the test suite")
+    common.add_run_args(parser, plot="docs/cost.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.samples, args.orderings = ["demo-vgg"], [32], ["output", "zca"]
@@ -360,8 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.set_threads(args.threads)
     start = time.perf_counter()
-    results = {"benchmark": "cost", "machine": common.machine_info(args.device),
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    results = common.run_header("cost", args, args.device)
     results["models"] = run_models(args)
     results["width"], covariances = run_widths(args)
     results["orderings"] = run_orderings(args, covariances)

@@ -120,8 +120,7 @@ def worker(args: argparse.Namespace, init_method: str | None = None) -> None:
 
 def launch(args: argparse.Namespace) -> dict:
     """Run the worker under torchrun for each process count and collect the results."""
-    results = {"benchmark": "distributed", "machine": common.machine_info(args.device),
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": {}}
+    results = {**common.run_header("distributed", args, args.device), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="snp-dist-") as tmp:
         for procs in args.nprocs:
             out = Path(tmp) / f"run{procs}.json"

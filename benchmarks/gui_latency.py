@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             window.close()
             app.processEvents()
     results = {
-        "benchmark": "gui_latency",
-        "machine": common.machine_info("cpu"),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **common.run_header("gui_latency", args),
         "qt_platform": app.platformName(),
         "target_ms": TARGET_MS,
         "event_loop_idle": idle,

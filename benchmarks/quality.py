@@ -358,11 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-seeds", type=int, default=1,
                         help="fine-tune the pruned models of the first N calibration seeds only")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default docs/quality.png; none in --quick)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting for the test suite")
+    common.add_run_args(parser, plot="docs/quality.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.methods, args.seeds, args.samples = ["demo-vgg"], [DEFAULT_METHOD, "tp-magnitude"], 1, 64
@@ -381,12 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.set_threads(args.threads)
     start = time.perf_counter()
-    results = {
-        "benchmark": "quality",
-        "machine": common.machine_info(args.device),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "models": {},
-    }
+    results = {**common.run_header("quality", args, args.device), "models": {}}
     for name in args.models:
         results["models"][name] = run_model(name, args)
         results["wall_seconds"] = time.perf_counter() - start

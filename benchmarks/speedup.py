@@ -121,10 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, default=3.0,
                         help="time each variant at least this long per batch size, split over the rounds")
     parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting for the test suite")
+    common.add_run_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.batch, args.min_seconds, args.rounds = ["demo-vgg"], 8, 0.05, 2
@@ -137,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.set_threads(args.threads)
     start = time.perf_counter()
-    results = {"benchmark": "speedup", "machine": common.machine_info(args.device),
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "cases": {}}
+    results = {**common.run_header("speedup", args, args.device), "cases": {}}
     for name, arch, side in CASES:
         if name in args.cases:
             results["cases"][name] = run_case(name, arch, side, args)
