@@ -55,15 +55,20 @@ class TextReporter(Reporter):
     def __init__(self, stream=None, min_interval: float = 0.2) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._last = 0.0
-        self._interval = min_interval
+        # A terminal gets one line rewritten in place; a log file gets a plain line now and then.
+        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._interval = min_interval if self._tty else max(min_interval, 5.0)
 
     def update(self, fraction: float, message: str = "") -> None:
         now = time.monotonic()
         if fraction < 1.0 and now - self._last < self._interval:
             return
         self._last = now
-        end = "\n" if fraction >= 1.0 else "\r"
-        self._stream.write(f"[{fraction * 100:5.1f}%] {message}".ljust(78) + end)
+        line = f"[{fraction * 100:5.1f}%] {message}"
+        if self._tty:
+            self._stream.write(line.ljust(78) + ("\n" if fraction >= 1.0 else "\r"))
+        else:
+            self._stream.write(line + "\n")
         self._stream.flush()
 
 
