@@ -220,14 +220,15 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 def run_allocation(model, analysis, target, calibration, test, dense_logits, device, record: Recorder,
                    main: Recorder) -> None:
     """Default SNP (output ordering, sequential compensation) with three ways to split the budget;
-    "threshold" is the main run's default method and is copied from it when that ran."""
+    "greedy" is the library default, i.e. the main run's default method, and is copied from it when
+    that ran."""
     plans = {
-        "threshold": analysis.plan(flops_reduction=target),
+        "threshold": analysis.plan(flops_reduction=target, allocation="threshold"),
         "uniform": uniform_plan(analysis, target),
         "greedy": analysis.plan(flops_reduction=target, allocation="greedy"),
     }
     for kind, plan in plans.items():
-        if kind == "threshold" and (DEFAULT_METHOD, target) in main.rows:
+        if kind == "greedy" and (DEFAULT_METHOD, target) in main.rows:
             row = main.rows[(DEFAULT_METHOD, target)]
             record.add((kind, target), **{k: row[k][-1] for k in ("top1", "fidelity", "flops_reduction")})
             continue
