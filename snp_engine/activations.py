@@ -21,8 +21,15 @@ class _StopForward(Exception):
     """Ends a forward pass early once the last needed activation was captured."""
 
 
-def _images(batch):
+def images_of(batch) -> torch.Tensor:
+    """The images of a batch that may be (images, labels) or images alone."""
     return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs must have for ``model`` (its first parameter's; float32 without parameters)."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None else torch.float32
 
 
 def _subsample(samples: torch.Tensor, layout: str, max_positions: int | None, images: int, gen) -> torch.Tensor:
@@ -66,7 +73,7 @@ def collect_moments(
         with torch.inference_mode():
             for index, batch in enumerate(batches):
                 reporter.check()
-                model(_images(batch).to(device))
+                model(images_of(batch).to(device))
                 done = f"batch {index + 1}" + (f"/{total_batches}" if total_batches else "")
                 reporter.update((index + 1) / total_batches if total_batches else 0.0, f"statistics: {done}")
     finally:
@@ -106,7 +113,7 @@ def collect_joint_moments(
         with torch.inference_mode():
             for batch in batches:
                 reporter.check()
-                images = _images(batch).to(device)
+                images = images_of(batch).to(device)
                 for model in (pruned, dense):
                     with contextlib.suppress(_StopForward):
                         model(images)

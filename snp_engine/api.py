@@ -28,7 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from snp_engine import __version__
-from snp_engine.activations import collect_joint_moments, collect_moments, following_norms
+from snp_engine.activations import (
+    collect_joint_moments,
+    collect_moments,
+    following_norms,
+    images_of,
+    model_dtype,
+)
 from snp_engine.compensation import (
     compensation_ridge,
     consumer_metric,
@@ -335,14 +341,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None else torch.float32
-
-
 def _example(loader: DataLoader, device, dtype) -> torch.Tensor:
     batch = next(iter(loader))
-    images = batch[0] if isinstance(batch, list | tuple) else batch
+    images = images_of(batch)
     return images[:1].to(device=device, dtype=dtype)
 
 
@@ -357,7 +358,7 @@ class _Cast:
 
     def __iter__(self):
         for batch in self.loader:
-            images = batch[0] if isinstance(batch, list | tuple) else batch
+            images = images_of(batch)
             yield images.to(self.dtype)
 
 
@@ -434,7 +435,7 @@ def analyze(
     loader = batches_of(data, batch_size=batch_size, samples=samples)
     with _out_of_memory_as_error("the analysis", device, batch_size):
         model = model.to(device).eval()
-        dtype = _model_dtype(model)
+        dtype = model_dtype(model)
         example = _example(loader, device, dtype)
         reporter.update(0.0, "finding prunable layers")
         _check_forward(model, example)
@@ -513,7 +514,7 @@ def prune(
             raise SnpError("sequential calibration needs calibration data (or use one-shot)")
         loader = None
         if sequential:
-            loader = _Cast(batches_of(data, batch_size=batch_size, samples=samples), _model_dtype(dense))
+            loader = _Cast(batches_of(data, batch_size=batch_size, samples=samples), model_dtype(dense))
         kept_now: dict[str, tuple[int, ...]] = {}
         upstream_pruned = False
         for index, g in enumerate(analysis.groups):
@@ -537,7 +538,7 @@ def prune(
         if physical:
             reporter.update(0.99, "removing units")
             removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
-            example = torch.zeros((1, *analysis.input_shape), device=device, dtype=_model_dtype(pruned))
+            example = torch.zeros((1, *analysis.input_shape), device=device, dtype=model_dtype(pruned))
             remove_units(pruned, [g.group for g in analysis.groups], removed, example)
         pruned.snp_pruning = {
             "kept": {name: list(kept) for name, kept in kept_now.items()},
@@ -588,7 +589,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     loader = batches_of(data, batch_size=batch_size)
     device = resolve_device(device)
     model = model.to(device).eval()
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     correct = {k: 0 for k in topk}
     seen = 0
     reporter = reporter or Reporter()
@@ -627,9 +628,9 @@ def fidelity(reference: nn.Module, candidate: nn.Module, data, *, batch_size: in
     error = norm = 0.0
     with torch.inference_mode():
         for batch in loader:
-            images = (batch[0] if isinstance(batch, list | tuple) else batch).to(device)
-            a = reference(images.to(_model_dtype(reference))).double()
-            b = candidate(images.to(_model_dtype(candidate))).double()
+            images = images_of(batch).to(device)
+            a = reference(images.to(model_dtype(reference))).double()
+            b = candidate(images.to(model_dtype(candidate))).double()
             error += float(((a - b) ** 2).sum())
             norm += float((a**2).sum())
     return (error / norm) ** 0.5 if norm > 0 else 0.0

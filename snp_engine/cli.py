@@ -300,10 +300,10 @@ def _check_output(*paths: str | None) -> None:
 
 def _check_runs(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> None:
     """One example through the model, so a wrong input size is one clear error."""
+    from snp_engine.activations import model_dtype
     from snp_engine.api import _check_forward
 
-    param = next(model.parameters())
-    _check_forward(model, torch.zeros((1, *shape), device=device, dtype=param.dtype))
+    _check_forward(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
 
 
 def _warn(args: argparse.Namespace, warnings: list[str]) -> None:
@@ -313,10 +313,10 @@ def _warn(args: argparse.Namespace, warnings: list[str]) -> None:
 
 
 def _count(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> tuple[int, float]:
+    from snp_engine.activations import model_dtype
     from snp_engine.costs import count
 
-    param = next(model.parameters())
-    return count(model, torch.zeros((1, *shape), device=device, dtype=param.dtype))
+    return count(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
 
 
 def _fmt_count(value: float) -> str:
@@ -341,7 +341,9 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     loaded, device = _setup(args)
     shape = _input_shape(loaded, None, args.input_size)
     model = loaded.model.to(device).eval()
-    example = torch.zeros((1, *shape), device=device, dtype=next(model.parameters()).dtype)
+    from snp_engine.activations import model_dtype
+
+    example = torch.zeros((1, *shape), device=device, dtype=model_dtype(model))
     reporter.update(0.0, "finding prunable layers")
     _check_runs(model, shape, device)
     groups, excluded = find_groups(model, example)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from snp_engine import __version__
+from snp_engine.activations import model_dtype
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.progress import Reporter
 
@@ -438,7 +439,7 @@ def _physically_pruned(model: nn.Module, pruning: Mapping[str, Any], input_shape
     from snp_engine.surgery import remove_units
 
     smaller = copy.deepcopy(model)
-    example = torch.zeros((1, *input_shape), dtype=_param_dtype(smaller))
+    example = torch.zeros((1, *input_shape), dtype=model_dtype(smaller))
     found = {g.name: g for g in find_groups(smaller, example)[0]}
     groups = [found[name] for name in pruning.get("groups", []) if name in found]
     removed = {g.name: sorted(set(range(g.units)) - set(pruning["kept"].get(g.name, range(g.units)))) for g in groups}
@@ -477,11 +478,6 @@ def _floating_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype | None:
     return next((v.dtype for k, v in state.items() if k.endswith("weight") and v.is_floating_point()), None)
 
 
-def _param_dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None else torch.float32
-
-
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     """A CPU copy in eval mode, for exact comparisons; the caller's model keeps its device and mode."""
     on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
@@ -497,7 +493,7 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _verify_export(reference: nn.Module, path: Path, input_shape: tuple[int, ...]) -> None:
     reloaded = load_exported(path).model
-    example = _random_batch(input_shape, _param_dtype(reference))
+    example = _random_batch(input_shape, model_dtype(reference))
     with torch.inference_mode():
         expected = _first_output(reference(example))
         actual = _first_output(reloaded(example))
@@ -651,7 +647,7 @@ def check_analysis_fits(analysis: Analysis, model: nn.Module, input_shape: Seque
     if tuple(analysis.input_shape) != input_shape:
         raise SnpError(f"the statistics were measured on inputs of shape {tuple(analysis.input_shape)}, "
                        f"but the data now has shape {input_shape}; re-run snp analyze or use --input-size")
-    example = torch.zeros((1, *input_shape), dtype=_param_dtype(model), device=next(model.parameters()).device)
+    example = torch.zeros((1, *input_shape), dtype=model_dtype(model), device=next(model.parameters()).device)
     found = {(g.name, g.consumer, g.units) for g in find_groups(model, example)[0]}
     stored = {(g.group.name, g.group.consumer, g.units) for g in analysis.groups}
     if stored != found:
@@ -669,7 +665,7 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     import warnings
 
     reference = _cpu_eval_copy(model)
-    example = example.detach().cpu().to(_param_dtype(reference))
+    example = example.detach().cpu().to(model_dtype(reference))
     with torch.inference_mode():
         expected = _first_output(reference(example))
     with warnings.catch_warnings(), torch.no_grad():
@@ -700,7 +696,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, op
     import warnings
 
     reference = _cpu_eval_copy(model)
-    example = example.detach().cpu().to(_param_dtype(reference))
+    example = example.detach().cpu().to(model_dtype(reference))
     with torch.inference_mode():
         expected = _first_output(reference(example))
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from snp_engine.activations import model_dtype
 from snp_engine.errors import SnpError
 
 
@@ -34,8 +35,7 @@ def measure_latency(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SnpError("CUDA was requested for the latency measurement but no CUDA device is available")
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
+    dtype = model_dtype(model)
     was_training = model.training
     model = model.to(device).eval()
     example = torch.randn((batch_size, *tuple(input_shape)), device=device, dtype=dtype)
