@@ -310,3 +310,9 @@ def run_header(name: str, args, device: str = "cpu") -> dict:
     """The start of every results file: which benchmark, on what machine, with which settings."""
     return {"benchmark": name, "machine": machine_info(device),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+
+
+def default_out(args, name: str) -> None:
+    """``--out`` defaults to docs/benchmarks/NAME.json, or a cache folder for ``--quick`` runs."""
+    if args.out is None:
+        args.out = (CACHE_DIR / "quick" if args.quick else RESULTS_DIR) / f"{name}.json"

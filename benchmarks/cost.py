@@ -298,8 +298,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.models, args.samples, args.orderings = ["demo-vgg"], [32], ["output", "zca"]
         args.mlp_widths, args.conv_widths, args.order_widths = [32, 64], [32], [32, 64]
         args.mlp_samples, args.conv_images, args.fit_from, args.extrapolate = 256, 4, 0, [1024]
-    if args.out is None:
-        args.out = (common.CACHE_DIR / "quick" if args.quick else common.RESULTS_DIR) / "cost.json"
+    common.default_out(args, "cost")
     if args.plot is None and not args.quick:
         args.plot = common.PLOTS_DIR / "cost.png"
     return args

@@ -171,8 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.nprocs, args.model, args.samples, args.ordering, args.repeats = [1], "demo-vgg", 64, "variance", 1
         args.in_process = True
-    if args.out is None:
-        args.out = (common.CACHE_DIR / "quick" if args.quick else common.RESULTS_DIR) / "distributed.json"
+    common.default_out(args, "distributed")
     return args
 
 

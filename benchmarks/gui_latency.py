@@ -189,8 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.side, args.repeats, args.idle_seconds, args.ordering = 1, 32, 3, 0.2, "variance"
-    if args.out is None:
-        args.out = (common.CACHE_DIR / "quick" if args.quick else common.RESULTS_DIR) / "gui_latency.json"
+    common.default_out(args, "gui_latency")
     return args
 
 

@@ -367,8 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.finetune_methods = [DEFAULT_METHOD]
     args.seeds = list(range(args.seeds))
     args.finetune_methods = [m for m in args.finetune_methods if m in args.methods]
-    if args.out is None:
-        args.out = (common.CACHE_DIR / "quick" if args.quick else common.RESULTS_DIR) / "quality.json"
+    common.default_out(args, "quality")
     if args.plot is None and not args.quick:
         args.plot = common.PLOTS_DIR / "quality.png"
     return args

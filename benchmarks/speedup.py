@@ -125,8 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.batch, args.min_seconds, args.rounds = ["demo-vgg"], 8, 0.05, 2
-    if args.out is None:
-        args.out = (common.CACHE_DIR / "quick" if args.quick else common.RESULTS_DIR) / "speedup.json"
+    common.default_out(args, "speedup")
     return args
 
 
