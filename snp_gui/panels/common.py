@@ -5,7 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QToolButton,
+    QWidget,
+)
+
+
+def load_controls(text: str, tooltip: str, on_click, empty: str) -> tuple[QPushButton, QLabel]:
+    """The "Load …" button and the selectable summary label under it, as every setup panel has."""
+    button = QPushButton(text)
+    button.setToolTip(tooltip)
+    button.clicked.connect(on_click)
+    info = QLabel(empty)
+    info.setWordWrap(True)
+    info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return button, info
 
 
 class PathEdit(QWidget):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QSpinBox, QWidget
 
 from snp_engine.data import DATASETS, DataBundle
-from snp_gui.panels.common import PathEdit, fill_combo, select_data
+from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 
 KINDS = (
     ("digits", "Digits (embedded)", DATASETS["digits"]),
@@ -43,12 +43,9 @@ class DataPanel(QGroupBox):
         self.input_size.setSuffix(" px")
         for spin in (self.samples, self.batch_size, self.input_size):
             spin.valueChanged.connect(lambda _value: self.optionsChanged.emit())
-        self.load_button = QPushButton("Load data")
-        self.load_button.setToolTip("Load the chosen images (Ctrl+Shift+O opens a folder or file instead)")
-        self.load_button.clicked.connect(self.request_load)
-        self.info = QLabel("No data loaded")
-        self.info.setWordWrap(True)
-        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.load_button, self.info = load_controls(
+            "Load data", "Load the chosen images (Ctrl+Shift+O opens a folder or file instead)",
+            self.request_load, "No data loaded")
         form = QFormLayout(self)
         form.addRow(self.kind)
         form.addRow(self.path)

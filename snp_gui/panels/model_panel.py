@@ -10,8 +10,6 @@ from PySide6.QtWidgets import (
     QCompleter,
     QFormLayout,
     QGroupBox,
-    QLabel,
-    QPushButton,
     QSizePolicy,
     QStackedWidget,
     QVBoxLayout,
@@ -19,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from snp_engine.models import DEMO_MODELS, TORCHVISION_PREFIX, LoadedModel, list_architectures
-from snp_gui.panels.common import PathEdit, fill_combo, select_data
+from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 
 KINDS = (
     ("demo", "Demo network", "A small network bundled with snp, trained on the digits data"),
@@ -52,12 +50,8 @@ class ModelPanel(QGroupBox):
         self._show_page(0)
         for edit in (self.weights, self.snp_file, self.pickle_file):
             edit.pathChosen.connect(lambda _path: self.request_load())
-        self.load_button = QPushButton("Load model")
-        self.load_button.setToolTip("Load the chosen network (Ctrl+O opens a file instead)")
-        self.load_button.clicked.connect(self.request_load)
-        self.info = QLabel("No model loaded")
-        self.info.setWordWrap(True)
-        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.load_button, self.info = load_controls(
+            "Load model", "Load the chosen network (Ctrl+O opens a file instead)", self.request_load, "No model loaded")
         layout = QVBoxLayout(self)
         layout.addWidget(self.kind)
         layout.addWidget(self.stack)
