@@ -144,8 +144,15 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 1, min_reps: int = 3,
-              min_seconds: float = 1.0, max_reps: int = 200) -> dict:
+def time_call(
+    fn: Callable[[], object],
+    *,
+    device: str = "cpu",
+    warmup: int = 1,
+    min_reps: int = 3,
+    min_seconds: float = 1.0,
+    max_reps: int = 200,
+) -> dict:
     """Median/min/mean seconds of ``fn`` over at least ``min_reps`` calls and ``min_seconds`` total."""
     for _ in range(warmup):
         fn()
@@ -157,8 +164,7 @@ def time_call(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 1,
         fn()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "mean": statistics.fmean(times),
-            "reps": len(times)}
+    return {"median": statistics.median(times), "min": min(times), "mean": statistics.fmean(times), "reps": len(times)}
 
 
 def _rss_bytes() -> int:
@@ -241,8 +247,9 @@ def random_subset(dataset: TensorDataset, samples: int, seed: int) -> TensorData
 # Models
 
 
-def trained_resnet18(splits: dict[str, TensorDataset], *, epochs: int = RESNET_EPOCHS,
-                     device: str = "cpu") -> nn.Module:
+def trained_resnet18(
+    splits: dict[str, TensorDataset], *, epochs: int = RESNET_EPOCHS, device: str = "cpu"
+) -> nn.Module:
     """torchvision resnet18 (10 classes) trained on the 3x32x32 digits train split; cached on disk."""
     import torchvision
     from safetensors.torch import load_file, save_file
@@ -256,8 +263,9 @@ def trained_resnet18(splits: dict[str, TensorDataset], *, epochs: int = RESNET_E
         model.load_state_dict(load_file(str(path)))
         return model.eval()
     log(f"training resnet18 on 3x32x32 digits for {epochs} epochs (cached afterwards in {path})")
-    loader = DataLoader(splits["train"], batch_size=64, shuffle=True,
-                        generator=torch.Generator().manual_seed(RESNET_SEED))
+    loader = DataLoader(
+        splits["train"], batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(RESNET_SEED)
+    )
     train(model, loader, epochs=epochs, lr=RESNET_LR, device=device, label_smoothing=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -283,8 +291,9 @@ def example_input(dataset: TensorDataset, device: str = "cpu") -> torch.Tensor:
 @torch.inference_mode()
 def logits_of(model: nn.Module, images: torch.Tensor, device: str = "cpu", batch_size: int = 256) -> torch.Tensor:
     model = model.to(device).eval()
-    return torch.cat([model(images[i : i + batch_size].to(device)).double().cpu()
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 def score(model: nn.Module, test: TensorDataset, dense_logits: torch.Tensor, device: str = "cpu") -> dict:
@@ -308,8 +317,11 @@ def add_run_args(parser, plot: str | None = None) -> None:
 
 def run_header(name: str, args, device: str = "cpu") -> dict:
     """The start of every results file: which benchmark, on what machine, with which settings."""
-    return {"benchmark": name, "machine": machine_info(device),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    return {
+        "benchmark": name,
+        "machine": machine_info(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
 
 
 def default_out(args, name: str) -> None:

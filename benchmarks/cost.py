@@ -70,8 +70,7 @@ def measured(fn, device: str) -> tuple[float, int, object]:
 
 
 def forward_cost(model: nn.Module, images: torch.Tensor, device: str) -> dict:
-    timing = common.time_call(lambda: forward_all(model, images, device), device=device, min_reps=3,
-                              min_seconds=0.5)
+    timing = common.time_call(lambda: forward_all(model, images, device), device=device, min_reps=3, min_seconds=0.5)
     _, peak, _ = measured(lambda: forward_all(model, images, device), device)
     return {"seconds": timing["median"], "reps": timing["reps"], "peak_bytes": peak}
 
@@ -144,8 +143,15 @@ def synthetic(kind: str, width: int, samples: int, seed: int = 0) -> tuple[nn.Mo
         model = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 10))
         images = torch.randn(samples, 64)
     else:
-        model = nn.Sequential(nn.Conv2d(16, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 16, 3, padding=1),
-                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        model = nn.Sequential(
+            nn.Conv2d(16, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 10),
+        )
         images = torch.randn(samples, 16, 8, 8)
     return model.eval(), TensorDataset(images, torch.zeros(samples, dtype=torch.long))
 
@@ -154,8 +160,10 @@ def run_widths(args: argparse.Namespace) -> tuple[dict, dict[int, torch.Tensor]]
     """Statistics + curve cost per width; returns the MLP covariances for the ordering timings."""
     out: dict = {}
     covariances: dict[int, torch.Tensor] = {}
-    for kind, widths, samples in (("mlp", args.mlp_widths, args.mlp_samples),
-                                  ("conv", args.conv_widths, args.conv_images)):
+    for kind, widths, samples in (
+        ("mlp", args.mlp_widths, args.mlp_samples),
+        ("conv", args.conv_widths, args.conv_images),
+    ):
         rows = {}
         for width in widths:
             model, data = synthetic(kind, width, samples)
@@ -165,15 +173,20 @@ def run_widths(args: argparse.Namespace) -> tuple[dict, dict[int, torch.Tensor]]
             analysis_row, analysis = analysis_cost(model, data, args.device, "variance")
             group = next(g for g in analysis.groups if g.units == width)
             rows[str(width)] = {
-                "width": width, "images": samples, "statistic_samples": group.samples,
-                "forward": forward, "analysis": analysis_row,
+                "width": width,
+                "images": samples,
+                "statistic_samples": group.samples,
+                "forward": forward,
+                "analysis": analysis_row,
                 "ratio": analysis_row["seconds"] / forward["seconds"],
                 "statistics_bytes_per_group": 8 * (width * width + width + 1),
             }
             if kind == "mlp":
                 covariances[width] = group.moments.covariance()
-            common.log(f"cost width {kind} {width}: analysis {analysis_row['seconds']:.2f} s, "
-                       f"ratio {rows[str(width)]['ratio']:.1f}")
+            common.log(
+                f"cost width {kind} {width}: analysis {analysis_row['seconds']:.2f} s, "
+                f"ratio {rows[str(width)]['ratio']:.1f}"
+            )
         out[kind] = rows
     return out, covariances
 
@@ -222,8 +235,7 @@ def time_ordering(ordering: str, cov: torch.Tensor, args: argparse.Namespace, wo
         seconds, peak, order = measured(lambda: run_ordering(ordering, inputs), "cpu")
         start = time.perf_counter()
         explained_curve(cov, order)
-        row = {"status": "done", "seconds": seconds, "curve_seconds": time.perf_counter() - start,
-               "peak_bytes": peak}
+        row = {"status": "done", "seconds": seconds, "curve_seconds": time.perf_counter() - start, "peak_bytes": peak}
         if ordering == "output" and args.compare_exact:
             # what the block steps cost in quality: output-energy curves of both greedy variants
             exact = run_ordering(EXACT, inputs)
@@ -238,8 +250,9 @@ def time_ordering(ordering: str, cov: torch.Tensor, args: argparse.Namespace, wo
     # the limit is for the ordering itself: add the child's measured start-up (imports, loading cov)
     limit = (args.timeout if n < max(args.order_widths) else args.timeout_largest) + child_startup(path, env)
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit, env=env,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=limit, env=env, check=True
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "limit_seconds": limit - child_startup(path, env)}
     except subprocess.CalledProcessError as exc:
@@ -261,8 +274,9 @@ def run_orderings(args: argparse.Namespace, covariances: dict[int, torch.Tensor]
                 rows[str(width)] = time_ordering(ordering, covariances[width], args, Path(tmp))
                 skip = rows[str(width)]["status"] == "timeout"
                 common.log(f"cost ordering {ordering} n={width}: {rows[str(width)]}")
-            finished = {int(w): r["seconds"] for w, r in rows.items()
-                        if r["status"] == "done" and int(w) >= args.fit_from}
+            finished = {
+                int(w): r["seconds"] for w, r in rows.items() if r["status"] == "done" and int(w) >= args.fit_from
+            }
             fit = fit_power_law(finished)
             extrapolated = {str(n): extrapolate(fit, n) for n in args.extrapolate}
             out["by_ordering"][ordering] = {"by_width": rows, "fit": fit, "extrapolated_seconds": extrapolated}
@@ -279,15 +293,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="*", default=list(common.MODELS), choices=list(common.MODELS))
     parser.add_argument("--samples", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--orderings", nargs="+", default=[*ORDERING_NAMES, EXACT], choices=[*ORDERING_NAMES, EXACT])
-    parser.add_argument("--no-compare-exact", dest="compare_exact", action="store_false",
-                        help="skip the output-energy curve gap between blocked and exact greedy")
+    parser.add_argument(
+        "--no-compare-exact",
+        dest="compare_exact",
+        action="store_false",
+        help="skip the output-energy curve gap between blocked and exact greedy",
+    )
     parser.add_argument("--mlp-widths", nargs="*", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--mlp-samples", type=int, default=2048, help="rows fed to the synthetic MLP")
     parser.add_argument("--conv-widths", nargs="*", type=int, default=[256, 1024, 4096])
     parser.add_argument("--conv-images", type=int, default=32, help="8x8 maps fed to the synthetic conv")
     parser.add_argument("--order-widths", nargs="*", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--inprocess-width", type=int, default=2048,
-                        help="larger widths time orderings in a child process with a limit")
+    parser.add_argument(
+        "--inprocess-width", type=int, default=2048, help="larger widths time orderings in a child process with a limit"
+    )
     parser.add_argument("--timeout", type=float, default=150.0, help="limit per ordering below the largest width")
     parser.add_argument("--timeout-largest", type=float, default=60.0, help="limit per ordering at the largest width")
     parser.add_argument("--fit-from", type=int, default=512, help="fit the power law on widths >= this")
@@ -314,10 +333,17 @@ def plot(results: dict, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, data in results["models"].items():
         rows = sorted(data["by_samples"].values(), key=lambda r: r["samples"])
-        line = left.plot([r["samples"] for r in rows], [r["ratio"] for r in rows], marker="o",
-                         label=f"{name} (output ordering)")[0]
-        left.plot([r["samples"] for r in rows], [r["ratio_identity_ordering"] for r in rows], marker=".",
-                  linestyle=":", color=line.get_color(), label=f"{name} (no ordering)")
+        line = left.plot(
+            [r["samples"] for r in rows], [r["ratio"] for r in rows], marker="o", label=f"{name} (output ordering)"
+        )[0]
+        left.plot(
+            [r["samples"] for r in rows],
+            [r["ratio_identity_ordering"] for r in rows],
+            marker=".",
+            linestyle=":",
+            color=line.get_color(),
+            label=f"{name} (no ordering)",
+        )
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("calibration images")
@@ -331,11 +357,17 @@ def plot(results: dict, path: Path) -> Path:
         line = right.plot(*zip(*done, strict=True), marker="o", label=ordering)[0]
         extra = sorted((int(n), t) for n, t in data["extrapolated_seconds"].items() if t is not None)
         if extra:
-            right.plot([done[-1][0], *[n for n, _ in extra]], [done[-1][1], *[t for _, t in extra]],
-                       linestyle=":", color=line.get_color())
-    curve = sorted((int(w), r["curve_seconds"]) for w, r in
-                   results["orderings"]["by_ordering"].get("variance", {}).get("by_width", {}).items()
-                   if r["status"] == "done")
+            right.plot(
+                [done[-1][0], *[n for n, _ in extra]],
+                [done[-1][1], *[t for _, t in extra]],
+                linestyle=":",
+                color=line.get_color(),
+            )
+    curve = sorted(
+        (int(w), r["curve_seconds"])
+        for w, r in results["orderings"]["by_ordering"].get("variance", {}).get("by_width", {}).items()
+        if r["status"] == "done"
+    )
     if curve:
         right.plot(*zip(*curve, strict=True), marker="s", color="black", label="curve (Cholesky), any ordering")
     right.set_xscale("log")

@@ -41,7 +41,8 @@ def compare(merged: api.Analysis, single: api.Analysis) -> dict:
         ca, cb = a.moments.covariance(), b.moments.covariance()
         rows[a.name] = {
             "units": a.units,
-            "samples_merged": a.samples, "samples_single": b.samples,
+            "samples_merged": a.samples,
+            "samples_single": b.samples,
             "max_abs_diff_outer": float((a.moments.outer - b.moments.outer).abs().max()),
             "max_abs_diff_mean": float((a.moments.mean() - b.moments.mean()).abs().max()),
             "max_abs_diff_covariance": float((ca - cb).abs().max()),
@@ -49,9 +50,16 @@ def compare(merged: api.Analysis, single: api.Analysis) -> dict:
             "same_order": bool(torch.equal(a.order, b.order)),
             "max_abs_diff_curve": float(abs(a.curve - b.curve).max()),
         }
-    worst = {key: max(r[key] for r in rows.values())
-             for key in ("max_abs_diff_outer", "max_abs_diff_mean", "max_abs_diff_covariance",
-                         "max_relative_diff_covariance", "max_abs_diff_curve")}
+    worst = {
+        key: max(r[key] for r in rows.values())
+        for key in (
+            "max_abs_diff_outer",
+            "max_abs_diff_mean",
+            "max_abs_diff_covariance",
+            "max_relative_diff_covariance",
+            "max_abs_diff_curve",
+        )
+    }
     worst["all_orders_equal"] = all(r["same_order"] for r in rows.values())
     worst["same_sample_counts"] = all(r["samples_merged"] == r["samples_single"] for r in rows.values())
     return {"worst": worst, "groups": rows}
@@ -106,10 +114,15 @@ def worker(args: argparse.Namespace, init_method: str | None = None) -> None:
         common.set_threads(args.threads)  # the reference runs alone, with all the threads
         single_seconds, single = timed_analysis(model, data, args, device, distributed=False)
         result = {
-            "world_size": world, "backend": backend, "device": device, "threads_per_process": threads,
-            "samples": len(data), "samples_per_process": len(sampler),
+            "world_size": world,
+            "backend": backend,
+            "device": device,
+            "threads_per_process": threads,
+            "samples": len(data),
+            "samples_per_process": len(sampler),
             "padded": len(sampler) * world != len(data),
-            "seconds": min(timings), "seconds_all": timings,
+            "seconds": min(timings),
+            "seconds_all": timings,
             "single_process_seconds_same_run": single_seconds,
             "comparison": compare(merged, single),
         }
@@ -131,17 +144,38 @@ def launch(args: argparse.Namespace) -> dict:
                 run["launch_seconds"] = time.perf_counter() - start
                 results["runs"]["1"] = run
                 continue
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-                       str(Path(__file__).resolve()), "--worker", "--out", str(out), "--model", args.model,
-                       "--samples", str(args.samples), "--ordering", args.ordering, "--device", args.device,
-                       "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={procs}",
+                str(Path(__file__).resolve()),
+                "--worker",
+                "--out",
+                str(out),
+                "--model",
+                args.model,
+                "--samples",
+                str(args.samples),
+                "--ordering",
+                args.ordering,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.repeats),
+            ]
             env = {**os.environ, "PYTHONPATH": str(common.ROOT), "OMP_NUM_THREADS": str(max(1, args.threads // procs))}
             subprocess.run(command, check=True, env=env, timeout=args.timeout)
             run = json.loads(out.read_text(encoding="utf-8"))
             run["launch_seconds"] = time.perf_counter() - start
             results["runs"][str(procs)] = run
-            common.log(f"distributed: {procs} process(es) {run['seconds']:.2f} s, "
-                       f"max |Δcov| {run['comparison']['worst']['max_abs_diff_covariance']:.2e}")
+            common.log(
+                f"distributed: {procs} process(es) {run['seconds']:.2f} s, "
+                f"max |Δcov| {run['comparison']['worst']['max_abs_diff_covariance']:.2e}"
+            )
     base = results["runs"].get("1", {}).get("seconds")
     if base:
         for run in results["runs"].values():
@@ -163,8 +197,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per process)")
     parser.add_argument("--threads", type=int, default=2, help="threads of the whole machine, split over processes")
     parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--in-process", action="store_true",
-                        help="run the 1-process case inside this process instead of under torchrun")
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the 1-process case inside this process instead of under torchrun"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny smoke setting for the test suite")
     args = parser.parse_args(argv)

@@ -43,8 +43,13 @@ TARGET_MS = 50.0
 
 def summarise(values_ms: list[float]) -> dict:
     ordered = sorted(values_ms)
-    return {"median_ms": statistics.median(ordered), "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-            "max_ms": ordered[-1], "mean_ms": statistics.fmean(ordered), "n": len(ordered)}
+    return {
+        "median_ms": statistics.median(ordered),
+        "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max_ms": ordered[-1],
+        "mean_ms": statistics.fmean(ordered),
+        "n": len(ordered),
+    }
 
 
 class LoopProbe:
@@ -109,8 +114,14 @@ def background_analysis(app, window, args) -> tuple[dict, dict, api.Analysis]:
     result: dict = {}
 
     def prepare():
-        return lambda reporter: api.analyze(model, data, batch_size=args.images, ordering=args.ordering,
-                                            max_positions=args.max_positions, reporter=reporter)
+        return lambda reporter: api.analyze(
+            model,
+            data,
+            batch_size=args.images,
+            ordering=args.ordering,
+            max_positions=args.max_positions,
+            reporter=reporter,
+        )
 
     def finished(analysis):
         result["analysis"] = analysis
@@ -157,13 +168,17 @@ def interactions(app, window, analysis: api.Analysis, repeats: int) -> dict:
         def move(index: int) -> None:
             fraction = low + (high - low) * ((index % 20) / 19)
             slider.setValue(round(fraction * slider.maximum()))
+
         return move
 
     updates = []
     controller.keepChanged.connect(lambda keep, final: updates.append(final))
     out = {"groups": len(names), "excluded": len(analysis.excluded), "units": int(sum(analysis.units.values()))}
-    kinds = (("drag", lambda: drag), ("threshold_variance", lambda: threshold("variance", 0.90, 0.999)),
-             ("threshold_flops", lambda: threshold("flops", 0.2, 0.7)))
+    kinds = (
+        ("drag", lambda: drag),
+        ("threshold_variance", lambda: threshold("variance", 0.90, 0.999)),
+        ("threshold_flops", lambda: threshold("flops", 0.2, 0.7)),
+    )
     for kind, make in kinds:
         action = make()
         updates.clear()

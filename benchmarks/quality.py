@@ -32,9 +32,11 @@ from snp_engine.training import train
 
 SNP_ORDERINGS = ("output", "greedy", "pivoted", "zca")
 BASELINE_ORDERINGS = ("l1", "variance", "random")
-COMPENSATION = {"seq": {"compensate": True, "sequential": True},
-                "oneshot": {"compensate": True, "sequential": False},
-                "none": {"compensate": False, "sequential": False}}
+COMPENSATION = {
+    "seq": {"compensate": True, "sequential": True},
+    "oneshot": {"compensate": True, "sequential": False},
+    "none": {"compensate": False, "sequential": False},
+}
 TP_METHODS = ("tp-magnitude", "tp-taylor")
 ALL_METHODS = tuple(f"{o}+{c}" for o in SNP_ORDERINGS + BASELINE_ORDERINGS for c in COMPENSATION) + TP_METHODS
 DEFAULT_METHOD = "output+seq"
@@ -46,8 +48,14 @@ FINETUNE_LR = 0.01
 # torch-pruning baselines
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, ratio: float, method: str,
-             calibration: TensorDataset | None = None, device: str = "cpu") -> nn.Module:
+def tp_prune(
+    model: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    method: str,
+    calibration: TensorDataset | None = None,
+    device: str = "cpu",
+) -> nn.Module:
     """A physically pruned copy made the way torch-pruning users do: MetaPruner, the same ratio in
     every coupled group (global_pruning=False), classifier left alone, no compensation."""
     import torch_pruning as tp
@@ -59,8 +67,14 @@ def tp_prune(model: nn.Module, example: torch.Tensor, ratio: float, method: str,
         importance = tp.importance.TaylorImportance()
     else:
         raise ValueError(f"unknown torch-pruning method {method!r}")
-    pruner = tp.pruner.MetaPruner(pruned, example.to(device), importance=importance, pruning_ratio=ratio,
-                                  global_pruning=False, ignored_layers=[common.classifier_of(pruned)])
+    pruner = tp.pruner.MetaPruner(
+        pruned,
+        example.to(device),
+        importance=importance,
+        pruning_ratio=ratio,
+        global_pruning=False,
+        ignored_layers=[common.classifier_of(pruned)],
+    )
     if method == "tp-taylor":
         # Taylor importance |w · dL/dw| needs gradients: one backward pass over the calibration data
         # (eval mode, so BatchNorm running statistics are not touched).
@@ -139,8 +153,9 @@ class Recorder:
 
 
 def snp_prune(model, analysis, plan, calibration, compensation: str, device: str, physical: bool = False):
-    return api.prune(model, analysis, plan, data=calibration, physical=physical, device=device,
-                     **COMPENSATION[compensation])
+    return api.prune(
+        model, analysis, plan, data=calibration, physical=physical, device=device, **COMPENSATION[compensation]
+    )
 
 
 def finetune(model: nn.Module, train_set: TensorDataset, epochs: int, seed: int, device: str) -> nn.Module:
@@ -188,18 +203,35 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
                     pruned = snp_prune(model, analyses[ordering], plan, calibration, compensation, device)
                     reduction = plan.flops_reduction
                 seconds = time.perf_counter() - start
-                main.add((method, target), flops_reduction=reduction, seconds=seconds,
-                         **common.score(pruned, test, dense_logits, device))
-                if method in args.finetune_methods and target in args.finetune_targets \
-                        and seed in args.seeds[: args.finetune_seeds]:
+                main.add(
+                    (method, target),
+                    flops_reduction=reduction,
+                    seconds=seconds,
+                    **common.score(pruned, test, dense_logits, device),
+                )
+                if (
+                    method in args.finetune_methods
+                    and target in args.finetune_targets
+                    and seed in args.seeds[: args.finetune_seeds]
+                ):
                     if method not in TP_METHODS:  # physically smaller, so fine-tuning cannot regrow units
-                        pruned = snp_prune(model, analyses[ordering], plan, calibration, compensation, device,
-                                           physical=True)
+                        pruned = snp_prune(
+                            model, analyses[ordering], plan, calibration, compensation, device, physical=True
+                        )
                     before = common.score(pruned, test, dense_logits, device)
-                    after = common.score(finetune(pruned, splits["train"], args.finetune_epochs, seed, device),
-                                         test, dense_logits, device)
-                    tuned.add((method, target), top1_before=before["top1"], top1_after=after["top1"],
-                              fidelity_before=before["fidelity"], fidelity_after=after["fidelity"])
+                    after = common.score(
+                        finetune(pruned, splits["train"], args.finetune_epochs, seed, device),
+                        test,
+                        dense_logits,
+                        device,
+                    )
+                    tuned.add(
+                        (method, target),
+                        top1_before=before["top1"],
+                        top1_after=after["top1"],
+                        fidelity_before=before["fidelity"],
+                        fidelity_after=after["fidelity"],
+                    )
             run_allocation(model, analysis, target, calibration, test, dense_logits, device, alloc, main)
         run_sample_sweep(model, splits, seed, args, test, dense_logits, main, sweep)
         common.log(f"{name}: seed {seed} done")
@@ -217,8 +249,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def run_allocation(model, analysis, target, calibration, test, dense_logits, device, record: Recorder,
-                   main: Recorder) -> None:
+def run_allocation(
+    model, analysis, target, calibration, test, dense_logits, device, record: Recorder, main: Recorder
+) -> None:
     """Default SNP (output ordering, sequential compensation) with three ways to split the budget;
     "greedy" is the library default, i.e. the main run's default method, and is copied from it when
     that ran."""
@@ -233,8 +266,9 @@ def run_allocation(model, analysis, target, calibration, test, dense_logits, dev
             record.add((kind, target), **{k: row[k][-1] for k in ("top1", "fidelity", "flops_reduction")})
             continue
         pruned = snp_prune(model, analysis, plan, calibration, "seq", device)
-        record.add((kind, target), flops_reduction=plan.flops_reduction,
-                   **common.score(pruned, test, dense_logits, device))
+        record.add(
+            (kind, target), flops_reduction=plan.flops_reduction, **common.score(pruned, test, dense_logits, device)
+        )
 
 
 def run_sample_sweep(model, splits, seed, args, test, dense_logits, main: Recorder, record: Recorder) -> None:
@@ -250,8 +284,11 @@ def run_sample_sweep(model, splits, seed, args, test, dense_logits, main: Record
         for target in args.targets:
             plan = analysis.plan(flops_reduction=target)
             pruned = snp_prune(model, analysis, plan, calibration, "seq", args.device)
-            record.add((samples, target), flops_reduction=plan.flops_reduction,
-                       **common.score(pruned, test, dense_logits, args.device))
+            record.add(
+                (samples, target),
+                flops_reduction=plan.flops_reduction,
+                **common.score(pruned, test, dense_logits, args.device),
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,9 +316,17 @@ def plot(results: dict, path: Path) -> Path:
             for row, metric in enumerate(("top1", "fidelity")):
                 y = [by_target[t][metric]["mean"] for t in targets]
                 err = [by_target[t][metric]["std"] for t in targets]
-                axes[row][column].errorbar(x, y, yerr=err, color=colours[family], linestyle=styles.get(comp, "-."),
-                                           marker="o" if family in TP_METHODS else ".", capsize=2, label=method,
-                                           linewidth=1.6 if method == DEFAULT_METHOD else 1.0)
+                axes[row][column].errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    color=colours[family],
+                    linestyle=styles.get(comp, "-."),
+                    marker="o" if family in TP_METHODS else ".",
+                    capsize=2,
+                    label=method,
+                    linewidth=1.6 if method == DEFAULT_METHOD else 1.0,
+                )
         axes[0][column].axhline(data["dense"]["top1"], color="black", linewidth=0.8)
         axes[0][column].set_title(f"{model} (dense {data['dense']['top1']:.1f} %)")
         axes[0][column].set_ylabel("test top-1 (%)")
@@ -291,8 +336,11 @@ def plot(results: dict, path: Path) -> Path:
         axes[1][column].set_yscale("log")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=8, fontsize=7.5, frameon=False)
-    fig.suptitle("No fine-tuning; digits test split (497); mean ± std over calibration seeds. "
-                 "solid = sequential, dashed = one-shot, dotted = no compensation", fontsize=9)
+    fig.suptitle(
+        "No fine-tuning; digits test split (497); mean ± std over calibration seeds. "
+        "solid = sequential, dashed = one-shot, dotted = no compensation",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -314,24 +362,42 @@ def plot_studies(results: dict, path: Path) -> Path:
         ax = axes[0][column]
         for samples, by_target in sorted(data["samples_sweep"].items(), key=lambda kv: int(kv[0])):
             targets = sorted(by_target, key=float)
-            ax.errorbar([100 * float(t) for t in targets], [by_target[t]["top1"]["mean"] for t in targets],
-                        yerr=[by_target[t]["top1"]["std"] for t in targets], marker=".", capsize=2,
-                        label=f"{samples} images")
+            ax.errorbar(
+                [100 * float(t) for t in targets],
+                [by_target[t]["top1"]["mean"] for t in targets],
+                yerr=[by_target[t]["top1"]["std"] for t in targets],
+                marker=".",
+                capsize=2,
+                label=f"{samples} images",
+            )
         ax.set_title(f"{model}: calibration images (output+seq)")
         ax = axes[1][column]
         for kind, by_target in data["allocation"].items():
             targets = sorted(by_target, key=float)
-            ax.errorbar([100 * float(t) for t in targets], [by_target[t]["top1"]["mean"] for t in targets],
-                        yerr=[by_target[t]["top1"]["std"] for t in targets], marker=".", capsize=2, label=kind)
+            ax.errorbar(
+                [100 * float(t) for t in targets],
+                [by_target[t]["top1"]["mean"] for t in targets],
+                yerr=[by_target[t]["top1"]["std"] for t in targets],
+                marker=".",
+                capsize=2,
+                label=kind,
+            )
         ax.set_title(f"{model}: layer-wise allocation (output+seq)")
         ax = axes[2][column]
         for method, by_target in data["finetune"].items():
             targets = sorted(by_target, key=float)
             xs = [100 * float(t) for t in targets]
-            line = ax.plot(xs, [by_target[t]["top1_after"]["mean"] for t in targets], marker="o",
-                           label=f"{method} fine-tuned")[0]
-            ax.plot(xs, [by_target[t]["top1_before"]["mean"] for t in targets], marker=".", linestyle=":",
-                    color=line.get_color(), label=f"{method} before")
+            line = ax.plot(
+                xs, [by_target[t]["top1_after"]["mean"] for t in targets], marker="o", label=f"{method} fine-tuned"
+            )[0]
+            ax.plot(
+                xs,
+                [by_target[t]["top1_before"]["mean"] for t in targets],
+                marker=".",
+                linestyle=":",
+                color=line.get_color(),
+                label=f"{method} before",
+            )
         ax.set_title(f"{model}: before / after fine-tuning")
         for row in range(3):
             axes[row][column].set_ylabel("test top-1 (%)")
@@ -357,8 +423,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune-methods", nargs="*", default=list(FINETUNE_METHODS))
     parser.add_argument("--finetune-targets", nargs="*", type=float, default=[0.5, 0.7])
     parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--finetune-seeds", type=int, default=1,
-                        help="fine-tune the pruned models of the first N calibration seeds only")
+    parser.add_argument(
+        "--finetune-seeds",
+        type=int,
+        default=1,
+        help="fine-tune the pruned models of the first N calibration seeds only",
+    )
     common.add_run_args(parser, plot="docs/quality.png")
     args = parser.parse_args(argv)
     if args.quick:

@@ -53,8 +53,9 @@ def build(arch: str, side: int) -> tuple[nn.Module, TensorDataset]:
     return model, TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
 
 
-def speeds(variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, device: str, rounds: int,
-           min_seconds: float) -> dict[str, dict]:
+def speeds(
+    variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, device: str, rounds: int, min_seconds: float
+) -> dict[str, dict]:
     """Seconds per forward pass of every variant, timed in alternating rounds (dense, pruned, …,
     dense, pruned, …) so that a change in the machine's load hits all of them alike; the median over
     rounds of each round's median is reported."""
@@ -66,12 +67,20 @@ def speeds(variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, d
             model.to(device).eval()(x)
         for _ in range(rounds):
             for name, model in variants.items():
-                timing = common.time_call(lambda model=model: model(x), device=device, warmup=0, min_reps=1,
-                                          min_seconds=min_seconds / rounds)
+                timing = common.time_call(
+                    lambda model=model: model(x), device=device, warmup=0, min_reps=1, min_seconds=min_seconds / rounds
+                )
                 per_round[name].append(timing["median"])
                 best[name] = min(best[name], timing["min"])
-    return {name: {"seconds": statistics.median(values), "min_seconds": best[name], "rounds": values,
-                   "images_per_second": batch / statistics.median(values)} for name, values in per_round.items()}
+    return {
+        name: {
+            "seconds": statistics.median(values),
+            "min_seconds": best[name],
+            "rounds": values,
+            "images_per_second": batch / statistics.median(values),
+        }
+        for name, values in per_round.items()
+    }
 
 
 def run_case(name: str, arch: str, side: int, args: argparse.Namespace) -> dict:
@@ -81,14 +90,17 @@ def run_case(name: str, arch: str, side: int, args: argparse.Namespace) -> dict:
     # the ordering decides which units go, not how many per layer: a cheap one is enough here
     analysis = api.analyze(model, calibration, ordering="variance", max_positions=256, device=args.device)
     analysis_seconds = time.perf_counter() - start
-    plans = {"threshold": analysis.plan(flops_reduction=args.reduction),
-             "uniform": uniform_plan(analysis, args.reduction)}
+    plans = {
+        "threshold": analysis.plan(flops_reduction=args.reduction),
+        "uniform": uniform_plan(analysis, args.reduction),
+    }
     example = torch.zeros(1, *shape, device=args.device)
     dense_params, dense_macs = count(model.to(args.device), example)
     variants = {"dense": model}
     for kind, plan in plans.items():
-        variants[kind] = api.prune(model, analysis, plan, compensate=False, sequential=False, physical=True,
-                                   device=args.device)
+        variants[kind] = api.prune(
+            model, analysis, plan, compensate=False, sequential=False, physical=True, device=args.device
+        )
     row = {"input": list(shape), "analysis_seconds": analysis_seconds, "variants": {}}
     for kind, variant in variants.items():
         params, macs = count(variant.to(args.device), example)
@@ -98,9 +110,11 @@ def run_case(name: str, arch: str, side: int, args: argparse.Namespace) -> dict:
         for kind, timing in timed.items():
             row["variants"][kind][f"batch{batch}"] = timing
     for kind, variant in row["variants"].items():
-        common.log(f"speedup {name} {kind}: macs {variant['macs'] / 1e6:.1f} M, batch 1 "
-                   f"{1e3 * variant['batch1']['seconds']:.2f} ms, batch {args.batch} "
-                   f"{variant[f'batch{args.batch}']['images_per_second']:.0f} img/s")
+        common.log(
+            f"speedup {name} {kind}: macs {variant['macs'] / 1e6:.1f} M, batch 1 "
+            f"{1e3 * variant['batch1']['seconds']:.2f} ms, batch {args.batch} "
+            f"{variant[f'batch{args.batch}']['images_per_second']:.0f} img/s"
+        )
     dense = row["variants"]["dense"]
     for kind in plans:
         variant = row["variants"][kind]
@@ -118,8 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", default=names, choices=names)
     parser.add_argument("--reduction", type=float, default=0.5, help="FLOPs (MACs) reduction of the pruned models")
     parser.add_argument("--batch", type=int, default=64, help="batch size of the throughput measurement")
-    parser.add_argument("--min-seconds", type=float, default=3.0,
-                        help="time each variant at least this long per batch size, split over the rounds")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help="time each variant at least this long per batch size, split over the rounds",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
     common.add_run_args(parser)
     args = parser.parse_args(argv)

@@ -62,11 +62,13 @@ def collect_moments(
     gen = torch.Generator().manual_seed(seed)
     handles = []
     for group in groups:
+
         def hook(_module, inputs, group=group):
             x = inputs[0]
             shapes.setdefault(group.name, tuple(x.shape[1:]))
             samples = _subsample(to_samples(x, group.layout, group.units), group.layout, max_positions, x.shape[0], gen)
             moments[group.name].update(samples, group.consumer)
+
         handles.append(model.get_submodule(group.consumer).register_forward_pre_hook(hook))
     try:
         model.eval()
@@ -101,6 +103,7 @@ def collect_joint_moments(
         def hook(_module, inputs):
             captured[key] = to_samples(inputs[0], group.layout, group.units)
             raise _StopForward
+
         return hook
 
     handles = [
@@ -134,15 +137,19 @@ def following_norms(model: nn.Module, consumers: list[str], example_input: torch
     names = {module: name for name, module in model.named_modules()}
     handles = []
     for consumer in consumers:
+
         def remember(_module, _inputs, output, consumer=consumer):
             outputs[id(output)] = (consumer, output, output._version)
+
         handles.append(model.get_submodule(consumer).register_forward_hook(remember))
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+
             def check(mod, inputs):
                 entry = outputs.get(id(inputs[0]))
                 if entry is not None and entry[1] is inputs[0] and entry[2] == inputs[0]._version:
                     found.setdefault(entry[0], names[mod])
+
             handles.append(module.register_forward_pre_hook(check))
     try:
         model.eval()

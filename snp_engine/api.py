@@ -132,9 +132,13 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "keep": self.keep, "ordering": self.ordering, "threshold": self.threshold,
-            "params_before": self.params_before, "params_after": self.params_after,
-            "flops_before": self.flops_before, "flops_after": self.flops_after,
+            "keep": self.keep,
+            "ordering": self.ordering,
+            "threshold": self.threshold,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
             "explained": self.explained,
         }
 
@@ -205,13 +209,22 @@ class Analysis:
                 return g
         raise KeyError(name)
 
-    def reorder(self, ordering: str | None = None, curve: str | None = None,
-                reporter: Reporter | None = None) -> Analysis:
+    def reorder(
+        self, ordering: str | None = None, curve: str | None = None, reporter: Reporter | None = None
+    ) -> Analysis:
         """A new analysis with another ordering and/or curve kind, from the same statistics."""
         groups = [replace(g, order=None, curve=None) for g in self.groups]
-        return Analysis(groups, self.excluded, self.costs, self.input_shape,
-                        ordering=ordering or self.ordering, curve=curve or self.curve_kind,
-                        seed=self.seed, info=self.info, reporter=reporter)
+        return Analysis(
+            groups,
+            self.excluded,
+            self.costs,
+            self.input_shape,
+            ordering=ordering or self.ordering,
+            curve=curve or self.curve_kind,
+            seed=self.seed,
+            info=self.info,
+            reporter=reporter,
+        )
 
     def cost(self, keep: Mapping[str, int] | None = None) -> tuple[int, float]:
         """(parameters, FLOPs as MACs per sample) of the network pruned to ``keep``."""
@@ -253,7 +266,11 @@ class Analysis:
                 index = 1 if flops_reduction is not None else 0
                 target = self.cost()[index] * (1 - reduction)
                 counts, threshold = keep_for_budget(
-                    curves, lambda k: self.cost(k)[index], target, round_to=round_to, allocation=allocation,
+                    curves,
+                    lambda k: self.cost(k)[index],
+                    target,
+                    round_to=round_to,
+                    allocation=allocation,
                     saving=lambda k, name, new_k: self.costs.saving(k, name, new_k)[index],
                 )
         except ValueError as exc:
@@ -267,8 +284,9 @@ class Analysis:
         params_before, flops_before = self.cost()
         params_after, flops_after = self.cost(counts)
         explained = {g.name: float(g.curve[counts[g.name]]) for g in self.groups}
-        return Plan(counts, kept, self.ordering, threshold, params_before, params_after,
-                    flops_before, flops_after, explained)
+        return Plan(
+            counts, kept, self.ordering, threshold, params_before, params_after, flops_before, flops_after, explained
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -302,9 +320,21 @@ class Analysis:
     def summary(self) -> dict:
         params, flops = self.cost()
         return {
-            "ordering": self.ordering, "curve": self.curve_kind, "params": params, "flops": flops,
-            "groups": [{"name": g.name, "consumer": g.group.consumer, "units": g.units, "layout": g.group.layout,
-                        "samples": g.samples, "regularised": g.regularised} for g in self.groups],
+            "ordering": self.ordering,
+            "curve": self.curve_kind,
+            "params": params,
+            "flops": flops,
+            "groups": [
+                {
+                    "name": g.name,
+                    "consumer": g.group.consumer,
+                    "units": g.units,
+                    "layout": g.group.layout,
+                    "samples": g.samples,
+                    "regularised": g.regularised,
+                }
+                for g in self.groups
+            ],
             "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in self.excluded],
         }
 
@@ -401,8 +431,9 @@ def _check_forward(model: nn.Module, example: torch.Tensor) -> None:
         if _is_out_of_memory(exc):
             raise
         detail = " ".join(str(exc).split())[:200]
-        raise AnalysisError(f"the model cannot run on inputs of shape {tuple(example.shape[1:])} "
-                            f"({type(exc).__name__}: {detail})") from None
+        raise AnalysisError(
+            f"the model cannot run on inputs of shape {tuple(example.shape[1:])} ({type(exc).__name__}: {detail})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,8 +478,14 @@ def analyze(
         norms = following_norms(model, [g.consumer for g in groups], example)
         costs = build_cost_model(model, groups, example)
         moments, shapes = collect_moments(
-            model, groups, _Cast(loader, dtype), device=device, total_batches=len(loader),
-            max_positions=max_positions, reporter=Scaled(reporter, 0.0, 0.8), seed=seed,
+            model,
+            groups,
+            _Cast(loader, dtype),
+            device=device,
+            total_batches=len(loader),
+            max_positions=max_positions,
+            reporter=Scaled(reporter, 0.0, 0.8),
+            seed=seed,
         )
         if distributed:
             for m in moments.values():
@@ -458,17 +495,33 @@ def analyze(
             consumer = model.get_submodule(group.consumer)
             coverage = None
             if group.layout == "conv":
-                coverage = tap_coverage(consumer.kernel_size, shapes[group.name][1:], consumer.stride,
-                                        consumer.padding, consumer.dilation)
+                coverage = tap_coverage(
+                    consumer.kernel_size, shapes[group.name][1:], consumer.stride, consumer.padding, consumer.dilation
+                )
             taps = weight_taps(consumer, group)
-            analysed.append(GroupAnalysis(
-                group, moments[group.name].to("cpu"), shapes[group.name],
-                consumer_metric(taps, coverage).cpu(), producer_l1(model, group).cpu(), norms.get(group.consumer),
-                coverage,
-            ))
+            analysed.append(
+                GroupAnalysis(
+                    group,
+                    moments[group.name].to("cpu"),
+                    shapes[group.name],
+                    consumer_metric(taps, coverage).cpu(),
+                    producer_l1(model, group).cpu(),
+                    norms.get(group.consumer),
+                    coverage,
+                )
+            )
         info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
-        return Analysis(analysed, excluded, costs, tuple(example.shape[1:]), ordering=ordering, curve=curve,
-                        seed=seed, info=info, reporter=Scaled(reporter, 0.8, 1.0))
+        return Analysis(
+            analysed,
+            excluded,
+            costs,
+            tuple(example.shape[1:]),
+            ordering=ordering,
+            curve=curve,
+            seed=seed,
+            info=info,
+            reporter=Scaled(reporter, 0.8, 1.0),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,8 +625,14 @@ def _fit_sequential(
     k = kept.shape[0]
     prior = torch.zeros(n, k, dtype=cov.dtype)
     prior[kept, torch.arange(k)] = 1
-    mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept],
-                                     compensation_ridge(own_cov, k, joint.samples), prior)
+    mapping, offset = reconstruction(
+        cross[:, kept],
+        own_cov[kept][:, kept],
+        mean[n:],
+        mean[:n][kept],
+        compensation_ridge(own_cov, k, joint.samples),
+        prior,
+    )
     apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
     return kept
 
@@ -582,8 +641,15 @@ def _fit_sequential(
 # Evaluation
 
 
-def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | torch.device | None = "cpu",
-             topk: tuple[int, ...] = (1, 5), reporter: Reporter | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = "cpu",
+    topk: tuple[int, ...] = (1, 5),
+    reporter: Reporter | None = None,
+) -> dict[str, float]:
     """Top-k accuracy (percent) of ``model`` on a labelled dataset or DataBundle (its test split)."""
     data = getattr(data, "test", data)
     loader = batches_of(data, batch_size=batch_size)
@@ -614,12 +680,20 @@ def _check_labels(labels: torch.Tensor, classes: int) -> None:
         return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
-        raise DataError(f"the data has labels {low}..{high} but the model predicts {classes} classes "
-                        f"(labels 0..{classes - 1}); evaluate it on data with matching classes")
+        raise DataError(
+            f"the data has labels {low}..{high} but the model predicts {classes} classes "
+            f"(labels 0..{classes - 1}); evaluate it on data with matching classes"
+        )
 
 
-def fidelity(reference: nn.Module, candidate: nn.Module, data, *, batch_size: int = 256,
-             device: str | torch.device | None = "cpu") -> float:
+def fidelity(
+    reference: nn.Module,
+    candidate: nn.Module,
+    data,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = "cpu",
+) -> float:
     """Relative logit error ‖f̃(x) − f(x)‖ / ‖f(x)‖ over a dataset (0 = identical outputs)."""
     data = getattr(data, "test", data)
     loader = batches_of(data, batch_size=batch_size)
@@ -651,7 +725,18 @@ def load(path: str | Path, *, trust: bool = False) -> nn.Module:
 
 
 __all__ = [
-    "CURVES", "Analysis", "CostModel", "GroupAnalysis", "LayerCost", "Plan", "analyze", "batches_of",
-    "evaluate", "export", "fidelity", "load", "prune", "resolve_device",
+    "CURVES",
+    "Analysis",
+    "CostModel",
+    "GroupAnalysis",
+    "LayerCost",
+    "Plan",
+    "analyze",
+    "batches_of",
+    "evaluate",
+    "export",
+    "fidelity",
+    "load",
+    "prune",
+    "resolve_device",
 ]
-

@@ -110,45 +110,76 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress output on stderr")
-    common.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
-                        help="where to compute (default: auto = CUDA if available)")
-    common.add_argument("--trust", action="store_true",
-                        help="allow loading pickled models (only for files from a trusted source)")
-    common.add_argument("--input-size", type=_positive_int, metavar="S",
-                        help="square input size in pixels (default: the model's; 32 for torchvision models on digits)")
+    common.add_argument(
+        "--device",
+        default="auto",
+        choices=("cpu", "cuda", "auto"),
+        help="where to compute (default: auto = CUDA if available)",
+    )
+    common.add_argument(
+        "--trust", action="store_true", help="allow loading pickled models (only for files from a trusted source)"
+    )
+    common.add_argument(
+        "--input-size",
+        type=_positive_int,
+        metavar="S",
+        help="square input size in pixels (default: the model's; 32 for torchvision models on digits)",
+    )
     common.add_argument("--debug", action="store_true", help="show a traceback on internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = sub.add_parser("info", parents=[common], help="list a model's prunable layers, parameters and FLOPs",
-                          description="List prunable layer groups, excluded groups (with reasons), parameters "
-                          "and FLOPs of a model.")
+    info = sub.add_parser(
+        "info",
+        parents=[common],
+        help="list a model's prunable layers, parameters and FLOPs",
+        description="List prunable layer groups, excluded groups (with reasons), parameters and FLOPs of a model.",
+    )
     info.add_argument("--model", required=True, metavar="M")
     info.set_defaults(handler=cmd_info)
 
-    analyze = sub.add_parser("analyze", parents=[common], help="measure activation statistics and save them",
-                             description="Stream calibration data through the model once and save the "
-                             "statistics, so that 'snp prune --stats' can skip the forward pass.")
+    analyze = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="measure activation statistics and save them",
+        description="Stream calibration data through the model once and save the "
+        "statistics, so that 'snp prune --stats' can skip the forward pass.",
+    )
     _model_data_args(analyze)
     _analysis_args(analyze)
     analyze.add_argument("--out", required=True, metavar="FILE", help="statistics file to write")
     analyze.set_defaults(handler=cmd_analyze)
 
-    prune = sub.add_parser("prune", parents=[common], help="prune a model and export it",
-                           description="Prune a model to a variance threshold, a FLOPs/parameter reduction or "
-                           "explicit keep counts, compensate the next layers, evaluate and export it.")
+    prune = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="prune a model and export it",
+        description="Prune a model to a variance threshold, a FLOPs/parameter reduction or "
+        "explicit keep counts, compensate the next layers, evaluate and export it.",
+    )
     _model_data_args(prune)
     target = prune.add_mutually_exclusive_group(required=True)
     target.add_argument("--variance", type=float, metavar="V", help="keep units explaining V (0 < V <= 1)")
     target.add_argument("--flops-reduction", type=float, metavar="R", help="remove the fraction R of the FLOPs")
     target.add_argument("--params-reduction", type=float, metavar="R", help="remove the fraction R of the parameters")
-    target.add_argument("--keep", action="append", metavar="LAYER=COUNT",
-                        help="keep COUNT units of LAYER (a producer module name); repeatable")
+    target.add_argument(
+        "--keep",
+        action="append",
+        metavar="LAYER=COUNT",
+        help="keep COUNT units of LAYER (a producer module name); repeatable",
+    )
     _analysis_args(prune)
-    prune.add_argument("--method", choices=METHODS, default="snp",
-                       help="snp (subspace ordering, see --ordering) or a baseline ordering: l1, random, variance")
+    prune.add_argument(
+        "--method",
+        choices=METHODS,
+        default="snp",
+        help="snp (subspace ordering, see --ordering) or a baseline ordering: l1, random, variance",
+    )
     prune.add_argument("--no-compensation", action="store_true", help="do not compensate the consumers")
-    prune.add_argument("--one-shot", action="store_true",
-                       help="compensate from the dense statistics only (faster, less exact than sequential)")
+    prune.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="compensate from the dense statistics only (faster, less exact than sequential)",
+    )
     prune.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round keep counts up to N")
     prune.add_argument("--stats", metavar="FILE", help="statistics from 'snp analyze' instead of a new analysis")
     prune.add_argument("--eval-data", metavar="D2", help="evaluate on this data's test split instead")
@@ -157,15 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--onnx", metavar="FILE", help="also write an ONNX file (needs: pip install onnx)")
     prune.set_defaults(handler=cmd_prune)
 
-    evaluate = sub.add_parser("eval", parents=[common], help="top-1/top-5 accuracy, parameters and FLOPs",
-                              description="Evaluate a model on the test split of the data.")
+    evaluate = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="top-1/top-5 accuracy, parameters and FLOPs",
+        description="Evaluate a model on the test split of the data.",
+    )
     _model_data_args(evaluate)
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="B")
     evaluate.set_defaults(handler=cmd_eval)
 
-    finetune = sub.add_parser("finetune", parents=[common], help="fine-tune a (pruned) model and re-export it",
-                              description="Train a model on the data's train split (its calibration split "
-                              "when there is none) and export it, keeping its pruning record.")
+    finetune = sub.add_parser(
+        "finetune",
+        parents=[common],
+        help="fine-tune a (pruned) model and re-export it",
+        description="Train a model on the data's train split (its calibration split "
+        "when there is none) and export it, keeping its pruning record.",
+    )
     _model_data_args(finetune)
     finetune.add_argument("--epochs", type=_positive_int, required=True, metavar="E")
     finetune.add_argument("--lr", type=float, required=True, metavar="LR", help="initial learning rate")
@@ -188,13 +227,24 @@ def _analysis_args(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--samples", type=_positive_int, metavar="N", help="calibration images to use (default: all)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
-    parser.add_argument("--ordering", choices=list(ORDERINGS), metavar="NAME",
-                        help=f"unit ordering: {', '.join(ORDERINGS)} (default: {DEFAULT_ORDERING})")
-    parser.add_argument("--max-positions", type=_positive_int, metavar="P",
-                        help="spatial positions sampled per image for conv layers (default: all)")
+    parser.add_argument(
+        "--ordering",
+        choices=list(ORDERINGS),
+        metavar="NAME",
+        help=f"unit ordering: {', '.join(ORDERINGS)} (default: {DEFAULT_ORDERING})",
+    )
+    parser.add_argument(
+        "--max-positions",
+        type=_positive_int,
+        metavar="P",
+        help="spatial positions sampled per image for conv layers (default: all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for position sampling and random orderings")
-    parser.add_argument("--cpu-fallback", action="store_true",
-                        help="if the GPU runs out of memory, warn and redo the analysis/pruning on the CPU")
+    parser.add_argument(
+        "--cpu-fallback",
+        action="store_true",
+        help="if the GPU runs out of memory, warn and redo the analysis/pruning on the CPU",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -231,8 +281,10 @@ def _input_shape(loaded, data_spec: str | None, input_size: int | None) -> tuple
     channels, height, width = loaded.input_shape
     fixed = isinstance(getattr(loaded.model, "image_size", None), int)
     if input_size is not None and fixed and input_size != height:
-        raise SnpError(f"{loaded.arch} only takes {height}x{width} inputs (a fixed input size); "
-                       f"--input-size {input_size} cannot be used with it")
+        raise SnpError(
+            f"{loaded.arch} only takes {height}x{width} inputs (a fixed input size); "
+            f"--input-size {input_size} cannot be used with it"
+        )
     if input_size is not None:
         return channels, input_size, input_size
     if data_spec is not None and data_spec.strip().lower() == "digits" and (height, width) == (224, 224) and not fixed:
@@ -252,8 +304,10 @@ def _class_warning(loaded, bundle) -> list[str]:
     """For the analysis, labels do not matter: a class mismatch is only worth a warning."""
     warnings = _data_warnings(bundle)
     if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
-        warnings.append(f"the data has {bundle.num_classes} classes but the model predicts {loaded.num_classes}; "
-                        "accuracies will be meaningless")
+        warnings.append(
+            f"the data has {bundle.num_classes} classes but the model predicts {loaded.num_classes}; "
+            "accuracies will be meaningless"
+        )
     return warnings
 
 
@@ -261,8 +315,10 @@ def _check_classes(loaded, bundle, spec: str) -> list[str]:
     """Evaluation and training need every label to be a class of the model; refuse early otherwise
     (before a long analysis), and return the data's warnings."""
     if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
-        raise SnpError(f"the data '{spec}' has labels 0..{bundle.num_classes - 1} but the model predicts "
-                       f"{loaded.num_classes} classes (labels 0..{loaded.num_classes - 1})")
+        raise SnpError(
+            f"the data '{spec}' has labels 0..{bundle.num_classes - 1} but the model predicts "
+            f"{loaded.num_classes} classes (labels 0..{loaded.num_classes - 1})"
+        )
     return _data_warnings(bundle)
 
 
@@ -352,15 +408,22 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     reporter.update(1.0, "done")
     pruning = getattr(model, "snp_pruning", None)
     result = {
-        "model": args.model, "arch": loaded.arch, "source": loaded.source, "num_classes": loaded.num_classes,
-        "input_shape": list(shape), "params": params, "flops": flops,
+        "model": args.model,
+        "arch": loaded.arch,
+        "source": loaded.source,
+        "num_classes": loaded.num_classes,
+        "input_shape": list(shape),
+        "params": params,
+        "flops": flops,
         "groups": [{"name": g.name, "consumer": g.consumer, "units": g.units, "layout": g.layout} for g in groups],
         "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in excluded],
     }
     if pruning:
         result["pruning"] = {
-            "kept": {name: len(kept) for name, kept in pruning["kept"].items()}, "units": pruning["units"],
-            "ordering": pruning.get("ordering"), "compensation": pruning.get("compensation"),
+            "kept": {name: len(kept) for name, kept in pruning["kept"].items()},
+            "units": pruning["units"],
+            "ordering": pruning.get("ordering"),
+            "compensation": pruning.get("compensation"),
         }
     lines = [
         f"model        {args.model} ({loaded.arch}, {loaded.source})",
@@ -374,8 +437,12 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         lines.append(f"not pruned ({len(excluded)}):")
         lines += [f"  {e.name:<28} {e.units:>6} units  {e.reason}" for e in excluded]
     if pruning:
-        lines.append("pruned by snp: " + ", ".join(
-            f"{name} {len(kept)}/{pruning['units'].get(name, len(kept))}" for name, kept in pruning["kept"].items()))
+        lines.append(
+            "pruned by snp: "
+            + ", ".join(
+                f"{name} {len(kept)}/{pruning['units'].get(name, len(kept))}" for name, kept in pruning["kept"].items()
+            )
+        )
     return result, lines
 
 
@@ -393,9 +460,16 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
 
     def step(on: torch.device):
         return analyze(
-            loaded.model, data, samples=args.samples, batch_size=args.batch_size, device=on,
-            ordering=args.ordering or DEFAULT_ORDERING, max_positions=args.max_positions, seed=args.seed,
-            reporter=reporter, info={"model": args.model, "data": args.data},
+            loaded.model,
+            data,
+            samples=args.samples,
+            batch_size=args.batch_size,
+            device=on,
+            ordering=args.ordering or DEFAULT_ORDERING,
+            max_positions=args.max_positions,
+            seed=args.seed,
+            reporter=reporter,
+            info={"model": args.model, "data": args.data},
         )
 
     analysis, device = _with_cpu_fallback(args, device, step, warnings)
@@ -404,13 +478,22 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
     warnings += singular
     path = analysis.save(args.out) or Path(args.out)
     summary = analysis.summary()
-    result = {"model": args.model, "data": args.data, "out": str(path), "input_shape": list(shape),
-              "samples": analysis.info.get("samples"), **summary, "warnings": warnings}
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(path),
+        "input_shape": list(shape),
+        "samples": analysis.info.get("samples"),
+        **summary,
+        "warnings": warnings,
+    }
     lines = [
-        f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} "
-        f"({'x'.join(map(str, shape))})",
-        *(f"  {g['name']:<28} {g['units']:>6} units  {g['samples']:>9} samples"
-          + ("  (regularised)" if g["regularised"] else "") for g in summary["groups"]),
+        f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} ({'x'.join(map(str, shape))})",
+        *(
+            f"  {g['name']:<28} {g['units']:>6} units  {g['samples']:>9} samples"
+            + ("  (regularised)" if g["regularised"] else "")
+            for g in summary["groups"]
+        ),
         f"statistics written to {path}",
     ]
     return result, lines
@@ -463,10 +546,18 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         if analysis.ordering != ordering:
             analysis = analysis.reorder(ordering, reporter=Scaled(reporter, 0.1, 0.2))
     else:
+
         def analyse_on(on: torch.device):
             return api.analyze(
-                dense, data, samples=args.samples, batch_size=args.batch_size, device=on, ordering=ordering,
-                max_positions=args.max_positions, seed=args.seed, reporter=Scaled(reporter, 0.0, 0.2),
+                dense,
+                data,
+                samples=args.samples,
+                batch_size=args.batch_size,
+                device=on,
+                ordering=ordering,
+                max_positions=args.max_positions,
+                seed=args.seed,
+                reporter=Scaled(reporter, 0.0, 0.2),
                 info={"model": args.model, "data": args.data},
             )
 
@@ -477,15 +568,28 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     if args.keep:
         plan = analysis.plan(keep=_parse_keep(args.keep, analysis), round_to=args.round_to)
     else:
-        plan = analysis.plan(variance=args.variance, flops_reduction=args.flops_reduction,
-                             params_reduction=args.params_reduction, round_to=args.round_to)
+        plan = analysis.plan(
+            variance=args.variance,
+            flops_reduction=args.flops_reduction,
+            params_reduction=args.params_reduction,
+            round_to=args.round_to,
+        )
     compensate = not args.no_compensation
     sequential = compensate and not args.one_shot
 
     def prune_on(on: torch.device):
-        return api.prune(dense, analysis, plan, data=data if sequential else None, compensate=compensate,
-                         sequential=sequential, batch_size=args.batch_size, samples=args.samples, device=on,
-                         reporter=Scaled(reporter, 0.2, 0.7))
+        return api.prune(
+            dense,
+            analysis,
+            plan,
+            data=data if sequential else None,
+            compensate=compensate,
+            sequential=sequential,
+            batch_size=args.batch_size,
+            samples=args.samples,
+            device=on,
+            reporter=Scaled(reporter, 0.2, 0.7),
+        )
 
     pruned, device = _with_cpu_fallback(args, device, prune_on, warnings)
     before = api.evaluate(dense, eval_data, device=device, reporter=Scaled(reporter, 0.7, 0.8))
@@ -495,21 +599,40 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     params_after, flops_after = _count(pruned, shape, device)
     compensation = pruned.snp_pruning["compensation"]
     metrics = {
-        "params_before": params_before, "params_after": params_after,
-        "flops_before": flops_before, "flops_after": flops_after,
-        "top1_before": before["top1"], "top1_after": after["top1"],
-        "top5_before": before["top5"], "top5_after": after["top5"],
-        "fidelity": fidelity, "eval_data": args.eval_data or args.data,
+        "params_before": params_before,
+        "params_after": params_after,
+        "flops_before": flops_before,
+        "flops_after": flops_after,
+        "top1_before": before["top1"],
+        "top1_after": after["top1"],
+        "top5_before": before["top5"],
+        "top5_after": after["top5"],
+        "fidelity": fidelity,
+        "eval_data": args.eval_data or args.data,
     }
     settings = {
-        "method": args.method, "ordering": analysis.ordering, "threshold": plan.threshold,
-        "compensation": compensation, "samples": analysis.info.get("samples"), "data": args.data,
-        "target": _target(args), "round_to": args.round_to, "base_model": args.model,
+        "method": args.method,
+        "ordering": analysis.ordering,
+        "threshold": plan.threshold,
+        "compensation": compensation,
+        "samples": analysis.info.get("samples"),
+        "data": args.data,
+        "target": _target(args),
+        "round_to": args.round_to,
+        "base_model": args.model,
     }
     reporter.update(0.9, "exporting")
     cpu_model = pruned.cpu()
-    out = io.export_model(cpu_model, args.out, arch=loaded.arch, num_classes=loaded.num_classes,
-                          input_shape=shape, settings=settings, metrics=metrics, reporter=Scaled(reporter, 0.9, 1.0))
+    out = io.export_model(
+        cpu_model,
+        args.out,
+        arch=loaded.arch,
+        num_classes=loaded.num_classes,
+        input_shape=shape,
+        settings=settings,
+        metrics=metrics,
+        reporter=Scaled(reporter, 0.9, 1.0),
+    )
     extra = {}
     example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
     if args.torchscript:
@@ -519,9 +642,18 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     reporter.update(1.0, "done")
     keep_counts = {name: plan.keep[name] for name in analysis.names}
     result = {
-        "model": args.model, "data": args.data, "out": str(out), **extra, **metrics,
-        "keep": keep_counts, "units": analysis.units, "ordering": analysis.ordering, "method": args.method,
-        "threshold": plan.threshold, "compensation": compensation, "input_shape": list(shape),
+        "model": args.model,
+        "data": args.data,
+        "out": str(out),
+        **extra,
+        **metrics,
+        "keep": keep_counts,
+        "units": analysis.units,
+        "ordering": analysis.ordering,
+        "method": args.method,
+        "threshold": plan.threshold,
+        "compensation": compensation,
+        "input_shape": list(shape),
         "warnings": warnings,
     }
     lines = [
@@ -558,9 +690,17 @@ def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
     _warn(args, warnings)
     scores = evaluate(loaded.model, data, batch_size=args.batch_size, device=device, reporter=reporter)
     params, flops = _count(loaded.model, shape, device)
-    result = {"model": args.model, "data": args.data, "top1": scores["top1"], "top5": scores["top5"],
-              "samples": len(data.test), "params": params, "flops": flops, "input_shape": list(shape),
-              "warnings": warnings}
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "top1": scores["top1"],
+        "top5": scores["top5"],
+        "samples": len(data.test),
+        "params": params,
+        "flops": flops,
+        "input_shape": list(shape),
+        "warnings": warnings,
+    }
     lines = [
         f"{args.model} on {args.data} ({len(data.test)} test images, {'x'.join(map(str, shape))})",
         f"  top-1        {scores['top1']:.2f}%",
@@ -592,28 +732,64 @@ def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
         warnings += _check_classes(loaded, eval_data, args.eval_data)
     _warn(args, warnings)
     split = "train" if data.train is not None else "calibration"
-    loader = make_loader(data.train if data.train is not None else data.calibration, args.batch_size,
-                         shuffle=True, seed=args.seed)
+    loader = make_loader(
+        data.train if data.train is not None else data.calibration, args.batch_size, shuffle=True, seed=args.seed
+    )
     model = loaded.model.to(device)
     before = evaluate(model, eval_data, device=device)
-    history = train(model, loader, epochs=args.epochs, lr=args.lr, device=device, optimizer=args.optimizer,
-                    reporter=Scaled(reporter, 0.0, 0.95))
+    history = train(
+        model,
+        loader,
+        epochs=args.epochs,
+        lr=args.lr,
+        device=device,
+        optimizer=args.optimizer,
+        reporter=Scaled(reporter, 0.0, 0.95),
+    )
     after = evaluate(model, eval_data, device=device)
     earlier = getattr(model, "snp_metadata", None) or {}
-    settings = {**earlier.get("settings", {}), "finetune": {
-        "data": args.data, "split": split, "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
-        "batch_size": args.batch_size, "seed": args.seed,
-    }}
-    metrics = {**earlier.get("metrics", {}), "finetune_top1_before": before["top1"],
-               "finetune_top1_after": after["top1"], "finetune_top5_after": after["top5"],
-               "finetune_eval_data": args.eval_data or args.data}
+    settings = {
+        **earlier.get("settings", {}),
+        "finetune": {
+            "data": args.data,
+            "split": split,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "optimizer": args.optimizer,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+        },
+    }
+    metrics = {
+        **earlier.get("metrics", {}),
+        "finetune_top1_before": before["top1"],
+        "finetune_top1_after": after["top1"],
+        "finetune_top5_after": after["top5"],
+        "finetune_eval_data": args.eval_data or args.data,
+    }
     reporter.update(0.95, "exporting")
-    out = io.export_model(model.cpu(), args.out, arch=loaded.arch, num_classes=loaded.num_classes,
-                          input_shape=shape, settings=settings, metrics=metrics)
+    out = io.export_model(
+        model.cpu(),
+        args.out,
+        arch=loaded.arch,
+        num_classes=loaded.num_classes,
+        input_shape=shape,
+        settings=settings,
+        metrics=metrics,
+    )
     reporter.update(1.0, "done")
-    result = {"model": args.model, "data": args.data, "out": str(out), "split": split, "epochs": args.epochs,
-              "top1_before": before["top1"], "top1_after": after["top1"], "top5_after": after["top5"],
-              "history": history, "warnings": warnings}
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(out),
+        "split": split,
+        "epochs": args.epochs,
+        "top1_before": before["top1"],
+        "top1_after": after["top1"],
+        "top5_after": after["top5"],
+        "history": history,
+        "warnings": warnings,
+    }
     lines = [
         f"fine-tuned {args.model} for {args.epochs} epoch(s) on the {split} split of {args.data}",
         *(f"  epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%" for row in history),

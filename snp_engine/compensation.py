@@ -33,8 +33,11 @@ def tap_coverage(
     """
     if padding == "valid":
         padding = (0, 0)
-    pads = ([(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel_size, dilation, strict=True)]
-            if padding == "same" else [(p, p) for p in padding])
+    pads = (
+        [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel_size, dilation, strict=True)]
+        if padding == "same"
+        else [(p, p) for p in padding]
+    )
     per_axis = []
     for k, size, s, (before, after), d in zip(kernel_size, input_size, stride, pads, dilation, strict=True):
         outputs = (size + before + after - d * (k - 1) - 1) // s + 1

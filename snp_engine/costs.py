@@ -134,12 +134,14 @@ def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_inpu
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, _COUNTED):
+
             def hook(mod, _inputs, output, name=name):
                 if name in costs:
                     return
                 weight = mod.weight.numel() if mod.weight is not None else 0
                 bias = mod.bias.numel() if mod.bias is not None else 0
                 costs[name] = LayerCost(name, _layer_macs(mod, output), weight, bias, **role.get(name, {}))
+
             handles.append(module.register_forward_hook(hook))
     try:
         model.eval()
@@ -152,8 +154,7 @@ def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_inpu
     counted_params = sum(c.weight_params + c.bias_params for c in costs.values())
     counted_macs = sum(c.macs for c in costs.values())
     other_macs = max(total_macs(model, example_input) - counted_macs, 0.0)
-    return CostModel(tuple(costs.values()), all_params - counted_params, other_macs,
-                     {g.name: g.units for g in groups})
+    return CostModel(tuple(costs.values()), all_params - counted_params, other_macs, {g.name: g.units for g in groups})
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, float]:

@@ -259,8 +259,9 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
                 arrays[key] = archive[key]
             except ValueError as exc:
                 if "allow_pickle" in str(exc):  # object arrays need pickle, which is never enabled
-                    raise DataError(f"npz file '{path.name}': '{key}' cannot be read without unpickling; "
-                                    "store plain numeric arrays") from None
+                    raise DataError(
+                        f"npz file '{path.name}': '{key}' cannot be read without unpickling; store plain numeric arrays"
+                    ) from None
                 raise DataError(f"npz file '{path.name}': '{key}' is damaged ({exc})") from None
             except Exception as exc:  # zip, zlib and header errors of a damaged member
                 raise DataError(f"npz file '{path.name}': '{key}' is damaged or truncated ({exc})") from None
@@ -409,8 +410,9 @@ def _image_folder(root: Path, transform: Callable, skipped: list[int]):
             return False
 
     try:
-        folder = ImageFolder(str(root), transform=transform, loader=_load_image, is_valid_file=readable,
-                             allow_empty=True)
+        folder = ImageFolder(
+            str(root), transform=transform, loader=_load_image, is_valid_file=readable, allow_empty=True
+        )
     except FileNotFoundError as exc:
         message = f"folder '{root}': no class subfolders found (expected {root}/<class>/<image>)"
         raise DataError(message) from exc

@@ -23,12 +23,28 @@ from torch import nn
 
 # grad_fn names (substrings) of operations that act on each channel on its own.
 _CHANNELWISE_OPS = (
-    "Relu", "Gelu", "Hardtanh", "Silu", "Hardswish", "Sigmoid", "Tanh", "Elu", "Softplus",
-    "MaxPool", "AvgPool", "AdaptiveAvgPool", "Dropout", "Clone", "Mish", "Threshold",
+    "Relu",
+    "Gelu",
+    "Hardtanh",
+    "Silu",
+    "Hardswish",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "Softplus",
+    "MaxPool",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "Dropout",
+    "Clone",
+    "Mish",
+    "Threshold",
     # global average pooling written as a spatial mean (MobileNet, EfficientNet)
     "Mean",
     # the weight transpose and matmul of a linear layer applied to token sequences
-    "TBackward", "Addmm", "View",
+    "TBackward",
+    "Addmm",
+    "View",
 )
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -119,11 +135,14 @@ def find_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[list[Uni
         units = _units_of(module)
         label = producers[0]
         if len(producers) > 1:
-            excluded.append(ExcludedGroup(
-                label, units,
-                f"residual stream: channels coupled across {len(producers)} layers ({', '.join(producers[:4])}"
-                + (", …)" if len(producers) > 4 else ")"),
-            ))
+            excluded.append(
+                ExcludedGroup(
+                    label,
+                    units,
+                    f"residual stream: channels coupled across {len(producers)} layers ({', '.join(producers[:4])}"
+                    + (", …)" if len(producers) > 4 else ")"),
+                )
+            )
         elif blockers:
             excluded.append(ExcludedGroup(label, units, f"passes through {', '.join(sorted(set(blockers)))}"))
         elif not consumers:
@@ -147,8 +166,10 @@ def execution_order(model: nn.Module, groups: list[UnitGroup], example_input: to
     first_call: dict[str, int] = {}
     handles = []
     for group in groups:
+
         def hook(_module, _inputs, name=group.consumer):
             first_call.setdefault(name, len(first_call))
+
         handles.append(model.get_submodule(group.consumer).register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():

@@ -371,8 +371,11 @@ def _arch_kwargs(model: nn.Module, arch: str, num_classes: int) -> dict[str, Any
             kwargs["in_channels"] = int(first.in_channels)
         if isinstance(model, DemoResNet):
             # conv1 and each stage's output are residual streams, which are never pruned
-            kwargs["widths"] = [int(model.conv1.out_channels), int(model.layer2[0].conv2.out_channels),
-                                int(model.layer3[0].conv2.out_channels)]
+            kwargs["widths"] = [
+                int(model.conv1.out_channels),
+                int(model.layer2[0].conv2.out_channels),
+                int(model.layer3[0].conv2.out_channels),
+            ]
         return kwargs
     if isinstance(getattr(model, "image_size", None), int):
         kwargs["image_size"] = int(model.image_size)
@@ -406,8 +409,14 @@ def _build_architecture(arch: str, kwargs: Mapping[str, Any], path: Path) -> nn.
     raise ModelLoadError(f"{path}: unknown base architecture '{arch}'")
 
 
-def _remove_complement(model: nn.Module, names: Sequence[str], units: Mapping[str, int],
-                       kept: Mapping[str, Sequence[int]], example: torch.Tensor, path: Path) -> None:
+def _remove_complement(
+    model: nn.Module,
+    names: Sequence[str],
+    units: Mapping[str, int],
+    kept: Mapping[str, Sequence[int]],
+    example: torch.Tensor,
+    path: Path,
+) -> None:
     """Delete, group by group in the stored order, every unit that was not kept."""
     from snp_engine.groups import find_groups
     from snp_engine.surgery import remove_units
@@ -519,13 +528,17 @@ def _first_output(output: Any) -> torch.Tensor:
 def _check_close(expected: torch.Tensor, actual: torch.Tensor, tolerance: float, what: str) -> None:
     expected, actual = expected.detach().double().cpu(), torch.as_tensor(actual).detach().double().cpu()
     if expected.shape != actual.shape:
-        raise SnpError(f"verification failed: {what} gives outputs of shape {tuple(actual.shape)}, "
-                       f"expected {tuple(expected.shape)}; nothing was written")
+        raise SnpError(
+            f"verification failed: {what} gives outputs of shape {tuple(actual.shape)}, "
+            f"expected {tuple(expected.shape)}; nothing was written"
+        )
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
     diff = float((expected - actual).abs().max()) if expected.numel() else 0.0
     if not diff <= tolerance * scale:
-        raise SnpError(f"verification failed: {what} differs from the model by {diff:.3g} "
-                       f"(allowed {tolerance * scale:.3g}); nothing was written")
+        raise SnpError(
+            f"verification failed: {what} differs from the model by {diff:.3g} "
+            f"(allowed {tolerance * scale:.3g}); nothing was written"
+        )
 
 
 def _jsonable(value: Any) -> Any:
@@ -562,16 +575,21 @@ def save_analysis(analysis: Analysis, path: str | Path) -> Path:
         tensors[prefix + "weight_l1"] = g.weight_l1
         if g.coverage is not None:
             tensors[prefix + "coverage"] = g.coverage
-        groups.append({**asdict(g.group), "input_shape": list(g.input_shape), "norm": g.norm,
-                       "coverage": g.coverage is not None})
+        groups.append(
+            {**asdict(g.group), "input_shape": list(g.input_shape), "norm": g.norm, "coverage": g.coverage is not None}
+        )
     costs = analysis.costs
     header = {
         "format": ANALYSIS_VERSION,
         "snp_version": __version__,
         "groups": groups,
         "excluded": [asdict(e) for e in analysis.excluded],
-        "costs": {"layers": [asdict(layer) for layer in costs.layers], "other_params": int(costs.other_params),
-                  "other_macs": float(costs.other_macs), "units": dict(costs.units)},
+        "costs": {
+            "layers": [asdict(layer) for layer in costs.layers],
+            "other_params": int(costs.other_params),
+            "other_macs": float(costs.other_macs),
+            "units": dict(costs.units),
+        },
         "input_shape": list(analysis.input_shape),
         "ordering": analysis.ordering,
         "curve": analysis.curve_kind,
@@ -609,27 +627,50 @@ def load_analysis(path: str | Path, **kwargs: Any) -> Analysis:
     except ValueError:
         raise SnpError(f"{path}: unreadable snp statistics format version '{raw[ANALYSIS_KEY]}'") from None
     if version > ANALYSIS_VERSION:
-        raise SnpError(f"{path}: written by a newer snp (statistics format {version}; this snp {__version__} reads "
-                       f"format {ANALYSIS_VERSION} and older); upgrade snp")
+        raise SnpError(
+            f"{path}: written by a newer snp (statistics format {version}; this snp {__version__} reads "
+            f"format {ANALYSIS_VERSION} and older); upgrade snp"
+        )
     try:
         header = json.loads(raw[METADATA_KEY])
         tensors = load_file(str(path))
         groups = []
         for index, entry in enumerate(header["groups"]):
             prefix = f"group.{index}."
-            unit = UnitGroup(entry["name"], entry["consumer"], int(entry["units"]), entry["layout"],
-                             tuple(entry.get("channelwise", ())))
-            moments = Moments.from_state({
-                "count": tensors[prefix + "count"].reshape(()), "total": tensors[prefix + "total"],
-                "outer": tensors[prefix + "outer"],
-            })
+            unit = UnitGroup(
+                entry["name"],
+                entry["consumer"],
+                int(entry["units"]),
+                entry["layout"],
+                tuple(entry.get("channelwise", ())),
+            )
+            moments = Moments.from_state(
+                {
+                    "count": tensors[prefix + "count"].reshape(()),
+                    "total": tensors[prefix + "total"],
+                    "outer": tensors[prefix + "outer"],
+                }
+            )
             coverage = tensors[prefix + "coverage"] if entry.get("coverage") else None
-            groups.append(GroupAnalysis(unit, moments, tuple(entry["input_shape"]), tensors[prefix + "metric"],
-                                        tensors[prefix + "weight_l1"], entry.get("norm"), coverage))
+            groups.append(
+                GroupAnalysis(
+                    unit,
+                    moments,
+                    tuple(entry["input_shape"]),
+                    tensors[prefix + "metric"],
+                    tensors[prefix + "weight_l1"],
+                    entry.get("norm"),
+                    coverage,
+                )
+            )
         excluded = [ExcludedGroup(e["name"], int(e["units"]), e["reason"]) for e in header["excluded"]]
         cost = header["costs"]
-        costs = CostModel(tuple(LayerCost(**layer) for layer in cost["layers"]), int(cost["other_params"]),
-                          float(cost["other_macs"]), {k: int(v) for k, v in cost["units"].items()})
+        costs = CostModel(
+            tuple(LayerCost(**layer) for layer in cost["layers"]),
+            int(cost["other_params"]),
+            float(cost["other_macs"]),
+            {k: int(v) for k, v in cost["units"].items()},
+        )
         options = {"ordering": header["ordering"], "curve": header["curve"], "seed": int(header["seed"])}
     except SnpError:
         raise
@@ -645,8 +686,10 @@ def check_analysis_fits(analysis: Analysis, model: nn.Module, input_shape: Seque
 
     input_shape = tuple(int(s) for s in input_shape)
     if tuple(analysis.input_shape) != input_shape:
-        raise SnpError(f"the statistics were measured on inputs of shape {tuple(analysis.input_shape)}, "
-                       f"but the data now has shape {input_shape}; re-run snp analyze or use --input-size")
+        raise SnpError(
+            f"the statistics were measured on inputs of shape {tuple(analysis.input_shape)}, "
+            f"but the data now has shape {input_shape}; re-run snp analyze or use --input-size"
+        )
     example = torch.zeros((1, *input_shape), dtype=model_dtype(model), device=next(model.parameters()).device)
     found = {(g.name, g.consumer, g.units) for g in find_groups(model, example)[0]}
     stored = {(g.group.name, g.group.consumer, g.units) for g in analysis.groups}
@@ -704,9 +747,16 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(reference, (example,), str(temp), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                                  opset_version=opset, dynamo=False)
+                torch.onnx.export(
+                    reference,
+                    (example,),
+                    str(temp),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=opset,
+                    dynamo=False,
+                )
             except OSError:
                 raise
             except Exception as exc:  # the exporter reports unsupported operators in many ways
@@ -733,6 +783,15 @@ def _run_onnx(path: Path, example: torch.Tensor, expected: torch.Tensor) -> None
 
 
 __all__ = [
-    "FORMAT_VERSION", "atomic_write", "check_analysis_fits", "check_exportable", "export_model", "export_onnx",
-    "export_torchscript", "load_analysis", "load_exported", "read_metadata", "save_analysis",
+    "FORMAT_VERSION",
+    "atomic_write",
+    "check_analysis_fits",
+    "check_exportable",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "load_analysis",
+    "load_exported",
+    "read_metadata",
+    "save_analysis",
 ]

@@ -358,8 +358,9 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
         try:
             return _strip_prefix(load_file(str(path)), "module.")
         except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"{path}: the weights cannot be read, the file is damaged or truncated ({exc})") \
-                from None
+            raise ModelLoadError(
+                f"{path}: the weights cannot be read, the file is damaged or truncated ({exc})"
+            ) from None
     if kind == "torchscript":
         return dict(_load_torchscript(path, trust).state_dict())
     _refuse_unreadable(path, kind)

@@ -90,6 +90,7 @@ def _greedy_budget(
     keep = {name: len(c) - 1 for name, c in curves.items()}
     step = max(round_to, 1)
     if saving is None:
+
         def saving(keep, name, new_k):
             return cost(keep) - cost({**keep, name: new_k})
 

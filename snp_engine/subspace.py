@@ -242,8 +242,9 @@ def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, chosen: torch.
         residual.addr_(column, column, alpha=alpha)
         return
     else:
-        pivot = pivot + 1e-12 * torch.diagonal(pivot).mean() * torch.eye(len(chosen), dtype=pivot.dtype,
-                                                                         device=pivot.device)
+        pivot = pivot + 1e-12 * torch.diagonal(pivot).mean() * torch.eye(
+            len(chosen), dtype=pivot.dtype, device=pivot.device
+        )
         update = torch.linalg.solve(pivot, residual[chosen])
     weighted.sub_(weighted[:, chosen] @ update)
     residual.sub_(residual[:, chosen] @ update)

@@ -21,16 +21,31 @@ def build_parser() -> argparse.ArgumentParser:
         "units to keep, evaluate and export a smaller network.",
     )
     parser.add_argument("session", nargs="?", help="a saved session (.snpsession) to reopen")
-    parser.add_argument("--demo", action="store_true", help=f"open {DEMO_MODEL} with the {DEMO_DATA} data "
-                        "(the default when nothing else is given)")
-    parser.add_argument("--model", metavar="SPEC", help="demo-vgg, demo-resnet, torchvision:ARCH[@WEIGHTS] "
-                        "or an exported .safetensors file")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"open {DEMO_MODEL} with the {DEMO_DATA} data (the default when nothing else is given)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="demo-vgg, demo-resnet, torchvision:ARCH[@WEIGHTS] or an exported .safetensors file",
+    )
     parser.add_argument("--data", metavar="SPEC", help="digits, an ImageFolder directory or npz:PATH")
-    parser.add_argument("--analyse", "--analyze", dest="analyse", action="store_true",
-                        help="start the analysis as soon as the model and data are loaded")
+    parser.add_argument(
+        "--analyse",
+        "--analyze",
+        dest="analyse",
+        action="store_true",
+        help="start the analysis as soon as the model and data are loaded",
+    )
     parser.add_argument("--evaluate", action="store_true", help="evaluate the plan once the analysis has finished")
-    parser.add_argument("--color-scheme", choices=("system", "light", "dark"), default="system",
-                        help="light or dark colours (default: follow the system)")
+    parser.add_argument(
+        "--color-scheme",
+        choices=("system", "light", "dark"),
+        default="system",
+        help="light or dark colours (default: follow the system)",
+    )
     parser.add_argument("--device", help="cpu or cuda[:N] (default: the first GPU, else the CPU)")
     parser.add_argument("--samples", type=int, help="calibration images to analyse")
     parser.add_argument("--batch-size", type=int, help="images per batch")
@@ -87,11 +102,24 @@ def _dark_palette():
     palette = QPalette()
     roles = QPalette.ColorRole
     colours = {
-        roles.Window: "#2b2b2e", roles.WindowText: "#e6e6e6", roles.Base: "#1f1f22", roles.AlternateBase: "#29292d",
-        roles.ToolTipBase: "#3a3a3f", roles.ToolTipText: "#f0f0f0", roles.Text: "#e6e6e6", roles.Button: "#35353a",
-        roles.ButtonText: "#e6e6e6", roles.BrightText: "#ff6b6b", roles.Highlight: "#3d7bd9",
-        roles.HighlightedText: "#ffffff", roles.Link: "#6ea8ff", roles.PlaceholderText: "#9a9aa2",
-        roles.Mid: "#4a4a50", roles.Dark: "#18181b", roles.Light: "#505057", roles.Midlight: "#404046",
+        roles.Window: "#2b2b2e",
+        roles.WindowText: "#e6e6e6",
+        roles.Base: "#1f1f22",
+        roles.AlternateBase: "#29292d",
+        roles.ToolTipBase: "#3a3a3f",
+        roles.ToolTipText: "#f0f0f0",
+        roles.Text: "#e6e6e6",
+        roles.Button: "#35353a",
+        roles.ButtonText: "#e6e6e6",
+        roles.BrightText: "#ff6b6b",
+        roles.Highlight: "#3d7bd9",
+        roles.HighlightedText: "#ffffff",
+        roles.Link: "#6ea8ff",
+        roles.PlaceholderText: "#9a9aa2",
+        roles.Mid: "#4a4a50",
+        roles.Dark: "#18181b",
+        roles.Light: "#505057",
+        roles.Midlight: "#404046",
         roles.Shadow: "#000000",
     }
     for role, colour in colours.items():

@@ -62,8 +62,13 @@ class Controller(QObject):
         if not spec:
             self.errorOccurred.emit("load model", "choose a model first")
             return
-        self.runner.submit(Task("load model", lambda: lambda reporter: _load_model(spec, trust, reporter),
-                                on_finished=lambda loaded: self._set_model(loaded, trust)))
+        self.runner.submit(
+            Task(
+                "load model",
+                lambda: lambda reporter: _load_model(spec, trust, reporter),
+                on_finished=lambda loaded: self._set_model(loaded, trust),
+            )
+        )
 
     def _set_model(self, loaded: LoadedModel, trust: bool) -> None:
         self.model, self.model_trusted = loaded, trust
@@ -95,8 +100,10 @@ class Controller(QObject):
         self._baseline = None
         self.dataChanged.emit(bundle)
         skipped = f", {bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
-        self.message.emit(f"Loaded data {bundle.name}: {len(bundle.calibration)} calibration / "
-                          f"{len(bundle.test)} test images{skipped}")
+        self.message.emit(
+            f"Loaded data {bundle.name}: {len(bundle.calibration)} calibration / "
+            f"{len(bundle.test)} test images{skipped}"
+        )
 
     def model_data(self) -> DataBundle:
         """The data adapted to the model's input (channels, size); a clear error when it cannot be."""
@@ -118,8 +125,16 @@ class Controller(QObject):
         def prepare():
             model, bundle, opts = self.model, self.model_data(), self.options.copy()
             return lambda reporter: analyze(
-                model.model, bundle, samples=opts.samples, batch_size=opts.batch_size, device=opts.device,
-                ordering=opts.ordering, curve=opts.curve, reporter=reporter, info={"model": model.spec})
+                model.model,
+                bundle,
+                samples=opts.samples,
+                batch_size=opts.batch_size,
+                device=opts.device,
+                ordering=opts.ordering,
+                curve=opts.curve,
+                reporter=reporter,
+                info={"model": model.spec},
+            )
 
         self.runner.submit(Task("analysis", prepare, on_finished=self.set_analysis))
 
@@ -235,8 +250,10 @@ class Controller(QObject):
             m.update(fidelity=None, finetuned_epochs=epochs)
         self.set_metrics(m)
         error = f", output error {100 * m['fidelity']:.2f} %" if m["fidelity"] is not None else ""
-        self.message.emit(f"Evaluated: top-1 {m['top1_before']:.2f} % → {m['top1_after']:.2f} %{error}, "
-                          f"latency {m['latency_before_ms']:.1f} → {m['latency_after_ms']:.1f} ms")
+        self.message.emit(
+            f"Evaluated: top-1 {m['top1_before']:.2f} % → {m['top1_after']:.2f} %{error}, "
+            f"latency {m['latency_before_ms']:.1f} → {m['latency_after_ms']:.1f} ms"
+        )
 
     def set_metrics(self, metrics: dict) -> None:
         self.metrics, self.stale = dict(metrics), False
@@ -264,8 +281,14 @@ class Controller(QObject):
             pruned, done = self._cached(job)
             return lambda reporter: {**workers.finetune(job, pruned, epochs, lr, reporter), "epochs": done + epochs}
 
-        self.runner.submit(Task("fine-tuning", prepare, on_finished=self._finetuned,
-                                on_partial=lambda point: self.historyPoint.emit(*point)))
+        self.runner.submit(
+            Task(
+                "fine-tuning",
+                prepare,
+                on_finished=self._finetuned,
+                on_partial=lambda point: self.historyPoint.emit(*point),
+            )
+        )
 
     def _finetuned(self, result: dict) -> None:
         self._pruned = (result["key"], result["model"], result["epochs"])
@@ -280,8 +303,15 @@ class Controller(QObject):
             metrics = {} if self.stale else dict(self.metrics)
             return lambda reporter: workers.export(job, pruned, metrics, path, torchscript, onnx, reporter)
 
-        self.runner.submit(Task("export", prepare, on_finished=lambda paths: self.message.emit(
-            "Exported and verified: " + ", ".join(str(p) for p in paths))))
+        self.runner.submit(
+            Task(
+                "export",
+                prepare,
+                on_finished=lambda paths: self.message.emit(
+                    "Exported and verified: " + ", ".join(str(p) for p in paths)
+                ),
+            )
+        )
 
     def _job(self) -> workers.PruneJob:
         """A snapshot of everything a prune needs, taken in the GUI thread."""

@@ -55,8 +55,16 @@ class _Row:
     def values(self) -> tuple:
         """Comparable value of each column (for sorting)."""
         explained = -1.0 if self.explained is None else self.explained
-        return (self.name, self.type, self.units, self.kept, self.kept / max(self.units, 1), explained,
-                self.params, self.flops)
+        return (
+            self.name,
+            self.type,
+            self.units,
+            self.kept,
+            self.kept / max(self.units, 1),
+            explained,
+            self.params,
+            self.flops,
+        )
 
 
 def _display(row: _Row, column: int) -> str:
@@ -166,9 +174,17 @@ class LayerTableModel(QAbstractTableModel):
         """Replace all rows; dicts hold name, type, units, kept, explained, params, flops[, excluded_reason]."""
         self.beginResetModel()
         self._rows = [
-            _Row(str(r["name"]), str(r.get("type", "")), int(r["units"]), int(r.get("kept", r["units"])),
-                 None if r.get("explained") is None else float(r["explained"]), int(r.get("params", 0)),
-                 float(r.get("flops", 0.0)), r.get("excluded_reason"), order)
+            _Row(
+                str(r["name"]),
+                str(r.get("type", "")),
+                int(r["units"]),
+                int(r.get("kept", r["units"])),
+                None if r.get("explained") is None else float(r["explained"]),
+                int(r.get("params", 0)),
+                float(r.get("flops", 0.0)),
+                r.get("excluded_reason"),
+                order,
+            )
             for order, r in enumerate(rows)
         ]
         # network order, but layers that cannot be pruned go last
@@ -176,8 +192,13 @@ class LayerTableModel(QAbstractTableModel):
         self._index = {row.name: position for position, row in enumerate(self._rows)}
         self.endResetModel()
 
-    def update_keep(self, keep: dict[str, int], explained: dict[str, float],
-                    params: dict[str, int] | None = None, flops: dict[str, float] | None = None) -> None:
+    def update_keep(
+        self,
+        keep: dict[str, int],
+        explained: dict[str, float],
+        params: dict[str, int] | None = None,
+        flops: dict[str, float] | None = None,
+    ) -> None:
         """Update rows in place; ``dataChanged`` goes out only for the cells whose value changed."""
         params, flops = params or {}, flops or {}
         for name, position in self._index.items():
@@ -191,8 +212,11 @@ class LayerTableModel(QAbstractTableModel):
             row.flops = float(flops.get(name, row.flops))
             changed = [column for column, (a, b) in enumerate(zip(before, row.values(), strict=True)) if a != b]
             if changed:  # one notification spanning the changed cells of this row
-                self.dataChanged.emit(self.index(position, changed[0]), self.index(position, changed[-1]),
-                                      [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole])
+                self.dataChanged.emit(
+                    self.index(position, changed[0]),
+                    self.index(position, changed[-1]),
+                    [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole],
+                )
 
     def row_of(self, name: str) -> int:
         """Row of group ``name``, -1 when it is not in the table."""
@@ -237,9 +261,11 @@ class LayerTable(QTableView):
         self.setItemDelegateForColumn(KEPT, KeptDelegate(self))
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
-                             | QAbstractItemView.EditTrigger.EditKeyPressed
-                             | QAbstractItemView.EditTrigger.SelectedClicked)
+        self.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked
+            | QAbstractItemView.EditTrigger.EditKeyPressed
+            | QAbstractItemView.EditTrigger.SelectedClicked
+        )
         self.setAlternatingRowColors(True)
         self.verticalHeader().setVisible(False)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
@@ -263,8 +289,13 @@ class LayerTable(QTableView):
         self.resizeColumnsToContents()
         self.horizontalHeader().setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
 
-    def update_keep(self, keep: dict[str, int], explained: dict[str, float],
-                    params: dict[str, int] | None = None, flops: dict[str, float] | None = None) -> None:
+    def update_keep(
+        self,
+        keep: dict[str, int],
+        explained: dict[str, float],
+        params: dict[str, int] | None = None,
+        flops: dict[str, float] | None = None,
+    ) -> None:
         """Update kept units, explained variance and costs in place."""
         self._model.update_keep(keep, explained, params, flops)
 

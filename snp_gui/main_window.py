@@ -124,12 +124,20 @@ class MainWindow(QMainWindow):
         c = self.controller
         return {
             "open_model": lambda: self._ask(files.ask_model_file),
-            "open_data": lambda: self._ask(files.ask_data_folder), "open_npz": lambda: self._ask(files.ask_npz_file),
-            "open_session": lambda: self._ask(files.ask_session_to_open), "save_session": self.save_session,
-            "save_session_as": lambda: self.save_session(ask=True), "export": self.export_dialog,
-            "quit": self.close, "analyse": c.analyse, "cancel": self.cancel, "evaluate": c.evaluate,
-            "sweep": self.evaluate_panel.sweep_button.click, "finetune": self.finetune_panel.start_button.click,
-            "reset_layout": self.reset_layout, "about": lambda: show_about(self),
+            "open_data": lambda: self._ask(files.ask_data_folder),
+            "open_npz": lambda: self._ask(files.ask_npz_file),
+            "open_session": lambda: self._ask(files.ask_session_to_open),
+            "save_session": self.save_session,
+            "save_session_as": lambda: self.save_session(ask=True),
+            "export": self.export_dialog,
+            "quit": self.close,
+            "analyse": c.analyse,
+            "cancel": self.cancel,
+            "evaluate": c.evaluate,
+            "sweep": self.evaluate_panel.sweep_button.click,
+            "finetune": self.finetune_panel.start_button.click,
+            "reset_layout": self.reset_layout,
+            "about": lambda: show_about(self),
         }
 
     # -- starting points --------------------------------------------------------------------------
@@ -163,8 +171,10 @@ class MainWindow(QMainWindow):
         elif target.suffix in MODEL_SUFFIXES:
             self.open_model_path(path)
         else:
-            self.statusBar().showMessage(f"Don't know how to open {target.name}: drop a model file "
-                                         f"({', '.join(MODEL_SUFFIXES)}), an image folder, an .npz or a session")
+            self.statusBar().showMessage(
+                f"Don't know how to open {target.name}: drop a model file "
+                f"({', '.join(MODEL_SUFFIXES)}), an image folder, an .npz or a session"
+            )
             return False
         self.settings.remember_dir(target)
         return True
@@ -249,8 +259,9 @@ class MainWindow(QMainWindow):
             return
         if self._error_box is not None:
             self._error_box.close()
-        self._error_box = QMessageBox(QMessageBox.Icon.Warning, f"{task.capitalize()} failed", text,
-                                      QMessageBox.StandardButton.Ok, self)
+        self._error_box = QMessageBox(
+            QMessageBox.Icon.Warning, f"{task.capitalize()} failed", text, QMessageBox.StandardButton.Ok, self
+        )
         self._error_box.setObjectName("errorDialog")
         self._error_box.open()
 
@@ -265,15 +276,25 @@ class MainWindow(QMainWindow):
         for widget in (self.model_panel, self.data_panel, self.analysis_panel):
             widget.setEnabled(not busy)
         self.analysis_panel.analyse_button.setEnabled(self.actions["analyse"].isEnabled())
-        for button in (self.evaluate_panel.evaluate_button, self.evaluate_panel.sweep_button,
-                       self.finetune_panel.start_button):
+        for button in (
+            self.evaluate_panel.evaluate_button,
+            self.evaluate_panel.sweep_button,
+            self.finetune_panel.start_button,
+        ):
             button.setEnabled(self.actions["evaluate"].isEnabled())
 
     def refresh_recent(self) -> None:
-        for kind, opener in (("models", self.load_model_spec), ("data", self.load_data_spec),
-                             ("sessions", self.open_session)):
-            fill_recent(self.menus[f"recent_{kind}"], self.settings.recent(kind), opener,
-                        lambda kind=kind: (self.settings.clear_recent(kind), self.refresh_recent()))
+        for kind, opener in (
+            ("models", self.load_model_spec),
+            ("data", self.load_data_spec),
+            ("sessions", self.open_session),
+        ):
+            fill_recent(
+                self.menus[f"recent_{kind}"],
+                self.settings.recent(kind),
+                opener,
+                lambda kind=kind: (self.settings.clear_recent(kind), self.refresh_recent()),
+            )
 
     def apply_options(self) -> None:
         """Show the controller's options in the panels (after a session or saved settings were loaded)."""

@@ -72,8 +72,15 @@ def read_session(path: str | Path) -> SessionData:
         raise SnpError(f"{path}: written by a newer snp; upgrade to open it")
     try:
         keep = {str(k): int(v) for k, v in (raw.get("keep") or {}).items()}
-        return SessionData(raw.get("model_spec"), raw.get("model_kind"), raw.get("data_spec"),
-                           dict(raw.get("options") or {}), keep, bool(raw.get("overridden")), raw.get("statistics"))
+        return SessionData(
+            raw.get("model_spec"),
+            raw.get("model_kind"),
+            raw.get("data_spec"),
+            dict(raw.get("options") or {}),
+            keep,
+            bool(raw.get("overridden")),
+            raw.get("statistics"),
+        )
     except (TypeError, ValueError, AttributeError) as exc:
         raise SnpError(f"{path}: damaged session file ({exc})") from None
 
@@ -84,14 +91,18 @@ def read_session(path: str | Path) -> SessionData:
 def capture(controller: Controller, model_kind: str | None) -> SessionData:
     """The controller's current state as session data."""
     return SessionData(
-        model_spec=controller.model.spec if controller.model else None, model_kind=model_kind,
-        data_spec=controller.data_spec, options=asdict(controller.options), keep=dict(controller.keep),
+        model_spec=controller.model.spec if controller.model else None,
+        model_kind=model_kind,
+        data_spec=controller.data_spec,
+        options=asdict(controller.options),
+        keep=dict(controller.keep),
         overridden=controller.overridden,
     )
 
 
-def save(controller: Controller, path: str | Path, model_kind: str | None,
-         on_saved: Callable[[Path], None] | None = None) -> None:
+def save(
+    controller: Controller, path: str | Path, model_kind: str | None, on_saved: Callable[[Path], None] | None = None
+) -> None:
     """Write the session in the background (statistics files of large networks take a moment)."""
     session, analysis, target = capture(controller, model_kind), controller.analysis, Path(path)
 
@@ -100,8 +111,9 @@ def save(controller: Controller, path: str | Path, model_kind: str | None,
         if on_saved is not None:
             on_saved(written)
 
-    controller.runner.submit(Task("save session", lambda: lambda reporter: write_session(target, session, analysis),
-                                  on_finished=saved))
+    controller.runner.submit(
+        Task("save session", lambda: lambda reporter: write_session(target, session, analysis), on_finished=saved)
+    )
 
 
 def restore(controller: Controller, path: str | Path, session: SessionData, trust: bool) -> None:

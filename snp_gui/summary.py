@@ -43,8 +43,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "flops": ("FLOPs", "Multiply-accumulates per image before → after pruning (change in %)"),
     "speedup": ("Speed-up", "FLOPs before ÷ FLOPs after: an estimate, real speed depends on the hardware"),
     "top1": ("Top-1", "Top-1 accuracy on the test split, original → pruned"),
-    "fidelity": ("Output error", "Relative difference of the pruned network's logits from the original's "
-                                 "(‖pruned − original‖ / ‖original‖; 0 % = identical outputs)"),
+    "fidelity": (
+        "Output error",
+        "Relative difference of the pruned network's logits from the original's "
+        "(‖pruned − original‖ / ‖original‖; 0 % = identical outputs)",
+    ),
     "latency": ("Latency", "Measured inference time, original → pruned"),
 }
 
@@ -92,6 +95,7 @@ class SummaryBar(QWidget):
         Keys: ``top1_before``/``top1_after`` (percent), ``fidelity`` (relative output error, a fraction),
         ``latency_before_ms``/``latency_after_ms``.
         """
+
         def fmt(key: str, pattern: str, scale: float = 1.0) -> str:
             value = metrics.get(key)
             return DASH if value is None else pattern.format(scale * value)
@@ -99,7 +103,8 @@ class SummaryBar(QWidget):
         self.values["top1"].setText(f"{fmt('top1_before', '{:.2f} %')} → {fmt('top1_after', '{:.2f} %')}")
         self.values["fidelity"].setText(fmt("fidelity", "{:.2f} %", 100.0))
         self.values["latency"].setText(
-            f"{fmt('latency_before_ms', '{:.1f} ms')} → {fmt('latency_after_ms', '{:.1f} ms')}")
+            f"{fmt('latency_before_ms', '{:.1f} ms')} → {fmt('latency_after_ms', '{:.1f} ms')}"
+        )
         if not any(key in metrics for key in ("top1_before", "top1_after")):
             self.values["top1"].setText(DASH)
         if not any(key in metrics for key in ("latency_before_ms", "latency_after_ms")):

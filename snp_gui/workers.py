@@ -267,21 +267,39 @@ class PruneJob:
     def key(self) -> tuple:
         """Identifies the pruned network this job produces, so results can be reused."""
         o = self.options
-        return (id(self.analysis), tuple(sorted(self.plan.keep.items())), self.analysis.ordering, o.compensation,
-                o.samples, o.batch_size, id(self.data.calibration))
+        return (
+            id(self.analysis),
+            tuple(sorted(self.plan.keep.items())),
+            self.analysis.ordering,
+            o.compensation,
+            o.samples,
+            o.batch_size,
+            id(self.data.calibration),
+        )
 
     @property
     def baseline_key(self) -> tuple:
         return (id(self.model.model), id(self.data.test), self.options.device)
 
 
-def prune_for(job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None,
-              physical: bool = True) -> nn.Module:
+def prune_for(
+    job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
+) -> nn.Module:
     """The pruned copy of the job's model with the chosen compensation."""
     o = job.options
-    return prune(job.model.model, analysis or job.analysis, plan or job.plan, data=job.data,
-                 compensate=o.compensation != "none", sequential=o.compensation == "sequential",
-                 physical=physical, batch_size=o.batch_size, samples=o.samples, device=o.device, reporter=reporter)
+    return prune(
+        job.model.model,
+        analysis or job.analysis,
+        plan or job.plan,
+        data=job.data,
+        compensate=o.compensation != "none",
+        sequential=o.compensation == "sequential",
+        physical=physical,
+        batch_size=o.batch_size,
+        samples=o.samples,
+        device=o.device,
+        reporter=reporter,
+    )
 
 
 LATENCY_ROUNDS = 3
@@ -296,8 +314,14 @@ def _latencies(dense: nn.Module, pruned: nn.Module, job: PruneJob, reporter: Rep
     for round_index in range(LATENCY_ROUNDS):
         for net, found in zip((dense, pruned), times, strict=True):
             reporter.check()
-            result = measure_latency(net, job.analysis.input_shape, o.device, batch_size=o.latency_batch,
-                                     warmup=3 if round_index == 0 else 1, repeats=repeats)
+            result = measure_latency(
+                net,
+                job.analysis.input_shape,
+                o.device,
+                batch_size=o.latency_batch,
+                warmup=3 if round_index == 0 else 1,
+                repeats=repeats,
+            )
             found.append(result["ms_mean"])
         reporter.update((round_index + 1) / LATENCY_ROUNDS, "timing both networks")
     return statistics.median(times[0]), statistics.median(times[1])
@@ -318,10 +342,15 @@ def evaluate_plan(job: PruneJob, baseline: dict | None, pruned: nn.Module | None
     error = fidelity(job.model.model, pruned, job.data, device=o.device)
     before_ms, after_ms = _latencies(job.model.model, pruned, job, Scaled(reporter, 0.85, 1.0))
     metrics = {
-        "top1_before": baseline["top1"], "top1_after": after["top1"],
-        "top5_before": baseline["top5"], "top5_after": after["top5"], "fidelity": error,
-        "latency_before_ms": before_ms, "latency_after_ms": after_ms,
-        "latency_batch": o.latency_batch, "device": o.device,
+        "top1_before": baseline["top1"],
+        "top1_after": after["top1"],
+        "top5_before": baseline["top5"],
+        "top5_after": after["top5"],
+        "fidelity": error,
+        "latency_before_ms": before_ms,
+        "latency_after_ms": after_ms,
+        "latency_batch": o.latency_batch,
+        "device": o.device,
     }
     reporter.update(1.0, "evaluated")
     return {"pruned": pruned, "baseline": baseline, "metrics": metrics, "keys": (job.key, job.baseline_key)}
@@ -397,16 +426,18 @@ def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, re
 
     model.to(o.device)
     reporter.partial((0, _test_numbers(model, test_loader, o.device)))
-    history = train(model, _EpochEnd(loader, epoch_end), epochs=epochs, lr=lr, device=o.device,
-                    reporter=Scaled(reporter, 0.2, 0.95))
+    history = train(
+        model, _EpochEnd(loader, epoch_end), epochs=epochs, lr=lr, device=o.device, reporter=Scaled(reporter, 0.2, 0.95)
+    )
     scores = evaluate(model, job.data, device=o.device)
     # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
     metrics = {"top1_after": scores["top1"], "top5_after": scores["top5"], "fidelity": None}
     return {"model": model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": history}
 
 
-def export(job: PruneJob, pruned: nn.Module | None, metrics: dict, path: str, torchscript: bool, onnx: bool,
-           reporter: Reporter) -> list[Path]:
+def export(
+    job: PruneJob, pruned: nn.Module | None, metrics: dict, path: str, torchscript: bool, onnx: bool, reporter: Reporter
+) -> list[Path]:
     """Write the pruned network (and optional deployment copies); each file is verified on reload."""
     from snp_engine.io import export_model, export_onnx, export_torchscript
 
@@ -415,11 +446,26 @@ def export(job: PruneJob, pruned: nn.Module | None, metrics: dict, path: str, to
         pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
     reporter.check()
     reporter.update(0.6, "writing and verifying the snp file")
-    settings = {"ordering": job.analysis.ordering, "curve": job.analysis.curve_kind, "compensation": o.compensation,
-                "samples": o.samples, "model": job.model.spec, "data": job.data.name}
+    settings = {
+        "ordering": job.analysis.ordering,
+        "curve": job.analysis.curve_kind,
+        "compensation": o.compensation,
+        "samples": o.samples,
+        "model": job.model.spec,
+        "data": job.data.name,
+    }
     target = Path(path)
-    written = [export_model(pruned, target, arch=job.model.arch, num_classes=job.model.num_classes,
-                            input_shape=job.analysis.input_shape, settings=settings, metrics=metrics)]
+    written = [
+        export_model(
+            pruned,
+            target,
+            arch=job.model.arch,
+            num_classes=job.model.num_classes,
+            input_shape=job.analysis.input_shape,
+            settings=settings,
+            metrics=metrics,
+        )
+    ]
     example = torch.randn((1, *job.analysis.input_shape))
     if torchscript:
         reporter.update(0.75, "writing TorchScript")

@@ -32,10 +32,12 @@ def versions() -> dict[str, str]:
 
 def about_text() -> str:
     rows = "".join(f"<tr><td>{name}</td><td><b>{version}</b></td></tr>" for name, version in versions().items())
-    return ("<h3>snp — Subspace Node Pruning</h3>"
-            "<p>See how much of each layer's activations a few units explain, choose how many to keep, "
-            "and export a smaller network.</p>"
-            f"<table cellspacing=4>{rows}</table>")
+    return (
+        "<h3>snp — Subspace Node Pruning</h3>"
+        "<p>See how much of each layer's activations a few units explain, choose how many to keep, "
+        "and export a smaller network.</p>"
+        f"<table cellspacing=4>{rows}</table>"
+    )
 
 
 def show_about(parent: QWidget) -> QMessageBox:

@@ -47,12 +47,16 @@ def removal_summary(plan: Plan, units: dict[str, int], metrics: dict, stale: boo
         f"({100 * plan.flops_reduction:.1f} % fewer)</p>",
     ]
     if metrics and not stale:
-        lines.append(f"<p>Evaluated: top-1 {metrics.get('top1_before', 0):.2f} % → "
-                     f"{metrics.get('top1_after', 0):.2f} %; these numbers are stored in the file.</p>")
+        lines.append(
+            f"<p>Evaluated: top-1 {metrics.get('top1_before', 0):.2f} % → "
+            f"{metrics.get('top1_after', 0):.2f} %; these numbers are stored in the file.</p>"
+        )
     else:
         lines.append("<p>This plan has not been evaluated; no accuracy is stored in the file.</p>")
-    lines.append("<table cellspacing=4><tr><th align=left>Layer</th><th>Kept</th><th>Removed</th>"
-                 f"<th>Explained</th></tr>{rows}</table>")
+    lines.append(
+        "<table cellspacing=4><tr><th align=left>Layer</th><th>Kept</th><th>Removed</th>"
+        f"<th>Explained</th></tr>{rows}</table>"
+    )
     return "".join(lines)
 
 
@@ -63,8 +67,10 @@ class ExportDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Export pruned network")
         self.path = QLineEdit(default_path)
-        self.path.setToolTip("The snp file (.safetensors): weights plus the architecture description, "
-                             "reloadable without running any code")
+        self.path.setToolTip(
+            "The snp file (.safetensors): weights plus the architecture description, "
+            "reloadable without running any code"
+        )
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         self.torchscript = QCheckBox("Also write TorchScript (.pt)")
@@ -95,8 +101,9 @@ class ExportDialog(QDialog):
         layout.addWidget(buttons)
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export pruned network", self.path.text(),
-                                              "snp export (*.safetensors)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export pruned network", self.path.text(), "snp export (*.safetensors)"
+        )
         if path:
             self.path.setText(path)
 

@@ -10,32 +10,81 @@ from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
 
 # key: (text, shortcuts, tooltip, standard icon or None, on toolbar)
 ACTIONS: dict[str, tuple[str, tuple[str, ...], str, str | None, bool]] = {
-    "open_model": ("Open &model file…", ("Ctrl+O",), "Open a weights file or an snp export", "SP_DialogOpenButton",
-                   True),
-    "open_data": ("Open image &folder…", ("Ctrl+Shift+O",), "Use a folder of images (one subfolder per class)",
-                  "SP_DirOpenIcon", True),
+    "open_model": (
+        "Open &model file…",
+        ("Ctrl+O",),
+        "Open a weights file or an snp export",
+        "SP_DialogOpenButton",
+        True,
+    ),
+    "open_data": (
+        "Open image &folder…",
+        ("Ctrl+Shift+O",),
+        "Use a folder of images (one subfolder per class)",
+        "SP_DirOpenIcon",
+        True,
+    ),
     "open_npz": ("Open &NumPy data…", (), "Use images stored in an .npz file", None, False),
     "open_session": ("Open &session…", (), "Reopen saved work: model, data, settings and keep counts", None, False),
-    "save_session": ("&Save session", ("Ctrl+S",), "Save the current work so it can be reopened later",
-                     "SP_DialogSaveButton", True),
+    "save_session": (
+        "&Save session",
+        ("Ctrl+S",),
+        "Save the current work so it can be reopened later",
+        "SP_DialogSaveButton",
+        True,
+    ),
     "save_session_as": ("Save session &as…", ("Ctrl+Shift+S",), "Save the current work under a new name", None, False),
-    "export": ("&Export pruned network…", ("Ctrl+Shift+E",), "Write the pruned network to a file",
-               "SP_DriveFDIcon", True),
+    "export": (
+        "&Export pruned network…",
+        ("Ctrl+Shift+E",),
+        "Write the pruned network to a file",
+        "SP_DriveFDIcon",
+        True,
+    ),
     "quit": ("&Quit", ("Ctrl+Q",), "Close snp", None, False),
-    "analyse": ("&Analyse", ("Ctrl+R", "F5"), "Measure every layer's activations on the calibration images",
-                "SP_MediaPlay", True),
+    "analyse": (
+        "&Analyse",
+        ("Ctrl+R", "F5"),
+        "Measure every layer's activations on the calibration images",
+        "SP_MediaPlay",
+        True,
+    ),
     "cancel": ("&Cancel", ("Esc",), "Stop the running task; the previous results are kept", "SP_MediaStop", True),
-    "evaluate": ("E&valuate plan", ("Ctrl+E",), "Prune and measure accuracy, output error and latency",
-                 "SP_DialogApplyButton", True),
-    "sweep": ("Run accuracy &sweep", (), "Top-1 against FLOPs reduction, compared with a baseline ordering", None,
-              False),
+    "evaluate": (
+        "E&valuate plan",
+        ("Ctrl+E",),
+        "Prune and measure accuracy, output error and latency",
+        "SP_DialogApplyButton",
+        True,
+    ),
+    "sweep": (
+        "Run accuracy &sweep",
+        (),
+        "Top-1 against FLOPs reduction, compared with a baseline ordering",
+        None,
+        False,
+    ),
     "finetune": ("&Fine-tune pruned network", (), "Train the pruned network for a few epochs", None, False),
     "reset_layout": ("&Reset layout", (), "Put the panels back where they started", None, False),
     "about": ("&About snp", ("F1",), "Versions and what snp does", None, False),
 }
 MENUS = {
-    "&File": ("open_model", "open_data", "open_npz", "|recent_models", "|recent_data", None, "open_session",
-              "|recent_sessions", "save_session", "save_session_as", None, "export", None, "quit"),
+    "&File": (
+        "open_model",
+        "open_data",
+        "open_npz",
+        "|recent_models",
+        "|recent_data",
+        None,
+        "open_session",
+        "|recent_sessions",
+        "save_session",
+        "save_session_as",
+        None,
+        "export",
+        None,
+        "quit",
+    ),
     "&Run": ("analyse", "cancel", None, "evaluate", "sweep", "finetune"),
     "&View": ("reset_layout",),
     "&Help": ("about",),
@@ -43,8 +92,9 @@ MENUS = {
 RECENT_MENUS = {"recent_models": "Recent &models", "recent_data": "Recent &data", "recent_sessions": "Recent &sessions"}
 
 
-def build_actions(window: QMainWindow, handlers: dict[str, Callable[[], None]]) -> tuple[dict[str, QAction],
-                                                                                           dict[str, QMenu]]:
+def build_actions(
+    window: QMainWindow, handlers: dict[str, Callable[[], None]]
+) -> tuple[dict[str, QAction], dict[str, QMenu]]:
     """Create every action (shortcut in its tooltip), the menus and the toolbar."""
     actions: dict[str, QAction] = {}
     for key, (text, shortcuts, tip, icon, _toolbar) in ACTIONS.items():

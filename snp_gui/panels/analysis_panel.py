@@ -15,11 +15,14 @@ CURVES = (
     ("subspace", "Subspace", "How much of the activation subspace the kept units span"),
 )
 COMPENSATION = (
-    ("sequential", "Sequential (best)", "Prune layer by layer and refit each next layer on the partly pruned "
-                                        "network, so it also absorbs earlier errors. Needs the calibration data."),
+    (
+        "sequential",
+        "Sequential (best)",
+        "Prune layer by layer and refit each next layer on the partly pruned "
+        "network, so it also absorbs earlier errors. Needs the calibration data.",
+    ),
     ("one-shot", "One-shot", "Refit every next layer from the analysis statistics at once; fast, no data pass"),
-    ("none", "None", "Just remove the units without adjusting the next layers (a plain structured-pruning "
-                     "baseline)"),
+    ("none", "None", "Just remove the units without adjusting the next layers (a plain structured-pruning baseline)"),
 )
 
 
@@ -36,23 +39,30 @@ class AnalysisPanel(QGroupBox):
         self.device.setToolTip("Where the network runs for analysis, pruning, evaluation and fine-tuning")
         self.ordering = QComboBox()
         fill_combo(self.ordering, ((name, name, ORDERING_HELP.get(name, name)) for name in ORDERINGS))
-        self.ordering.setToolTip("How units are ranked: the first ones in the ranking are kept.\n"
-                                 "Changing it re-plots instantly from the stored statistics.")
+        self.ordering.setToolTip(
+            "How units are ranked: the first ones in the ranking are kept.\n"
+            "Changing it re-plots instantly from the stored statistics."
+        )
         self.curve = QComboBox()
         fill_combo(self.curve, CURVES)
         self.curve.setToolTip("What the curves measure for each number of kept units (re-plots instantly)")
         self.compensation = QComboBox()
         fill_combo(self.compensation, COMPENSATION)
         self.compensation.setToolTip("How the layers after a pruned one are adjusted to make up for removed units")
-        self.combos = {"device": self.device, "ordering": self.ordering, "curve": self.curve,
-                       "compensation": self.compensation}
+        self.combos = {
+            "device": self.device,
+            "ordering": self.ordering,
+            "curve": self.curve,
+            "compensation": self.compensation,
+        }
         for key, combo in self.combos.items():
             combo.activated.connect(lambda _index, key=key, combo=combo: self.changed.emit(key, combo.currentData()))
             combo.currentIndexChanged.connect(lambda _index, combo=combo: self._sync_tip(combo))
             self._sync_tip(combo)
         self.analyse_button = QPushButton("Analyse")
-        self.analyse_button.setToolTip("Run the calibration images through the network once and measure every "
-                                       "layer (Ctrl+R / F5). Esc cancels.")
+        self.analyse_button.setToolTip(
+            "Run the calibration images through the network once and measure every layer (Ctrl+R / F5). Esc cancels."
+        )
         self.analyse_button.clicked.connect(self.analyseRequested)
         form = QFormLayout(self)
         form.addRow("Device", self.device)

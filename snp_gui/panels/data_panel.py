@@ -12,8 +12,11 @@ from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_da
 
 KINDS = (
     ("digits", "Digits (embedded)", DATASETS["digits"]),
-    ("folder", "Image folder", "A folder in ImageFolder layout: one subfolder per class, optionally split into "
-                               "train/, val/ and test/"),
+    (
+        "folder",
+        "Image folder",
+        "A folder in ImageFolder layout: one subfolder per class, optionally split into train/, val/ and test/",
+    ),
     ("npz", "NumPy .npz file", "An .npz archive with image and label arrays"),
 )
 
@@ -33,19 +36,37 @@ class DataPanel(QGroupBox):
         self.path.setToolTip("Where the images are")
         self.path.pathChosen.connect(lambda _path: self.request_load())
         self.kind.currentIndexChanged.connect(self._kind_changed)
-        self.samples = _spin(8, 1_000_000, 256, "Calibration images the analysis looks at. More gives steadier "
-                             "curves but takes longer; a few hundred is usually enough.")
-        self.batch_size = _spin(1, 4096, 64, "Images processed together. Larger is faster but needs more memory; "
-                                "the progress bar and Cancel react once per batch.")
-        self.input_size = _spin(0, 2048, 0, "Side length, in pixels, that folder images are resized and cropped to. "
-                                "'model' uses the size the network expects.")
+        self.samples = _spin(
+            8,
+            1_000_000,
+            256,
+            "Calibration images the analysis looks at. More gives steadier "
+            "curves but takes longer; a few hundred is usually enough.",
+        )
+        self.batch_size = _spin(
+            1,
+            4096,
+            64,
+            "Images processed together. Larger is faster but needs more memory; "
+            "the progress bar and Cancel react once per batch.",
+        )
+        self.input_size = _spin(
+            0,
+            2048,
+            0,
+            "Side length, in pixels, that folder images are resized and cropped to. "
+            "'model' uses the size the network expects.",
+        )
         self.input_size.setSpecialValueText("model")
         self.input_size.setSuffix(" px")
         for spin in (self.samples, self.batch_size, self.input_size):
             spin.valueChanged.connect(lambda _value: self.optionsChanged.emit())
         self.load_button, self.info = load_controls(
-            "Load data", "Load the chosen images (Ctrl+Shift+O opens a folder or file instead)",
-            self.request_load, "No data loaded")
+            "Load data",
+            "Load the chosen images (Ctrl+Shift+O opens a folder or file instead)",
+            self.request_load,
+            "No data loaded",
+        )
         form = QFormLayout(self)
         form.addRow(self.kind)
         form.addRow(self.path)
@@ -86,8 +107,11 @@ class DataPanel(QGroupBox):
         self.path.start_dir = folder
 
     def values(self) -> dict[str, int]:
-        return {"samples": self.samples.value(), "batch_size": self.batch_size.value(),
-                "input_size": self.input_size.value()}
+        return {
+            "samples": self.samples.value(),
+            "batch_size": self.batch_size.value(),
+            "input_size": self.input_size.value(),
+        }
 
     def set_values(self, samples: int, batch_size: int, input_size: int) -> None:
         for spin, value in ((self.samples, samples), (self.batch_size, batch_size), (self.input_size, input_size)):
@@ -108,8 +132,10 @@ class DataPanel(QGroupBox):
         adapted = ""
         if model_input is not None and tuple(model_input) != shape:
             adapted = f"<br>fed to the model as {'×'.join(map(str, model_input))}"
-        self.info.setText(f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>"
-                          f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}{adapted}")
+        self.info.setText(
+            f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>"
+            f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}{adapted}"
+        )
         self.info.setToolTip(bundle.name)
 
 

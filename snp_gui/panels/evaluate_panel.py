@@ -33,8 +33,10 @@ class EvaluatePanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.evaluate_button = QPushButton("Evaluate plan")
-        self.evaluate_button.setToolTip("Prune with the current keep counts and measure top-1, output error and "
-                                        "latency of the original and pruned network (Ctrl+E)")
+        self.evaluate_button.setToolTip(
+            "Prune with the current keep counts and measure top-1, output error and "
+            "latency of the original and pruned network (Ctrl+E)"
+        )
         self.evaluate_button.clicked.connect(self.evaluateRequested)
         self.latency_batch = QSpinBox()
         self.latency_batch.setRange(1, 1024)
@@ -50,11 +52,14 @@ class EvaluatePanel(QWidget):
         self.baseline = QComboBox()
         fill_combo(self.baseline, ((n, n, ORDERING_HELP.get(n, n)) for n in ORDERINGS))
         select_data(self.baseline, "l1")
-        self.baseline.setToolTip("The ordering to compare against (same compensation); l1 is the classic "
-                                 "filter-magnitude baseline")
+        self.baseline.setToolTip(
+            "The ordering to compare against (same compensation); l1 is the classic filter-magnitude baseline"
+        )
         self.sweep_button = QPushButton("Run sweep")
-        self.sweep_button.setToolTip("Prune to each FLOPs reduction with the current ordering and with the "
-                                     "baseline, and plot test top-1 against the reduction")
+        self.sweep_button.setToolTip(
+            "Prune to each FLOPs reduction with the current ordering and with the "
+            "baseline, and plot test top-1 against the reduction"
+        )
         self.sweep_button.clicked.connect(self._request_sweep)
         self.sweep_plot = SweepPlot()
         controls = QHBoxLayout()
@@ -99,15 +104,25 @@ class EvaluatePanel(QWidget):
         rows = [
             ("Top-1", pct("top1_before"), pct("top1_after")),
             ("Top-5", pct("top5_before"), pct("top5_after")),
-            (f"Latency (batch {metrics.get('latency_batch', '?')}, {metrics.get('device', '?')})",
-             ms("latency_before_ms"), ms("latency_after_ms")),
+            (
+                f"Latency (batch {metrics.get('latency_batch', '?')}, {metrics.get('device', '?')})",
+                ms("latency_before_ms"),
+                ms("latency_after_ms"),
+            ),
         ]
-        table = "".join(f"<tr><td>{name}</td><td align=right>{a}</td><td align=right>{b}</td></tr>"
-                        for name, a, b in rows)
+        table = "".join(
+            f"<tr><td>{name}</td><td align=right>{a}</td><td align=right>{b}</td></tr>" for name, a, b in rows
+        )
         self.results.setText(
             f"<table cellspacing=6><tr><th></th><th>original</th><th>pruned{tuned}</th></tr>{table}</table>"
-            + (f"Output error: {100 * fid:.2f} % (relative logit difference)" if fid is not None else
-               "Output error: — (not comparable after fine-tuning)" if tuned else ""))
+            + (
+                f"Output error: {100 * fid:.2f} % (relative logit difference)"
+                if fid is not None
+                else "Output error: — (not comparable after fine-tuning)"
+                if tuned
+                else ""
+            )
+        )
 
 
 class FinetunePanel(QWidget):
@@ -128,8 +143,10 @@ class FinetunePanel(QWidget):
         self.lr.setValue(0.01)
         self.lr.setToolTip("Starting learning rate (SGD with momentum, decayed to zero on a cosine)")
         self.start_button = QPushButton("Fine-tune pruned network")
-        self.start_button.setToolTip("Train a copy of the pruned network for a few epochs; Evaluate and Export "
-                                     "then use the fine-tuned weights until the plan changes")
+        self.start_button.setToolTip(
+            "Train a copy of the pruned network for a few epochs; Evaluate and Export "
+            "then use the fine-tuned weights until the plan changes"
+        )
         self.start_button.clicked.connect(lambda: self.finetuneRequested.emit(self.epochs.value(), self.lr.value()))
         self.history = HistoryPlot()
         form = QFormLayout()
@@ -142,7 +159,7 @@ class FinetunePanel(QWidget):
 
 
 def parse_reductions(text: str) -> list[float] | None:
-    """"0.3, 0.5" → [0.3, 0.5]; percentages like "30%" are accepted; None when anything is invalid."""
+    """ "0.3, 0.5" → [0.3, 0.5]; percentages like "30%" are accepted; None when anything is invalid."""
     values = []
     for part in text.replace(";", ",").split(","):
         part = part.strip()

@@ -51,7 +51,8 @@ class ModelPanel(QGroupBox):
         for edit in (self.weights, self.snp_file, self.pickle_file):
             edit.pathChosen.connect(lambda _path: self.request_load())
         self.load_button, self.info = load_controls(
-            "Load model", "Load the chosen network (Ctrl+O opens a file instead)", self.request_load, "No model loaded")
+            "Load model", "Load the chosen network (Ctrl+O opens a file instead)", self.request_load, "No model loaded"
+        )
         layout = QVBoxLayout(self)
         layout.addWidget(self.kind)
         layout.addWidget(self.stack)
@@ -61,26 +62,35 @@ class ModelPanel(QGroupBox):
     def _build_editors(self) -> None:
         """One editor per source: the demo list, architecture + weights, and the two file fields."""
         self.demo = QComboBox()
-        fill_combo(self.demo, ((name, _demo_label(name), f"Bundled {name}, trained on {info.dataset}")
-                               for name, info in DEMO_MODELS.items()))
+        fill_combo(
+            self.demo,
+            (
+                (name, _demo_label(name), f"Bundled {name}, trained on {info.dataset}")
+                for name, info in DEMO_MODELS.items()
+            ),
+        )
         self.demo.setToolTip("A small bundled network: loads instantly, good for trying things out")
         self.arch = QComboBox()
         self.arch.setEditable(True)
         self.arch.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.arch.addItems([a.removeprefix(TORCHVISION_PREFIX) for a in list_architectures()
-                            if a.startswith(TORCHVISION_PREFIX)])
+        self.arch.addItems(
+            [a.removeprefix(TORCHVISION_PREFIX) for a in list_architectures() if a.startswith(TORCHVISION_PREFIX)]
+        )
         self.arch.completer().setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
         self.arch.completer().setFilterMode(Qt.MatchFlag.MatchContains)
         self.arch.setCurrentText("resnet18")
         self.arch.setToolTip("The torchvision architecture the weights belong to (type to search)")
         self.weights = PathEdit("weights file (empty: random init)", WEIGHTS_FILTER)
-        self.weights.setToolTip("A state dict (.pth/.safetensors) for this architecture; its class count is read "
-                                "from the file. Leave empty for random weights.")
+        self.weights.setToolTip(
+            "A state dict (.pth/.safetensors) for this architecture; its class count is read "
+            "from the file. Leave empty for random weights."
+        )
         self.snp_file = PathEdit("exported .safetensors file", "snp export (*.safetensors);;All files (*)")
         self.snp_file.setToolTip("A file written by snp's export; it rebuilds the pruned network without running code")
         self.pickle_file = PathEdit("pickled model file", "PyTorch (*.pth *.pt *.pkl);;All files (*)")
-        self.pickle_file.setToolTip("A full model saved with torch.save. Only open files you trust: "
-                                    "unpickling can run code.")
+        self.pickle_file.setToolTip(
+            "A full model saved with torch.save. Only open files you trust: unpickling can run code."
+        )
 
     def _add_page(self, widget: QWidget) -> None:
         # pages hug the top, so a one-line page is not stretched to the height of the tallest
@@ -151,8 +161,10 @@ class ModelPanel(QGroupBox):
             return
         params = sum(p.numel() for p in loaded.model.parameters())
         source = Path(loaded.source).name if loaded.source not in ("random init",) else loaded.source
-        self.info.setText(f"<b>{loaded.arch}</b> · {params:,} parameters · {loaded.num_classes} classes · "
-                          f"input {'×'.join(map(str, loaded.input_shape))}<br>from {source}")
+        self.info.setText(
+            f"<b>{loaded.arch}</b> · {params:,} parameters · {loaded.num_classes} classes · "
+            f"input {'×'.join(map(str, loaded.input_shape))}<br>from {source}"
+        )
         self.info.setToolTip(loaded.source)
 
 

@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QW
 
 
 def format_left(seconds: float | None) -> str:
-    """"12 s left", "3 min left", "1 h 5 min left"; empty while the estimate is not yet meaningful."""
+    """ "12 s left", "3 min left", "1 h 5 min left"; empty while the estimate is not yet meaningful."""
     if seconds is None or seconds < 0:
         return ""
     seconds = round(seconds)

@@ -96,12 +96,31 @@ def _analysis_changed(w: MainWindow, analysis: Analysis | None) -> None:
     w.curves.set_curves(analysis.curves, {name: units for name, units in analysis.units.items()})
     model = w.controller.model.model if w.controller.model else None
     params, flops = layer_costs(analysis, {})  # unpruned; excluded rows keep these numbers
-    rows = [{"name": g.name, "type": _layer_type(model, g.name, g.group.layout), "units": g.units,
-             "kept": g.units, "explained": 1.0, "params": params.get(g.name, 0), "flops": flops.get(g.name, 0.0)}
-            for g in analysis.groups]
-    rows += [{"name": e.name, "type": _layer_type(model, e.name, ""), "units": e.units, "kept": e.units,
-              "explained": None, "params": params.get(e.name, 0), "flops": flops.get(e.name, 0.0),
-              "excluded_reason": e.reason} for e in analysis.excluded]
+    rows = [
+        {
+            "name": g.name,
+            "type": _layer_type(model, g.name, g.group.layout),
+            "units": g.units,
+            "kept": g.units,
+            "explained": 1.0,
+            "params": params.get(g.name, 0),
+            "flops": flops.get(g.name, 0.0),
+        }
+        for g in analysis.groups
+    ]
+    rows += [
+        {
+            "name": e.name,
+            "type": _layer_type(model, e.name, ""),
+            "units": e.units,
+            "kept": e.units,
+            "explained": None,
+            "params": params.get(e.name, 0),
+            "flops": flops.get(e.name, 0.0),
+            "excluded_reason": e.reason,
+        }
+        for e in analysis.excluded
+    ]
     w.table.set_rows(rows)
     w.analysis_panel.set_value("ordering", analysis.ordering)
     w.analysis_panel.set_value("curve", analysis.curve_kind)

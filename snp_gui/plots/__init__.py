@@ -15,8 +15,15 @@ from PySide6.QtCore import QPointF
 from PySide6.QtGui import QColor, QPalette
 
 __all__ = [
-    "CurvesWidget", "HistoryPlot", "SweepPlot", "UnitMarker", "apply_palette", "colour_at", "make_plot",
-    "series_colours", "units_at",
+    "CurvesWidget",
+    "HistoryPlot",
+    "SweepPlot",
+    "UnitMarker",
+    "apply_palette",
+    "colour_at",
+    "make_plot",
+    "series_colours",
+    "units_at",
 ]
 
 # A rainbow whose lightness stays in a narrow middle band, so every colour reads on light and dark bases.
@@ -25,6 +32,7 @@ _COLOUR_MAP = "CET-R2"
 
 def _luminance(colour: QColor) -> float:
     """Relative luminance as defined for contrast ratios (WCAG)."""
+
     def linear(c: float) -> float:
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
 
@@ -39,8 +47,9 @@ def readable(colour: QColor, palette: QPalette | None, contrast: float = 3.0) ->
     lb = _luminance(base)
     for step in range(11):
         t = step / 10
-        mixed = QColor.fromRgbF(*(a + t * (b - a) for a, b in zip(colour.getRgbF()[:3], text.getRgbF()[:3],
-                                                                    strict=True)))
+        mixed = QColor.fromRgbF(
+            *(a + t * (b - a) for a, b in zip(colour.getRgbF()[:3], text.getRgbF()[:3], strict=True))
+        )
         lc = _luminance(mixed)
         if (max(lc, lb) + 0.05) / (min(lc, lb) + 0.05) >= contrast:
             return mixed

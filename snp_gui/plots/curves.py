@@ -130,8 +130,9 @@ class CurvesWidget(QWidget):
         self.focus_threshold.setPen(pen)
         self.focus_label.setColor(palette.color(palette.ColorRole.Text))
         # series colours are chosen against the base colour, so they change with it
-        for (name, series), colour in zip(self._series.items(), series_colours(len(self._series), palette),
-                                          strict=True):
+        for (name, series), colour in zip(
+            self._series.items(), series_colours(len(self._series), palette), strict=True
+        ):
             series.colour = colour
             self._style(name, selected=name == self._selected)
         if self._selected is not None:
@@ -338,8 +339,9 @@ class CurvesWidget(QWidget):
         series = self._series[best]
         text, k = self._readout(best, point.x())
         self.overlay_readout.setText(text)
-        self.hover_dot.setData([series.xs(self._fraction)[k]], [series.values[k]], brush=pg.mkBrush(series.colour),
-                               pen=pg.mkPen(None))
+        self.hover_dot.setData(
+            [series.xs(self._fraction)[k]], [series.values[k]], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None)
+        )
 
     def _hover_focus(self, pos: QPointF) -> None:
         view = self.focus.getPlotItem().vb

@@ -60,8 +60,21 @@ def resnet_export(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "f.safetensors"
     capture = _Capture()
     with capture:
-        code = cli.main(["prune", "--model", "demo-resnet", "--data", "digits", "--flops-reduction", "0.5",
-                         "--out", str(path), "--json", "--quiet"])
+        code = cli.main(
+            [
+                "prune",
+                "--model",
+                "demo-resnet",
+                "--data",
+                "digits",
+                "--flops-reduction",
+                "0.5",
+                "--out",
+                str(path),
+                "--json",
+                "--quiet",
+            ]
+        )
     assert code == 0, capture.err
     return path, json.loads(capture.out)
 
@@ -72,8 +85,13 @@ def resnet_export(tmp_path_factory):
 
 def test_info_json(capsys):
     result = run_json(capsys, "info", "--model", "demo-vgg")
-    assert [g["name"] for g in result["groups"]] == ["features.0", "features.3", "features.7", "features.10",
-                                                     "classifier.1"]
+    assert [g["name"] for g in result["groups"]] == [
+        "features.0",
+        "features.3",
+        "features.7",
+        "features.10",
+        "classifier.1",
+    ]
     assert result["groups"][0] == {"name": "features.0", "consumer": "features.3", "units": 32, "layout": "conv"}
     assert result["excluded"] == [{"name": "classifier.4", "units": 10, "reason": "network output"}]
     assert result["params"] == 99370 and result["flops"] > 0 and result["input_shape"] == [1, 8, 8]
@@ -106,8 +124,23 @@ def test_prune_then_eval_reproduces_the_numbers(resnet_export, capsys):
 
 def test_prune_with_explicit_keep_counts(tmp_path, capsys):
     out, script = tmp_path / "k.safetensors", tmp_path / "k.pt"
-    result = run_json(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--keep", "features.0=8",
-                      "--keep", "features.3=16", "--one-shot", "--out", str(out), "--torchscript", str(script))
+    result = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--keep",
+        "features.0=8",
+        "--keep",
+        "features.3=16",
+        "--one-shot",
+        "--out",
+        str(out),
+        "--torchscript",
+        str(script),
+    )
     assert result["keep"]["features.0"] == 8 and result["keep"]["features.3"] == 16
     assert result["keep"]["features.7"] == 64 and result["compensation"] == "one-shot"
     model = load_model(str(out)).model
@@ -119,22 +152,62 @@ def test_prune_with_explicit_keep_counts(tmp_path, capsys):
 
 
 def test_prune_l1_without_compensation(tmp_path, capsys):
-    result = run_json(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--method", "l1",
-                      "--no-compensation", "--variance", "0.9", "--out", str(tmp_path / "l1.safetensors"))
+    result = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--method",
+        "l1",
+        "--no-compensation",
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "l1.safetensors"),
+    )
     assert result["ordering"] == "l1" and result["method"] == "l1" and result["compensation"] == "none"
     assert io.read_metadata(tmp_path / "l1.safetensors")["settings"]["compensation"] == "none"
 
 
 def test_analyze_then_prune_from_statistics(tmp_path, capsys):
     stats = tmp_path / "vgg.stats"
-    analysed = run_json(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "200",
-                        "--out", str(stats))
+    analysed = run_json(
+        capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "200", "--out", str(stats)
+    )
     assert stats.is_file() and analysed["samples"] == 200 and len(analysed["groups"]) == 5
-    result = run_json(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--stats", str(stats),
-                      "--params-reduction", "0.5", "--one-shot", "--out", str(tmp_path / "p.safetensors"))
+    result = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--stats",
+        str(stats),
+        "--params-reduction",
+        "0.5",
+        "--one-shot",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+    )
     assert result["params_after"] < 0.6 * result["params_before"]
-    code, out, err = run(capsys, "prune", "--model", "demo-resnet", "--data", "digits", "--stats", str(stats),
-                         "--variance", "0.9", "--out", str(tmp_path / "q.safetensors"), "--quiet")
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-resnet",
+        "--data",
+        "digits",
+        "--stats",
+        str(stats),
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "q.safetensors"),
+        "--quiet",
+    )
     assert_one_line_error(code, out, err, "do not belong")
     assert not (tmp_path / "q.safetensors").exists()
 
@@ -142,8 +215,20 @@ def test_analyze_then_prune_from_statistics(tmp_path, capsys):
 def test_finetune_keeps_the_pruning(resnet_export, tmp_path, capsys):
     path, _ = resnet_export
     out = tmp_path / "tuned.safetensors"
-    result = run_json(capsys, "finetune", "--model", str(path), "--data", "digits", "--epochs", "1",
-                      "--lr", "0.001", "--out", str(out))
+    result = run_json(
+        capsys,
+        "finetune",
+        "--model",
+        str(path),
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.001",
+        "--out",
+        str(out),
+    )
     assert result["split"] == "train" and len(result["history"]) == 1
     before, after = load_model(str(path)).model, load_model(str(out)).model
     assert after.snp_pruning["kept"] == before.snp_pruning["kept"]
@@ -171,8 +256,19 @@ def test_missing_data_file(capsys, tmp_path):
 
 
 def test_unknown_layer_in_keep(capsys, tmp_path):
-    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--keep", "features.99=3",
-                         "--out", str(tmp_path / "x.safetensors"), "--quiet")
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--keep",
+        "features.99=3",
+        "--out",
+        str(tmp_path / "x.safetensors"),
+        "--quiet",
+    )
     assert_one_line_error(code, out, err, "features.99")
     assert not (tmp_path / "x.safetensors").exists()
 

@@ -50,9 +50,23 @@ def test_prune_export_and_eval_round_trip(arch, images, tmp_path, capsys):
 
     # cheap settings: this checks groups, surgery and export on each architecture; orderings and the
     # sequential calibration are tested on the demo models and resnet18
-    pruned = _run_json(capsys, "prune", "--model", f"torchvision:{arch}@{weights}", "--data", images,
-                       "--samples", "16", "--flops-reduction", "0.3", "--ordering", "variance", "--one-shot",
-                       "--out", str(out))
+    pruned = _run_json(
+        capsys,
+        "prune",
+        "--model",
+        f"torchvision:{arch}@{weights}",
+        "--data",
+        images,
+        "--samples",
+        "16",
+        "--flops-reduction",
+        "0.3",
+        "--ordering",
+        "variance",
+        "--one-shot",
+        "--out",
+        str(out),
+    )
     assert pruned["flops_after"] <= 0.72 * pruned["flops_before"]
     assert pruned["params_after"] < pruned["params_before"]
 

@@ -93,8 +93,20 @@ def test_foreign_safetensors_as_model_and_as_statistics(capsys, tmp_path):
     path = tmp_path / "weights.safetensors"
     save_file(DemoVGG().state_dict(), str(path))
     assert_error(*run(capsys, "info", "--model", str(path)), "bare weights.*torchvision:ARCH@")
-    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--stats", str(path),
-                         "--variance", "0.9", "--out", str(tmp_path / "p.safetensors"))
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--stats",
+        str(path),
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+    )
     assert_error(code, out, err, re.escape(str(path)) + ".*not an snp statistics file")
     assert leftovers(tmp_path) == ["weights.safetensors"]
 
@@ -121,8 +133,9 @@ def test_torchscript_needs_trust(capsys, tmp_path):
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(DemoVGG().eval(), torch.zeros(1, 1, 8, 8)), str(path))
     assert_error(*run(capsys, "info", "--model", str(path)), "TorchScript.*--trust")
-    result, _ = run_json(capsys, "eval", "--model", str(path), "--data", "digits", "--input-size", "8", "--trust",
-                         "--quiet")
+    result, _ = run_json(
+        capsys, "eval", "--model", str(path), "--data", "digits", "--input-size", "8", "--trust", "--quiet"
+    )
     assert result["samples"] == 497
 
 
@@ -148,8 +161,7 @@ def _folder(root: Path, per_class: int = 2) -> Path:
 
 def test_empty_data_folder(capsys, tmp_path):
     (tmp_path / "images").mkdir()
-    assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", str(tmp_path / "images")),
-                 "no class subfolders")
+    assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", str(tmp_path / "images")), "no class subfolders")
 
 
 def test_unreadable_images_are_skipped_and_counted(capsys, tmp_path):
@@ -168,34 +180,59 @@ def test_image_damaged_inside_names_the_file(capsys, tmp_path):
     broken.write_bytes(broken.read_bytes()[:2000])
     out = tmp_path / "p.safetensors"
     # prune reads both splits (calibration and test), wherever the broken image landed
-    assert_error(*run(capsys, "prune", "--model", "demo-vgg", "--data", str(root), "--one-shot", "--variance", "0.9",
-                      "--out", str(out), "--quiet"), re.escape(str(broken)) + ".*cannot be decoded")
+    assert_error(
+        *run(
+            capsys,
+            "prune",
+            "--model",
+            "demo-vgg",
+            "--data",
+            str(root),
+            "--one-shot",
+            "--variance",
+            "0.9",
+            "--out",
+            str(out),
+            "--quiet",
+        ),
+        re.escape(str(broken)) + ".*cannot be decoded",
+    )
     assert not out.exists()
 
 
 def test_colour_data_for_a_grayscale_model(capsys, tmp_path):
     np.savez(tmp_path / "rgb.npz", x=np.zeros((6, 3, 8, 8), np.float32), y=np.arange(6) % 2)
-    assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", f"npz:{tmp_path / 'rgb.npz'}"),
-                 "3-channel images but the model expects 1 channel")
+    assert_error(
+        *run(capsys, "eval", "--model", "demo-vgg", "--data", f"npz:{tmp_path / 'rgb.npz'}"),
+        "3-channel images but the model expects 1 channel",
+    )
 
 
 def test_npz_with_missing_keys(capsys, tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((6, 1, 8, 8), np.float32))
-    assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", f"npz:{tmp_path / 'd.npz'}"),
-                 r"d\.npz.*missing key x, y \(found: images\)")
+    assert_error(
+        *run(capsys, "eval", "--model", "demo-vgg", "--data", f"npz:{tmp_path / 'd.npz'}"),
+        r"d\.npz.*missing key x, y \(found: images\)",
+    )
 
 
 def test_wrong_input_size(capsys):
-    assert_error(*run(capsys, "info", "--model", "demo-vgg", "--input-size", "16"),
-                 r"cannot run on inputs of shape \(1, 16, 16\)")
-    assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", "digits", "--input-size", "12"),
-                 r"cannot run on inputs of shape \(1, 12, 12\)")
+    assert_error(
+        *run(capsys, "info", "--model", "demo-vgg", "--input-size", "16"),
+        r"cannot run on inputs of shape \(1, 16, 16\)",
+    )
+    assert_error(
+        *run(capsys, "eval", "--model", "demo-vgg", "--data", "digits", "--input-size", "12"),
+        r"cannot run on inputs of shape \(1, 12, 12\)",
+    )
 
 
 @pytest.mark.slow
 def test_fixed_size_model_refuses_another_input_size(capsys):
-    assert_error(*run(capsys, "info", "--model", "torchvision:vit_b_16", "--input-size", "32"),
-                 "vit_b_16 only takes 224x224 inputs")
+    assert_error(
+        *run(capsys, "info", "--model", "torchvision:vit_b_16", "--input-size", "32"),
+        "vit_b_16 only takes 224x224 inputs",
+    )
 
 
 def test_labels_outside_the_model_classes(capsys, tmp_path):
@@ -204,22 +241,58 @@ def test_labels_outside_the_model_classes(capsys, tmp_path):
     spec = f"npz:{tmp_path / 'wide.npz'}"
     message = r"labels 0\.\.11 but the model predicts 10 classes \(labels 0\.\.9\)"
     assert_error(*run(capsys, "eval", "--model", "demo-vgg", "--data", spec), message)
-    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--eval-data", spec,
-                         "--variance", "0.9", "--out", str(tmp_path / "p.safetensors"))
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--eval-data",
+        spec,
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+    )
     assert_error(code, out, err, message)
     assert "finding prunable layers" not in err  # refused before the analysis
     assert leftovers(tmp_path) == ["wide.npz"]
 
 
 def test_fewer_samples_than_units_is_a_warning_naming_the_layer(capsys, tmp_path):
-    result, err = run_json(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "40",
-                           "--out", str(tmp_path / "s.stats"))
+    result, err = run_json(
+        capsys,
+        "analyze",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "40",
+        "--out",
+        str(tmp_path / "s.stats"),
+    )
     assert [w.split(":")[0] for w in result["warnings"]] == ["classifier.1"]
     assert "40 calibration samples for 128 units" in result["warnings"][0]
     assert "snp: warning: classifier.1: singular statistics" in err
     assert [g["name"] for g in result["groups"] if g["regularised"]] == ["classifier.1"]
-    pruned, _ = run_json(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--samples", "40", "--one-shot",
-                         "--variance", "0.95", "--out", str(tmp_path / "p.safetensors"), "--quiet")
+    pruned, _ = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "40",
+        "--one-shot",
+        "--variance",
+        "0.95",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+        "--quiet",
+    )
     assert any(w.startswith("classifier.1:") for w in pruned["warnings"])
     assert 0 <= pruned["fidelity"] < 1
 
@@ -233,8 +306,9 @@ def test_nan_weights_name_the_layer(capsys, vgg_export, tmp_path):
         weight = handle.get_tensor("features.7.weight").clone()
     weight[0, 0, 0, 0] = float("nan")
     broken = rewrite_safetensors(vgg_export, tmp_path / "nan.safetensors", tensors={"features.7.weight": weight})
-    code, out, err = run(capsys, "analyze", "--model", str(broken), "--data", "digits", "--out",
-                         str(tmp_path / "s.stats"))
+    code, out, err = run(
+        capsys, "analyze", "--model", str(broken), "--data", "digits", "--out", str(tmp_path / "s.stats")
+    )
     assert_error(code, out, err, r"non-finite activations \(NaN or Inf\) at the input of features\.10")
     assert leftovers(tmp_path) == ["nan.safetensors"]
 
@@ -256,8 +330,10 @@ def _pretend_cuda(monkeypatch, failing: str) -> list[tuple[str, str]]:
             kind = torch.device(device).type
             calls.append((name, kind))
             if kind == "cuda" and name == failing:
-                raise OutOfMemoryError(f"{name} ran out of memory on cuda with batches of 64; "
-                                       "try a smaller batch size (--batch-size) or the CPU (--device cpu)")
+                raise OutOfMemoryError(
+                    f"{name} ran out of memory on cuda with batches of 64; "
+                    "try a smaller batch size (--batch-size) or the CPU (--device cpu)"
+                )
             return real(*args, device="cpu", **kwargs)
 
         monkeypatch.setattr(api, name, step)
@@ -267,8 +343,22 @@ def _pretend_cuda(monkeypatch, failing: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("failing", ["analyze", "prune"])
 def test_out_of_memory_without_fallback_suggests_a_smaller_batch(capsys, monkeypatch, tmp_path, failing):
     _pretend_cuda(monkeypatch, failing)
-    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--samples", "64", "--one-shot",
-                         "--variance", "0.9", "--out", str(tmp_path / "p.safetensors"), "--quiet")
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--one-shot",
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+        "--quiet",
+    )
     assert_error(code, out, err, r"ran out of memory.*--batch-size")
     assert leftovers(tmp_path) == []
 
@@ -276,8 +366,22 @@ def test_out_of_memory_without_fallback_suggests_a_smaller_batch(capsys, monkeyp
 @pytest.mark.parametrize("failing", ["analyze", "prune"])
 def test_cpu_fallback_retries_on_the_cpu(capsys, monkeypatch, tmp_path, failing):
     calls = _pretend_cuda(monkeypatch, failing)
-    result, err = run_json(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--samples", "64", "--one-shot",
-                           "--variance", "0.9", "--cpu-fallback", "--out", str(tmp_path / "p.safetensors"))
+    result, err = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--one-shot",
+        "--variance",
+        "0.9",
+        "--cpu-fallback",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+    )
     assert (failing, "cuda") in calls and (failing, "cpu") in calls
     assert calls[-1] == ("prune", "cpu")
     assert any("retrying on the CPU" in w for w in result["warnings"])
@@ -287,8 +391,20 @@ def test_cpu_fallback_retries_on_the_cpu(capsys, monkeypatch, tmp_path, failing)
 
 def test_cpu_fallback_for_the_analysis_command(capsys, monkeypatch, tmp_path):
     calls = _pretend_cuda(monkeypatch, "analyze")
-    result, _ = run_json(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "64",
-                         "--cpu-fallback", "--out", str(tmp_path / "s.stats"), "--quiet")
+    result, _ = run_json(
+        capsys,
+        "analyze",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--cpu-fallback",
+        "--out",
+        str(tmp_path / "s.stats"),
+        "--quiet",
+    )
     assert calls == [("analyze", "cuda"), ("analyze", "cpu")]
     assert io.load_analysis(result["out"]).names == [g["name"] for g in result["groups"]]
 
@@ -311,20 +427,59 @@ def test_full_disk_keeps_the_earlier_export(capsys, monkeypatch, tmp_path):
     out = tmp_path / "p.safetensors"
     out.write_bytes(b"earlier")
     _fill_disk(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
-    code, stdout, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--samples", "64",
-                            "--one-shot", "--variance", "0.9", "--out", str(out), "--quiet")
+    code, stdout, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--one-shot",
+        "--variance",
+        "0.9",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert_error(code, stdout, err, re.escape(str(out)) + ": no space left on the disk")
     assert out.read_bytes() == b"earlier" and leftovers(tmp_path, out.name) == []
-    code, stdout, err = run(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "64",
-                            "--out", str(tmp_path / "s.stats"), "--quiet")
+    code, stdout, err = run(
+        capsys,
+        "analyze",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--out",
+        str(tmp_path / "s.stats"),
+        "--quiet",
+    )
     assert_error(code, stdout, err, "no space left")
     assert leftovers(tmp_path, out.name) == []
 
 
 def test_ctrl_c_during_the_export_leaves_nothing(capsys, monkeypatch, tmp_path):
     _fill_disk(monkeypatch, KeyboardInterrupt())
-    code, _, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--samples", "64", "--one-shot",
-                       "--variance", "0.9", "--out", str(tmp_path / "p.safetensors"), "--quiet")
+    code, _, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--samples",
+        "64",
+        "--one-shot",
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+        "--quiet",
+    )
     assert code == 130 and err.strip() == "snp: cancelled"
     assert leftovers(tmp_path) == []
 
@@ -334,8 +489,22 @@ def test_output_folder_without_permission(capsys, monkeypatch, tmp_path):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(io.tempfile, "mkstemp", forbidden)
-    assert_error(*run(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "64",
-                      "--out", str(tmp_path / "s.stats"), "--quiet"), "no permission to write in")
+    assert_error(
+        *run(
+            capsys,
+            "analyze",
+            "--model",
+            "demo-vgg",
+            "--data",
+            "digits",
+            "--samples",
+            "64",
+            "--out",
+            str(tmp_path / "s.stats"),
+            "--quiet",
+        ),
+        "no permission to write in",
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
@@ -346,8 +515,19 @@ def test_read_only_output_folder(capsys, tmp_path):
     try:
         if os.access(folder, os.W_OK):
             pytest.skip("permissions are not enforced for this user (root)")
-        code, out, err = run(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--samples", "64",
-                             "--out", str(folder / "s.stats"), "--quiet")
+        code, out, err = run(
+            capsys,
+            "analyze",
+            "--model",
+            "demo-vgg",
+            "--data",
+            "digits",
+            "--samples",
+            "64",
+            "--out",
+            str(folder / "s.stats"),
+            "--quiet",
+        )
         assert_error(code, out, err, "no permission to write in")
         assert list(folder.iterdir()) == []
     finally:
@@ -356,10 +536,24 @@ def test_read_only_output_folder(capsys, tmp_path):
 
 def test_missing_output_folder_is_refused_before_the_work(capsys, tmp_path):
     target = tmp_path / "no" / "such" / "p.safetensors"
-    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--data", "digits", "--one-shot", "--variance", "0.9",
-                         "--out", str(tmp_path / "p.safetensors"), "--torchscript", str(target))
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--one-shot",
+        "--variance",
+        "0.9",
+        "--out",
+        str(tmp_path / "p.safetensors"),
+        "--torchscript",
+        str(target),
+    )
     assert_error(code, out, err, re.escape(str(target)) + ": the folder .* does not exist")
     assert "finding prunable layers" not in err
-    assert_error(*run(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--out", str(tmp_path)),
-                 "it is a folder")
+    assert_error(
+        *run(capsys, "analyze", "--model", "demo-vgg", "--data", "digits", "--out", str(tmp_path)), "it is a folder"
+    )
     assert leftovers(tmp_path) == []

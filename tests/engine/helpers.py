@@ -149,8 +149,10 @@ def analyze_worker(rank: int, world: int, init_method: str, model_name: str, out
         share = Subset(calibration, range(rank * per_rank, (rank + 1) * per_rank))
         analysis = api.analyze(demo_model(model_name), share, distributed=True)
         torch.save(
-            {g.name: {"state": g.moments.state(), "order": g.order, "curve": torch.from_numpy(g.curve)}
-             for g in analysis.groups},
+            {
+                g.name: {"state": g.moments.state(), "order": g.order, "curve": torch.from_numpy(g.curve)}
+                for g in analysis.groups
+            },
             f"{out_dir}/analysis{rank}.pt",
         )
     finally:

@@ -58,8 +58,9 @@ def test_tap_coverage_matches_convolving_ones(kernel, size, stride, padding, dil
     np.testing.assert_allclose(coverage.numpy(), expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("kernel", "dilation"),
-                         [((3, 3), (1, 1)), ((4, 2), (1, 1)), ((3, 4), (2, 1)), ((5, 5), (2, 2))])
+@pytest.mark.parametrize(
+    ("kernel", "dilation"), [((3, 3), (1, 1)), ((4, 2), (1, 1)), ((3, 4), (2, 1)), ((5, 5), (2, 2))]
+)
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_tap_coverage_with_string_padding(kernel, dilation, padding):
@@ -71,13 +72,19 @@ def test_tap_coverage_with_string_padding(kernel, dilation, padding):
 
 def test_consumer_with_string_padding_is_analysed_and_pruned():
     torch.manual_seed(12)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding="same"), nn.ReLU(),
-                          nn.Conv2d(4, 2, 3, padding="valid")).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding="same"),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 3, padding="valid"),
+    ).eval()
     data = TensorDataset(torch.randn(32, 3, 8, 8), torch.zeros(32, dtype=torch.long))
     analysis = api.analyze(model, data)
     assert analysis.names == ["0", "2"]
-    np.testing.assert_allclose(analysis.group("0").coverage.numpy(),
-                               _coverage_by_convolution((3, 3), (8, 8), 1, "same", 1), atol=1e-12)
+    np.testing.assert_allclose(
+        analysis.group("0").coverage.numpy(), _coverage_by_convolution((3, 3), (8, 8), 1, "same", 1), atol=1e-12
+    )
     assert torch.equal(analysis.group("2").coverage, torch.ones(3, 3, dtype=torch.float64))
     pruned = api.prune(model, analysis, analysis.plan(keep={"0": 3, "2": 2}), data=data)
     assert pruned[0].out_channels == 3 and pruned[4].in_channels == 2
@@ -208,8 +215,7 @@ def test_dependent_unit_is_removed_exactly_from_a_conv_consumer(consumer_kind, s
     g = analysis.group("0")
     cov, mean = g.moments.covariance(), g.moments.mean()
     mapping, offset = one_shot_reconstruction(cov, mean, torch.tensor([0, 1, 3, 4, 5]), 1e-9)
-    torch.testing.assert_close(mapping[2], torch.tensor([2.0, -1.0, 0, 0, 0], dtype=torch.float64),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(mapping[2], torch.tensor([2.0, -1.0, 0, 0, 0], dtype=torch.float64), rtol=0, atol=1e-4)
     assert float(offset[2]) == pytest.approx(0.5, abs=1e-4)
 
 

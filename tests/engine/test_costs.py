@@ -47,8 +47,7 @@ def test_cost_model_matches_the_physically_pruned_model(name):
         keep = {g.name: int(rng.integers(1, g.units + 1)) for g in groups}
         if trial == 1:  # extremes: one unit in some groups, all in others
             keep = {g.name: (1 if i % 2 else g.units) for i, g in enumerate(groups)}
-        removed = {g.name: sorted(rng.choice(g.units, g.units - keep[g.name], replace=False).tolist())
-                   for g in groups}
+        removed = {g.name: sorted(rng.choice(g.units, g.units - keep[g.name], replace=False).tolist()) for g in groups}
         pruned = remove_units(copy.deepcopy(model), groups, removed, example)
         params, macs = count(pruned, example)
         predicted_params, predicted_macs = costs.evaluate(keep)

@@ -12,8 +12,10 @@ from snp_engine import api
 from snp_engine.statistics import Moments
 from tests.engine.helpers import analyze_worker, correlated_samples, demo_model, digits, moments_worker
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with the gloo backend is not available",
+)
 
 WORLD = 2
 
@@ -36,8 +38,9 @@ def test_all_reduce_equals_single_process(tmp_path):
         assert reduced.samples == 203
         torch.testing.assert_close(reduced.mean(), single.mean(), rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(reduced.covariance(), single.covariance(), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(reduced.covariance().numpy(), np.cov(samples.numpy(), rowvar=False, bias=True),
-                                   rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            reduced.covariance().numpy(), np.cov(samples.numpy(), rowvar=False, bias=True), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_distributed_analyze_equals_single_process(tmp_path):

@@ -34,8 +34,9 @@ from snp_engine.subspace import (
 from tests.engine.helpers import is_permutation
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LOADERS_SETTINGS = settings(max_examples=30, deadline=None,
-                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+LOADERS_SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +186,8 @@ def _prefixed_bytes():
     """Random bytes, some of them dressed up with the magic numbers of real formats."""
     header = st.binary(max_size=64).map(lambda b: struct.pack("<Q", len(b)) + b)
     json_header = st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3).map(
-        lambda d: (lambda raw: struct.pack("<Q", len(raw)) + raw)(json.dumps({"__metadata__": d}).encode()))
+        lambda d: (lambda raw: struct.pack("<Q", len(raw)) + raw)(json.dumps({"__metadata__": d}).encode())
+    )
     prefix = st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x05", b"\x93NUMPY", b"{"])
     return st.one_of(
         st.tuples(prefix, st.binary(max_size=512)).map(lambda t: t[0] + t[1]),
@@ -235,8 +237,7 @@ _DTYPES = [np.float32, np.float64, np.float16, np.int64, np.uint8, np.bool_, np.
 
 @st.composite
 def npz_contents(draw) -> dict[str, np.ndarray]:
-    keys = draw(st.sets(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "other"]),
-                        max_size=5))
+    keys = draw(st.sets(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "other"]), max_size=5))
     arrays = {}
     for key in keys:
         shape = tuple(draw(st.lists(st.integers(0, 4), max_size=5)))
@@ -267,16 +268,19 @@ def test_random_npz_contents_raise_only_data_errors(scratch, arrays):
 @pytest.fixture(scope="module")
 def export_header(scratch) -> tuple[Path, dict]:
     loaded = load_model("demo-vgg")
-    path = io.export_model(loaded.model, scratch / "base.safetensors", arch=loaded.arch, num_classes=10,
-                           input_shape=(1, 8, 8))
+    path = io.export_model(
+        loaded.model, scratch / "base.safetensors", arch=loaded.arch, num_classes=10, input_shape=(1, 8, 8)
+    )
     return path, io.read_metadata(path)
 
 
 def _json_values():
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=False), st.text(max_size=6))
-    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                        max_leaves=6)
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+        max_leaves=6,
+    )
 
 
 @LOADERS_SETTINGS

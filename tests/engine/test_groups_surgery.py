@@ -20,8 +20,9 @@ from tests.engine.helpers import demo_model, outputs
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
-                         nn.Linear(16, 10)).eval()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)
+    ).eval()
 
 
 def _torchvision(name: str, **kwargs) -> nn.Module:
@@ -62,16 +63,32 @@ EXPECTED_GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         **{f"{b}.conv2": (f"{b}.conv3", "conv") for b in _resnet_blocks([3, 4, 6, 3])},
     },
     "vgg11_bn": {
-        **{f"features.{a}": (f"features.{b}", "conv") for a, b in
-           [(0, 4), (4, 8), (8, 11), (11, 15), (15, 18), (18, 22), (22, 25)]},
+        **{
+            f"features.{a}": (f"features.{b}", "conv")
+            for a, b in [(0, 4), (4, 8), (8, 11), (11, 15), (15, 18), (18, 22), (22, 25)]
+        },
         "features.25": ("classifier.0", "flatten"),
         "classifier.0": ("classifier.3", "linear"),
         "classifier.3": ("classifier.6", "linear"),
     },
     "vgg16": {
-        **{f"features.{a}": (f"features.{b}", "conv") for a, b in
-           [(0, 2), (2, 5), (5, 7), (7, 10), (10, 12), (12, 14), (14, 17), (17, 19), (19, 21), (21, 24),
-            (24, 26), (26, 28)]},
+        **{
+            f"features.{a}": (f"features.{b}", "conv")
+            for a, b in [
+                (0, 2),
+                (2, 5),
+                (5, 7),
+                (7, 10),
+                (10, 12),
+                (12, 14),
+                (14, 17),
+                (17, 19),
+                (19, 21),
+                (21, 24),
+                (24, 26),
+                (26, 28),
+            ]
+        },
         "features.28": ("classifier.0", "flatten"),
         "classifier.0": ("classifier.3", "linear"),
         "classifier.3": ("classifier.6", "linear"),
@@ -92,17 +109,30 @@ EXPECTED_GROUPS: dict[str, dict[str, tuple[str, str]]] = {
 # excluded name -> start of the reason
 EXPECTED_EXCLUDED: dict[str, dict[str, str]] = {
     "demo-vgg": {"classifier.4": "network output"},
-    "demo-resnet": {"fc": "network output", "conv1": "residual stream",
-                    "layer2.0.downsample.0": "residual stream", "layer3.0.downsample.0": "residual stream"},
+    "demo-resnet": {
+        "fc": "network output",
+        "conv1": "residual stream",
+        "layer2.0.downsample.0": "residual stream",
+        "layer3.0.downsample.0": "residual stream",
+    },
     "mlp": {"5": "network output"},
-    "resnet18": {"fc": "network output", "conv1": "residual stream",
-                 **{f"layer{i}.0.downsample.0": "residual stream" for i in (2, 3, 4)}},
-    "resnet50": {"fc": "network output", "conv1": "read by several layers",
-                 **{f"layer{i}.0.downsample.0": "residual stream" for i in (1, 2, 3, 4)}},
+    "resnet18": {
+        "fc": "network output",
+        "conv1": "residual stream",
+        **{f"layer{i}.0.downsample.0": "residual stream" for i in (2, 3, 4)},
+    },
+    "resnet50": {
+        "fc": "network output",
+        "conv1": "read by several layers",
+        **{f"layer{i}.0.downsample.0": "residual stream" for i in (1, 2, 3, 4)},
+    },
     "vgg11_bn": {"classifier.6": "network output"},
     "vgg16": {"classifier.6": "network output"},
-    "mobilenet_v2": {"classifier.1": "network output", "features.3.conv.2": "residual stream",
-                     "features.16.conv.2": "residual stream"},
+    "mobilenet_v2": {
+        "classifier.1": "network output",
+        "features.3.conv.2": "residual stream",
+        "features.16.conv.2": "residual stream",
+    },
     "vit_b_16": {"heads.head": "network output", "encoder.layers.encoder_layer_11.mlp.3": "residual stream"},
 }
 
@@ -249,11 +279,13 @@ class _TanhBetween(nn.Module):
 def test_following_norms_only_directly_after_the_consumer():
     example = torch.randn(1, 3, 8, 8)
     assert following_norms(_TanhBetween().eval(), ["conv2", "head"], example) == {}
-    inplace = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.ReLU(inplace=True),
-                            nn.BatchNorm2d(5), nn.Conv2d(5, 2, 1)).eval()
+    inplace = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.ReLU(inplace=True), nn.BatchNorm2d(5), nn.Conv2d(5, 2, 1)
+    ).eval()
     assert following_norms(inplace, ["1", "4"], example) == {}
-    direct = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.BatchNorm2d(5),
-                           nn.ReLU(inplace=True), nn.Conv2d(5, 2, 1)).eval()
+    direct = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, bias=False), nn.BatchNorm2d(5), nn.ReLU(inplace=True), nn.Conv2d(5, 2, 1)
+    ).eval()
     assert following_norms(direct, ["1", "4"], example) == {"1": "2"}
     resnet = demo_model("demo-resnet")
     consumers = [f"layer{i}.0.conv2" for i in (1, 2, 3)]

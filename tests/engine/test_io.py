@@ -47,8 +47,15 @@ def pruned_resnet(digits):
 def vgg_file(pruned_vgg, tmp_path_factory):
     loaded, analysis, model = pruned_vgg
     path = tmp_path_factory.mktemp("export") / "vgg.safetensors"
-    io.export_model(model, path, arch=loaded.arch, num_classes=loaded.num_classes, input_shape=analysis.input_shape,
-                    settings={"samples": analysis.info["samples"]}, metrics={"top1_before": 99.8, "top1_after": 99.2})
+    io.export_model(
+        model,
+        path,
+        arch=loaded.arch,
+        num_classes=loaded.num_classes,
+        input_shape=analysis.input_shape,
+        settings={"samples": analysis.info["samples"]},
+        metrics={"top1_before": 99.8, "top1_after": 99.2},
+    )
     return path
 
 
@@ -70,8 +77,9 @@ def test_export_load_gives_identical_outputs(which, request, digits, tmp_path):
     loaded, analysis, model = request.getfixturevalue(which)
     _, flops_after = analysis.cost({name: len(kept) for name, kept in model.snp_pruning["kept"].items()})
     assert 0.4 <= 1 - flops_after / analysis.cost()[1] <= 0.6
-    path = io.export_model(model, tmp_path / "m.safetensors", arch=loaded.arch, num_classes=10,
-                           input_shape=analysis.input_shape)
+    path = io.export_model(
+        model, tmp_path / "m.safetensors", arch=loaded.arch, num_classes=10, input_shape=analysis.input_shape
+    )
     assert path == tmp_path / "m.safetensors" and _temp_files(tmp_path) == []
     again = io.load_exported(path)
     assert again.arch == loaded.arch and again.num_classes == 10 and again.input_shape == (1, 8, 8)
@@ -116,8 +124,9 @@ def test_torchvision_resnet18_round_trip(tmp_path):
     analysis = api.analyze(model, data, batch_size=16, max_positions=16, ordering="variance")
     plan = analysis.plan(flops_reduction=0.3)
     pruned = api.prune(model, analysis, plan, sequential=False)
-    path = io.export_model(pruned, tmp_path / "r18.safetensors", arch="torchvision:resnet18", num_classes=10,
-                           input_shape=(3, 32, 32))
+    path = io.export_model(
+        pruned, tmp_path / "r18.safetensors", arch="torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)
+    )
     again = io.load_exported(path)
     assert again.input_shape == (3, 32, 32) and again.arch == "torchvision:resnet18"
     assert _max_diff(pruned, again.model, images[:8]) == 0.0
@@ -128,8 +137,9 @@ def test_functionally_pruned_model_is_exported_small(pruned_vgg, digits, tmp_pat
     loaded, analysis, _ = pruned_vgg
     plan = analysis.plan(flops_reduction=0.5)
     functional = api.prune(loaded.model, analysis, plan, sequential=False, physical=False)
-    path = io.export_model(functional, tmp_path / "f.safetensors", arch="demo-vgg", num_classes=10,
-                           input_shape=(1, 8, 8))
+    path = io.export_model(
+        functional, tmp_path / "f.safetensors", arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8)
+    )
     again = io.load_exported(path).model
     assert sum(p.numel() for p in again.parameters()) < sum(p.numel() for p in loaded.model.parameters())
     with torch.inference_mode():
@@ -142,8 +152,9 @@ def test_pruning_an_export_again_composes_indices(vgg_file, digits, tmp_path):
     analysis = api.analyze(first.model, digits, samples=100)
     plan = analysis.plan(keep={"features.0": 8})
     again = api.prune(first.model, analysis, plan, sequential=False)
-    path = io.export_model(again, tmp_path / "twice.safetensors", arch=first.arch, num_classes=10,
-                           input_shape=(1, 8, 8))
+    path = io.export_model(
+        again, tmp_path / "twice.safetensors", arch=first.arch, num_classes=10, input_shape=(1, 8, 8)
+    )
     meta = io.read_metadata(path)
     assert meta["pruning"]["units"]["features.0"] == 32 and len(meta["pruning"]["kept"]["features.0"]) == 8
     first_kept = io.read_metadata(vgg_file)["pruning"]["kept"]["features.0"]
@@ -171,8 +182,9 @@ def test_export_verification_failure_writes_nothing(pruned_vgg, tmp_path, monkey
 
 def test_export_refuses_unknown_architecture(pruned_vgg, tmp_path):
     with pytest.raises(SnpError, match="pickle"):
-        io.export_model(pruned_vgg[2], tmp_path / "m.safetensors", arch="pickle:DemoVGG", num_classes=10,
-                        input_shape=(1, 8, 8))
+        io.export_model(
+            pruned_vgg[2], tmp_path / "m.safetensors", arch="pickle:DemoVGG", num_classes=10, input_shape=(1, 8, 8)
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -304,8 +316,9 @@ def test_atomic_write_reports_a_read_only_folder(tmp_path):
 
 def test_export_into_missing_folder_is_a_clear_error(pruned_vgg, tmp_path):
     with pytest.raises(SnpError, match="does not exist"):
-        io.export_model(pruned_vgg[2], tmp_path / "no" / "m.safetensors", arch="demo-vgg", num_classes=10,
-                        input_shape=(1, 8, 8))
+        io.export_model(
+            pruned_vgg[2], tmp_path / "no" / "m.safetensors", arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8)
+        )
 
 
 # ----------------------------------------------------------------------------------------------

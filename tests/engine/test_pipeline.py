@@ -76,8 +76,9 @@ def test_refitting_unpruned_consumers_moves_towards_the_dense_network(demo, test
     refitted = api.prune(model, analysis, plan, data=digits(), physical=False, refit_unpruned=True)
     one_shot = api.prune(model, analysis, plan, sequential=False, physical=False)
     consumer = first.group.consumer
-    torch.testing.assert_close(refitted.get_submodule(consumer).weight, one_shot.get_submodule(consumer).weight,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        refitted.get_submodule(consumer).weight, one_shot.get_submodule(consumer).weight, rtol=1e-5, atol=1e-6
+    )
     data = digits().test
     assert api.fidelity(model, refitted, data) <= api.fidelity(model, one_shot, data) + 1e-6
 
@@ -149,8 +150,10 @@ def test_reorder_reuses_the_statistics(demo, monkeypatch):
             else:
                 expected = explained_curve(cov, expected_order, g.metric if curve == "output" else None)
             np.testing.assert_allclose(h.curve, expected.numpy(), rtol=1e-12, atol=1e-12)
-    assert any(not np.allclose(g.curve, h.curve) for g, h in
-               zip(analysis.groups, analysis.reorder("random").groups, strict=True))
+    assert any(
+        not np.allclose(g.curve, h.curve)
+        for g, h in zip(analysis.groups, analysis.reorder("random").groups, strict=True)
+    )
 
 
 def test_variance_plan_meets_the_threshold(demo):

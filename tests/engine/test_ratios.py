@@ -21,6 +21,7 @@ def _curves(seed: int = 0) -> dict[str, np.ndarray]:
 def _linear_cost(weights: dict[str, float]):
     def cost(keep) -> float:
         return sum(weights[name] * k for name, k in keep.items())
+
     return cost
 
 
@@ -129,22 +130,33 @@ def test_greedy_saving_callback_gives_the_same_plan_as_full_costing():
     from snp_engine.costs import CostModel, LayerCost
 
     units = {"a": 8, "b": 16, "c": 4}
-    model = CostModel((LayerCost("a", 100.0, 80, 8, out_group="a"),
-                       LayerCost("b", 400.0, 8 * 16 * 9, 16, in_group="a", out_group="b"),
-                       LayerCost("bn", 0.0, 16, 16, channel_group="b"),
-                       LayerCost("c", 300.0, 16 * 4, 4, in_group="b", out_group="c"),
-                       LayerCost("head", 50.0, 40, 10, in_group="c")), 7, 3.0, units)
+    model = CostModel(
+        (
+            LayerCost("a", 100.0, 80, 8, out_group="a"),
+            LayerCost("b", 400.0, 8 * 16 * 9, 16, in_group="a", out_group="b"),
+            LayerCost("bn", 0.0, 16, 16, channel_group="b"),
+            LayerCost("c", 300.0, 16 * 4, 4, in_group="b", out_group="c"),
+            LayerCost("head", 50.0, 40, 10, in_group="c"),
+        ),
+        7,
+        3.0,
+        units,
+    )
     rng = np.random.default_rng(0)
-    curves = {name: np.concatenate([[0.0], np.sort(rng.random(n))[::-1].cumsum() / rng.random(n).sum()])
-              for name, n in units.items()}
+    curves = {
+        name: np.concatenate([[0.0], np.sort(rng.random(n))[::-1].cumsum() / rng.random(n).sum()])
+        for name, n in units.items()
+    }
     curves = {name: c / c[-1] for name, c in curves.items()}
     for index in (0, 1):
+
         def cost(k, index=index):
             return model.evaluate(k)[index]
 
         target = 0.5 * cost({})
-        fast, _ = keep_for_budget(curves, cost, target,
-                                  saving=lambda k, g, n, index=index: model.saving(k, g, n)[index])
+        fast, _ = keep_for_budget(
+            curves, cost, target, saving=lambda k, g, n, index=index: model.saving(k, g, n)[index]
+        )
         slow, _ = keep_for_budget(curves, cost, target)
         assert fast == slow and cost(fast) <= target
 

@@ -328,8 +328,15 @@ def _npz(path: Path, **arrays) -> str:
         ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.zeros(4)}, "expected integer class labels"),
         ({"x": np.full((4, 1, 2, 2), np.inf, np.float32), "y": np.zeros(4, np.int64)}, "NaN or infinite"),
         ({"x": np.zeros((0, 1, 2, 2), np.float32), "y": np.zeros(0, np.int64)}, "holds no samples"),
-        ({"x_train": np.zeros((4, 1, 2, 2), np.float32), "y_train": np.zeros(4, np.int64),
-          "x_test": np.zeros((4, 1, 3, 3), np.float32), "y_test": np.zeros(4, np.int64)}, "differ in shape"),
+        (
+            {
+                "x_train": np.zeros((4, 1, 2, 2), np.float32),
+                "y_train": np.zeros(4, np.int64),
+                "x_test": np.zeros((4, 1, 3, 3), np.float32),
+                "y_test": np.zeros(4, np.int64),
+            },
+            "differ in shape",
+        ),
         ({"x_train": np.zeros((4, 1, 2, 2), np.float32), "y_train": np.zeros(4, np.int64)}, "missing key x_test"),
     ],
 )
@@ -449,8 +456,16 @@ def test_a_duplicated_unit_is_pruned_first_and_compensated(data, test_images):
 
 def test_huge_float32_activations_give_finite_float64_statistics(test_images):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 64, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).eval()
     images = test_images * 1e20  # activations ~1e20: their squares overflow float32, not float64
     huge = TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long))
     assert torch.isfinite(model(images)).all()
@@ -601,8 +616,9 @@ def test_cancelling_an_export_leaves_nothing_behind(tmp_path, stage):
     earlier.write_bytes(b"an earlier export")
     for target in (fresh, earlier):
         with pytest.raises(Cancelled):
-            io.export_model(model, target, arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8),
-                            reporter=CancelAfter(stage))
+            io.export_model(
+                model, target, arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8), reporter=CancelAfter(stage)
+            )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors"]
     assert earlier.read_bytes() == b"an earlier export"
     io.export_model(model, fresh, arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8))
@@ -649,8 +665,9 @@ def test_no_permission_to_create_the_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io.tempfile, "mkstemp", forbidden)
     with pytest.raises(SnpError, match="no permission to write in"):
-        io.export_model(demo_model("demo-vgg"), tmp_path / "m.safetensors", arch="demo-vgg", num_classes=10,
-                        input_shape=(1, 8, 8))
+        io.export_model(
+            demo_model("demo-vgg"), tmp_path / "m.safetensors", arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8)
+        )
 
 
 _KILLED_WRITER = textwrap.dedent("""
@@ -682,8 +699,13 @@ def test_killed_export_leaves_the_earlier_file_intact(tmp_path):
     earlier = b"an earlier, complete export" * 1000
     target.write_bytes(earlier)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(target)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, env=env, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     try:
         assert process.stdout.readline().strip() == "WRITING"
         os.kill(process.pid, signal.SIGKILL)

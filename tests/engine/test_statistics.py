@@ -49,8 +49,9 @@ def test_merge_is_exact_and_leaves_operands_alone():
 def test_float32_input_is_accumulated_in_float64():
     x = correlated_samples(50, 4, seed=4).astype(np.float32)
     m = _moments_of(x, 16)
-    np.testing.assert_allclose(m.covariance().numpy(), np.cov(x.astype(np.float64), rowvar=False, bias=True),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        m.covariance().numpy(), np.cov(x.astype(np.float64), rowvar=False, bias=True), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_state_round_trip():

@@ -221,8 +221,10 @@ def _degenerate_covariances() -> dict[str, torch.Tensor]:
     duplicate = x.copy()
     duplicate[:, 4] = duplicate[:, 1]
     few = correlated_samples(4, 6, seed=51)  # fewer samples than units
-    cov = {name: torch.from_numpy(np.cov(v, rowvar=False, bias=True))
-           for name, v in (("dead", dead), ("duplicate", duplicate), ("few-samples", few))}
+    cov = {
+        name: torch.from_numpy(np.cov(v, rowvar=False, bias=True))
+        for name, v in (("dead", dead), ("duplicate", duplicate), ("few-samples", few))
+    }
     cov["all-zero"] = torch.zeros(6, 6, dtype=torch.float64)
     return cov
 
@@ -270,6 +272,7 @@ def test_blocked_greedy_on_wide_layers_matches_the_exact_greedy_curve():
     assert sorted(blocked.tolist()) == list(range(n))
     gap = explained_curve(cov, exact) - explained_curve(cov, blocked)
     assert float(gap.abs().max()) < 1e-3
+
     def both_copies_kept(order: torch.Tensor) -> int:
         first_half = set(order[: n // 2].tolist())
         return sum(1 for i in range(pairs) if i in first_half and i + pairs in first_half)

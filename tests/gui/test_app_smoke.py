@@ -26,16 +26,16 @@ def gui_command() -> list[str]:
 
 
 def test_snp_gui_starts_and_quits(tmp_path):
-    result = subprocess.run([*gui_command(), "--quit-after", "1500"], env=gui_env(tmp_path), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [*gui_command(), "--quit-after", "1500"], env=gui_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "settings.ini").is_file()  # window layout saved on quit
 
 
 def test_help_works():
-    result = subprocess.run([sys.executable, "-m", "snp_gui.app", "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, "-m", "snp_gui.app", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--demo", "--model", "--data", "--analyse"):
         assert option in result.stdout
@@ -44,7 +44,12 @@ def test_help_works():
 
 def test_a_failure_while_quitting_does_not_keep_the_app_alive(tmp_path):
     # the model fails to load around the time the window closes; no error dialog may outlive the window
-    result = subprocess.run([sys.executable, "-m", "snp_gui.app", "--model", "no-such-model", "--quit-after", "0"],
-                            env=gui_env(tmp_path), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "snp_gui.app", "--model", "no-such-model", "--quit-after", "0"],
+        env=gui_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

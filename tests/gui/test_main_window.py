@@ -49,8 +49,9 @@ def make_window(qtbot, settings: Settings, demo: bool = True) -> MainWindow:
     window.controller.options.latency_repeats = 3
     if demo:
         window.open_demo()
-        qtbot.waitUntil(lambda: window.controller.data is not None and not window.controller.runner.busy,
-                        timeout=TIMEOUT)
+        qtbot.waitUntil(
+            lambda: window.controller.data is not None and not window.controller.runner.busy, timeout=TIMEOUT
+        )
     return window
 
 
@@ -63,8 +64,9 @@ def window(qtbot, settings) -> MainWindow:
 
 def run(qtbot, window: MainWindow, name: str, start, timeout: int = TIMEOUT) -> tuple[str, str]:
     """Start a task and wait for its one ``ended`` signal; returns (outcome, message)."""
-    with qtbot.waitSignal(window.controller.runner.ended, timeout=timeout,
-                          check_params_cb=lambda task, *_: task == name) as blocker:
+    with qtbot.waitSignal(
+        window.controller.runner.ended, timeout=timeout, check_params_cb=lambda task, *_: task == name
+    ) as blocker:
         start()
     return blocker.args[1], blocker.args[2]
 
@@ -78,8 +80,11 @@ def analysed(qtbot, window) -> MainWindow:
 
 def table_kept(window: MainWindow) -> dict[str, int]:
     model = window.table.layer_model
-    return {model.name_at(row): int(model.index(row, 3).data(Qt.ItemDataRole.EditRole))
-            for row in range(model.rowCount()) if not model.is_excluded(row)}
+    return {
+        model.name_at(row): int(model.index(row, 3).data(Qt.ItemDataRole.EditRole))
+        for row in range(model.rowCount())
+        if not model.is_excluded(row)
+    }
 
 
 def test_window_opens_with_the_demo_loaded(window):
@@ -315,11 +320,13 @@ def test_dropping_an_image_folder_loads_it_as_data(qtbot, window, tmp_path):
         (tmp_path / "images" / label).mkdir(parents=True)
         for index in range(3):
             Image.new("L", (12, 12), color=40 * index + (100 if label == "b" else 0)).save(
-                tmp_path / "images" / label / f"{index}.png")
+                tmp_path / "images" / label / f"{index}.png"
+            )
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "images"))])
-    event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
-                       Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
+    )
     outcome, message = run(qtbot, window, "load data", lambda: window.dropEvent(event))
     assert outcome == FINISHED, message
     bundle = window.controller.data

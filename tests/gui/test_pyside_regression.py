@@ -38,4 +38,5 @@ def test_many_none_returning_calls_do_not_crash():
 
 def test_pyside6_is_the_pinned_6_11_series():
     assert PySide6.__version__.startswith("6.11."), (
-        f"PySide6 {PySide6.__version__} is installed; snp pins 6.11.x (6.12 crashes after many calls returning None)")
+        f"PySide6 {PySide6.__version__} is installed; snp pins 6.11.x (6.12 crashes after many calls returning None)"
+    )

@@ -35,11 +35,31 @@ def monotone_curves(count: int = GROUPS, seed: int = 0) -> dict[str, np.ndarray]
 
 
 def rows_for(curves: dict[str, np.ndarray], keep: dict[str, int]) -> list[dict]:
-    rows = [{"name": name, "type": "Conv2d", "units": len(c) - 1, "kept": keep[name],
-             "explained": float(c[keep[name]]), "params": 9 * 64 * keep[name], "flops": 1e6 * keep[name]}
-            for name, c in curves.items()]
-    rows.insert(3, {"name": "fc", "type": "Linear", "units": 1000, "kept": 1000, "explained": None,
-                    "params": 513_000, "flops": 5.13e5, "excluded_reason": "output layer"})
+    rows = [
+        {
+            "name": name,
+            "type": "Conv2d",
+            "units": len(c) - 1,
+            "kept": keep[name],
+            "explained": float(c[keep[name]]),
+            "params": 9 * 64 * keep[name],
+            "flops": 1e6 * keep[name],
+        }
+        for name, c in curves.items()
+    ]
+    rows.insert(
+        3,
+        {
+            "name": "fc",
+            "type": "Linear",
+            "units": 1000,
+            "kept": 1000,
+            "explained": None,
+            "params": 513_000,
+            "flops": 5.13e5,
+            "excluded_reason": "output layer",
+        },
+    )
     return rows
 
 
@@ -227,8 +247,13 @@ def test_update_keep_changes_only_changed_cells(qtbot, table, curves):
     model.dataChanged.connect(lambda a, b, _roles=(): changed.append((a.row(), a.column(), b.column())))
     table.update_keep({name: 2}, {name: 0.5}, {name: 1234}, {name: 2.5e6})
     assert changed == [(2, 3, 7)]
-    assert [model.data(model.index(2, c)) for c in range(3, 8)] == ["2", f"{200 / (len(curves[name]) - 1):.1f} %",
-                                                                     "50.0 %", "1.23 k", "2.50 M"]
+    assert [model.data(model.index(2, c)) for c in range(3, 8)] == [
+        "2",
+        f"{200 / (len(curves[name]) - 1):.1f} %",
+        "50.0 %",
+        "1.23 k",
+        "2.50 M",
+    ]
     changed.clear()
     table.update_keep({name: 2}, {name: 0.5})
     assert changed == []
@@ -255,7 +280,12 @@ def test_selection_signals_and_sorting(qtbot, table):
 
 def test_human_count():
     assert [human_count(x) for x in (11.2e6, 37_000, 1.82e9, 512, 999_960)] == [
-        "11.2 M", "37.0 k", "1.82 G", "512", "1.00 M"]
+        "11.2 M",
+        "37.0 k",
+        "1.82 G",
+        "512",
+        "1.00 M",
+    ]
 
 
 def test_summary_bar(qtbot):
@@ -286,8 +316,10 @@ def test_threshold_defaults_and_sync(qtbot):
     assert (control.mode(), control.value()) == ("variance", pytest.approx(0.99))
     assert control.slider.value() == 990 and control.spin.value() == pytest.approx(99.0)
     control.slider.setSliderDown(True)
-    with qtbot.waitSignal(control.valueChanged, timeout=1000) as blocker, \
-            qtbot.assertNotEmitted(control.valueChangeFinished):
+    with (
+        qtbot.waitSignal(control.valueChanged, timeout=1000) as blocker,
+        qtbot.assertNotEmitted(control.valueChangeFinished),
+    ):
         control.slider.setValue(955)
     assert blocker.args == ["variance", pytest.approx(0.955)]
     assert control.spin.value() == pytest.approx(95.5)

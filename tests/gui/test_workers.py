@@ -86,7 +86,7 @@ def test_unexpected_exception_is_one_line_and_traceback_goes_to_stderr(qtbot, ru
 
     with qtbot.waitSignal(runner.ended, timeout=10_000):
         runner.submit(task("maths", work))
-    (_name, outcome, message), = ended
+    ((_name, outcome, message),) = ended
     assert outcome == FAILED and "ZeroDivisionError" in message and "\n" not in message
     assert "Traceback" in capfd.readouterr().err
 
