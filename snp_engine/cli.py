@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 
-from snp_engine import __version__
-from snp_engine.errors import SnpError
-from snp_engine.progress import Cancelled, Reporter, TextReporter
+from snp_engine import __version__, workflows
+from snp_engine.data import data_help
+from snp_engine.errors import OutOfMemoryError, SnpError
+from snp_engine.progress import Cancelled, Reporter, Scaled, TextReporter
+from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS
+from snp_engine.workflows import ALLOCATIONS, AnalysisOptions, Compensation, PlanTarget, Prepared
 
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 EXIT_INTERNAL = 1
-# torchvision classifiers default to 224x224; the 8x8 digits are upsampled to this instead.
-DIGITS_TORCHVISION_SIZE = 32
 METHODS = ("snp", "l1", "random", "variance")
 
 Result = tuple[dict[str, Any], list[str]]
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snp",
         description="Subspace Node Pruning: analyse, prune, evaluate and export vision networks.",
         epilog="Models: demo-vgg, demo-resnet, torchvision:ARCH[@WEIGHTS], or a file written by snp. "
-        "Data: digits, an ImageFolder folder, or npz:PATH.",
+        f"Data: {data_help()}.",
     )
     parser.add_argument("--version", action="version", version=f"snp {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-size",
         type=_positive_int,
         metavar="S",
-        help="square input size in pixels (default: the model's; 32 for torchvision models on digits)",
+        help="square input size in pixels (default: the data's own size for models that take any size, "
+        "else the model's)",
     )
     common.add_argument("--debug", action="store_true", help="show a traceback on internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -181,8 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="compensate from the dense statistics only (faster, less exact than sequential)",
     )
     prune.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round keep counts up to N")
+    prune.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=ALLOCATIONS[0],
+        help="how a FLOPs/parameter target is split across layers: greedy (default) or one global threshold",
+    )
     prune.add_argument("--stats", metavar="FILE", help="statistics from 'snp analyze' instead of a new analysis")
-    prune.add_argument("--eval-data", metavar="D2", help="evaluate on this data's test split instead")
+    prune.add_argument(
+        "--eval-data",
+        metavar="D2",
+        help="held-out data for the reported accuracies (default: the data's test split, or the calibration data)",
+    )
     prune.add_argument("--out", required=True, metavar="FILE", help="pruned model (.safetensors) to write")
     prune.add_argument("--torchscript", metavar="FILE", help="also write a traced TorchScript file")
     prune.add_argument("--onnx", metavar="FILE", help="also write an ONNX file (needs: pip install onnx)")
@@ -211,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
     finetune.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     finetune.add_argument("--seed", type=int, default=0, help="seed for shuffling and dropout")
-    finetune.add_argument("--eval-data", metavar="D2", help="evaluate on this data's test split instead")
+    finetune.add_argument(
+        "--eval-data",
+        metavar="D2",
+        help="held-out data for the reported accuracies (default: the data's test split, or the calibration data)",
+    )
     finetune.add_argument("--out", required=True, metavar="FILE", help="fine-tuned model (.safetensors) to write")
     finetune.set_defaults(handler=cmd_finetune)
     return parser
@@ -219,12 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="M", help="model spec or snp export")
-    parser.add_argument("--data", required=True, metavar="D", help="digits, an ImageFolder folder or npz:PATH")
+    parser.add_argument(
+        "--data", required=True, metavar="D", help="calibration data, used whole: digits, an image folder or npz:PATH"
+    )
 
 
 def _analysis_args(parser: argparse.ArgumentParser) -> None:
-    from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS
-
     parser.add_argument("--samples", type=_positive_int, metavar="N", help="calibration images to use (default: all)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
     parser.add_argument(
@@ -261,78 +277,44 @@ def _positive_int(text: str) -> int:
 # Shared plumbing
 
 
-def _setup(args: argparse.Namespace):
-    """Resolve the device first (a missing CUDA is reported before any slow loading), then the model."""
+def _prepare(
+    args: argparse.Namespace, *, data: bool = True, require_labels: bool = False
+) -> tuple[Prepared, torch.device]:
+    """Device first (a missing CUDA is reported before any slow loading), then model, data and checks."""
     from snp_engine.api import resolve_device
-    from snp_engine.models import load_model
 
     device = resolve_device(args.device)
     torch.manual_seed(getattr(args, "seed", 0))
-    loaded = load_model(args.model, trust=args.trust)
-    return loaded, device
+    prepared = workflows.prepare(
+        args.model,
+        args.data if data else None,
+        eval_data=getattr(args, "eval_data", None),
+        input_size=args.input_size,
+        trust=args.trust,
+        seed=getattr(args, "seed", 0),
+        require_labels=require_labels,
+        device=device,
+    )
+    _say(args, prepared.notes, "note")
+    _say(args, prepared.warnings, "warning")
+    return prepared, device
 
 
-def _input_shape(loaded, data_spec: str | None, input_size: int | None) -> tuple[int, int, int]:
-    """The (C, H, W) to feed the model: ``--input-size`` wins, then the model's own size.
-
-    torchvision classifiers report 224x224 but accept any size; for the 8x8 digits that would mean
-    a 28-fold upsampling, so they get 32x32 instead. Fixed-size models (ViT) keep their size.
-    """
-    channels, height, width = loaded.input_shape
-    fixed = isinstance(getattr(loaded.model, "image_size", None), int)
-    if input_size is not None and fixed and input_size != height:
-        raise SnpError(
-            f"{loaded.arch} only takes {height}x{width} inputs (a fixed input size); "
-            f"--input-size {input_size} cannot be used with it"
-        )
-    if input_size is not None:
-        return channels, input_size, input_size
-    if data_spec is not None and data_spec.strip().lower() == "digits" and (height, width) == (224, 224) and not fixed:
-        return channels, DIGITS_TORCHVISION_SIZE, DIGITS_TORCHVISION_SIZE
-    return channels, height, width
-
-
-def _load_data(spec: str, shape: tuple[int, int, int], seed: int = 0):
-    from snp_engine.data import adapt_to_model, load_data
-
-    channels, height, width = shape
-    bundle = load_data(spec, input_size=height, channels=channels, seed=seed)
-    return adapt_to_model(bundle, channels, (height, width))
-
-
-def _class_warning(loaded, bundle) -> list[str]:
-    """For the analysis, labels do not matter: a class mismatch is only worth a warning."""
-    warnings = _data_warnings(bundle)
-    if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
-        warnings.append(
-            f"the data has {bundle.num_classes} classes but the model predicts {loaded.num_classes}; "
-            "accuracies will be meaningless"
-        )
-    return warnings
-
-
-def _check_classes(loaded, bundle, spec: str) -> list[str]:
-    """Evaluation and training need every label to be a class of the model; refuse early otherwise
-    (before a long analysis), and return the data's warnings."""
-    if bundle.num_classes is not None and bundle.num_classes > loaded.num_classes:
-        raise SnpError(
-            f"the data '{spec}' has labels 0..{bundle.num_classes - 1} but the model predicts "
-            f"{loaded.num_classes} classes (labels 0..{loaded.num_classes - 1})"
-        )
-    return _data_warnings(bundle)
-
-
-def _data_warnings(bundle) -> list[str]:
-    if bundle.skipped:
-        return [f"skipped {bundle.skipped} unreadable image file(s) in {bundle.name}"]
-    return []
+def _prepared_fields(prepared: Prepared) -> dict[str, Any]:
+    """What every data-reading command reports about the input it used and its checks."""
+    dense = prepared.dense
+    return {
+        "input_shape": list(prepared.input_shape),
+        "notes": list(prepared.notes),
+        "dense_check": None
+        if dense is None
+        else {"top1": dense.top1, "samples": dense.samples, "chance": dense.chance, "near_chance": dense.near_chance},
+    }
 
 
 def _with_cpu_fallback(args: argparse.Namespace, device: torch.device, step, warnings: list[str]):
     """Run ``step(device)``; after an out-of-memory error, and only with --cpu-fallback, warn and run
     it again on the CPU. Returns the step's result and the device it finally ran on."""
-    from snp_engine.errors import OutOfMemoryError
-
     try:
         return step(device), device
     except OutOfMemoryError as exc:
@@ -340,7 +322,7 @@ def _with_cpu_fallback(args: argparse.Namespace, device: torch.device, step, war
             raise
         message = f"{exc}; retrying on the CPU (--cpu-fallback)"
     warnings.append(message)
-    _warn(args, [message])
+    _say(args, [message], "warning")
     cpu = torch.device("cpu")
     return step(cpu), cpu
 
@@ -354,25 +336,10 @@ def _check_output(*paths: str | None) -> None:
             io.check_writable(path)
 
 
-def _check_runs(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> None:
-    """One example through the model, so a wrong input size is one clear error."""
-    from snp_engine.activations import model_dtype
-    from snp_engine.api import _check_forward
-
-    _check_forward(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
-
-
-def _warn(args: argparse.Namespace, warnings: list[str]) -> None:
+def _say(args: argparse.Namespace, lines: Sequence[str], kind: str) -> None:
     if not args.quiet:
-        for warning in warnings:
-            sys.stderr.write(f"snp: warning: {warning}\n")
-
-
-def _count(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> tuple[int, float]:
-    from snp_engine.activations import model_dtype
-    from snp_engine.costs import count
-
-    return count(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
+        for line in lines:
+            sys.stderr.write(f"snp: {kind}: {line}\n")
 
 
 def _fmt_count(value: float) -> str:
@@ -386,25 +353,32 @@ def _change(before: float, after: float) -> str:
     return f"{_fmt_count(before)} -> {_fmt_count(after)} ({(1 - after / before) * 100 if before else 0:.1f}% fewer)"
 
 
+def _dense_line(prepared: Prepared) -> list[str]:
+    dense = prepared.dense
+    if dense is None:
+        return []
+    flag = "  << near chance: check preprocessing and --input-size" if dense.near_chance else ""
+    return [f"  unpruned top-1 {dense.top1:.2f}% on the first {dense.samples} calibration images{flag}"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Subcommands
 
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     """Prunable groups, excluded groups, parameters and FLOPs of a model."""
+    from snp_engine.activations import model_dtype
     from snp_engine.groups import execution_order, find_groups
 
-    loaded, device = _setup(args)
-    shape = _input_shape(loaded, None, args.input_size)
+    prepared, device = _prepare(args, data=False)
+    loaded, shape = prepared.model, prepared.input_shape
     model = loaded.model.to(device).eval()
-    from snp_engine.activations import model_dtype
-
     example = torch.zeros((1, *shape), device=device, dtype=model_dtype(model))
     reporter.update(0.0, "finding prunable layers")
-    _check_runs(model, shape, device)
+    workflows.check_runs(model, shape)
     groups, excluded = find_groups(model, example)
     groups = execution_order(model, groups, example)
-    params, flops = _count(model, shape, device)
+    params, flops = workflows.cost(model, shape, device)
     reporter.update(1.0, "done")
     pruning = getattr(model, "snp_pruning", None)
     result = {
@@ -446,35 +420,29 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     return result, lines
 
 
+def _options(args: argparse.Namespace, ordering: str | None = None) -> AnalysisOptions:
+    return AnalysisOptions(
+        samples=args.samples,
+        batch_size=args.batch_size,
+        ordering=ordering or args.ordering or DEFAULT_ORDERING,
+        max_positions=args.max_positions,
+        seed=args.seed,
+    )
+
+
 def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
     """Run the analysis and save its statistics."""
-    from snp_engine.api import analyze
-    from snp_engine.subspace import DEFAULT_ORDERING
-
     _check_output(args.out)
-    loaded, device = _setup(args)
-    shape = _input_shape(loaded, args.data, args.input_size)
-    data = _load_data(args.data, shape, args.seed)
-    warnings = _class_warning(loaded, data)
-    _warn(args, warnings)
+    prepared, device = _prepare(args)
+    warnings = list(prepared.warnings)
+    options = _options(args)
 
     def step(on: torch.device):
-        return analyze(
-            loaded.model,
-            data,
-            samples=args.samples,
-            batch_size=args.batch_size,
-            device=on,
-            ordering=args.ordering or DEFAULT_ORDERING,
-            max_positions=args.max_positions,
-            seed=args.seed,
-            reporter=reporter,
-            info={"model": args.model, "data": args.data},
-        )
+        return workflows.analyse(prepared, options, device=on, reporter=reporter)
 
     analysis, device = _with_cpu_fallback(args, device, step, warnings)
     singular = analysis.warnings()
-    _warn(args, singular)
+    _say(args, singular, "warning")
     warnings += singular
     path = analysis.save(args.out) or Path(args.out)
     summary = analysis.summary()
@@ -482,13 +450,15 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
         "model": args.model,
         "data": args.data,
         "out": str(path),
-        "input_shape": list(shape),
+        **_prepared_fields(prepared),
         "samples": analysis.info.get("samples"),
         **summary,
         "warnings": warnings,
     }
     lines = [
-        f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} ({'x'.join(map(str, shape))})",
+        f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} "
+        f"({'x'.join(map(str, prepared.input_shape))})",
+        *_dense_line(prepared),
         *(
             f"  {g['name']:<28} {g['units']:>6} units  {g['samples']:>9} samples"
             + ("  (regularised)" if g["regularised"] else "")
@@ -519,72 +489,58 @@ def _parse_keep(items: Sequence[str], analysis) -> dict[str, int]:
     return keep
 
 
+def _target(args: argparse.Namespace, analysis) -> PlanTarget:
+    if args.keep:
+        return PlanTarget.parse("keep", _parse_keep(args.keep, analysis))
+    for kind, key in (("variance", "variance"), ("flops", "flops_reduction"), ("params", "params_reduction")):
+        if getattr(args, key) is not None:
+            return PlanTarget.parse(kind, getattr(args, key))
+    raise SnpError("give one of --variance, --flops-reduction, --params-reduction or --keep")
+
+
+def _compensation(args: argparse.Namespace) -> Compensation:
+    if args.no_compensation:
+        return Compensation.NONE
+    return Compensation.ONE_SHOT if args.one_shot else Compensation.SEQUENTIAL
+
+
 def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     """Analyse (or load statistics), plan, prune, evaluate and export."""
-    from snp_engine import api, io
-    from snp_engine.progress import Scaled
-    from snp_engine.subspace import DEFAULT_ORDERING
+    from snp_engine import io
 
     if args.method != "snp" and args.ordering and args.ordering != args.method:
         raise SnpError(f"--method {args.method} is the '{args.method}' ordering; do not combine it with --ordering")
     ordering = (args.ordering or DEFAULT_ORDERING) if args.method == "snp" else args.method
     _check_output(args.out, args.torchscript, args.onnx)
-    loaded, device = _setup(args)
-    io.check_exportable(loaded.arch)
-    shape = _input_shape(loaded, args.data, args.input_size)
-    data = _load_data(args.data, shape, args.seed)
-    eval_data = _load_data(args.eval_data, shape, args.seed) if args.eval_data else data
-    warnings = _check_classes(loaded, eval_data, args.eval_data or args.data)
-    if args.eval_data:
-        warnings += _data_warnings(data)
-    _warn(args, warnings)
-    dense = loaded.model.eval()  # analyze and prune move it to the device they run on
+    prepared, device = _prepare(args, require_labels=True)
+    io.check_exportable(prepared.model.arch)
+    warnings = list(prepared.warnings)
+    dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
 
     if args.stats:
         analysis = io.load_analysis(args.stats, reporter=Scaled(reporter, 0.0, 0.1))
-        io.check_analysis_fits(analysis, dense, shape)
+        io.check_analysis_fits(analysis, dense, prepared.input_shape)
         if analysis.ordering != ordering:
             analysis = analysis.reorder(ordering, reporter=Scaled(reporter, 0.1, 0.2))
     else:
 
         def analyse_on(on: torch.device):
-            return api.analyze(
-                dense,
-                data,
-                samples=args.samples,
-                batch_size=args.batch_size,
-                device=on,
-                ordering=ordering,
-                max_positions=args.max_positions,
-                seed=args.seed,
-                reporter=Scaled(reporter, 0.0, 0.2),
-                info={"model": args.model, "data": args.data},
-            )
+            return workflows.analyse(prepared, _options(args, ordering), device=on, reporter=Scaled(reporter, 0.0, 0.2))
 
         analysis, device = _with_cpu_fallback(args, device, analyse_on, warnings)
     singular = analysis.warnings()
-    _warn(args, singular)
+    _say(args, singular, "warning")
     warnings += singular
-    if args.keep:
-        plan = analysis.plan(keep=_parse_keep(args.keep, analysis), round_to=args.round_to)
-    else:
-        plan = analysis.plan(
-            variance=args.variance,
-            flops_reduction=args.flops_reduction,
-            params_reduction=args.params_reduction,
-            round_to=args.round_to,
-        )
-    compensate = not args.no_compensation
-    sequential = compensate and not args.one_shot
+    target = _target(args, analysis)
+    plan = workflows.make_plan(analysis, target, round_to=args.round_to, allocation=args.allocation)
+    compensation = _compensation(args)
 
     def prune_on(on: torch.device):
-        return api.prune(
-            dense,
+        return workflows.prune(
+            prepared,
             analysis,
             plan,
-            data=data if sequential else None,
-            compensate=compensate,
-            sequential=sequential,
+            compensation=compensation,
             batch_size=args.batch_size,
             samples=args.samples,
             device=on,
@@ -592,53 +548,34 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         )
 
     pruned, device = _with_cpu_fallback(args, device, prune_on, warnings)
-    before = api.evaluate(dense, eval_data, device=device, reporter=Scaled(reporter, 0.7, 0.8))
-    after = api.evaluate(pruned, eval_data, device=device, reporter=Scaled(reporter, 0.8, 0.9))
-    fidelity = api.fidelity(dense, pruned, eval_data, device=device)
-    params_before, flops_before = _count(dense, shape, device)
-    params_after, flops_after = _count(pruned, shape, device)
-    compensation = pruned.snp_pruning["compensation"]
-    metrics = {
-        "params_before": params_before,
-        "params_after": params_after,
-        "flops_before": flops_before,
-        "flops_after": flops_after,
-        "top1_before": before["top1"],
-        "top1_after": after["top1"],
-        "top5_before": before["top5"],
-        "top5_after": after["top5"],
-        "fidelity": fidelity,
-        "eval_data": args.eval_data or args.data,
-    }
+    comparison = workflows.compare(prepared, pruned, device=device, reporter=Scaled(reporter, 0.7, 0.9))
+    metrics = comparison.metrics()
     settings = {
         "method": args.method,
         "ordering": analysis.ordering,
         "threshold": plan.threshold,
-        "compensation": compensation,
+        "compensation": compensation.value,
+        "allocation": args.allocation,
         "samples": analysis.info.get("samples"),
         "data": args.data,
-        "target": _target(args),
+        "target": {"keep": list(args.keep)} if args.keep else target.to_dict(),
         "round_to": args.round_to,
         "base_model": args.model,
+        "input_shape": list(prepared.input_shape),
     }
     reporter.update(0.9, "exporting")
-    cpu_model = pruned.cpu()
-    out = io.export_model(
-        cpu_model,
+    written = workflows.export(
+        prepared,
+        pruned,
         args.out,
-        arch=loaded.arch,
-        num_classes=loaded.num_classes,
-        input_shape=shape,
         settings=settings,
         metrics=metrics,
+        torchscript=args.torchscript,
+        onnx=args.onnx,
         reporter=Scaled(reporter, 0.9, 1.0),
     )
-    extra = {}
-    example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
-    if args.torchscript:
-        extra["torchscript"] = str(io.export_torchscript(cpu_model, args.torchscript, example))
-    if args.onnx:
-        extra["onnx"] = str(io.export_onnx(cpu_model, args.onnx, example))
+    out = written.pop("snp")
+    extra = {kind: str(path) for kind, path in written.items()}
     reporter.update(1.0, "done")
     keep_counts = {name: plan.keep[name] for name in analysis.names}
     result = {
@@ -647,21 +584,23 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "out": str(out),
         **extra,
         **metrics,
+        **_prepared_fields(prepared),
         "keep": keep_counts,
         "units": analysis.units,
         "ordering": analysis.ordering,
         "method": args.method,
         "threshold": plan.threshold,
-        "compensation": compensation,
-        "input_shape": list(shape),
+        "compensation": compensation.value,
         "warnings": warnings,
     }
     lines = [
-        f"pruned {args.model} ({analysis.ordering} ordering, {compensation} compensation)",
-        f"  parameters   {_change(params_before, params_after)}",
-        f"  FLOPs (MACs) {_change(flops_before, flops_after)}",
-        f"  top-1        {before['top1']:.2f}% -> {after['top1']:.2f}%   (on {args.eval_data or args.data})",
-        f"  fidelity     {fidelity:.4f} relative logit error",
+        f"pruned {args.model} ({analysis.ordering} ordering, {compensation.value} compensation, "
+        f"input {'x'.join(map(str, prepared.input_shape))})",
+        f"  parameters   {_change(comparison.params_before, comparison.params_after)}",
+        f"  FLOPs (MACs) {_change(comparison.flops_before, comparison.flops_after)}",
+        f"  top-1        {comparison.before.top1:.2f}% -> {comparison.after.top1:.2f}%   "
+        f"(unpruned -> pruned, on {comparison.evaluation}, {comparison.after.samples} images)",
+        f"  fidelity     {comparison.fidelity:.4f} relative logit error",
         "  kept units:",
         *(f"    {name:<28} {k:>6} / {analysis.units[name]}" for name, k in keep_counts.items()),
         f"written to {out}",
@@ -670,41 +609,32 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     return result, lines
 
 
-def _target(args: argparse.Namespace) -> dict[str, Any]:
-    if args.keep:
-        return {"keep": list(args.keep)}
-    for key in ("variance", "flops_reduction", "params_reduction"):
-        if getattr(args, key) is not None:
-            return {key: getattr(args, key)}
-    return {}
-
-
 def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
-    """Top-1/top-5 on the test split, plus parameters and FLOPs."""
-    from snp_engine.api import evaluate
-
-    loaded, device = _setup(args)
-    shape = _input_shape(loaded, args.data, args.input_size)
-    data = _load_data(args.data, shape)
-    warnings = _check_classes(loaded, data, args.data)
-    _warn(args, warnings)
-    scores = evaluate(loaded.model, data, batch_size=args.batch_size, device=device, reporter=reporter)
-    params, flops = _count(loaded.model, shape, device)
+    """Top-1/top-5 on the evaluation data, plus parameters and FLOPs."""
+    prepared, device = _prepare(args, require_labels=True)
+    evaluation = prepared.evaluation
+    found = workflows.score(
+        prepared.model.model, evaluation, device=device, batch_size=args.batch_size, reporter=reporter
+    )
+    params, flops = workflows.cost(prepared.model.model, prepared.input_shape, device)
     result = {
         "model": args.model,
         "data": args.data,
-        "top1": scores["top1"],
-        "top5": scores["top5"],
-        "samples": len(data.test),
+        "top1": found.top1,
+        "top5": found.top5,
+        "loss": found.loss,
+        "samples": found.samples,
+        "eval_data": prepared.evaluation_label,
         "params": params,
         "flops": flops,
-        "input_shape": list(shape),
-        "warnings": warnings,
+        **_prepared_fields(prepared),
+        "warnings": list(prepared.warnings),
     }
     lines = [
-        f"{args.model} on {args.data} ({len(data.test)} test images, {'x'.join(map(str, shape))})",
-        f"  top-1        {scores['top1']:.2f}%",
-        f"  top-5        {scores['top5']:.2f}%",
+        f"{args.model} on {prepared.evaluation_label} ({found.samples} images, "
+        f"{'x'.join(map(str, prepared.input_shape))})",
+        f"  top-1        {found.top1:.2f}%",
+        f"  top-5        {found.top5:.2f}%",
         f"  parameters   {params:,} ({_fmt_count(params)})",
         f"  FLOPs (MACs) {_fmt_count(flops)}",
     ]
@@ -714,45 +644,30 @@ def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
 def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
     """Train on the train (or calibration) split and re-export, keeping the pruning record."""
     from snp_engine import io
-    from snp_engine.api import evaluate
-    from snp_engine.data import make_loader
-    from snp_engine.progress import Scaled
-    from snp_engine.training import train
 
     if args.lr <= 0:
         raise SnpError(f"--lr must be positive, got {args.lr}")
     _check_output(args.out)
-    loaded, device = _setup(args)
-    io.check_exportable(loaded.arch)
-    shape = _input_shape(loaded, args.data, args.input_size)
-    data = _load_data(args.data, shape, args.seed)
-    eval_data = _load_data(args.eval_data, shape, args.seed) if args.eval_data else data
-    warnings = _check_classes(loaded, data, args.data)
-    if args.eval_data:
-        warnings += _check_classes(loaded, eval_data, args.eval_data)
-    _warn(args, warnings)
-    split = "train" if data.train is not None else "calibration"
-    loader = make_loader(
-        data.train if data.train is not None else data.calibration, args.batch_size, shuffle=True, seed=args.seed
-    )
-    model = loaded.model.to(device)
-    before = evaluate(model, eval_data, device=device)
-    history = train(
-        model,
-        loader,
+    prepared, device = _prepare(args, require_labels=True)
+    workflows.class_warnings(prepared.model, prepared.require_data(), require=True)
+    io.check_exportable(prepared.model.arch)
+    tuned = workflows.finetune(
+        prepared,
+        prepared.model.model,
         epochs=args.epochs,
         lr=args.lr,
-        device=device,
+        batch_size=args.batch_size,
         optimizer=args.optimizer,
+        seed=args.seed,
+        device=device,
         reporter=Scaled(reporter, 0.0, 0.95),
     )
-    after = evaluate(model, eval_data, device=device)
-    earlier = getattr(model, "snp_metadata", None) or {}
+    earlier = getattr(prepared.model.model, "snp_metadata", None) or {}
     settings = {
         **earlier.get("settings", {}),
         "finetune": {
             "data": args.data,
-            "split": split,
+            "split": tuned.split,
             "epochs": args.epochs,
             "lr": args.lr,
             "optimizer": args.optimizer,
@@ -762,38 +677,32 @@ def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
     }
     metrics = {
         **earlier.get("metrics", {}),
-        "finetune_top1_before": before["top1"],
-        "finetune_top1_after": after["top1"],
-        "finetune_top5_after": after["top5"],
-        "finetune_eval_data": args.eval_data or args.data,
+        "finetune_top1_before": tuned.before.top1,
+        "finetune_top1_after": tuned.after.top1,
+        "finetune_top5_after": tuned.after.top5,
+        "finetune_eval_data": prepared.evaluation_label,
     }
     reporter.update(0.95, "exporting")
-    out = io.export_model(
-        model.cpu(),
-        args.out,
-        arch=loaded.arch,
-        num_classes=loaded.num_classes,
-        input_shape=shape,
-        settings=settings,
-        metrics=metrics,
-    )
+    out = workflows.export(prepared, tuned.model, args.out, settings=settings, metrics=metrics)["snp"]
     reporter.update(1.0, "done")
     result = {
         "model": args.model,
         "data": args.data,
         "out": str(out),
-        "split": split,
+        "split": tuned.split,
         "epochs": args.epochs,
-        "top1_before": before["top1"],
-        "top1_after": after["top1"],
-        "top5_after": after["top5"],
-        "history": history,
-        "warnings": warnings,
+        "top1_before": tuned.before.top1,
+        "top1_after": tuned.after.top1,
+        "top5_after": tuned.after.top5,
+        "eval_data": prepared.evaluation_label,
+        "history": list(tuned.history),
+        **_prepared_fields(prepared),
+        "warnings": list(prepared.warnings),
     }
     lines = [
-        f"fine-tuned {args.model} for {args.epochs} epoch(s) on the {split} split of {args.data}",
-        *(f"  epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%" for row in history),
-        f"  top-1        {before['top1']:.2f}% -> {after['top1']:.2f}%   (on {args.eval_data or args.data})",
+        f"fine-tuned {args.model} for {args.epochs} epoch(s) on the {tuned.split} split of {args.data}",
+        *(f"  epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%" for row in tuned.history),
+        f"  top-1        {tuned.before.top1:.2f}% -> {tuned.after.top1:.2f}%   (on {prepared.evaluation_label})",
         f"written to {out}",
     ]
     return result, lines

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from snp_engine.metrics import topk_hits
 from snp_engine.progress import Reporter
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -81,7 +82,7 @@ def accuracy(
         for images, labels in loader:
             logits = model(images.to(device))
             labels = labels.to(device)
-            for k, hits in _topk_hits(logits, labels, topk).items():
+            for k, hits in topk_hits(logits, labels, topk).items():
                 correct[k] += hits
             seen += int(labels.shape[0])
     model.train(was_training)
@@ -148,11 +149,3 @@ def _make_optimizer(
 def _cosine(step: int, total: int) -> float:
     """Learning-rate factor: cosine decay from 1 to 0 over ``total`` steps."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
-def _topk_hits(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]) -> dict[int, int]:
-    """How many labels fall within each top-k of the logits."""
-    kmax = min(max(topk), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    match = top == labels[:, None]
-    return {k: int(match[:, : min(k, kmax)].any(dim=1).sum()) for k in topk}

@@ -237,9 +237,26 @@ def test_finetune_keeps_the_pruning(resnet_export, tmp_path, capsys):
     assert meta["settings"]["finetune"]["epochs"] == 1 and "top1_after" in meta["metrics"]
 
 
-def test_torchvision_model_on_digits_runs_at_32_pixels(capsys):
-    result = run_json(capsys, "eval", "--model", "torchvision:resnet18", "--data", "digits", "--device", "cpu")
-    assert result["input_shape"] == [3, 32, 32] and result["samples"] == 497
+def test_a_model_that_takes_any_size_runs_at_the_data_size(capsys):
+    code, out, err = run(capsys, "eval", "--model", "torchvision:resnet18", "--data", "digits", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["input_shape"] == [3, 8, 8] and result["samples"] == 497
+    assert result["notes"] == ["digits: images adapted to the model's 3x8x8 input: 1 channel repeated to 3"]
+    assert err.count("snp: note: ") == 1  # said once, in one line
+    # a random-init 1000-class network on 10 classes: said up front, and its near-chance score too
+    assert any("1000 classes" in w for w in result["warnings"])
+    assert result["dense_check"]["near_chance"] and any("chance" in w for w in result["warnings"])
+
+
+def test_a_model_too_deep_for_the_data_size_runs_at_the_smallest_doubling(capsys):
+    result = run_json(capsys, "info", "--model", "torchvision:vgg11", "--input-size", "32")
+    assert result["input_shape"] == [3, 32, 32]
+    code, out, err = run(capsys, "eval", "--model", "torchvision:vgg11", "--data", "digits", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["input_shape"] == [3, 32, 32]  # five max-pools: 8x8 and 16x16 are too small
+    assert "resized 8x8 -> 32x32 (the model cannot run on 8x8 images)" in result["notes"][0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_unreadable_images_are_skipped_and_counted(capsys, tmp_path):
     (root / "a" / "junk.jpg").write_bytes(b"not an image")
     (root / "b" / "empty.png").write_bytes(b"")
     result, err = run_json(capsys, "eval", "--model", "demo-vgg", "--data", str(root))
-    assert result["warnings"] == [f"skipped 2 unreadable image file(s) in {root}"]
+    assert result["warnings"][0] == f"skipped 2 unreadable image file(s) in {root}"
     assert f"snp: warning: skipped 2 unreadable image file(s) in {root}" in err
 
 
@@ -321,8 +321,8 @@ def _pretend_cuda(monkeypatch, failing: str) -> list[tuple[str, str]]:
     """The CLI believes it runs on CUDA; ``failing`` (analyze/prune) runs out of memory there, and
     everything else runs on the CPU. Returns the (step, device) calls."""
     calls: list[tuple[str, str]] = []
-    real_setup = cli._setup
-    monkeypatch.setattr(cli, "_setup", lambda args: (real_setup(args)[0], torch.device("cuda")))
+    real_prepare = cli._prepare
+    monkeypatch.setattr(cli, "_prepare", lambda args, **kw: (real_prepare(args, **kw)[0], torch.device("cuda")))
     for name in ("analyze", "prune"):
         real = getattr(api, name)
 

@@ -84,12 +84,14 @@ def _write_npz(path, **arrays):
     return f"npz:{path}"
 
 
-def test_npz_xy_is_split_in_halves(tmp_path):
+def test_npz_xy_is_used_whole(tmp_path):
     rng = np.random.default_rng(1)
     spec = _write_npz(tmp_path / "d.npz", x=rng.random((20, 3, 5, 6), dtype=np.float32), y=np.arange(20) % 4)
     bundle = load_data(spec)
     assert bundle.train is None
-    assert len(bundle.calibration) == 10 and len(bundle.test) == 10
+    assert len(bundle.calibration) == 20 and bundle.test is bundle.calibration
+    assert not bundle.held_out and "calibration data" in bundle.evaluation_label
+    assert sorted(bundle.calibration.indices) == list(range(20))  # every sample, shuffled once
     assert bundle.num_classes == 4 and bundle.channels == 3 and bundle.image_size == (5, 6)
     image, label = bundle.test[0]
     assert image.shape == (3, 5, 6) and isinstance(label, int)
@@ -106,6 +108,7 @@ def test_npz_with_train_and_test_keys(tmp_path):
     )
     bundle = load_data(spec)
     assert len(bundle.train) == 12 and len(bundle.test) == 5
+    assert len(bundle.calibration) == 12 and bundle.held_out
     assert bundle.num_classes == 3
 
 
@@ -157,9 +160,25 @@ def test_image_folder_split_and_skipped_file(tmp_path):
     bundle = load_data(str(root), input_size=10)
     assert bundle.skipped == 1
     assert bundle.num_classes == 2 and bundle.classes == ("cat", "dog")
-    assert len(bundle.calibration) + len(bundle.test) == 6
+    assert len(bundle.calibration) == 6 and bundle.test is bundle.calibration and not bundle.held_out
     image, label = bundle.calibration[0]
     assert image.shape == (3, 10, 10) and label in (0, 1)
+
+
+def test_image_folder_keeps_its_own_size(tmp_path):
+    bundle = load_data(str(_make_image_folder(tmp_path / "pets")))
+    assert bundle.image_size == (12, 12)
+    assert bundle.calibration[0][0].shape == (3, 12, 12)
+
+
+def test_image_folder_of_mixed_sizes_is_decoded_again_at_the_wanted_size(tmp_path):
+    root = _make_image_folder(tmp_path / "pets")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "cat" / "wide.png")
+    bundle = load_data(str(root))
+    assert bundle.image_size is None  # mixed sizes: no size of its own
+    fitted = adapt_to_model(bundle, 1, (9, 9))
+    assert fitted.image_size == (9, 9) and fitted.channels == 1
+    assert {tuple(fitted.calibration[i][0].shape) for i in range(len(fitted.calibration))} == {(1, 9, 9)}
 
 
 def test_image_folder_with_train_and_val(tmp_path):

@@ -1,0 +1,108 @@
+"""The input size and channels a model runs at on given data: one rule, in one place.
+
+* ``--input-size`` (``input_size``) wins; a fixed-size model (ViT) refuses any other size.
+* A fixed-size model, or one whose size is recorded (an snp export, a demo network), runs at that size.
+* Any other model (torchvision CNNs, pickled or TorchScript modules) runs at the data's own size
+  (npz arrays, a folder of same-sized images); if it cannot run that small, at the smallest
+  doubling of it that works. Without a size of the data's own (mixed-size folders), the model's.
+
+Whatever is adapted (size, a grey channel repeated) is said in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from snp_engine.datasources.base import DataBundle, adapt_to_model
+from snp_engine.errors import SnpError
+from snp_engine.models import DEMO_MODELS
+
+Shape = tuple[int, int, int]
+FIXED, RECORDED, ANY = "fixed", "recorded", "any"
+
+
+@dataclass(frozen=True)
+class FittedData:
+    """Data adapted to a model's input, the shape chosen and the one-line note of what changed."""
+
+    bundle: DataBundle
+    shape: Shape
+    note: str | None
+
+
+def size_rule(model: nn.Module, spec: str, arch: str) -> str:
+    """``fixed`` (the architecture only takes one size), ``recorded`` (the size it was trained or
+    pruned at is known) or ``any`` (convolutional: runs at whatever size the data has)."""
+    if isinstance(getattr(model, "image_size", None), int):
+        return FIXED
+    if getattr(model, "snp_metadata", None) is not None or spec in DEMO_MODELS or arch in DEMO_MODELS:
+        return RECORDED
+    return ANY
+
+
+def runs_at(model: nn.Module, shape: Shape) -> bool:
+    """True when one zero image of ``shape`` passes through the model."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    try:
+        with torch.inference_mode():
+            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except Exception:  # any failure means "not at this size"; the caller reports it clearly later
+        return False
+    return True
+
+
+def resolve_input_shape(
+    model: nn.Module,
+    model_shape: Shape,
+    rule: str,
+    data_size: tuple[int, int] | None,
+    input_size: int | None = None,
+    *,
+    name: str = "the model",
+) -> tuple[Shape, str | None]:
+    """The (C, H, W) to feed the model and, when it is not the data's own size, why."""
+    channels, height, width = model_shape
+    if input_size is not None:
+        if rule == FIXED and input_size != height:
+            raise SnpError(
+                f"{name} only takes {height}x{width} inputs (a fixed input size); "
+                f"--input-size {input_size} cannot be used with it"
+            )
+        return (channels, input_size, input_size), "--input-size"
+    if rule == FIXED:
+        return model_shape, "the model's fixed input size"
+    if rule == RECORDED:
+        return model_shape, "the input size the model was made for"
+    if data_size is None:
+        return model_shape, "the images differ in size; the model's default size"
+    size = data_size
+    while not runs_at(model, (channels, *size)):
+        size = (size[0] * 2, size[1] * 2)
+        if size[0] > max(height, data_size[0]) or size[1] > max(width, data_size[1]):
+            return (channels, *data_size), None  # runs at no size: the forward check says why
+    if size != data_size:
+        return (channels, *size), f"the model cannot run on {_size(data_size)} images"
+    return (channels, *size), None
+
+
+def fit_data(bundle: DataBundle, shape: Shape, reason: str | None) -> FittedData:
+    """Adapt ``bundle`` to ``shape`` and describe the adaptation in one line (``None``: untouched)."""
+    channels, height, width = shape
+    changes = []
+    if bundle.channels != channels:
+        changes.append(f"{bundle.channels} channel repeated to {channels}")
+    if bundle.image_size != (height, width):
+        before = _size(bundle.image_size) if bundle.image_size else "mixed sizes"
+        changes.append(f"resized {before} -> {height}x{width}" + (f" ({reason})" if reason else ""))
+    fitted = adapt_to_model(bundle, channels, (height, width))
+    note = f"{bundle.name}: images adapted to the model's {channels}x{height}x{width} input: " + ", ".join(changes)
+    return FittedData(fitted, shape, note if changes else None)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
