@@ -4,157 +4,49 @@ Everything funnels into :func:`load_model`, which returns a :class:`LoadedModel`
 together with the facts the rest of the engine needs (class count, expected input shape, where
 the weights came from). Loading never unpickles arbitrary objects unless the caller opts in with
 ``trust=True``, because a pickle can run code while it is being read.
+
+The networks themselves (demo models, the torchvision registry, :class:`LoadedModel`) live in
+:mod:`snp_engine.architectures`, snp's own export format in :mod:`snp_engine.exports`; the names
+that used to be defined here are re-exported.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
-import json
 import math
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
+from snp_engine.architectures import (
+    DEMO_MODELS,
+    DEMO_RESULTS_FILE,
+    RESOURCES,
+    TORCHVISION_PREFIX,
+    DemoModel,
+    DemoResNet,
+    DemoVGG,
+    LoadedModel,
+    demo_results,
+    state_dict_mismatches,
+    torchvision_names,
+)
 from snp_engine.errors import ModelLoadError
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-DEMO_RESULTS_FILE = RESOURCES / "demo_models.json"
-TORCHVISION_PREFIX = "torchvision:"
-
-
-# ---------------------------------------------------------------------------------------------
-# Demo networks
-# ---------------------------------------------------------------------------------------------
-
-
-class DemoVGG(nn.Module):
-    """A small VGG-style network for 1x8x8 digits, laid out like torchvision's VGG.
-
-    Plain conv/BN/ReLU stacks and a Linear head keep it traceable by dependency-graph pruners.
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            *_conv_bn_relu(in_channels, 32),
-            *_conv_bn_relu(32, 32),
-            nn.MaxPool2d(2),
-            *_conv_bn_relu(32, 64),
-            *_conv_bn_relu(64, 64),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * 2 * 2, 128),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.2),
-            nn.Linear(128, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-
-class DemoResNet(nn.Module):
-    """A three-stage ResNet for 1x8x8 digits built from torchvision's own ``BasicBlock``.
-
-    Attribute names follow torchvision's ResNet (conv1/bn1/layer1../fc) so tools that know that
-    layout work on it unchanged; stages run at 8x8, 4x4 and 2x2.
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 64)):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = _stage(widths[0], widths[0], stride=1)
-        self.layer2 = _stage(widths[0], widths[1], stride=2)
-        self.layer3 = _stage(widths[1], widths[2], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[2], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _stage(inplanes: int, planes: int, stride: int) -> nn.Sequential:
-    """One BasicBlock, with a 1x1 conv shortcut whenever the shape changes."""
-    downsample = None
-    if stride != 1 or inplanes != planes:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
-    return nn.Sequential(BasicBlock(inplanes, planes, stride=stride, downsample=downsample))
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoModel:
-    """A bundled demo network: how to build it, where its weights live and what it was trained on."""
-
-    name: str
-    builder: Callable[[], nn.Module]
-    weights_file: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    dataset: str
-
-    @property
-    def weights_path(self) -> Path:
-        return RESOURCES / self.weights_file
-
-    @property
-    def test_top1(self) -> float | None:
-        """Test top-1 (%) recorded by ``scripts/train_demo.py``; ``None`` if not trained yet."""
-        return demo_results().get(self.name, {}).get("test_top1")
-
-
-DEMO_MODELS: dict[str, DemoModel] = {
-    "demo-vgg": DemoModel("demo-vgg", DemoVGG, "demo_vgg.safetensors", (1, 8, 8), 10, "digits"),
-    "demo-resnet": DemoModel("demo-resnet", DemoResNet, "demo_resnet.safetensors", (1, 8, 8), 10, "digits"),
-}
-
-
-def demo_results() -> dict[str, dict]:
-    """The training record of the demo models (empty if the file is missing)."""
-    if not DEMO_RESULTS_FILE.is_file():
-        return {}
-    return json.loads(DEMO_RESULTS_FILE.read_text(encoding="utf-8"))
-
+from snp_engine.exports import FORMAT_KEY, load_exported
+from snp_engine.headers import safetensors_metadata, sniff_format
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    """A ready-to-use model (eval mode, CPU) and what is known about it.
-
-    ``input_shape`` is the (C, H, W) the model expects by default; ``source`` says where the
-    weights came from (a file path, or ``"random init"``).
-    """
-
-    model: nn.Module
-    spec: str
-    arch: str
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    source: str
-
-
 def list_architectures() -> list[str]:
     """Names accepted by :func:`load_model`: the demo models, then torchvision classifiers."""
-    return [*DEMO_MODELS, *(TORCHVISION_PREFIX + n for n in _torchvision_names())]
+    return [*DEMO_MODELS, *(TORCHVISION_PREFIX + n for n in torchvision_names())]
 
 
 def load_model(spec: str, *, trust: bool = False) -> LoadedModel:
@@ -197,17 +89,11 @@ def _load_demo(info: DemoModel) -> LoadedModel:
     return LoadedModel(model.eval(), info.name, info.name, info.num_classes, info.input_shape, str(info.weights_path))
 
 
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
 def _load_torchvision(spec: str, arch: str, path: Path | None, trust: bool) -> LoadedModel:
     """Random init, or the weights in ``path`` with the class count/image size read from them."""
     import torchvision
 
-    names = _torchvision_names()
+    names = torchvision_names()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5) or names[:8]
         raise ModelLoadError(f"unknown torchvision architecture '{arch}'; did you mean: {', '.join(close)}?")
@@ -310,9 +196,7 @@ def _load_file(spec: str, path: Path, trust: bool) -> LoadedModel:
     """
     kind = sniff_format(path)
     if kind == "safetensors":
-        if "snp_format" in _safetensors_metadata(path):
-            from snp_engine.io import load_exported
-
+        if FORMAT_KEY in safetensors_metadata(path):
             return load_exported(path)
         raise _bare_state_dict_error(path)
     if kind == "torchscript":
@@ -335,16 +219,6 @@ def _bare_state_dict_error(path: Path) -> ModelLoadError:
     return ModelLoadError(f"{path} holds bare weights without an architecture; load it as torchvision:ARCH@{path}")
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-
 def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors or PyTorch file (sniffed, whatever its suffix); a state dict may
     sit under state_dict/model."""
@@ -354,7 +228,7 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     if kind == "safetensors":
         from safetensors.torch import load_file
 
-        _safetensors_metadata(path)  # turns a malformed file into a clear error
+        safetensors_metadata(path)  # turns a malformed file into a clear error
         try:
             return _strip_prefix(load_file(str(path)), "module.")
         except Exception as exc:  # safetensors raises its own error types for damaged files
@@ -413,44 +287,6 @@ def _torch_load(path: Path, trust: bool) -> object:
         raise ModelLoadError(f"{path}: could not be unpickled ({type(exc).__name__}: {exc})") from exc
 
 
-def sniff_format(path: Path) -> str:
-    """What a file holds, judged by its first bytes rather than its name.
-
-    One of ``"empty"``, ``"safetensors"``, ``"torchscript"``, ``"zip"`` (a ``torch.save`` archive),
-    ``"damaged-zip"`` (truncated or corrupt archive), ``"pickle"`` (legacy ``torch.save``),
-    ``"numpy"`` or ``"unknown"``. Reading a few bytes is cheap and lets every loader give a message
-    that says what the file really is.
-    """
-    import zipfile
-
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if size == 0:
-        return "empty"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            return "damaged-zip"
-        if any(name.partition("/")[2] == "constants.pkl" for name in names):
-            return "torchscript"
-        return "zip"
-    if head[:6] == b"\x93NUMPY":
-        return "numpy"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        header_size = int.from_bytes(head[:8], "little")
-        if 2 <= header_size <= size - 8:
-            return "safetensors"
-    return "unknown"
-
-
 def _refuse_unreadable(path: Path, kind: str) -> None:
     """One clear sentence for files that are not a PyTorch archive or pickle at all."""
     if kind in ("zip", "pickle"):
@@ -483,21 +319,24 @@ def _load_torchscript(path: Path, trust: bool) -> nn.Module:
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, path: Path) -> None:
     """``load_state_dict(strict=True)`` with a short, readable list of what does not fit."""
-    problems = _state_dict_mismatches(model, state)
+    problems = state_dict_mismatches(model, state)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ModelLoadError(f"{path} does not fit {arch}: {shown}")
     model.load_state_dict(state, strict=True)
 
 
-def _state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Wrong shapes first (most telling when the keys agree), then missing and unexpected keys."""
-    expected = model.state_dict()
-    problems = [
-        f"{k} has shape {tuple(state[k].shape)}, model wants {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
-    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in state.items() if k not in expected]
-    return problems
+__all__ = [
+    "DEMO_MODELS",
+    "DEMO_RESULTS_FILE",
+    "RESOURCES",
+    "TORCHVISION_PREFIX",
+    "DemoModel",
+    "DemoResNet",
+    "DemoVGG",
+    "LoadedModel",
+    "demo_results",
+    "list_architectures",
+    "load_model",
+    "sniff_format",
+]

@@ -14,7 +14,7 @@ import torchvision
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from snp_engine import __version__, api, io
+from snp_engine import __version__, api, exports, io
 from snp_engine.data import TensorImageDataset, load_data
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.models import load_model
@@ -166,7 +166,7 @@ def test_export_verification_failure_writes_nothing(pruned_vgg, tmp_path, monkey
     model = pruned_vgg[2]
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"earlier")
-    real = io.load_exported
+    real = exports.load_exported
 
     def perturbed(path):
         result = real(path)
@@ -174,7 +174,7 @@ def test_export_verification_failure_writes_nothing(pruned_vgg, tmp_path, monkey
             next(result.model.parameters()).add_(1.0)
         return result
 
-    monkeypatch.setattr(io, "load_exported", perturbed)
+    monkeypatch.setattr(exports, "load_exported", perturbed)  # what the verification reloads with
     with pytest.raises(SnpError, match="verification failed"):
         io.export_model(model, target, arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8))
     assert target.read_bytes() == b"earlier" and _temp_files(tmp_path) == []

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from snp_engine import api
+from snp_engine import analysis as analysis_module
+from snp_engine import api, pruning
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.subspace import explained_curve, order_units, subspace_curve
 from tests.engine.helpers import demo_model, digits, outputs, stacked
@@ -135,8 +136,8 @@ def test_reorder_reuses_the_statistics(demo, monkeypatch):
     def no_forward(*_args, **_kwargs):
         raise AssertionError("reorder must not run the model")
 
-    monkeypatch.setattr(api, "collect_moments", no_forward)
-    monkeypatch.setattr(api, "collect_joint_moments", no_forward)
+    monkeypatch.setattr(analysis_module, "collect_moments", no_forward)
+    monkeypatch.setattr(pruning, "collect_joint_moments", no_forward)
     for ordering, curve in [("zca", "variance"), ("variance", "subspace"), ("greedy", "output")]:
         other = analysis.reorder(ordering, curve=curve)
         assert other.ordering == ordering and other.curve_kind == curve

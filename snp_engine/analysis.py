@@ -1,0 +1,398 @@
+"""The analysis: one forward pass of statistics per unit group, then orderings, curves and plans.
+
+    analysis = analyze(model, calibration_dataset)        # streams the data once
+    plan = analysis.plan(variance=0.99)                   # or flops_reduction=… / keep={…}
+
+:func:`analyze` keeps only O(units²) statistics per group; :class:`Analysis` recomputes orderings,
+curves and plans from them without touching the data again, which is what lets the GUI re-plot
+instantly. :func:`save_analysis` / :func:`load_analysis` store the statistics in a file
+(:mod:`snp_engine.statsfile`) so that later runs skip the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from snp_engine.activations import collect_moments, following_norms, model_dtype
+from snp_engine.compensation import consumer_metric, tap_coverage
+from snp_engine.costs import CostModel, build_cost_model
+from snp_engine.errors import AnalysisError, SnpError
+from snp_engine.groups import ExcludedGroup, execution_order, find_groups
+from snp_engine.progress import Reporter, Scaled
+from snp_engine.ratios import keep_for_budget, keep_for_threshold, validate_keep
+from snp_engine.results import GroupAnalysis, Plan
+from snp_engine.runtime import (
+    DEFAULT_BATCH_SIZE,
+    CastImages,
+    batches_of,
+    check_forward,
+    first_example,
+    out_of_memory_as_error,
+    resolve_device,
+)
+from snp_engine.statsfile import StoredAnalysis, read_statistics, write_statistics
+from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, explained_curve, order_units, subspace_curve
+from snp_engine.surgery import producer_l1, weight_taps
+from snp_engine.version import __version__
+
+CURVES = ("variance", "output", "subspace")
+
+
+class Analysis:
+    """The outcome of :func:`analyze`: per-group statistics, orderings and curves, plus a cost model.
+
+    Changing the ordering or the curve kind (``reorder``) reuses the statistics: no forward pass.
+    """
+
+    def __init__(
+        self,
+        groups: list[GroupAnalysis],
+        excluded: list[ExcludedGroup],
+        costs: CostModel,
+        input_shape: tuple[int, ...],
+        *,
+        ordering: str = DEFAULT_ORDERING,
+        curve: str = "variance",
+        seed: int = 0,
+        info: dict | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        if ordering not in ORDERINGS:
+            raise SnpError(f"unknown ordering '{ordering}'; choose one of {', '.join(ORDERINGS)}")
+        if curve not in CURVES:
+            raise SnpError(f"unknown curve '{curve}'; choose one of {', '.join(CURVES)}")
+        self.groups = groups
+        self.excluded = excluded
+        self.costs = costs
+        self.input_shape = tuple(input_shape)
+        self.ordering = ordering
+        self.curve_kind = curve
+        self.seed = seed
+        self.info = dict(info or {})
+        self._compute_orders(reporter or Reporter())
+
+    def _compute_orders(self, reporter: Reporter) -> None:
+        for index, g in enumerate(self.groups):
+            reporter.check()
+            reporter.update(index / max(len(self.groups), 1), f"ordering {g.name} ({g.units} units)")
+            inputs = g.inputs(self.seed)
+            g.order = order_units(self.ordering, inputs)
+            if self.curve_kind == "subspace":
+                curve = subspace_curve(inputs.covariance, g.order)
+            else:
+                metric = g.metric if self.curve_kind == "output" else None
+                curve = explained_curve(inputs.covariance, g.order, metric)
+            g.curve = curve.cpu().numpy()
+        reporter.update(1.0, "orderings done")
+
+    # -- derived views ------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    @property
+    def units(self) -> dict[str, int]:
+        return {g.name: g.units for g in self.groups}
+
+    @property
+    def curves(self) -> dict[str, np.ndarray]:
+        return {g.name: g.curve for g in self.groups}
+
+    def group(self, name: str) -> GroupAnalysis:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def reorder(
+        self, ordering: str | None = None, curve: str | None = None, reporter: Reporter | None = None
+    ) -> Analysis:
+        """A new analysis with another ordering and/or curve kind, from the same statistics."""
+        groups = [replace(g, order=None, curve=None) for g in self.groups]
+        return Analysis(
+            groups,
+            self.excluded,
+            self.costs,
+            self.input_shape,
+            ordering=ordering or self.ordering,
+            curve=curve or self.curve_kind,
+            seed=self.seed,
+            info=self.info,
+            reporter=reporter,
+        )
+
+    def cost(self, keep: Mapping[str, int] | None = None) -> tuple[int, float]:
+        """(parameters, FLOPs as MACs per sample) of the network pruned to ``keep``."""
+        return self.costs.evaluate(keep)
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(
+        self,
+        *,
+        variance: float | None = None,
+        flops_reduction: float | None = None,
+        params_reduction: float | None = None,
+        keep: Mapping[str, int] | None = None,
+        round_to: int = 1,
+        allocation: str = "greedy",
+    ) -> Plan:
+        """Keep counts from exactly one of: a global explained-variance threshold ``variance``
+        (0 < V ≤ 1), a FLOPs or parameter reduction (0 ≤ R < 1), or explicit ``keep`` counts
+        (groups not named keep all their units). A reduction is split across layers greedily by lost
+        explained variance per saved cost (``allocation="greedy"``) or by bisection on one global
+        threshold (``allocation="threshold"``)."""
+        given = [x is not None for x in (variance, flops_reduction, params_reduction, keep)]
+        if sum(given) != 1:
+            raise SnpError("give exactly one of variance, flops_reduction, params_reduction or keep")
+        threshold = None
+        curves = self.curves
+        try:
+            if variance is not None:
+                if not 0 < variance <= 1:
+                    raise SnpError(f"variance threshold must be in (0, 1], got {variance}")
+                threshold = float(variance)
+                counts = keep_for_threshold(curves, threshold, round_to=round_to)
+            elif keep is not None:
+                counts = {**self.units, **validate_keep(keep, self.units)}
+            else:
+                reduction = flops_reduction if flops_reduction is not None else params_reduction
+                if not 0 <= reduction < 1:
+                    raise SnpError(f"reduction must be in [0, 1), got {reduction}")
+                index = 1 if flops_reduction is not None else 0
+                target = self.cost()[index] * (1 - reduction)
+                counts, threshold = keep_for_budget(
+                    curves,
+                    lambda k: self.cost(k)[index],
+                    target,
+                    round_to=round_to,
+                    allocation=allocation,
+                    saving=lambda k, name, new_k: self.costs.saving(k, name, new_k)[index],
+                )
+        except ValueError as exc:
+            raise SnpError(str(exc)) from None
+        return self.plan_for(counts, threshold)
+
+    def plan_for(self, counts: Mapping[str, int], threshold: float | None = None) -> Plan:
+        """A :class:`Plan` for explicit per-group counts (the first ``k`` units of each ordering)."""
+        counts = {name: int(counts.get(name, units)) for name, units in self.units.items()}
+        kept = {g.name: tuple(sorted(int(i) for i in g.order[: counts[g.name]].tolist())) for g in self.groups}
+        params_before, flops_before = self.cost()
+        params_after, flops_after = self.cost(counts)
+        explained = {g.name: float(g.curve[counts[g.name]]) for g in self.groups}
+        return Plan(
+            counts, kept, self.ordering, threshold, params_before, params_after, flops_before, flops_after, explained
+        )
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the statistics (not the model) so later runs skip the forward pass."""
+        save_analysis(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Analysis:
+        """Read statistics written by :meth:`save`; ``kwargs`` as for :func:`load_analysis`."""
+        return load_analysis(path, **kwargs)
+
+    def warnings(self) -> list[str]:
+        """One line per group whose statistics are singular, so the user knows the ridge, not the
+        data, decided part of its ordering (and that more calibration samples would help)."""
+        lines = []
+        for g in self.groups:
+            if not g.regularised:
+                continue
+            if g.samples <= g.units:
+                why = f"{g.samples} calibration samples for {g.units} units"
+                hint = "use more samples"
+            else:
+                why = "dead or duplicate units"
+                hint = "pruning them first is harmless"
+            lines.append(f"{g.name}: singular statistics ({why}), regularised; {hint}")
+        return lines
+
+    def summary(self) -> dict:
+        params, flops = self.cost()
+        return {
+            "ordering": self.ordering,
+            "curve": self.curve_kind,
+            "params": params,
+            "flops": flops,
+            "groups": [
+                {
+                    "name": g.name,
+                    "consumer": g.group.consumer,
+                    "units": g.units,
+                    "layout": g.group.layout,
+                    "samples": g.samples,
+                    "regularised": g.regularised,
+                }
+                for g in self.groups
+            ],
+            "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in self.excluded],
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring
+
+
+def analyze(
+    model: nn.Module,
+    data,
+    *,
+    samples: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = "cpu",
+    ordering: str = DEFAULT_ORDERING,
+    curve: str = "variance",
+    max_positions: int | None = None,
+    seed: int = 0,
+    distributed: bool = False,
+    reporter: Reporter | None = None,
+    info: dict | None = None,
+) -> Analysis:
+    """Stream calibration data through ``model`` once and analyse every prunable unit group.
+
+    ``data`` is a Dataset of (image, label) pairs, a DataLoader or a DataBundle (its calibration
+    split). ``max_positions`` caps the spatial positions sampled per image for conv features.
+    With ``distributed=True`` the statistics are summed over all ``torch.distributed`` processes.
+    """
+    reporter = reporter or Reporter()
+    device = resolve_device(device)
+    loader = batches_of(data, batch_size=batch_size, samples=samples)
+    with out_of_memory_as_error("the analysis", device, batch_size):
+        model = model.to(device).eval()
+        dtype = model_dtype(model)
+        example = first_example(loader, device, dtype)
+        reporter.update(0.0, "finding prunable layers")
+        check_forward(model, example)
+        groups, excluded = find_groups(model, example)
+        if not groups:
+            reasons = "; ".join(f"{e.name}: {e.reason}" for e in excluded[:5])
+            raise AnalysisError(f"no prunable layers found: {reasons}")
+        groups = execution_order(model, groups, example)
+        norms = following_norms(model, [g.consumer for g in groups], example)
+        costs = build_cost_model(model, groups, example)
+        moments, shapes = collect_moments(
+            model,
+            groups,
+            CastImages(loader, dtype),
+            device=device,
+            total_batches=len(loader),
+            max_positions=max_positions,
+            reporter=Scaled(reporter, 0.0, 0.8),
+            seed=seed,
+        )
+        if distributed:
+            for m in moments.values():
+                m.all_reduce()
+        analysed = []
+        for group in groups:
+            consumer = model.get_submodule(group.consumer)
+            coverage = None
+            if group.layout == "conv":
+                coverage = tap_coverage(
+                    consumer.kernel_size, shapes[group.name][1:], consumer.stride, consumer.padding, consumer.dilation
+                )
+            taps = weight_taps(consumer, group)
+            analysed.append(
+                GroupAnalysis(
+                    group,
+                    moments[group.name].to("cpu"),
+                    shapes[group.name],
+                    consumer_metric(taps, coverage).cpu(),
+                    producer_l1(model, group).cpu(),
+                    norms.get(group.consumer),
+                    coverage,
+                )
+            )
+        info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
+        return Analysis(
+            analysed,
+            excluded,
+            costs,
+            tuple(example.shape[1:]),
+            ordering=ordering,
+            curve=curve,
+            seed=seed,
+            info=info,
+            reporter=Scaled(reporter, 0.8, 1.0),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics files
+
+
+def save_analysis(analysis: Analysis, path: str | Path) -> Path:
+    """Write an analysis's statistics so a later run can plan and prune without a forward pass.
+
+    Tensors (moments, consumer metric, filter norms, coverage) go into safetensors; groups, cost
+    model and settings into its JSON header. Orderings and curves are recomputed on loading.
+    """
+    stored = StoredAnalysis(
+        list(analysis.groups),
+        list(analysis.excluded),
+        analysis.costs,
+        tuple(analysis.input_shape),
+        analysis.ordering,
+        analysis.curve_kind,
+        analysis.seed,
+        dict(analysis.info),
+    )
+    return write_statistics(stored, path)
+
+
+def load_analysis(path: str | Path, **kwargs: Any) -> Analysis:
+    """Rebuild an :class:`Analysis` saved by :func:`save_analysis`.
+
+    ``kwargs`` (``ordering``, ``curve``, ``seed``, ``reporter``) override what was stored.
+    """
+    stored = read_statistics(path)
+    options: dict[str, Any] = {"ordering": stored.ordering, "curve": stored.curve, "seed": stored.seed}
+    options.update({k: v for k, v in kwargs.items() if v is not None})
+    return Analysis(
+        list(stored.groups), list(stored.excluded), stored.costs, stored.input_shape, info=stored.info, **options
+    )
+
+
+def check_analysis_fits(analysis: Analysis, model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Refuse statistics that were measured on another network or another input size."""
+    input_shape = tuple(int(s) for s in input_shape)
+    if tuple(analysis.input_shape) != input_shape:
+        raise SnpError(
+            f"the statistics were measured on inputs of shape {tuple(analysis.input_shape)}, "
+            f"but the data now has shape {input_shape}; re-run snp analyze or use --input-size"
+        )
+    example = torch.zeros((1, *input_shape), dtype=model_dtype(model), device=next(model.parameters()).device)
+    found = {(g.name, g.consumer, g.units) for g in find_groups(model, example)[0]}
+    stored = {(g.group.name, g.group.consumer, g.units) for g in analysis.groups}
+    if stored != found:
+        missing = sorted(f"{name} ({units} units)" for name, _, units in stored - found)
+        detail = f"; not in the model: {', '.join(missing[:4])}" if missing else ""
+        raise SnpError(f"the statistics do not belong to this model: its prunable layers differ{detail}")
+    for g in analysis.groups:
+        kernel = getattr(model.get_submodule(g.group.consumer), "kernel_size", None)
+        if g.coverage is not None and kernel is not None and tuple(g.coverage.shape) != tuple(kernel):
+            raise SnpError(
+                f"the statistics do not belong to this model: {g.group.consumer} has a {tuple(kernel)} kernel, "
+                f"the statistics one of {tuple(g.coverage.shape)}"
+            )
+
+
+__all__ = [
+    "CURVES",
+    "Analysis",
+    "GroupAnalysis",
+    "Plan",
+    "analyze",
+    "check_analysis_fits",
+    "load_analysis",
+    "save_analysis",
+]

@@ -1,0 +1,136 @@
+"""Pruning a network to a plan: compensation of each consumer, then physical removal of units.
+
+``prune`` defaults to sequential calibration: groups are pruned front to back and each consumer is
+fitted towards the *dense* network's activations, so compensation also absorbs the error of the
+groups pruned before it. One-shot pruning compensates every consumer from the analysis' dense
+statistics alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from snp_engine.activations import collect_joint_moments, model_dtype
+from snp_engine.analysis import Analysis
+from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction
+from snp_engine.errors import SnpError
+from snp_engine.progress import Reporter, Scaled
+from snp_engine.results import GroupAnalysis, Plan
+from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
+from snp_engine.subspace import OrderingInputs, order_units
+from snp_engine.surgery import apply_reconstruction, drop_columns, remove_units
+
+
+def prune(
+    model: nn.Module,
+    analysis: Analysis,
+    plan: Plan,
+    *,
+    data=None,
+    compensate: bool = True,
+    sequential: bool = True,
+    physical: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int | None = None,
+    device: str | torch.device | None = "cpu",
+    reselect: bool = False,
+    refit_unpruned: bool = False,
+    reporter: Reporter | None = None,
+) -> nn.Module:
+    """A pruned copy of ``model`` (the original is left untouched).
+
+    One-shot (``sequential=False``) compensates every consumer from the dense statistics of the
+    analysis. Sequential (default, needs ``data``) prunes groups front to back, re-measuring each
+    consumer's input on the partly pruned network and fitting it towards the dense network.
+    By default it keeps exactly the units of ``plan`` (what the user saw); ``reselect=True``
+    re-runs the ordering on the partly pruned network's statistics instead. Consumers of groups
+    that keep every unit are left as they are (so pruning only the first group equals one-shot);
+    ``refit_unpruned=True`` refits them too, towards the dense network, once anything upstream
+    was pruned.
+    ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
+    The copy carries ``snp_pruning``: the kept indices per group and the settings used.
+    """
+    reporter = reporter or Reporter()
+    device = resolve_device(device)
+    with out_of_memory_as_error("pruning", device, batch_size):
+        dense = model.to(device).eval()
+        pruned = copy.deepcopy(dense)
+        sequential = sequential and compensate
+        if sequential and data is None:
+            raise SnpError("sequential calibration needs calibration data (or use one-shot)")
+        loader = None
+        if sequential:
+            loader = CastImages(batches_of(data, batch_size=batch_size, samples=samples), model_dtype(dense))
+        kept_now: dict[str, tuple[int, ...]] = {}
+        upstream_pruned = False
+        for index, g in enumerate(analysis.groups):
+            reporter.check()
+            reporter.update(index / len(analysis.groups), f"pruning {g.name}")
+            k = plan.keep.get(g.name, g.units)
+            kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
+            if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
+                step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
+                kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
+            elif k < g.units:
+                if compensate:
+                    cov, mean = g.moments.covariance(), g.moments.mean()
+                    ridge = compensation_ridge(cov, len(kept), g.samples)
+                    mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge)
+                    apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
+                else:
+                    drop_columns(pruned, g.group, kept)
+            kept_now[g.name] = tuple(int(i) for i in kept.tolist())
+            upstream_pruned = upstream_pruned or k < g.units
+        if physical:
+            reporter.update(0.99, "removing units")
+            removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
+            example = torch.zeros((1, *analysis.input_shape), device=device, dtype=model_dtype(pruned))
+            remove_units(pruned, [g.group for g in analysis.groups], removed, example)
+        pruned.snp_pruning = {
+            "kept": {name: list(kept) for name, kept in kept_now.items()},
+            "units": analysis.units,
+            "groups": [g.name for g in analysis.groups],
+            "ordering": analysis.ordering,
+            "threshold": plan.threshold,
+            "compensation": "sequential" if sequential else ("one-shot" if compensate else "none"),
+            "input_shape": list(analysis.input_shape),
+            "physical": physical,
+        }
+        reporter.update(1.0, "pruned")
+        return pruned
+
+
+def _fit_sequential(
+    pruned, dense, g: GroupAnalysis, kept: torch.Tensor | int, analysis: Analysis, loader, device, reporter
+) -> torch.Tensor:
+    """Fit the consumer towards the dense input from the kept units of the partly pruned network.
+
+    ``kept`` is either the indices to keep, or a count: then the units are re-selected with the
+    analysis' ordering on the partly pruned network's covariance.
+    """
+    joint = collect_joint_moments(pruned, dense, g.group, loader, device=device, reporter=reporter)
+    n = g.units
+    cov, mean = joint.covariance().cpu(), joint.mean().cpu()
+    own_cov, cross = cov[:n, :n], cov[n:, :n]
+    if isinstance(kept, int):
+        inputs = OrderingInputs(own_cov, g.metric, g.weight_l1, analysis.seed)
+        kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
+    k = kept.shape[0]
+    prior = torch.zeros(n, k, dtype=cov.dtype)
+    prior[kept, torch.arange(k)] = 1
+    mapping, offset = reconstruction(
+        cross[:, kept],
+        own_cov[kept][:, kept],
+        mean[n:],
+        mean[:n][kept],
+        compensation_ridge(own_cov, k, joint.samples),
+        prior,
+    )
+    apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
+    return kept
+
+
+__all__ = ["prune"]

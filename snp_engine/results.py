@@ -1,0 +1,99 @@
+"""Plain records of what an analysis found and what a plan decides.
+
+:class:`GroupAnalysis` holds one unit group's statistics (and, once ordered, its ordering and
+explained-variance curve); :class:`Plan` holds the keep counts per group, which units they keep
+and what the pruned network costs. They live apart from :mod:`snp_engine.analysis` so that the
+statistics file (:mod:`snp_engine.statsfile`) can build them without importing the analysis.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from snp_engine.groups import UnitGroup
+from snp_engine.statistics import Moments
+from snp_engine.subspace import OrderingInputs
+
+
+@dataclass
+class GroupAnalysis:
+    """Statistics, ordering and explained-variance curve of one unit group."""
+
+    group: UnitGroup
+    moments: Moments
+    input_shape: tuple[int, ...]
+    metric: torch.Tensor  # consumer metric M (n×n)
+    weight_l1: torch.Tensor
+    norm: str | None  # BatchNorm right after the consumer, where constants are folded
+    coverage: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+    curve: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def units(self) -> int:
+        return self.group.units
+
+    @property
+    def samples(self) -> int:
+        return self.moments.samples
+
+    @property
+    def regularised(self) -> bool:
+        """True where the covariance is singular (dead/duplicate units or fewer samples than units),
+        so the ridge, not the data, decides part of the ordering."""
+        return self.samples <= self.units or bool(self.rank_deficient)
+
+    @functools.cached_property
+    def rank_deficient(self) -> bool:
+        cov = self.moments.covariance()
+        scale = float(torch.diagonal(cov).max().clamp_min(1e-300))
+        return bool(torch.linalg.eigvalsh(cov).min() < 1e-10 * scale)
+
+    def inputs(self, seed: int = 0) -> OrderingInputs:
+        return OrderingInputs(self.moments.covariance(), self.metric, self.weight_l1, seed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many units each group keeps, which ones (original indices), and what it costs."""
+
+    keep: dict[str, int]
+    kept: dict[str, tuple[int, ...]]
+    ordering: str
+    threshold: float | None
+    params_before: int
+    params_after: int
+    flops_before: float
+    flops_after: float
+    explained: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flops_reduction(self) -> float:
+        return 1 - self.flops_after / self.flops_before if self.flops_before else 0.0
+
+    @property
+    def params_reduction(self) -> float:
+        return 1 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "keep": self.keep,
+            "ordering": self.ordering,
+            "threshold": self.threshold,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+            "explained": self.explained,
+        }
+
+
+__all__ = ["GroupAnalysis", "Plan"]
