@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_data_args(evaluate)
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="B")
+    evaluate.add_argument(
+        "--eval-data",
+        metavar="D2",
+        help="evaluate on this data instead (its test split, or all of it when it has none)",
+    )
     evaluate.set_defaults(handler=cmd_eval)
 
     finetune = sub.add_parser(

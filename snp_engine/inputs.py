@@ -73,7 +73,13 @@ def resolve_input_shape(
                 f"{name} only takes {height}x{width} inputs (a fixed input size); "
                 f"--input-size {input_size} cannot be used with it"
             )
-        return (channels, input_size, input_size), "--input-size"
+        shape = (channels, input_size, input_size)
+        if rule != ANY and not runs_at(model, shape):
+            raise SnpError(
+                f"the model cannot run on inputs of shape {shape}: {name} was made for {height}x{width} inputs; "
+                "give another --input-size or none"
+            )
+        return shape, "--input-size"
     if rule == FIXED:
         return model_shape, "the model's fixed input size"
     if rule == RECORDED:
@@ -95,7 +101,10 @@ def fit_data(bundle: DataBundle, shape: Shape, reason: str | None) -> FittedData
     channels, height, width = shape
     changes = []
     if bundle.channels != channels:
-        changes.append(f"{bundle.channels} channel repeated to {channels}")
+        if bundle.retarget is not None and channels == 1:
+            changes.append("converted to greyscale")
+        else:
+            changes.append(f"1 channel repeated to {channels} channels")
     if bundle.image_size != (height, width):
         before = _size(bundle.image_size) if bundle.image_size else "mixed sizes"
         changes.append(f"resized {before} -> {height}x{width}" + (f" ({reason})" if reason else ""))

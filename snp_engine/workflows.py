@@ -132,7 +132,7 @@ class DenseCheck:
         return (
             f"the unpruned model scores only {self.top1:.1f}% top-1 on the first {self.samples} calibration images "
             f"(chance: {self.chance:.1f}%): the preprocessing, normalisation or input size probably differs from "
-            "its training (see --input-size); pruning results will not mean much"
+            "its training (see --input-size); accuracies and pruning results will not mean much"
         )
 
 
@@ -147,10 +147,7 @@ class Prepared:
     notes: tuple[str, ...] = ()  # what was adapted, one line each
     warnings: tuple[str, ...] = ()
     dense: DenseCheck | None = None
-
-    @property
-    def evaluation_label(self) -> str:
-        return self.evaluation.evaluation_label if self.evaluation is not None else "no data"
+    evaluation_label: str = "no data"
 
     @property
     def messages(self) -> tuple[str, ...]:
@@ -265,11 +262,13 @@ def prepare(
     check_runs(loaded.model, fitted.shape)
     notes = [fitted.note] if fitted.note else []
     evaluation = fitted.bundle
+    label = evaluation.evaluation_label
     warnings = _skipped(bundle)
     if eval_data is not None:
         other = eval_data if isinstance(eval_data, DataBundle) else open_data(eval_data, seed=seed)
         fitted_eval = fit_data(other, fitted.shape, "the calibration data's input size")
         evaluation = fitted_eval.bundle
+        label = evaluation.evaluation_label if evaluation.held_out else f"the evaluation data {evaluation.name}"
         notes += [fitted_eval.note] if fitted_eval.note else []
         warnings += _skipped(other)
     warnings += class_warnings(loaded, evaluation, require=require_labels)
@@ -282,7 +281,7 @@ def prepare(
         if dense is not None and dense.warning():
             warnings.append(dense.warning())
     reporter.update(1.0, "ready")
-    return Prepared(loaded, fitted.bundle, evaluation, fitted.shape, tuple(notes), tuple(warnings), dense)
+    return Prepared(loaded, fitted.bundle, evaluation, fitted.shape, tuple(notes), tuple(warnings), dense, label)
 
 
 def _skipped(bundle: DataBundle) -> list[str]:
@@ -488,7 +487,7 @@ def compare(
         params_after,
         flops_before,
         flops_after,
-        evaluation.evaluation_label,
+        prepared.evaluation_label,
         *times,
     )
 

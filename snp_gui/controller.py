@@ -7,16 +7,16 @@ listen to its signals; they never call the engine themselves.
 
 from __future__ import annotations
 
-import sys
-import traceback
-
 import torch
 from PySide6.QtCore import QObject, Signal
 
-from snp_engine.api import Analysis, Plan, analyze
-from snp_engine.data import DataBundle, adapt_to_model, load_data
-from snp_engine.errors import ModelLoadError, SnpError
-from snp_engine.models import LoadedModel, load_model
+from snp_engine import workflows
+from snp_engine.api import Analysis, Plan
+from snp_engine.data import DataBundle
+from snp_engine.errors import SnpError
+from snp_engine.metrics import Scores
+from snp_engine.models import LoadedModel
+from snp_engine.workflows import AnalysisOptions, Prepared
 from snp_gui import workers
 from snp_gui.settings import Options, default_device
 from snp_gui.workers import FINISHED, Task, TaskRunner
@@ -27,6 +27,7 @@ class Controller(QObject):
 
     modelChanged = Signal(object)  # LoadedModel
     dataChanged = Signal(object)  # DataBundle
+    preparedChanged = Signal(object)  # Prepared (data fitted to the model, notes, warnings, dense check) or None
     analysisChanged = Signal(object)  # Analysis or None: new curves
     keepChanged = Signal(dict, bool)  # keep counts, final (False while a marker is dragged)
     metricsChanged = Signal(dict)
@@ -52,8 +53,8 @@ class Controller(QObject):
         self.metrics: dict = {}
         self.stale = False
         self._pruned: tuple[tuple, torch.nn.Module, int] | None = None  # job key, network, fine-tuned epochs
-        self._baseline: tuple[tuple, dict] | None = None
-        self._adapted: tuple[tuple, DataBundle] | None = None
+        self._baseline: tuple[tuple, Scores] | None = None
+        self._prepared: tuple[tuple, Prepared] | None = None
         self.sweep_results: dict[str, dict[float, float]] = {}
 
     # -- loading ----------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class Controller(QObject):
         self.runner.submit(
             Task(
                 "load model",
-                lambda: lambda reporter: _load_model(spec, trust, reporter),
+                lambda: lambda reporter: workflows.load_model(spec, trust=trust, reporter=reporter),
                 on_finished=lambda loaded: self._set_model(loaded, trust),
             )
         )
@@ -74,67 +75,91 @@ class Controller(QObject):
         self.model, self.model_trusted = loaded, trust
         self._reset_analysis()
         self.modelChanged.emit(loaded)
-        if self.data is not None and self.data_spec and _is_folder(self.data_spec):
-            channels, *size = loaded.input_shape
-            if (self.data.channels, tuple(self.data.image_size or ())) != (channels, tuple(size)):
-                self.load_data(self.data_spec)  # decode the images again for this model's input
         self.message.emit(f"Loaded {loaded.arch} ({loaded.num_classes} classes, input {_shape(loaded.input_shape)})")
+        self.check_data()
 
     def load_data(self, spec: str) -> None:
-        spec, size = spec.strip(), self.options.input_size or None
+        spec = spec.strip()
         if not spec:
             self.errorOccurred.emit("load data", "choose a dataset first")
             return
-
-        def prepare():
-            if not _is_folder(spec):
-                return lambda reporter: load_data(spec)
-            # folder images are decoded to the model's channels and size; without a model, RGB at 224 px
-            channels, folder_size = (self.model.input_shape[0], self.model.input_shape[-1]) if self.model else (3, 224)
-            return lambda reporter: load_data(spec, input_size=size or folder_size, channels=channels)
-
-        self.runner.submit(Task("load data", prepare, on_finished=lambda bundle: self._set_data(spec, bundle)))
+        self.runner.submit(
+            Task(
+                "load data",
+                lambda: lambda reporter: workflows.open_data(spec),
+                on_finished=lambda bundle: self._set_data(spec, bundle),
+            )
+        )
 
     def _set_data(self, spec: str, bundle: DataBundle) -> None:
         self.data, self.data_spec = bundle, spec
         self._baseline = None
         self.dataChanged.emit(bundle)
         skipped = f", {bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
-        self.message.emit(
-            f"Loaded data {bundle.name}: {len(bundle.calibration)} calibration / "
-            f"{len(bundle.test)} test images{skipped}"
+        use = (
+            f"{len(bundle.calibration)} calibration / {len(bundle.test)} test images"
+            if bundle.held_out
+            else f"{len(bundle.calibration)} images (calibration and evaluation)"
         )
+        self.message.emit(f"Loaded data {bundle.name}: {use}{skipped}")
+        self.check_data()
 
-    def model_data(self) -> DataBundle:
-        """The data adapted to the model's input (channels, size); a clear error when it cannot be."""
+    def _prepared_key(self) -> tuple:
+        return (id(self.model), id(self.data), self.options.input_size or None)
+
+    def check_data(self) -> None:
+        """Fit the data to the model and score the unpruned model on it (in the background); the
+        data panel shows what was adapted and any warning, e.g. near-chance accuracy."""
+        if self.model is None or self.data is None:
+            self.preparedChanged.emit(None)
+            return
+
+        def prepare():
+            key, model, data, opts = self._prepared_key(), self.model, self.data, self.options.copy()
+
+            def run(reporter):
+                prepared = workflows.prepare(
+                    model, data, input_size=opts.input_size or None, device=opts.device, reporter=reporter
+                )
+                return key, prepared
+
+            return run
+
+        self.runner.submit(Task("check data", prepare, on_finished=self._set_prepared))
+
+    def _set_prepared(self, result: tuple[tuple, Prepared]) -> None:
+        key, prepared = result
+        if key != self._prepared_key():
+            return  # the model, data or input size changed meanwhile; a newer check is queued
+        self._prepared = result
+        self.preparedChanged.emit(prepared)
+        for warning in prepared.warnings:
+            self.message.emit(f"Warning: {warning}")
+
+    def prepared(self) -> Prepared:
+        """The model and data fitted to each other (the checked result when it is there)."""
         if self.model is None:
             raise SnpError("load a model first")
         if self.data is None:
             raise SnpError("load a dataset first")
-        channels, *size = self.model.input_shape
-        key = (id(self.data), channels, tuple(size))
-        if self._adapted is None or self._adapted[0] != key:  # reuse it, so cached baselines stay valid
-            self._adapted = (key, adapt_to_model(self.data, channels, tuple(size)))
-        bundle = self._adapted[1]
-        if bundle.num_classes and bundle.num_classes > self.model.num_classes:
-            raise SnpError(f"the data has {bundle.num_classes} classes but the model only {self.model.num_classes}")
-        return bundle
+        key = self._prepared_key()
+        if self._prepared is None or self._prepared[0] != key:  # reuse it, so cached baselines stay valid
+            input_size = self.options.input_size or None
+            self._prepared = (key, workflows.prepare(self.model, self.data, input_size=input_size, dense_check=False))
+        return self._prepared[1]
+
+    def model_data(self) -> DataBundle:
+        """The calibration data adapted to the model's input (channels, size)."""
+        return self.prepared().require_data()
 
     # -- analysis ---------------------------------------------------------------------------------
     def analyse(self) -> None:
         def prepare():
-            model, bundle, opts = self.model, self.model_data(), self.options.copy()
-            return lambda reporter: analyze(
-                model.model,
-                bundle,
-                samples=opts.samples,
-                batch_size=opts.batch_size,
-                device=opts.device,
-                ordering=opts.ordering,
-                curve=opts.curve,
-                reporter=reporter,
-                info={"model": model.spec},
+            prepared, opts = self.prepared(), self.options.copy()
+            options = AnalysisOptions(
+                samples=opts.samples, batch_size=opts.batch_size, ordering=opts.ordering, curve=opts.curve
             )
+            return lambda reporter: workflows.analyse(prepared, options, device=opts.device, reporter=reporter)
 
         self.runner.submit(Task("analysis", prepare, on_finished=self.set_analysis))
 
@@ -317,7 +342,7 @@ class Controller(QObject):
         """A snapshot of everything a prune needs, taken in the GUI thread."""
         if self.analysis is None or self.model is None:
             raise SnpError("run an analysis first")
-        return workers.PruneJob(self.model, self.model_data(), self.analysis, self.plan(), self.options.copy())
+        return workers.PruneJob(self.prepared(), self.analysis, self.plan(), self.options.copy())
 
     # -- running ----------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -339,23 +364,6 @@ class Controller(QObject):
 
 
 _PLAN_KEYS = {"variance": "variance", "flops": "flops_reduction", "params": "params_reduction"}
-
-
-def _load_model(spec: str, trust: bool, reporter) -> LoadedModel:
-    reporter.update(0.0, f"loading {spec}")
-    try:
-        return load_model(spec, trust=trust)
-    except SnpError:
-        raise
-    except Exception as exc:  # readers of damaged files fail in many ways; all mean "not a usable model"
-        traceback.print_exc(file=sys.stderr)
-        raise ModelLoadError(f"{spec}: could not be read as a model ({type(exc).__name__}: {exc})") from None
-
-
-def _is_folder(spec: str) -> bool:
-    from pathlib import Path
-
-    return Path(spec).is_dir()
 
 
 def _shape(shape) -> str:

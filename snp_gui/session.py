@@ -128,12 +128,12 @@ def restore(controller: Controller, path: str | Path, session: SessionData, trus
     stats = Path(path).with_name(session.statistics)
 
     def prepare():
-        model, data, opts = controller.model, controller.model_data(), controller.options
+        prepared, opts = controller.prepared(), controller.options
 
         def load(reporter):
             reporter.update(0.0, f"reading {stats.name}")
             analysis = Analysis.load(stats, ordering=opts.ordering, curve=opts.curve, reporter=reporter)
-            check_analysis_fits(analysis, model.model, tuple(data.calibration[0][0].shape))
+            check_analysis_fits(analysis, prepared.model.model, prepared.input_shape)
             return analysis
 
         return load

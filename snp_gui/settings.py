@@ -98,7 +98,7 @@ class Options:
 
     samples: int = 256
     batch_size: int = 64
-    input_size: int = 0  # folder images: 0 means the model's own input size
+    input_size: int = 0  # 0: the one input-size rule decides (snp_engine.inputs)
     device: str = "cpu"
     ordering: str = DEFAULT_ORDERING
     curve: str = "variance"

@@ -8,8 +8,6 @@ the engine polls between batches, so a run stops within about one batch.
 
 from __future__ import annotations
 
-import copy
-import statistics
 import sys
 import threading
 import time
@@ -19,18 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 from torch import nn
-from torch.utils.data import DataLoader
 
-from snp_engine.api import Analysis, Plan, evaluate, fidelity, prune
-from snp_engine.data import DataBundle, make_loader
+from snp_engine import workflows
+from snp_engine.api import Analysis, Plan
 from snp_engine.errors import SnpError
-from snp_engine.latency import measure_latency
-from snp_engine.models import LoadedModel
+from snp_engine.metrics import Scores
 from snp_engine.progress import Cancelled, Reporter, Scaled
-from snp_engine.training import train
+from snp_engine.workflows import Prepared
 from snp_gui.settings import Options
 
 FINISHED, FAILED, CANCELLED = "finished", "failed", "cancelled"
@@ -250,15 +245,15 @@ class TaskRunner(QObject):
 
 
 # ----------------------------------------------------------------------------------------------
-# Task bodies. They run in the worker thread, so they only see the snapshot they were given.
+# Task bodies. They run in the worker thread, so they only see the snapshot they were given; the
+# work itself is snp_engine.workflows, the same functions the command line calls.
 
 
 @dataclass(frozen=True)
 class PruneJob:
     """Everything a prune needs, captured in the GUI thread when the task starts."""
 
-    model: LoadedModel
-    data: DataBundle
+    prepared: Prepared
     analysis: Analysis
     plan: Plan
     options: Options
@@ -274,12 +269,12 @@ class PruneJob:
             o.compensation,
             o.samples,
             o.batch_size,
-            id(self.data.calibration),
+            id(self.prepared.data.calibration),
         )
 
     @property
     def baseline_key(self) -> tuple:
-        return (id(self.model.model), id(self.data.test), self.options.device)
+        return (id(self.prepared.model.model), id(self.prepared.evaluation.test), self.options.device)
 
 
 def prune_for(
@@ -287,13 +282,11 @@ def prune_for(
 ) -> nn.Module:
     """The pruned copy of the job's model with the chosen compensation."""
     o = job.options
-    return prune(
-        job.model.model,
+    return workflows.prune(
+        job.prepared,
         analysis or job.analysis,
         plan or job.plan,
-        data=job.data,
-        compensate=o.compensation != "none",
-        sequential=o.compensation == "sequential",
+        compensation=o.compensation,
         physical=physical,
         batch_size=o.batch_size,
         samples=o.samples,
@@ -302,58 +295,18 @@ def prune_for(
     )
 
 
-LATENCY_ROUNDS = 3
-
-
-def _latencies(dense: nn.Module, pruned: nn.Module, job: PruneJob, reporter: Reporter) -> tuple[float, float]:
-    """Median per-pass time (ms) of both networks, timed in alternating rounds so that whatever else
-    the machine is doing at the moment affects both alike."""
-    o = job.options
-    times: tuple[list[float], list[float]] = ([], [])
-    repeats = max(1, o.latency_repeats // LATENCY_ROUNDS)
-    for round_index in range(LATENCY_ROUNDS):
-        for net, found in zip((dense, pruned), times, strict=True):
-            reporter.check()
-            result = measure_latency(
-                net,
-                job.analysis.input_shape,
-                o.device,
-                batch_size=o.latency_batch,
-                warmup=3 if round_index == 0 else 1,
-                repeats=repeats,
-            )
-            found.append(result["ms_mean"])
-        reporter.update((round_index + 1) / LATENCY_ROUNDS, "timing both networks")
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def evaluate_plan(job: PruneJob, baseline: dict | None, pruned: nn.Module | None, reporter: Reporter) -> dict:
+def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: nn.Module | None, reporter: Reporter) -> dict:
     """Prune (unless ``pruned`` is given), then top-1/top-5, output fidelity and latency of the original and
-    the pruned network; ``baseline`` holds the original's accuracy when it is already known."""
+    the pruned network; ``baseline`` holds the original's scores when they are already known."""
     o = job.options
     if pruned is None:
         pruned = prune_for(job, Scaled(reporter, 0.0, 0.5))
-    if baseline is None:
-        reporter.update(0.5, "scoring the original network")
-        baseline = evaluate(job.model.model, job.data, device=o.device, reporter=Scaled(reporter, 0.5, 0.65))
-    reporter.update(0.65, "scoring the pruned network")
-    after = evaluate(pruned, job.data, device=o.device, reporter=Scaled(reporter, 0.65, 0.8))
-    reporter.check()
-    error = fidelity(job.model.model, pruned, job.data, device=o.device)
-    before_ms, after_ms = _latencies(job.model.model, pruned, job, Scaled(reporter, 0.85, 1.0))
-    metrics = {
-        "top1_before": baseline["top1"],
-        "top1_after": after["top1"],
-        "top5_before": baseline["top5"],
-        "top5_after": after["top5"],
-        "fidelity": error,
-        "latency_before_ms": before_ms,
-        "latency_after_ms": after_ms,
-        "latency_batch": o.latency_batch,
-        "device": o.device,
-    }
-    reporter.update(1.0, "evaluated")
-    return {"pruned": pruned, "baseline": baseline, "metrics": metrics, "keys": (job.key, job.baseline_key)}
+    latency = {"batch_size": o.latency_batch, "repeats": o.latency_repeats}
+    comparison = workflows.compare(
+        job.prepared, pruned, device=o.device, baseline=baseline, latency=latency, reporter=Scaled(reporter, 0.5, 1.0)
+    )
+    metrics = {**comparison.metrics(), "latency_batch": o.latency_batch, "device": o.device}
+    return {"pruned": pruned, "baseline": comparison.before, "metrics": metrics, "keys": (job.key, job.baseline_key)}
 
 
 def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
@@ -362,51 +315,22 @@ def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Repor
     Each point is handed over as soon as it is measured, so the plot fills in while it runs.
     """
     o = job.options
-    dense = evaluate(job.model.model, job.data, device=o.device)["top1"]
-    orderings = list(dict.fromkeys([job.analysis.ordering, baseline]))
-    steps, done, results = len(orderings) * len(reductions), 0, {}
-    for ordering in orderings:
-        analysis = job.analysis if ordering == job.analysis.ordering else job.analysis.reorder(ordering)
-        label = f"SNP ({ordering})" if ordering == job.analysis.ordering else f"{ordering} (baseline)"
-        reporter.partial((label, 0.0, dense))
-        for reduction in reductions:
-            reporter.check()
-            part = Scaled(reporter, done / steps, (done + 1) / steps)
-            pruned = prune_for(job, part, analysis, analysis.plan(flops_reduction=reduction), physical=False)
-            top1 = evaluate(pruned, job.data, device=o.device)["top1"]
-            results[(label, reduction)] = top1
-            reporter.partial((label, reduction, top1))
-            done += 1
-    return results
+    return workflows.sweep(
+        job.prepared,
+        job.analysis,
+        reductions,
+        baseline=baseline,
+        compensation=o.compensation,
+        batch_size=o.batch_size,
+        samples=o.samples,
+        device=o.device,
+        on_point=lambda *point: reporter.partial(point),
+        reporter=reporter,
+    )
 
 
-class _EpochEnd:
-    """Wraps a training loader and measures the test split whenever an epoch has gone through it."""
-
-    def __init__(self, loader: DataLoader, on_epoch_end: Callable[[], None]) -> None:
-        self.loader, self.on_epoch_end = loader, on_epoch_end
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        yield from self.loader
-        self.on_epoch_end()
-
-
-def _test_numbers(model: nn.Module, loader: DataLoader, device: str) -> dict[str, float]:
-    """Top-1 (%) and mean cross-entropy on ``loader``; the model's train/eval mode is restored."""
-    was_training, correct, loss, seen = model.training, 0, 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for images, labels in loader:
-            logits = model(images.to(device)).float()
-            labels = labels.to(device)
-            loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += int(labels.shape[0])
-    model.train(was_training)
-    return {"test top-1 %": 100.0 * correct / max(seen, 1), "test loss": loss / max(seen, 1)}
+def _history_point(found: Scores) -> dict[str, float]:
+    return {"test top-1 %": found.top1, "test loss": found.loss}
 
 
 def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, reporter: Reporter) -> dict:
@@ -414,64 +338,56 @@ def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, re
     o = job.options
     if pruned is None:
         pruned = prune_for(job, Scaled(reporter, 0.0, 0.2))
-    model = copy.deepcopy(pruned)  # a cancelled run must not leave half-trained weights behind
-    train_set = job.data.train if job.data.train is not None else job.data.calibration
-    loader = make_loader(train_set, o.batch_size, shuffle=True)
-    test_loader = make_loader(job.data.test, 256)
-    epoch = [0]
-
-    def epoch_end() -> None:
-        epoch[0] += 1
-        reporter.partial((epoch[0], _test_numbers(model, test_loader, o.device)))
-
-    model.to(o.device)
-    reporter.partial((0, _test_numbers(model, test_loader, o.device)))
-    history = train(
-        model, _EpochEnd(loader, epoch_end), epochs=epochs, lr=lr, device=o.device, reporter=Scaled(reporter, 0.2, 0.95)
+    tuned = workflows.finetune(
+        job.prepared,
+        pruned,
+        epochs=epochs,
+        lr=lr,
+        batch_size=o.batch_size,
+        device=o.device,
+        on_epoch=lambda epoch, found: reporter.partial((epoch, _history_point(found))),
+        reporter=Scaled(reporter, 0.2, 1.0),
     )
-    scores = evaluate(model, job.data, device=o.device)
     # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
-    metrics = {"top1_after": scores["top1"], "top5_after": scores["top5"], "fidelity": None}
-    return {"model": model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": history}
+    metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}
+    return {"model": tuned.model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
 
 
 def export(
-    job: PruneJob, pruned: nn.Module | None, metrics: dict, path: str, torchscript: bool, onnx: bool, reporter: Reporter
+    job: PruneJob,
+    pruned: nn.Module | None,
+    metrics: dict,
+    path: str,
+    torchscript: bool,
+    onnx: bool,
+    reporter: Reporter,
 ) -> list[Path]:
     """Write the pruned network (and optional deployment copies); each file is verified on reload."""
-    from snp_engine.io import export_model, export_onnx, export_torchscript
-
     o = job.options
     if pruned is None:
         pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
     reporter.check()
     reporter.update(0.6, "writing and verifying the snp file")
+    prepared = job.prepared
     settings = {
         "ordering": job.analysis.ordering,
         "curve": job.analysis.curve_kind,
         "compensation": o.compensation,
         "samples": o.samples,
-        "model": job.model.spec,
-        "data": job.data.name,
+        "model": prepared.model.spec,
+        "data": prepared.require_data().name,
+        "threshold": job.plan.threshold,
+        "input_shape": list(prepared.input_shape),
     }
     target = Path(path)
-    written = [
-        export_model(
-            pruned,
-            target,
-            arch=job.model.arch,
-            num_classes=job.model.num_classes,
-            input_shape=job.analysis.input_shape,
-            settings=settings,
-            metrics=metrics,
-        )
-    ]
-    example = torch.randn((1, *job.analysis.input_shape))
-    if torchscript:
-        reporter.update(0.75, "writing TorchScript")
-        written.append(export_torchscript(pruned, target.with_suffix(".pt"), example))
-    if onnx:
-        reporter.update(0.9, "writing ONNX")
-        written.append(export_onnx(pruned, target.with_suffix(".onnx"), example))
-    reporter.update(1.0, "exported")
-    return written
+    written = workflows.export(
+        prepared,
+        pruned,
+        target,
+        settings=settings,
+        metrics=metrics,
+        torchscript=target.with_suffix(".pt") if torchscript else None,
+        onnx=target.with_suffix(".onnx") if onnx else None,
+        reporter=Scaled(reporter, 0.6, 1.0),
+    )
+    return list(written.values())

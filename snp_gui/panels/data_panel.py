@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QSpinBox, QWidget
 
 from snp_engine.data import DATASETS, DataBundle
+from snp_engine.workflows import Prepared
 from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 
 KINDS = (
@@ -54,10 +55,10 @@ class DataPanel(QGroupBox):
             0,
             2048,
             0,
-            "Side length, in pixels, that folder images are resized and cropped to. "
-            "'model' uses the size the network expects.",
+            "Side length, in pixels, the images are fed to the network at. 'auto': the data's own size "
+            "for networks that take any size, else the size the network expects.",
         )
-        self.input_size.setSpecialValueText("model")
+        self.input_size.setSpecialValueText("auto")
         self.input_size.setSuffix(" px")
         for spin in (self.samples, self.batch_size, self.input_size):
             spin.valueChanged.connect(lambda _value: self.optionsChanged.emit())
@@ -75,6 +76,12 @@ class DataPanel(QGroupBox):
         form.addRow("Input size", self.input_size)
         form.addRow(self.load_button)
         form.addRow(self.info)
+        self.fit = QLabel()
+        self.fit.setWordWrap(True)
+        self.fit.hide()
+        self.banner = _banner()
+        form.addRow(self.fit)
+        form.addRow(self.banner)
         self._kind_changed()
 
     def _kind_changed(self, _index: int = 0) -> None:
@@ -83,7 +90,6 @@ class DataPanel(QGroupBox):
         self.path.mode = "folder" if kind == "folder" else "file"
         self.path.file_filter = "NumPy archive (*.npz);;All files (*)"
         self.path.edit.setPlaceholderText("image folder" if kind == "folder" else ".npz file")
-        self.input_size.setEnabled(kind == "folder")
 
     def current(self) -> str:
         kind = self.kind.currentData()
@@ -119,24 +125,52 @@ class DataPanel(QGroupBox):
             spin.setValue(int(value))
             spin.blockSignals(False)
 
-    def show_loaded(self, bundle: DataBundle | None, model_input: tuple[int, ...] | None = None) -> None:
-        """Describe the loaded data; ``model_input`` (C, H, W) adds a note when images will be adapted."""
+    def show_loaded(self, bundle: DataBundle | None) -> None:
+        """Describe the loaded data (what the model makes of it follows in :meth:`show_prepared`)."""
+        self.show_prepared(None)
         if bundle is None:
             self.info.setText("No data loaded")
             return
         name = bundle.name if bundle.name == "digits" else Path(bundle.name).name
         train = f"{len(bundle.train)} train · " if bundle.train is not None else ""
-        size = "×".join(map(str, bundle.image_size)) if bundle.image_size else "?"
+        size = "×".join(map(str, bundle.image_size)) if bundle.image_size else "mixed sizes"
         skipped = f"<br>{bundle.skipped} unreadable file(s) skipped" if bundle.skipped else ""
-        shape = (bundle.channels, *(bundle.image_size or ()))
-        adapted = ""
-        if model_input is not None and tuple(model_input) != shape:
-            adapted = f"<br>fed to the model as {'×'.join(map(str, model_input))}"
+        if bundle.held_out:
+            use = f"{len(bundle.calibration)} calibration · {len(bundle.test)} test"
+        else:
+            use = f"{len(bundle.calibration)} images, used whole (no held-out test split)"
         self.info.setText(
-            f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>"
-            f"{train}{len(bundle.calibration)} calibration · {len(bundle.test)} test{skipped}{adapted}"
+            f"<b>{name}</b> · {bundle.num_classes or '?'} classes · {bundle.channels}×{size}<br>{train}{use}{skipped}"
         )
         self.info.setToolTip(bundle.name)
+
+    def show_prepared(self, prepared: Prepared | None) -> None:
+        """What was adapted for the model, the unpruned model's accuracy on the data, and any warning."""
+        if prepared is None:
+            self.banner.hide()
+            self.fit.setText("")
+            self.fit.hide()
+            return
+        lines = [f"fed to the model as {'×'.join(map(str, prepared.input_shape))}"]
+        lines += [note.partition(": ")[2] or note for note in prepared.notes]
+        if prepared.dense is not None:
+            lines.append(
+                f"unpruned top-1 {prepared.dense.top1:.1f} % on the first {prepared.dense.samples} images "
+                f"(chance {prepared.dense.chance:.1f} %)"
+            )
+        self.fit.setText("<br>".join(lines))
+        self.fit.show()
+        self.banner.setText("<br>".join(f"⚠ {w}" for w in prepared.warnings))
+        self.banner.setVisible(bool(prepared.warnings))
+
+
+def _banner() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setObjectName("dataWarning")
+    label.setStyleSheet("QLabel#dataWarning { background: #fff3cd; color: #664d03; padding: 4px; border-radius: 3px; }")
+    label.hide()
+    return label
 
 
 def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snp_engine.api import Analysis
@@ -26,6 +25,7 @@ def _controller_to_widgets(w: MainWindow) -> None:
     c = w.controller
     c.modelChanged.connect(lambda loaded: _model_loaded(w, loaded))
     c.dataChanged.connect(lambda bundle: _data_loaded(w, bundle))
+    c.preparedChanged.connect(lambda prepared: w.data_panel.show_prepared(prepared))
     c.analysisChanged.connect(lambda analysis: _analysis_changed(w, analysis))
     c.keepChanged.connect(lambda keep, final: _keep_changed(w, keep))
     c.metricsChanged.connect(w.summary.set_metrics)
@@ -74,14 +74,14 @@ def _progress(w: MainWindow) -> None:
 
 def _model_loaded(w: MainWindow, loaded: LoadedModel) -> None:
     w.model_panel.show_loaded(loaded)
-    w.data_panel.show_loaded(w.controller.data, loaded.input_shape)
+    w.data_panel.show_loaded(w.controller.data)
     w.settings.add_recent("models", loaded.spec)
     w.refresh_recent()
     w.setWindowTitle(f"snp — {loaded.arch}")
 
 
 def _data_loaded(w: MainWindow, bundle) -> None:
-    w.data_panel.show_loaded(bundle, w.controller.model.input_shape if w.controller.model else None)
+    w.data_panel.show_loaded(bundle)
     if w.controller.data_spec:
         w.settings.add_recent("data", w.controller.data_spec)
         w.refresh_recent()
@@ -158,8 +158,8 @@ def _data_options(w: MainWindow) -> None:
     old_size = c.options.input_size
     for key, value in w.data_panel.values().items():
         setattr(c.options, key, value)
-    if c.options.input_size != old_size and c.data_spec and Path(c.data_spec).is_dir():
-        c.load_data(c.data_spec)  # folder images are decoded at that size, so read them again
+    if c.options.input_size != old_size:
+        c.check_data()  # fit the data to the new input size and check the model on it again
 
 
 def _option_changed(w: MainWindow, key: str, value: str) -> None:

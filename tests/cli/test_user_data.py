@@ -181,11 +181,6 @@ def test_prune_user_model_on_its_own_calibration_npz(user_model, tmp_path):
     assert result["flops_after"] < 0.55 * result["flops_before"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snp eval has no --eval-data option (prune and finetune have one): argparse rejects "
-    "'eval --data npz:calib.npz --eval-data npz:heldout.npz' with 'unrecognized arguments', exit 2",
-)
 def test_eval_with_eval_data_scores_the_held_out_file(user_model):
     result = run_json(
         "eval",
@@ -236,13 +231,6 @@ def test_prune_eval_data_accuracies_are_on_the_held_out_file(user_model, pruned_
     assert result["dense_check"]["samples"] == CALIB_SAMPLES  # the dense check stays on the calibration data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --eval-data npz:heldout.npz (an x/y file) the JSON eval_data and the text say "
-    "'the calibration data npz:...heldout.npz (no held-out split)', although that file is the held-out "
-    "data the user gave and was not used for calibration (DataBundle.evaluation_label of the eval bundle; "
-    "finetune --eval-data says the same)",
-)
 def test_prune_eval_data_is_not_labelled_as_calibration_data(pruned_with_eval_data):
     assert "calibration" not in pruned_with_eval_data["eval_data"]
 
@@ -312,12 +300,6 @@ def test_eval_demo_vgg_on_every_data_source(source, tmp_path):
         assert result["notes"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an RGB image folder fed to the 1-channel demo-vgg is converted to greyscale (folder decoding "
-    "uses transforms.Grayscale), but the note says '3 channel repeated to 1' (inputs.fit_data words every "
-    "channel change as a repetition)",
-)
 def test_rgb_folder_into_grey_model_note_says_greyscale(tmp_path):
     root = image_folder(tmp_path / "rgb12", size=(12, 12), mode="RGB", classes=3, per_class=2, seed=1)
     notes = run_json("eval", "--model", "demo-vgg", "--data", str(root))["notes"]
