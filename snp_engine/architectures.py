@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -132,8 +133,6 @@ def demo_results() -> dict[str, dict]:
 
 def torchvision_names() -> list[str]:
     """The classification architectures of the installed torchvision, sorted."""
-    import torchvision
-
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -219,8 +218,6 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any], path: Path) -> nn.M
             kwargs["widths"] = tuple(kwargs["widths"])
         builder = DEMO_MODELS[arch].builder
     elif arch.startswith(TORCHVISION_PREFIX):
-        import torchvision
-
         name = arch.removeprefix(TORCHVISION_PREFIX)
         if name not in torchvision_names():
             raise ModelLoadError(f"{path}: base architecture '{arch}' is not available in this torchvision")

@@ -88,6 +88,7 @@ def export_model(
     path = Path(path)
     input_shape = tuple(int(s) for s in input_shape)
     check_exportable(arch)
+    _check_input_shape(input_shape)
     earlier = getattr(model, "snp_metadata", None) or {}
     if arch_kwargs is None and earlier.get("arch") == arch and earlier.get("num_classes") == num_classes:
         arch_kwargs = earlier.get("arch_kwargs")
@@ -129,6 +130,15 @@ def export_model(
         reporter.update(1.0, f"written {path.name}")
 
     return atomic_write(path, write)
+
+
+def _check_input_shape(shape: tuple[int, ...]) -> None:
+    """Refuse to write an input shape that :func:`load_exported` would refuse to read."""
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > MAX_INPUT_SIDE or math.prod(shape) > MAX_INPUT_VALUES:
+        raise SnpError(
+            f"cannot export a model for inputs of shape {list(shape)}: snp exports (channels, height, width) "
+            f"inputs of at most {MAX_INPUT_SIDE:,} a side and {MAX_INPUT_VALUES:,} values"
+        )
 
 
 def _relative_to_base(pruning: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ internal error, a RecursionError or an attempt to allocate terabytes."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 import torch
@@ -186,8 +187,36 @@ def test_null_settings_and_metrics_load_as_empty(export, tmp_path):
     assert loaded.num_classes == 10 and loaded.input_shape == (1, 8, 8)
 
 
+@pytest.mark.parametrize(
+    ("header", "pattern"),
+    [
+        ('{"__metadata__":{"snp_format":"1"},"x":' + "[" * 5000 + "]" * 5000 + "}", "recursion limit"),
+        ('{"__metadata__":{"snp_format":1,"snp":"{}"}}', "expected a string"),
+        ('{"__metadata__":{"snp_format":"1","snp":{"arch":"demo-vgg"}}}', "expected a string"),
+        ('{"w":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4]}}', "invalid shape"),
+    ],
+    ids=["nested", "number", "object", "huge-tensor"],
+)
+def test_a_crafted_safetensors_header_is_refused(capsys, tmp_path, header, pattern):
+    """The safetensors layer itself (its JSON, not snp's) is checked by the safetensors reader."""
+    raw = header.encode()
+    path = tmp_path / "raw.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+    line = _refused_in_one_line(capsys, path, "not a readable safetensors file")
+    assert pattern in line  # the reader's own words, in parentheses
+
+
 # ----------------------------------------------------------------------------------------------
 # The library, and statistics files
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 10_000), (8, 8), (4096, 4096, 4096)], ids=["side", "dims", "values"])
+def test_export_refuses_an_input_shape_it_could_not_load(tmp_path, shape):
+    with pytest.raises(SnpError, match="cannot export a model for inputs of shape"):
+        io.export_model(
+            demo_model("demo-vgg"), tmp_path / "m.safetensors", arch="demo-vgg", num_classes=10, input_shape=shape
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_metadata_refuses_deep_nesting_without_recursion(export, tmp_path):
