@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from snp_engine.activations import images_of, model_dtype
-from snp_engine.errors import DataError
+from snp_engine.metrics import check_labels, scores
 from snp_engine.progress import Reporter
 from snp_engine.runtime import batches_of, check_forward, first_example, out_of_memory_as_error, resolve_device
 
@@ -20,40 +20,20 @@ def evaluate(
     topk: tuple[int, ...] = (1, 5),
     reporter: Reporter | None = None,
 ) -> dict[str, float]:
-    """Top-k accuracy (percent) of ``model`` on a labelled dataset or DataBundle (its test split)."""
+    """Top-k accuracy (percent, ``k`` in 1 and 5) of ``model`` on a labelled dataset or DataBundle
+    (its test split); computed by :func:`snp_engine.metrics.scores`."""
+    unknown = set(topk) - {1, 5}
+    if unknown:
+        raise ValueError(f"evaluate reports top-1 and top-5 only, not top-{min(unknown)}")
     data = getattr(data, "test", data)
     loader = batches_of(data, batch_size=batch_size)
     device = resolve_device(device)
     model = model.to(device).eval()
-    dtype = model_dtype(model)
-    correct = {k: 0 for k in topk}
-    seen = 0
-    reporter = reporter or Reporter()
-    with out_of_memory_as_error("the evaluation", device, batch_size), torch.inference_mode():
-        check_forward(model, first_example(loader, device, dtype))
-        for index, (images, labels) in enumerate(loader):
-            reporter.check()
-            logits = model(images.to(device=device, dtype=dtype)).float()
-            labels = labels.to(device)
-            check_labels(labels, logits.shape[1])
-            top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
-            for k in topk:
-                correct[k] += int((top[:, :k] == labels[:, None]).any(1).sum())
-            seen += labels.shape[0]
-            reporter.update((index + 1) / len(loader), "evaluating")
-    return {f"top{k}": 100.0 * correct[k] / max(seen, 1) for k in topk}
-
-
-def check_labels(labels: torch.Tensor, classes: int) -> None:
-    """A label the model cannot predict makes accuracy meaningless (and training crash): refuse it."""
-    if labels.numel() == 0:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise DataError(
-            f"the data has labels {low}..{high} but the model predicts {classes} classes "
-            f"(labels 0..{classes - 1}); evaluate it on data with matching classes"
-        )
+    with out_of_memory_as_error("the evaluation", device, batch_size):
+        check_forward(model, first_example(loader, device, model_dtype(model)))
+        found = scores(model, loader, device, reporter=reporter, total=len(loader))
+    values = {"top1": found.top1, "top5": found.top5}
+    return {f"top{k}": values[f"top{k}"] for k in topk}
 
 
 def fidelity(

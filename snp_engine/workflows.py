@@ -40,6 +40,7 @@ from snp_engine.metrics import Scores, scores
 from snp_engine.models import LoadedModel
 from snp_engine.models import load_model as _load_model
 from snp_engine.progress import Reporter, Scaled
+from snp_engine.runtime import check_forward, first_example, out_of_memory_as_error, resolve_device
 from snp_engine.subspace import DEFAULT_ORDERING
 from snp_engine.training import train
 
@@ -196,7 +197,7 @@ def check_runs(model: nn.Module, shape: Sequence[int]) -> None:
     """One zero image through the model, so a model/input mismatch is one clear sentence."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    api._check_forward(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
+    check_forward(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
 
 
 def class_warnings(loaded: LoadedModel, bundle: DataBundle, *, require: bool) -> list[str]:
@@ -227,7 +228,7 @@ def check_dense(
     """Top-1 of the dense model on the first ``limit`` calibration images (``None`` without labels)."""
     if bundle.num_classes is None or bundle.num_classes < 2:
         return None
-    device = api.resolve_device(device)
+    device = resolve_device(device)
     model = model.to(device)
     loader = make_loader(bundle.calibration, min(limit, 64), limit=limit)
     found = scores(model, loader, device, limit=limit)
@@ -370,14 +371,17 @@ def score(
     reporter: Reporter | None = None,
 ) -> Scores:
     """Top-1/top-5 and loss of ``model`` on the bundle's evaluation part (its test split)."""
-    device = api.resolve_device(device)
+    device = resolve_device(device)
     loader = make_loader(bundle.test, batch_size)
-    return scores(model.to(device), loader, device, reporter=reporter, total=len(loader))
+    model = model.to(device)
+    with out_of_memory_as_error("the evaluation", device, batch_size):
+        check_forward(model, first_example(loader, device, model_dtype(model)))
+        return scores(model, loader, device, reporter=reporter, total=len(loader))
 
 
 def cost(model: nn.Module, shape: Sequence[int], device: str | torch.device = "cpu") -> tuple[int, float]:
     """(parameters, MACs per image) of ``model`` at ``shape``."""
-    device = api.resolve_device(device)
+    device = resolve_device(device)
     model = model.to(device)
     return count(model, torch.zeros((1, *shape), device=device, dtype=model_dtype(model)))
 
@@ -395,7 +399,7 @@ def latencies(
     """Median per-pass time (ms) of both networks, timed in alternating rounds so that whatever else
     the machine is doing affects both alike."""
     reporter = reporter or Reporter()
-    device = api.resolve_device(device)
+    device = resolve_device(device)
     times: tuple[list[float], list[float]] = ([], [])
     per_round = max(1, repeats // LATENCY_ROUNDS)
     for round_index in range(LATENCY_ROUNDS):
@@ -574,7 +578,7 @@ def finetune(
     reporter = reporter or Reporter()
     data = prepared.require_data()
     evaluation = prepared.evaluation or data
-    device = api.resolve_device(device)
+    device = resolve_device(device)
     model = copy.deepcopy(model).to(device)  # a cancelled run must not leave half-trained weights behind
     split = "train" if data.train is not None else "calibration"
     loader = make_loader(

@@ -242,7 +242,7 @@ def test_a_model_that_takes_any_size_runs_at_the_data_size(capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["input_shape"] == [3, 8, 8] and result["samples"] == 497
-    assert result["notes"] == ["digits: images adapted to the model's 3x8x8 input: 1 channel repeated to 3"]
+    assert result["notes"] == ["digits: images adapted to the model's 3x8x8 input: 1 channel repeated to 3 channels"]
     assert err.count("snp: note: ") == 1  # said once, in one line
     # a random-init 1000-class network on 10 classes: said up front, and its near-chance score too
     assert any("1000 classes" in w for w in result["warnings"])
