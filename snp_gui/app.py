@@ -140,28 +140,25 @@ def _leave_a_core_for_the_interface() -> None:
 
 
 def _apply_arguments(window, args: argparse.Namespace) -> None:
-    c = window.controller
-    for key in ("device", "samples", "batch_size"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(c.options, key, value)
-    window.apply_options()
+    s = window.session
+    given = {key: getattr(args, key) for key in ("device", "samples", "batch_size")}
+    s.update_options(**{key: value for key, value in given.items() if value is not None})
     if args.session:
-        window.open_session(args.session)
+        s.open_session_file(args.session)
     elif args.model or args.data:
         from snp_engine.models import DEMO_MODELS
 
         if args.model:
-            window.load_model_spec(args.model)
+            s.open_model(args.model)
         data = args.data or (DEMO_MODELS[args.model].dataset if args.model in DEMO_MODELS else None)
         if data:  # a demo network comes with the data it was trained on
-            window.load_data_spec(data)
+            s.open_data(data)
     else:  # --demo, or nothing at all: a new user should see something working
-        window.open_demo(DEMO_MODEL, DEMO_DATA)
+        s.open_demo(DEMO_MODEL, DEMO_DATA)
     if args.analyse or args.evaluate:
-        c.analyse()
+        s.analyse()
     if args.evaluate:
-        c.evaluate()
+        s.evaluate()
 
 
 def _screenshot_when_idle(window, path: str) -> None:
@@ -177,8 +174,8 @@ def _screenshot_when_idle(window, path: str) -> None:
         if not busy:
             QTimer.singleShot(500, shoot)  # let the plots repaint first
 
-    window.controller.runner.busyChanged.connect(idle)
-    if not window.controller.runner.busy:
+    window.session.runner.busyChanged.connect(idle)
+    if not window.session.busy:
         idle(False)
 
 

@@ -127,6 +127,37 @@ class Options:
         return Options(**asdict(self))
 
 
+def parse_reductions(text: str) -> list[float] | None:
+    """ "0.3, 0.5" → [0.3, 0.5]; percentages like "30%" are accepted; None when anything is invalid."""
+    values = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part.rstrip("%")) / (100.0 if part.endswith("%") else 1.0)
+        except ValueError:
+            return None
+        if not 0 < value < 1:
+            return None
+        values.append(value)
+    return sorted(set(values)) or None
+
+
+def load_options(settings: Settings, device: str) -> Options:
+    """The last-used options; a fresh start (no device saved) prefers ``device``, the best one found now."""
+    saved = {f.name: settings.value(f"options/{f.name}") for f in fields(Options)}
+    options = Options.from_dict({k: v for k, v in saved.items() if v is not None})
+    if not settings.value("options/device"):
+        options.device = device
+    return options
+
+
+def save_options(settings: Settings, options: Options) -> None:
+    for key, value in asdict(options).items():
+        settings.set_value(f"options/{key}", value)
+
+
 def default_device() -> str:
     """The first GPU when there is one, else the CPU."""
     import torch

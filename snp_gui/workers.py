@@ -3,7 +3,8 @@
 :class:`TaskRunner` runs one task at a time (later ones wait in a queue) and guarantees that every
 submitted task ends with exactly one of *finished*, *failed* or *cancelled*. Tasks are plain
 functions taking a :class:`TaskReporter`; they never touch widgets. Cancelling sets a flag that
-the engine polls between batches, so a run stops within about one batch.
+the engine polls between batches, so a run stops within about one batch. The task bodies the
+session submits are in :mod:`snp_gui.tasks`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
-from torch import nn
 
-from snp_engine import workflows
-from snp_engine.api import Analysis, Plan
 from snp_engine.errors import SnpError
-from snp_engine.metrics import Scores
-from snp_engine.progress import Cancelled, Reporter, Scaled
-from snp_engine.workflows import Prepared
-from snp_gui.settings import Options
+from snp_engine.progress import Cancelled, Reporter
 
 FINISHED, FAILED, CANCELLED = "finished", "failed", "cancelled"
 # Progress from tight engine loops is thinned out so it cannot flood the GUI event queue.
@@ -127,6 +121,7 @@ class TaskRunner(QObject):
     started = Signal(str)
     progress = Signal(str, float, str, object)  # task name, fraction, message, seconds left or None
     ended = Signal(str, str, str)  # task name, outcome, message (error text for failures)
+    cancelling = Signal(str)  # task name: Cancel was pressed, the task stops at its next check
     busyChanged = Signal(bool)
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -154,8 +149,9 @@ class TaskRunner(QObject):
     def cancel(self) -> None:
         """Stop the running task at its next check and drop everything queued behind it."""
         self._drop_queue()
-        if self._job is not None:
+        if self._job is not None and self._current is not None:
             self._job.reporter.cancel()
+            self.cancelling.emit(self._current.name)
 
     def wait(self, timeout_ms: int = 10_000) -> bool:
         """Block until the worker thread has stopped (used when the window closes)."""
@@ -242,152 +238,3 @@ class TaskRunner(QObject):
             traceback.print_exc(file=sys.stderr)
             outcome, message = FAILED, _describe(exc)
         self.ended.emit(task.name, outcome, str(message))
-
-
-# ----------------------------------------------------------------------------------------------
-# Task bodies. They run in the worker thread, so they only see the snapshot they were given; the
-# work itself is snp_engine.workflows, the same functions the command line calls.
-
-
-@dataclass(frozen=True)
-class PruneJob:
-    """Everything a prune needs, captured in the GUI thread when the task starts."""
-
-    prepared: Prepared
-    analysis: Analysis
-    plan: Plan
-    options: Options
-
-    @property
-    def key(self) -> tuple:
-        """Identifies the pruned network this job produces, so results can be reused."""
-        o = self.options
-        return (
-            id(self.analysis),
-            tuple(sorted(self.plan.keep.items())),
-            self.analysis.ordering,
-            o.compensation,
-            o.samples,
-            o.batch_size,
-            id(self.prepared.data.calibration),
-        )
-
-    @property
-    def baseline_key(self) -> tuple:
-        return (id(self.prepared.model.model), id(self.prepared.evaluation.test), self.options.device)
-
-
-def prune_for(
-    job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
-) -> nn.Module:
-    """The pruned copy of the job's model with the chosen compensation."""
-    o = job.options
-    return workflows.prune(
-        job.prepared,
-        analysis or job.analysis,
-        plan or job.plan,
-        compensation=o.compensation,
-        physical=physical,
-        batch_size=o.batch_size,
-        samples=o.samples,
-        device=o.device,
-        reporter=reporter,
-    )
-
-
-def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: nn.Module | None, reporter: Reporter) -> dict:
-    """Prune (unless ``pruned`` is given), then top-1/top-5, output fidelity and latency of the original and
-    the pruned network; ``baseline`` holds the original's scores when they are already known."""
-    o = job.options
-    if pruned is None:
-        pruned = prune_for(job, Scaled(reporter, 0.0, 0.5))
-    latency = {"batch_size": o.latency_batch, "repeats": o.latency_repeats}
-    comparison = workflows.compare(
-        job.prepared, pruned, device=o.device, baseline=baseline, latency=latency, reporter=Scaled(reporter, 0.5, 1.0)
-    )
-    metrics = {**comparison.metrics(), "latency_batch": o.latency_batch, "device": o.device}
-    return {"pruned": pruned, "baseline": comparison.before, "metrics": metrics, "keys": (job.key, job.baseline_key)}
-
-
-def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
-    """Top-1 against FLOPs reduction for the current ordering and a baseline ordering.
-
-    Each point is handed over as soon as it is measured, so the plot fills in while it runs.
-    """
-    o = job.options
-    return workflows.sweep(
-        job.prepared,
-        job.analysis,
-        reductions,
-        baseline=baseline,
-        compensation=o.compensation,
-        batch_size=o.batch_size,
-        samples=o.samples,
-        device=o.device,
-        on_point=lambda *point: reporter.partial(point),
-        reporter=reporter,
-    )
-
-
-def _history_point(found: Scores) -> dict[str, float]:
-    return {"test top-1 %": found.top1, "test loss": found.loss}
-
-
-def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, reporter: Reporter) -> dict:
-    """A short fine-tune of (a copy of) the pruned network, reporting test numbers every epoch."""
-    o = job.options
-    if pruned is None:
-        pruned = prune_for(job, Scaled(reporter, 0.0, 0.2))
-    tuned = workflows.finetune(
-        job.prepared,
-        pruned,
-        epochs=epochs,
-        lr=lr,
-        batch_size=o.batch_size,
-        device=o.device,
-        on_epoch=lambda epoch, found: reporter.partial((epoch, _history_point(found))),
-        reporter=Scaled(reporter, 0.2, 1.0),
-    )
-    # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
-    metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}
-    return {"model": tuned.model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
-
-
-def export(
-    job: PruneJob,
-    pruned: nn.Module | None,
-    metrics: dict,
-    path: str,
-    torchscript: bool,
-    onnx: bool,
-    reporter: Reporter,
-) -> list[Path]:
-    """Write the pruned network (and optional deployment copies); each file is verified on reload."""
-    o = job.options
-    if pruned is None:
-        pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
-    reporter.check()
-    reporter.update(0.6, "writing and verifying the snp file")
-    prepared = job.prepared
-    settings = {
-        "ordering": job.analysis.ordering,
-        "curve": job.analysis.curve_kind,
-        "compensation": o.compensation,
-        "samples": o.samples,
-        "model": prepared.model.spec,
-        "data": prepared.require_data().name,
-        "threshold": job.plan.threshold,
-        "input_shape": list(prepared.input_shape),
-    }
-    target = Path(path)
-    written = workflows.export(
-        prepared,
-        pruned,
-        target,
-        settings=settings,
-        metrics=metrics,
-        torchscript=target.with_suffix(".pt") if torchscript else None,
-        onnx=target.with_suffix(".onnx") if onnx else None,
-        reporter=Scaled(reporter, 0.6, 1.0),
-    )
-    return list(written.values())

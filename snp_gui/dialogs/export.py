@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -21,7 +22,12 @@ from PySide6.QtWidgets import (
 )
 
 from snp_engine.api import Plan
+from snp_engine.errors import SnpError
 from snp_gui.summary import human_count
+
+if TYPE_CHECKING:
+    from snp_gui.settings import Settings
+    from snp_gui.state import Session
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,20 @@ class ExportDialog(QDialog):
         if Path(path).suffix != ".safetensors":
             path += ".safetensors"
         return ExportChoice(path, self.torchscript.isChecked(), self.onnx.isChecked())
+
+
+def export_with_dialog(parent: QWidget, session: Session, settings: Settings) -> None:
+    """Show what the export removes, let the user choose where and how, then export in the background."""
+    try:
+        plan = session.plan()
+    except SnpError as exc:
+        session.error_occurred.emit("export", str(exc))
+        return
+    name = Path(session.model.spec).stem.replace("torchvision:", "") if session.model else "model"
+    default = str(Path(settings.last_dir()) / f"{name}-pruned.safetensors")
+    summary = removal_summary(plan, session.analysis.units, session.metrics, session.stale)
+    dialog = ExportDialog(summary, default, parent)
+    if dialog.exec():
+        choice = dialog.choice()
+        settings.remember_dir(choice.path)
+        session.export(choice.path, choice.torchscript, choice.onnx)

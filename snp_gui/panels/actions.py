@@ -1,12 +1,21 @@
-"""Menu bar, toolbar and keyboard shortcuts of the main window, in one table."""
+"""Menu bar, toolbar and keyboard shortcuts of the main window, in one table; which of them can run now,
+and the recent-files menus, both following the session."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
+
+from snp_gui.panels.binding import on_state_change
+
+if TYPE_CHECKING:
+    from snp_gui.settings import Settings
+    from snp_gui.state import Session
 
 # key: (text, shortcuts, tooltip, standard icon or None, on toolbar)
 ACTIONS: dict[str, tuple[str, tuple[str, ...], str, str | None, bool]] = {
@@ -90,6 +99,13 @@ MENUS = {
     "&Help": ("about",),
 }
 RECENT_MENUS = {"recent_models": "Recent &models", "recent_data": "Recent &data", "recent_sessions": "Recent &sessions"}
+# actions that start a task: each needs an idle runner and an analysis, unless NEEDS says otherwise
+RUN_ACTIONS = ("analyse", "evaluate", "sweep", "finetune", "export", "save_session", "save_session_as")
+NEEDS: dict[str, Callable[[Session], bool]] = {
+    "analyse": lambda s: s.model is not None and s.data is not None,
+    "save_session": lambda s: s.model is not None,
+    "save_session_as": lambda s: s.model is not None,
+}
 
 
 def build_actions(
@@ -144,3 +160,40 @@ def fill_recent(menu: QMenu, entries: list[str], open_entry: Callable[[str], Non
         menu.addSeparator()
         menu.addAction("Clear list").triggered.connect(clear)
     menu.setEnabled(bool(entries))
+
+
+def bind_actions(actions: dict[str, QAction], session: Session) -> None:
+    """Enable each action when it can run: nothing else running and what it needs is loaded."""
+
+    def update() -> None:
+        for key in RUN_ACTIONS:
+            needs = NEEDS.get(key, lambda s: s.analysis is not None)
+            actions[key].setEnabled(not session.busy and needs(session))
+        actions["cancel"].setEnabled(session.busy)
+
+    on_state_change(session, update)
+
+
+def bind_recent(menus: dict[str, QMenu], settings: Settings, session: Session) -> None:
+    """Remember what was loaded or saved, and open it again from the recent-files menus."""
+    openers = {"models": session.open_model, "data": session.open_data, "sessions": session.open_session_file}
+
+    def refresh(kind: str) -> None:
+        clear = partial(_clear_recent, settings, kind, refresh)
+        fill_recent(menus[f"recent_{kind}"], settings.recent(kind), openers[kind], clear)
+
+    def remember(kind: str, entry: str | None) -> None:
+        if entry:
+            settings.add_recent(kind, entry)
+            refresh(kind)
+
+    session.model_changed.connect(lambda loaded: remember("models", loaded.spec))
+    session.data_changed.connect(lambda _bundle: remember("data", session.data_spec))
+    session.session_file_changed.connect(lambda path: remember("sessions", path))
+    for kind in openers:
+        refresh(kind)
+
+
+def _clear_recent(settings: Settings, kind: str, refresh: Callable[[str], None]) -> None:
+    settings.clear_recent(kind)
+    refresh(kind)

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 from snp_engine.subspace import ORDERING_HELP, ORDERINGS
 from snp_gui.panels.common import fill_combo, select_data
 from snp_gui.plots.history import HistoryPlot, SweepPlot
+from snp_gui.settings import parse_reductions
 
 DASH = "—"
 
@@ -85,7 +86,6 @@ class EvaluatePanel(QWidget):
             self.reductions.selectAll()
             self.reductions.setFocus()
             return
-        self.sweep_plot.clear()
         self.sweepRequested.emit(values, str(self.baseline.currentData()))
 
     def show_metrics(self, metrics: dict) -> None:
@@ -156,20 +156,3 @@ class FinetunePanel(QWidget):
         layout = QHBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.history, 1)
-
-
-def parse_reductions(text: str) -> list[float] | None:
-    """ "0.3, 0.5" → [0.3, 0.5]; percentages like "30%" are accepted; None when anything is invalid."""
-    values = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part.rstrip("%")) / (100.0 if part.endswith("%") else 1.0)
-        except ValueError:
-            return None
-        if not 0 < value < 1:
-            return None
-        values.append(value)
-    return sorted(set(values)) or None

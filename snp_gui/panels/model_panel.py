@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 
 from snp_engine.models import DEMO_MODELS, TORCHVISION_PREFIX, LoadedModel, list_architectures
 from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
+from snp_gui.sources import guess_kind
 
 KINDS = (
     ("demo", "Demo network", "A small network bundled with snp, trained on the digits data"),
@@ -26,12 +27,10 @@ KINDS = (
     ("pickle", "Pickled model (trusted)", "A whole model saved with torch.save; opening it can run code"),
 )
 WEIGHTS_FILTER = "Weights (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)"
-MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
-PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt")
 
 
 class ModelPanel(QGroupBox):
-    """Emits ``loadRequested(spec, kind)``; the window asks for trust before loading a pickle."""
+    """Emits ``loadRequested(spec, kind)``; the session asks for trust before loading a pickle."""
 
     loadRequested = Signal(str, str)
 
@@ -168,32 +167,6 @@ class ModelPanel(QGroupBox):
         self.info.setToolTip(loaded.source)
 
 
-def guess_kind(spec: str) -> str:
-    """Which page a spec belongs to: demo name, torchvision:…, an snp export or a pickle.
-
-    Only an existing torch file counts as a pickle; anything else is tried as a safe file, so a
-    mistyped name produces a "not found" message instead of a trust question.
-    """
-    if spec in DEMO_MODELS:
-        return "demo"
-    if spec.startswith(TORCHVISION_PREFIX):
-        return "torchvision"
-    path = Path(spec)
-    return "pickle" if path.suffix in PICKLE_SUFFIXES and path.is_file() else "snp"
-
-
 def _demo_label(name: str) -> str:
     top1 = DEMO_MODELS[name].test_top1
     return f"{name} (digits, {top1:.1f} % top-1)" if top1 is not None else name
-
-
-def is_snp_export(path: str) -> bool:
-    """True for a file written by snp's export (read from its header only, so it is instant)."""
-    from snp_engine.errors import SnpError
-    from snp_engine.io import read_metadata
-
-    try:
-        read_metadata(path)
-    except SnpError:
-        return False
-    return True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -17,39 +16,11 @@ from PySide6.QtCore import QEvent, QPointF, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
-from snp_gui.plots import UnitMarker, apply_palette, make_plot, muted, series_colours, units_at
+from snp_gui.plots import UnitMarker, apply_palette, muted, series_colours, units_at
+from snp_gui.plots.series import Series, curve_plot, hidden_item, nearest, plot_column, readout
 
 HINT = "Hover a curve to read it · drag a marker to change how many units a layer keeps · click a curve to focus it"
 LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
-
-
-@dataclass
-class _Series:
-    values: np.ndarray
-    colour: QColor
-    curve: pg.PlotDataItem
-    marker: UnitMarker
-
-    @property
-    def n(self) -> int:
-        return len(self.values) - 1
-
-    def xs(self, fraction: bool) -> np.ndarray:
-        k = np.arange(self.n + 1, dtype=float)
-        return k / self.n if fraction else k
-
-
-def _plot(title: str) -> pg.PlotWidget:
-    plot = make_plot(title, "kept units", "explained variance")
-    plot.getPlotItem().setYRange(0.0, 1.0, padding=0.02)
-    plot.getPlotItem().setMouseEnabled(x=True, y=False)  # y is always 0..1; zooming only makes sense along k
-    return plot
-
-
-def _overlay_item(item: pg.GraphicsObject, z: float) -> pg.GraphicsObject:
-    item.setVisible(False)
-    item.setZValue(z)
-    return item
 
 
 class CurvesWidget(QWidget):
@@ -61,7 +32,7 @@ class CurvesWidget(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, Series] = {}
         self._keep: dict[str, int] = {}
         self._selected: str | None = None
         self._fraction = False
@@ -84,20 +55,20 @@ class CurvesWidget(QWidget):
         self._controls.addStretch(1)
 
     def _build_plots(self) -> None:
-        self.overlay = _plot("All layers")
+        self.overlay = curve_plot("All layers")
         self.overlay.addLegend(offset=(-10, -10), labelTextSize="8pt")  # bottom right: below the rising curves
-        self.overlay_threshold = _overlay_item(pg.InfiniteLine(angle=0), 5)
-        self.hover_dot = _overlay_item(pg.ScatterPlotItem(size=9), 20)
+        self.overlay_threshold = hidden_item(pg.InfiniteLine(angle=0), 5)
+        self.hover_dot = hidden_item(pg.ScatterPlotItem(size=9), 20)
         self.overlay_readout = QLabel(HINT)
-        self.focus = _plot("")
+        self.focus = curve_plot("")
         self.focus_curve = pg.PlotDataItem(antialias=True)
-        self.focus_marker = _overlay_item(UnitMarker(1), 10)
+        self.focus_marker = hidden_item(UnitMarker(1), 10)
         self.focus_marker.setToolTip("Drag to change how many units this layer keeps")
         self.focus_marker.sigPositionChanged.connect(lambda line: self._marker_moved(self._selected, line))
         self.focus_marker.sigPositionChangeFinished.connect(lambda _line: self._marker_finished(self._selected))
-        self.focus_dot = _overlay_item(pg.ScatterPlotItem(size=10), 20)
-        self.focus_label = _overlay_item(pg.TextItem(anchor=(0, 0)), 20)
-        self.focus_threshold = _overlay_item(pg.InfiniteLine(angle=0), 5)
+        self.focus_dot = hidden_item(pg.ScatterPlotItem(size=10), 20)
+        self.focus_label = hidden_item(pg.TextItem(anchor=(0, 0)), 20)
+        self.focus_threshold = hidden_item(pg.InfiniteLine(angle=0), 5)
         self.focus_readout = QLabel("")
         for item in (self.overlay_threshold, self.hover_dot):
             self.overlay.addItem(item, ignoreBounds=True)
@@ -108,14 +79,8 @@ class CurvesWidget(QWidget):
         self.focus.scene().sigMouseMoved.connect(self._hover_focus)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
-        for plot, readout, stretch in ((self.overlay, self.overlay_readout, 3), (self.focus, self.focus_readout, 2)):
-            column = QWidget()
-            box = QVBoxLayout(column)
-            box.setContentsMargins(0, 0, 0, 0)
-            box.addWidget(plot, 1)
-            readout.setWordWrap(True)
-            box.addWidget(readout)
-            splitter.addWidget(column)
+        for plot, label, stretch in ((self.overlay, self.overlay_readout, 3), (self.focus, self.focus_readout, 2)):
+            splitter.addWidget(plot_column(plot, label))
             splitter.setStretchFactor(splitter.count() - 1, stretch)
         layout = QVBoxLayout(self)
         layout.addLayout(self._controls)
@@ -223,7 +188,7 @@ class CurvesWidget(QWidget):
         """The overlay curve of group ``name``."""
         return self._series[name].curve
 
-    def _add_series(self, name: str, values: np.ndarray, colour: QColor) -> _Series:
+    def _add_series(self, name: str, values: np.ndarray, colour: QColor) -> Series:
         curve = pg.PlotDataItem(antialias=True)  # unnamed: legend entries are added only when it is shown
         curve.setCurveClickable(True, width=8)
         curve.sigClicked.connect(partial(self._curve_clicked, name))
@@ -232,14 +197,14 @@ class CurvesWidget(QWidget):
         marker.setZValue(10)
         marker.sigPositionChanged.connect(partial(self._marker_moved, name))
         marker.sigPositionChangeFinished.connect(lambda _line, name=name: self._marker_finished(name))
-        series = _Series(values, colour, curve, marker)
+        series = Series(values, colour, curve, marker)
         curve.setData(series.xs(self._fraction), values)
         self.overlay.addItem(curve)
         self.overlay.addItem(marker, ignoreBounds=True)
         self._style(name, selected=False, series=series)
         return series
 
-    def _style(self, name: str, selected: bool, series: _Series | None = None) -> None:
+    def _style(self, name: str, selected: bool, series: Series | None = None) -> None:
         series = series or self._series[name]
         series.curve.setPen(pg.mkPen(series.colour, width=3 if selected else 1.5))
         series.curve.setZValue(2 if selected else 1)
@@ -317,27 +282,18 @@ class CurvesWidget(QWidget):
         self.set_selected(name)
         self.layerSelected.emit(name)
 
-    def _readout(self, name: str, x: float) -> tuple[str, int]:
-        """Read-out text for the point of ``name``'s curve nearest to ``x``, and its unit count."""
-        series = self._series[name]
-        k = units_at(x, series.n, self._fraction, lowest=0)
-        return f"{name} — {k} units kept: {100 * series.values[k]:.1f} % explained  ({k}/{series.n})", k
-
     def _hover_overlay(self, pos: QPointF) -> None:
         view, best = self.overlay.getPlotItem().vb, None
         if self._series and view.sceneBoundingRect().contains(pos):
             point = view.mapSceneToView(pos)
-            distance = 8 * view.viewPixelSize()[1]  # within eight pixels, in explained-variance units
-            for name, series in self._series.items():
-                gap = abs(float(np.interp(point.x(), series.xs(self._fraction), series.values)) - point.y())
-                if gap < distance:
-                    best, distance = name, gap
+            # within eight pixels, in explained-variance units
+            best = nearest(self._series, point.x(), point.y(), 8 * view.viewPixelSize()[1], self._fraction)
         self.hover_dot.setVisible(best is not None)
         if best is None:
             self.overlay_readout.setText(HINT)
             return
         series = self._series[best]
-        text, k = self._readout(best, point.x())
+        text, k = readout(best, series, point.x(), self._fraction)
         self.overlay_readout.setText(text)
         self.hover_dot.setData(
             [series.xs(self._fraction)[k]], [series.values[k]], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None)
@@ -346,4 +302,8 @@ class CurvesWidget(QWidget):
     def _hover_focus(self, pos: QPointF) -> None:
         view = self.focus.getPlotItem().vb
         inside = self._selected is not None and view.sceneBoundingRect().contains(pos)
-        self.focus_readout.setText(self._readout(self._selected, view.mapSceneToView(pos).x())[0] if inside else "")
+        if not inside:
+            self.focus_readout.setText("")
+            return
+        x = view.mapSceneToView(pos).x()
+        self.focus_readout.setText(readout(self._selected, self._series[self._selected], x, self._fraction)[0])

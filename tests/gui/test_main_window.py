@@ -43,15 +43,13 @@ def settings(tmp_path, monkeypatch) -> Settings:
 def make_window(qtbot, settings: Settings, demo: bool = True) -> MainWindow:
     window = MainWindow(settings=settings)
     qtbot.addWidget(window)
-    window.controller.options.device = "cpu"
-    window.controller.options.samples = 64
-    window.controller.options.batch_size = 16
-    window.controller.options.latency_repeats = 3
+    window.session.options.device = "cpu"
+    window.session.options.samples = 64
+    window.session.options.batch_size = 16
+    window.session.options.latency_repeats = 3
     if demo:
-        window.open_demo()
-        qtbot.waitUntil(
-            lambda: window.controller.data is not None and not window.controller.runner.busy, timeout=TIMEOUT
-        )
+        window.session.open_demo()
+        qtbot.waitUntil(lambda: window.session.data is not None and not window.session.busy, timeout=TIMEOUT)
     return window
 
 
@@ -59,13 +57,13 @@ def make_window(qtbot, settings: Settings, demo: bool = True) -> MainWindow:
 def window(qtbot, settings) -> MainWindow:
     window = make_window(qtbot, settings)
     yield window
-    window.controller.shutdown()
+    window.session.shutdown()
 
 
 def run(qtbot, window: MainWindow, name: str, start, timeout: int = TIMEOUT) -> tuple[str, str]:
     """Start a task and wait for its one ``ended`` signal; returns (outcome, message)."""
     with qtbot.waitSignal(
-        window.controller.runner.ended, timeout=timeout, check_params_cb=lambda task, *_: task == name
+        window.session.runner.ended, timeout=timeout, check_params_cb=lambda task, *_: task == name
     ) as blocker:
         start()
     return blocker.args[1], blocker.args[2]
@@ -73,7 +71,7 @@ def run(qtbot, window: MainWindow, name: str, start, timeout: int = TIMEOUT) -> 
 
 @pytest.fixture
 def analysed(qtbot, window) -> MainWindow:
-    outcome, message = run(qtbot, window, "analysis", window.controller.analyse)
+    outcome, message = run(qtbot, window, "analysis", window.session.analyse)
     assert outcome == FINISHED, message
     return window
 
@@ -88,7 +86,7 @@ def table_kept(window: MainWindow) -> dict[str, int]:
 
 
 def test_window_opens_with_the_demo_loaded(window):
-    c = window.controller
+    c = window.session
     assert c.model.arch == "demo-vgg"
     assert c.data.name == "digits"
     assert "demo-vgg" in window.model_panel.info.text()
@@ -98,7 +96,7 @@ def test_window_opens_with_the_demo_loaded(window):
 
 
 def test_analysis_populates_curves_table_and_summary(analysed):
-    c = analysed.controller
+    c = analysed.session
     assert c.analysis is not None and c.analysis.info["samples"] == 64
     assert set(analysed.curves.keep()) == set(c.analysis.names)
     assert analysed.curves.keep() == c.keep
@@ -109,7 +107,7 @@ def test_analysis_populates_curves_table_and_summary(analysed):
 
 
 def test_cancel_stops_quickly_and_keeps_the_previous_analysis(qtbot, analysed):
-    c = analysed.controller
+    c = analysed.session
     before, keep = c.analysis, dict(c.keep)
     c.options.samples, c.options.batch_size = 300, 1  # hundreds of small batches
     cancelled_at = []
@@ -130,13 +128,13 @@ def test_cancel_stops_quickly_and_keeps_the_previous_analysis(qtbot, analysed):
 
 
 def test_event_loop_keeps_answering_during_analysis(qtbot, window):
-    window.controller.options.samples, window.controller.options.batch_size = 300, 4
+    window.session.options.samples, window.session.options.batch_size = 300, 4
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start()
-    outcome, message = run(qtbot, window, "analysis", window.controller.analyse)
+    outcome, message = run(qtbot, window, "analysis", window.session.analyse)
     timer.stop()
     assert outcome == FINISHED, message
     gaps = np.diff(ticks)
@@ -145,7 +143,7 @@ def test_event_loop_keeps_answering_during_analysis(qtbot, window):
 
 
 def test_threshold_moves_every_marker_and_the_summary(analysed):
-    c = analysed.controller
+    c = analysed.session
     params_text = analysed.summary.values["params"].text()
     analysed.threshold.valueChangeFinished.emit("variance", 0.8)
     assert c.keep == c.analysis.plan(variance=0.8).keep
@@ -158,7 +156,7 @@ def test_threshold_moves_every_marker_and_the_summary(analysed):
 
 
 def test_marker_drag_updates_table_and_summary_live(analysed):
-    c = analysed.controller
+    c = analysed.session
     name = c.analysis.names[2]
     flops_text = analysed.summary.values["flops"].text()
     analysed.curves.keepChanged.emit(name, 5)  # while dragging
@@ -169,7 +167,7 @@ def test_marker_drag_updates_table_and_summary_live(analysed):
 
 
 def test_table_edit_moves_the_marker(analysed):
-    c = analysed.controller
+    c = analysed.session
     name = c.analysis.names[0]
     model = analysed.table.layer_model
     model.setData(model.index(model.row_of(name), 3), 3, Qt.ItemDataRole.EditRole)
@@ -182,12 +180,12 @@ def test_ordering_change_replots_without_a_forward_pass(qtbot, analysed, monkeyp
     monkeypatch.setattr(api, "collect_moments", lambda *a, **k: pytest.fail("re-plotting must not re-read data"))
     outcome, message = run(qtbot, analysed, "re-plot", lambda: analysed.analysis_panel.changed.emit("ordering", "l1"))
     assert outcome == FINISHED, message
-    assert analysed.controller.analysis.ordering == "l1"
-    assert analysed.curves.keep() == analysed.controller.keep
+    assert analysed.session.analysis.ordering == "l1"
+    assert analysed.curves.keep() == analysed.session.keep
 
 
 def test_evaluate_reports_accuracy_fidelity_and_latency(qtbot, analysed):
-    c = analysed.controller
+    c = analysed.session
     analysed.threshold.valueChangeFinished.emit("variance", 0.95)
     outcome, message = run(qtbot, analysed, "evaluation", c.evaluate)
     assert outcome == FINISHED, message
@@ -201,7 +199,7 @@ def test_evaluate_reports_accuracy_fidelity_and_latency(qtbot, analysed):
 
 
 def test_sweep_and_finetune_fill_their_plots(qtbot, analysed):
-    c = analysed.controller
+    c = analysed.session
     outcome, message = run(qtbot, analysed, "sweep", lambda: c.sweep([0.5], "l1"))
     assert outcome == FINISHED, message
     assert len(analysed.evaluate_panel.sweep_plot.names()) == 2
@@ -220,34 +218,34 @@ def test_sweep_and_finetune_fill_their_plots(qtbot, analysed):
 def test_bad_model_file_shows_an_error_and_the_app_stays_usable(qtbot, window, tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a checkpoint")
-    before = window.controller.model
-    outcome, message = run(qtbot, window, "load model", lambda: window.open_path(str(bad)))
+    before = window.session.model
+    outcome, message = run(qtbot, window, "load model", lambda: window.session.open_path(str(bad)))
     assert outcome == FAILED and "broken.pth" in message and "\n" not in message
-    assert window.last_error == ("load model", message)
+    assert window.errors.last == ("load model", message)
     assert "failed" in window.statusBar().currentMessage()
-    assert window.controller.model is before
-    outcome, _ = run(qtbot, window, "analysis", window.controller.analyse)
+    assert window.session.model is before
+    outcome, _ = run(qtbot, window, "analysis", window.session.analyse)
     assert outcome == FINISHED
 
 
 def test_pickled_model_needs_explicit_trust(qtbot, window, tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(DemoVGG().eval(), path)
-    window.confirm_trust = lambda _path: False
-    window.load_model_spec(str(path), "pickle")
-    assert not window.controller.runner.busy and window.controller.model.arch == "demo-vgg"
+    window.session.confirm_trust = lambda _path: False
+    window.session.open_model(str(path), "pickle")
+    assert not window.session.runner.busy and window.session.model.arch == "demo-vgg"
     assert "not trusted" in window.statusBar().currentMessage()
-    window.confirm_trust = lambda _path: True
-    outcome, message = run(qtbot, window, "load model", lambda: window.load_model_spec(str(path), "pickle"))
+    window.session.confirm_trust = lambda _path: True
+    outcome, message = run(qtbot, window, "load model", lambda: window.session.open_model(str(path), "pickle"))
     assert outcome == FINISHED, message
-    assert window.controller.model.arch == "pickle:DemoVGG" and window.controller.model_trusted
+    assert window.session.model.arch == "pickle:DemoVGG" and window.session.model_trusted
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 def test_export_dialog_writes_files_that_reload(qtbot, analysed, tmp_path, monkeypatch):
     from snp_gui.dialogs.export import ExportDialog
 
-    c = analysed.controller
+    c = analysed.session
     analysed.threshold.valueChangeFinished.emit("variance", 0.95)
     path = tmp_path / "small.safetensors"
     shown = []
@@ -259,7 +257,7 @@ def test_export_dialog_writes_files_that_reload(qtbot, analysed, tmp_path, monke
         return 1
 
     monkeypatch.setattr(ExportDialog, "exec", accept)
-    outcome, message = run(qtbot, analysed, "export", analysed.export_dialog)
+    outcome, message = run(qtbot, analysed, "export", analysed.actions["export"].trigger)
     assert outcome == FINISHED, message
     assert "units removed" in shown[0] and c.analysis.names[0] in shown[0]
     model = snp_engine.load(path)
@@ -270,7 +268,7 @@ def test_export_dialog_writes_files_that_reload(qtbot, analysed, tmp_path, monke
     assert "Exported" in analysed.statusBar().currentMessage()
 
     # the exported file opens again as a model, e.g. when dropped on the window
-    outcome, message = run(qtbot, analysed, "load model", lambda: analysed.open_path(str(path)))
+    outcome, message = run(qtbot, analysed, "load model", lambda: analysed.session.open_path(str(path)))
     assert outcome == FINISHED, message
     assert c.model.spec == str(path) and analysed.model_panel.kind.currentData() == "snp"
 
@@ -278,9 +276,9 @@ def test_export_dialog_writes_files_that_reload(qtbot, analysed, tmp_path, monke
 def test_damaged_session_file_is_reported(window, tmp_path):
     path = tmp_path / "broken.snpsession"
     path.write_text("{not json", encoding="utf-8")
-    window.open_session(str(path))
-    assert window.last_error[0] == "open session" and "broken.snpsession" in window.last_error[1]
-    assert window.controller.model.arch == "demo-vgg"
+    window.session.open_session_file(str(path))
+    assert window.errors.last[0] == "open session" and "broken.snpsession" in window.errors.last[1]
+    assert window.session.model.arch == "demo-vgg"
 
 
 def test_about_lists_versions():
@@ -293,24 +291,24 @@ def test_about_lists_versions():
 
 
 def test_session_round_trip(qtbot, analysed, settings, tmp_path):
-    c = analysed.controller
+    c = analysed.session
     analysed.threshold.valueChangeFinished.emit("variance", 0.9)
     analysed.curves.keepChangeFinished.emit(c.analysis.names[1], 4)
     keep = dict(c.keep)
     path = tmp_path / "work.snpsession"
-    outcome, message = run(qtbot, analysed, "save session", lambda: analysed.save_session_to(str(path)))
+    outcome, message = run(qtbot, analysed, "save session", lambda: analysed.session.save_session_file(str(path)))
     assert outcome == FINISHED, message
     assert path.is_file() and (tmp_path / "work.stats.safetensors").is_file()
 
     other = make_window(qtbot, settings, demo=False)
-    outcome, message = run(qtbot, other, "open session", lambda: other.open_session(str(path)))
+    outcome, message = run(qtbot, other, "open session", lambda: other.session.open_session_file(str(path)))
     assert outcome == FINISHED, message
-    assert other.controller.keep == keep
+    assert other.session.keep == keep
     assert other.curves.keep() == keep and table_kept(other) == keep
-    assert other.controller.options.threshold_value == pytest.approx(0.9)
-    assert other.controller.model.arch == "demo-vgg" and other.controller.data.name == "digits"
+    assert other.session.options.threshold_value == pytest.approx(0.9)
+    assert other.session.model.arch == "demo-vgg" and other.session.data.name == "digits"
     assert str(path) in settings.recent("sessions")
-    other.controller.shutdown()
+    other.session.shutdown()
 
 
 def test_dropping_an_image_folder_loads_it_as_data(qtbot, window, tmp_path):
@@ -329,9 +327,9 @@ def test_dropping_an_image_folder_loads_it_as_data(qtbot, window, tmp_path):
     )
     outcome, message = run(qtbot, window, "load data", lambda: window.dropEvent(event))
     assert outcome == FINISHED, message
-    bundle = window.controller.data  # as found: RGB decoding at the images' own size
+    bundle = window.session.data  # as found: RGB decoding at the images' own size
     assert bundle.num_classes == 2 and bundle.channels == 3 and bundle.image_size == (12, 12)
-    fitted = window.controller.model_data()  # decoded again for demo-vgg's 1x8x8 input
+    fitted = window.session.model_data()  # decoded again for demo-vgg's 1x8x8 input
     assert fitted.channels == 1 and fitted.image_size == (8, 8) and fitted.calibration[0][0].shape == (1, 8, 8)
     assert window.data_panel.current() == str(tmp_path / "images")
 
@@ -353,7 +351,7 @@ def test_recent_files_and_shortcuts(window, settings):
 
 def test_closing_during_analysis_cancels_and_waits(qtbot, settings):
     window = make_window(qtbot, settings)
-    c = window.controller
+    c = window.session
     c.options.samples, c.options.batch_size = 300, 1
     window.resize(700, 500)  # fits the offscreen screen, so restoring needs no clamping
     with qtbot.waitSignal(c.runner.started, timeout=TIMEOUT):
@@ -364,4 +362,4 @@ def test_closing_during_analysis_cancels_and_waits(qtbot, settings):
     reopened = MainWindow(settings=Settings(settings.path))
     qtbot.addWidget(reopened)
     assert reopened.size().width() == 700 and reopened.size().height() == 500
-    assert reopened.controller.options.samples == 300
+    assert reopened.session.options.samples == 300

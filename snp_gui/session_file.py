@@ -1,4 +1,4 @@
-"""Sessions: the model, data, settings and keep counts of a piece of work, saved so it survives a restart.
+"""Session files: the model, data, settings and keep counts of a piece of work, saved so it survives a restart.
 
 A session is a small JSON file (``*.snpsession``); the analysis statistics go into a safetensors
 file beside it (``<name>.stats.safetensors``, written with ``Analysis.save``) so reopening skips
@@ -17,12 +17,13 @@ from snp_engine.api import Analysis
 from snp_engine.errors import SnpError
 from snp_engine.io import atomic_write, check_analysis_fits
 from snp_gui.settings import Options
+from snp_gui.sources import SESSION_SUFFIX
 from snp_gui.workers import Task
 
 if TYPE_CHECKING:
-    from snp_gui.controller import Controller
+    from snp_gui.state import Session
 
-SUFFIX = ".snpsession"
+SUFFIX = SESSION_SUFFIX
 FORMAT = "snp-gui-session"
 VERSION = 1
 
@@ -85,50 +86,50 @@ def read_session(path: str | Path) -> SessionData:
         raise SnpError(f"{path}: damaged session file ({exc})") from None
 
 
-# -- the controller side ----------------------------------------------------------------------------
+# -- the GUI session's side -------------------------------------------------------------------------
 
 
-def capture(controller: Controller, model_kind: str | None) -> SessionData:
-    """The controller's current state as session data."""
+def capture(state: Session, model_kind: str | None) -> SessionData:
+    """The GUI session's current state as session data."""
     return SessionData(
-        model_spec=controller.model.spec if controller.model else None,
+        model_spec=state.model.spec if state.model else None,
         model_kind=model_kind,
-        data_spec=controller.data_spec,
-        options=asdict(controller.options),
-        keep=dict(controller.keep),
-        overridden=controller.overridden,
+        data_spec=state.data_spec,
+        options=asdict(state.options),
+        keep=dict(state.keep),
+        overridden=state.overridden,
     )
 
 
 def save(
-    controller: Controller, path: str | Path, model_kind: str | None, on_saved: Callable[[Path], None] | None = None
+    state: Session, path: str | Path, model_kind: str | None, on_saved: Callable[[Path], None] | None = None
 ) -> None:
     """Write the session in the background (statistics files of large networks take a moment)."""
-    session, analysis, target = capture(controller, model_kind), controller.analysis, Path(path)
+    saved, analysis, target = capture(state, model_kind), state.analysis, Path(path)
 
-    def saved(written: Path) -> None:
-        controller.message.emit(f"Session saved to {written}")
+    def written(where: Path) -> None:
+        state.message.emit(f"Session saved to {where}")
         if on_saved is not None:
-            on_saved(written)
+            on_saved(where)
 
-    controller.runner.submit(
-        Task("save session", lambda: lambda reporter: write_session(target, session, analysis), on_finished=saved)
+    state.runner.submit(
+        Task("save session", lambda: lambda reporter: write_session(target, saved, analysis), on_finished=written)
     )
 
 
-def restore(controller: Controller, path: str | Path, session: SessionData, trust: bool) -> None:
+def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -> None:
     """Load the session's model and data, then its statistics, then put the keep counts back."""
-    controller.options = Options.from_dict({**session.options})
-    if session.model_spec:
-        controller.load_model(session.model_spec, trust=trust)
-    if session.data_spec:
-        controller.load_data(session.data_spec)
-    if not session.statistics:
+    state.set_options(Options.from_dict({**saved.options}))
+    if saved.model_spec:
+        state.load_model(saved.model_spec, trust=trust)
+    if saved.data_spec:
+        state.load_data(saved.data_spec)
+    if not saved.statistics:
         return
-    stats = Path(path).with_name(session.statistics)
+    stats = Path(path).with_name(saved.statistics)
 
     def prepare():
-        prepared, opts = controller.prepared(), controller.options
+        prepared, opts = state.prepared(), state.options
 
         def load(reporter):
             reporter.update(0.0, f"reading {stats.name}")
@@ -138,5 +139,5 @@ def restore(controller: Controller, path: str | Path, session: SessionData, trus
 
         return load
 
-    keep = session.keep if session.overridden else None
-    controller.runner.submit(Task("open session", prepare, on_finished=lambda a: controller.set_analysis(a, keep)))
+    keep = saved.keep if saved.overridden else None
+    state.runner.submit(Task("open session", prepare, on_finished=lambda a: state.set_analysis(a, keep)))

@@ -1,0 +1,72 @@
+"""What the per-layer table shows, computed from an analysis: one row per layer and each layer's costs.
+
+Plain functions without Qt, so they are cheap to call on every keep change and easy to test.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from snp_engine.api import Analysis
+
+
+def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
+    """Rows for :meth:`snp_gui.layer_table.LayerTable.set_rows`, unpruned: prunable groups, then excluded layers."""
+    params, flops = layer_costs(analysis, {})  # excluded rows keep these numbers
+    rows = [
+        {
+            "name": g.name,
+            "type": _layer_type(model, g.name, g.group.layout),
+            "units": g.units,
+            "kept": g.units,
+            "explained": 1.0,
+            "params": params.get(g.name, 0),
+            "flops": flops.get(g.name, 0.0),
+        }
+        for g in analysis.groups
+    ]
+    rows += [
+        {
+            "name": e.name,
+            "type": _layer_type(model, e.name, ""),
+            "units": e.units,
+            "kept": e.units,
+            "explained": None,
+            "params": params.get(e.name, 0),
+            "flops": flops.get(e.name, 0.0),
+            "excluded_reason": e.reason,
+        }
+        for e in analysis.excluded
+    ]
+    return rows
+
+
+def _layer_type(model: nn.Module | None, name: str, fallback: str) -> str:
+    try:
+        return type(model.get_submodule(name)).__name__ if model is not None else fallback
+    except AttributeError:
+        return fallback
+
+
+def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
+    """Parameters and FLOPs of each group's own layers (producer and its norm) and of each excluded
+    layer, under ``keep`` (``{}`` gives the unpruned costs); for the table, so microseconds matter."""
+    params: dict[str, int] = {}
+    flops: dict[str, float] = {}
+    if analysis is None:
+        return params, flops
+    model = analysis.costs
+    owners = set(model.units) | {e.name for e in analysis.excluded}
+
+    def kept(group: str | None) -> float:
+        return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
+
+    for layer in model.layers:
+        owner = layer.channel_group or (layer.name if layer.name in owners else None)
+        if owner is None:
+            continue
+        scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
+        bias = kept(layer.out_group) * kept(layer.channel_group)
+        params[owner] = params.get(owner, 0) + round(layer.weight_params * scale + layer.bias_params * bias)
+        flops[owner] = flops.get(owner, 0.0) + layer.macs * scale
+    return params, flops

@@ -1,0 +1,197 @@
+"""Each view bound to the session, in both directions: the view's requests go to the session's methods,
+the session's signals update the view.
+
+Every ``bind_*`` function receives one view and the session, nothing else, so no view can reach
+another: a layer selected in the table reaches the curves only as the session's ``selection_changed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from snp_gui.layer_rows import layer_rows
+from snp_gui.layer_table import LayerTable
+from snp_gui.panels.analysis_panel import AnalysisPanel
+from snp_gui.panels.common import select_data
+from snp_gui.panels.data_panel import DataPanel
+from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
+from snp_gui.panels.model_panel import ModelPanel
+from snp_gui.panels.status import ProgressStatus
+from snp_gui.plots.curves import CurvesWidget
+from snp_gui.settings import Options
+from snp_gui.state import Session
+from snp_gui.summary import SummaryBar
+from snp_gui.threshold import ThresholdControl
+
+
+def on_state_change(session: Session, update: Callable[[], None]) -> None:
+    """Call ``update`` whenever what may be run changes: busy or idle, model, data or analysis."""
+    session.runner.busyChanged.connect(lambda _busy: update())
+    session.runner.ended.connect(lambda *_: update())
+    for signal in (session.model_changed, session.data_changed, session.analysis_changed):
+        signal.connect(lambda *_: update())
+    update()
+
+
+def _set_if_different(widget, value) -> None:
+    """Programmatic updates must not move a cursor or re-emit an edit the user is making."""
+    if widget.value() != value:
+        widget.blockSignals(True)
+        widget.setValue(value)
+        widget.blockSignals(False)
+
+
+# -- setup panels -----------------------------------------------------------------------------------
+
+
+def bind_model_panel(panel: ModelPanel, session: Session) -> None:
+    panel.loadRequested.connect(session.open_model)
+    session.model_requested.connect(lambda spec, kind: panel.set_spec(spec, kind) if spec else None)
+    session.weights_requested.connect(lambda path: (panel.set_weights_file(path), panel.request_load()))
+    session.model_changed.connect(panel.show_loaded)
+    on_state_change(session, lambda: panel.setEnabled(not session.busy))
+
+
+def bind_data_panel(panel: DataPanel, session: Session) -> None:
+    panel.loadRequested.connect(session.open_data)
+    panel.optionsChanged.connect(lambda: session.update_options(**panel.values()))
+    session.options_changed.connect(lambda o: panel.set_values(o.samples, o.batch_size, o.input_size))
+    panel.set_values(session.options.samples, session.options.batch_size, session.options.input_size)
+    session.data_requested.connect(panel.set_spec)
+    session.data_changed.connect(panel.show_loaded)
+    session.prepared_changed.connect(panel.show_prepared)
+    on_state_change(session, lambda: panel.setEnabled(not session.busy))
+
+
+def bind_analysis_panel(panel: AnalysisPanel, session: Session) -> None:
+    panel.changed.connect(session.set_option)
+    panel.analyseRequested.connect(session.analyse)
+
+    def show(options: Options) -> None:
+        for key in panel.combos:
+            if not panel.set_value(key, getattr(options, key)):
+                session.set_option(key, panel.value(key))  # e.g. a GPU that is gone: use what is there
+
+    session.options_changed.connect(show)
+    show(session.options)
+
+    def enable() -> None:
+        panel.setEnabled(not session.busy)
+        panel.analyse_button.setEnabled(not session.busy and session.model is not None and session.data is not None)
+
+    on_state_change(session, enable)
+
+
+# -- the plan: threshold, curves, table, summary ----------------------------------------------------
+
+
+def bind_threshold(control: ThresholdControl, session: Session) -> None:
+    control.valueChanged.connect(session.set_threshold)
+    control.valueChangeFinished.connect(session.set_threshold)
+
+    def show(options: Options) -> None:
+        if (control.mode(), control.value()) != (options.threshold_mode, options.threshold_value):
+            control.set_value(options.threshold_mode, options.threshold_value)
+
+    session.options_changed.connect(show)
+    show(session.options)
+
+
+def bind_curves(curves: CurvesWidget, session: Session) -> None:
+    curves.keepChanged.connect(lambda name, k: session.set_layer_keep(name, k, final=False))
+    curves.keepChangeFinished.connect(lambda name, k: session.set_layer_keep(name, k, final=True))
+    curves.layerSelected.connect(session.select_layer)
+
+    def show_analysis(analysis) -> None:
+        if analysis is None:
+            curves.clear()
+        else:
+            curves.set_curves(analysis.curves, dict(analysis.units))
+
+    def show_keep(keep: dict[str, int], _final: bool) -> None:
+        curves.set_keep(keep)
+        curves.set_threshold(session.threshold)
+
+    session.analysis_changed.connect(show_analysis)
+    session.keep_changed.connect(show_keep)
+    session.selection_changed.connect(lambda name: curves.set_selected(name) if name else None)
+
+
+def bind_table(table: LayerTable, session: Session) -> None:
+    table.keepEdited.connect(lambda name, k: session.set_layer_keep(name, k, final=True))
+    table.layerSelected.connect(session.select_layer)
+
+    def show_analysis(analysis) -> None:
+        model = session.model.model if session.model else None
+        table.set_rows([] if analysis is None else layer_rows(analysis, model))
+
+    def show_keep(keep: dict[str, int], _final: bool) -> None:
+        table.update_keep(keep, session.explained(), *session.layer_costs())
+
+    session.analysis_changed.connect(show_analysis)
+    session.keep_changed.connect(show_keep)
+    session.selection_changed.connect(lambda name: table.select(name) if name else table.clearSelection())
+
+
+def bind_summary(bar: SummaryBar, session: Session) -> None:
+    session.analysis_changed.connect(lambda analysis: None if analysis else bar.set_costs(0, 0, 0.0, 0.0))
+    session.keep_changed.connect(lambda _keep, _final: bar.set_costs(*session.costs()))
+    session.metrics_changed.connect(bar.set_metrics)
+    session.stale_changed.connect(bar.mark_stale)
+
+
+# -- results: evaluation, sweep, fine-tuning, progress ----------------------------------------------
+
+
+def bind_evaluate_panel(panel: EvaluatePanel, session: Session) -> None:
+    panel.evaluateRequested.connect(session.evaluate)
+    panel.sweepRequested.connect(session.sweep)
+    panel.latencyBatchChanged.connect(lambda value: session.set_option("latency_batch", value))
+    panel.reductions.editingFinished.connect(
+        lambda: session.set_option("sweep_reductions", panel.reductions.text().strip())
+    )
+    panel.baseline.activated.connect(lambda _index: session.set_option("sweep_baseline", panel.baseline.currentData()))
+
+    def show(options: Options) -> None:
+        _set_if_different(panel.latency_batch, options.latency_batch)
+        if panel.reductions.text().strip() != options.sweep_reductions:
+            panel.reductions.setText(options.sweep_reductions)
+        select_data(panel.baseline, options.sweep_baseline)
+
+    session.options_changed.connect(show)
+    show(session.options)
+    session.metrics_changed.connect(panel.show_metrics)
+    session.sweep_point.connect(lambda name, xs, ys: panel.sweep_plot.set_series(name, [100 * x for x in xs], ys))
+    session.reset.connect(lambda view: panel.sweep_plot.clear() if view in ("all", "sweep") else None)
+
+    def enable() -> None:
+        ready = not session.busy and session.analysis is not None
+        panel.evaluate_button.setEnabled(ready)
+        panel.sweep_button.setEnabled(ready)
+
+    on_state_change(session, enable)
+
+
+def bind_finetune_panel(panel: FinetunePanel, session: Session) -> None:
+    panel.finetuneRequested.connect(session.finetune)
+    panel.epochs.valueChanged.connect(lambda value: session.set_option("finetune_epochs", value))
+    panel.lr.valueChanged.connect(lambda value: session.set_option("finetune_lr", value))
+
+    def show(options: Options) -> None:
+        _set_if_different(panel.epochs, options.finetune_epochs)
+        _set_if_different(panel.lr, options.finetune_lr)
+
+    session.options_changed.connect(show)
+    show(session.options)
+    session.history_point.connect(panel.history.add_point)
+    session.reset.connect(lambda view: panel.history.clear() if view in ("all", "history") else None)
+    on_state_change(session, lambda: panel.start_button.setEnabled(not session.busy and session.analysis is not None))
+
+
+def bind_progress(progress: ProgressStatus, session: Session) -> None:
+    runner = session.runner
+    runner.started.connect(progress.start)
+    runner.progress.connect(progress.update_progress)
+    runner.cancelling.connect(lambda _name: progress.cancelling())
+    runner.busyChanged.connect(lambda busy: None if busy else progress.finish())
+    progress.cancelRequested.connect(session.cancel)

@@ -1,0 +1,257 @@
+"""The GUI session: the one object that holds the state of a piece of work, and every action on it.
+
+:class:`Session` owns the loaded model and data, the data check, the analysis, the keep counts and
+threshold, the selected layer, the run options, the measured metrics and the sweep and fine-tuning
+results. It runs all slow work on a :class:`~snp_gui.workers.TaskRunner`. Panels call its methods
+and follow its snake_case signals; they never talk to each other and never call the engine.
+Loading models and data, the data check and session files are in :mod:`snp_gui.opening`;
+evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs` (both parts of Session).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PySide6.QtCore import QObject, Signal, SignalInstance
+
+from snp_engine import workflows
+from snp_engine.api import Analysis, Plan
+from snp_engine.data import DataBundle
+from snp_engine.errors import SnpError
+from snp_engine.metrics import Scores
+from snp_engine.models import LoadedModel
+from snp_engine.workflows import AnalysisOptions, Prepared
+from snp_gui.layer_rows import layer_costs
+from snp_gui.opening import Opening
+from snp_gui.pruned_jobs import PrunedJobs
+from snp_gui.settings import Options, default_device
+from snp_gui.workers import FINISHED, Task, TaskRunner
+
+RESULT_VIEWS = ("all", "sweep", "history")  # what ``reset`` clears
+
+
+class Session(QObject, PrunedJobs, Opening):
+    """State plus actions; results arrive through signals in the GUI thread."""
+
+    model_requested = Signal(str, str)  # spec, kind: about to be loaded (the model panel shows it)
+    weights_requested = Signal(str)  # a weights file for the architecture chosen in the model panel
+    model_changed = Signal(object)  # LoadedModel
+    data_requested = Signal(str)  # spec about to be loaded
+    data_changed = Signal(object)  # DataBundle
+    prepared_changed = Signal(object)  # Prepared (data fitted to the model, notes, warnings, dense check) or None
+    analysis_changed = Signal(object)  # Analysis or None: new curves and table rows
+    keep_changed = Signal(dict, bool)  # keep counts, final (False while a marker is dragged)
+    selection_changed = Signal(str)  # the focused layer, "" when there is none
+    options_changed = Signal(object)  # Options, after anything but the threshold changed them
+    metrics_changed = Signal(dict)
+    stale_changed = Signal(bool)
+    sweep_point = Signal(str, list, list)  # series name, FLOPs reductions, top-1
+    history_point = Signal(int, dict)  # epoch, numbers
+    reset = Signal(str)  # result views to clear: one of RESULT_VIEWS
+    session_file_changed = Signal(str)  # the session file just opened or saved
+    message = Signal(str)
+    error_occurred = Signal(str, str)  # task name, one-line message
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.runner = TaskRunner(self)
+        self.runner.ended.connect(self._task_ended)
+        self.options = Options(device=default_device())
+        # asked before a pickle is unpickled; the window puts a dialog here, the default refuses
+        self.confirm_trust: Callable[[str], bool] = lambda _path: False
+        self.model: LoadedModel | None = None
+        self.model_trusted = False
+        self.data: DataBundle | None = None
+        self.data_spec: str | None = None
+        self.checked: Prepared | None = None  # the last data check shown (with the unpruned model's accuracy)
+        self.analysis: Analysis | None = None
+        self.keep: dict[str, int] = {}
+        self.threshold: float | None = None
+        self.overridden = False  # keep counts were edited by hand after the last threshold change
+        self.selected: str | None = None
+        self.metrics: dict = {}
+        self.stale = False
+        self.sweep_results: dict[str, dict[float, float]] = {}
+        self.history: list[tuple[int, dict]] = []
+        self.session_path: str | None = None
+        self._pruned: tuple[tuple, torch.nn.Module, int] | None = None  # job key, network, fine-tuned epochs
+        self._baseline: tuple[tuple, Scores] | None = None
+        self._prepared: tuple[tuple, Prepared] | None = None
+
+    @property
+    def keepChanged(self) -> SignalInstance:
+        """The earlier name of ``keep_changed``, still used by benchmarks/gui_latency.py."""
+        return self.keep_changed
+
+    # -- analysis ---------------------------------------------------------------------------------
+    def analyse(self) -> None:
+        def prepare():
+            prepared, opts = self.prepared(), self.options.copy()
+            options = AnalysisOptions(
+                samples=opts.samples, batch_size=opts.batch_size, ordering=opts.ordering, curve=opts.curve
+            )
+            return lambda reporter: workflows.analyse(prepared, options, device=opts.device, reporter=reporter)
+
+        self.runner.submit(Task("analysis", prepare, on_finished=self.set_analysis))
+
+    def set_analysis(self, analysis: Analysis, keep: dict[str, int] | None = None) -> None:
+        """Show a new analysis: curves and rows first, then the keep counts, then the selected layer."""
+        self.analysis, self._pruned = analysis, None
+        self.options.ordering, self.options.curve = analysis.ordering, analysis.curve_kind
+        self.options_changed.emit(self.options)
+        self.analysis_changed.emit(analysis)
+        if keep is not None:
+            self.set_keep(keep, final=True)
+        else:
+            self.set_threshold(self.options.threshold_mode, self.options.threshold_value)
+        names = analysis.names
+        self.selected = self.selected if self.selected in names else (names[0] if names else None)
+        self.selection_changed.emit(self.selected or "")  # always: the views were rebuilt
+        samples = analysis.info.get("samples", "?")
+        self.message.emit(f"Analysed {len(analysis.groups)} prunable layers on {samples} images")
+
+    def replot(self, ordering: str | None = None, curve: str | None = None) -> None:
+        """Another ordering or curve kind from the stored statistics (no forward pass)."""
+        if ordering:
+            self.options.ordering = ordering
+        if curve:
+            self.options.curve = curve
+        if self.analysis is None:
+            return
+
+        def prepare():
+            analysis, opts = self.analysis, self.options
+            return lambda reporter: analysis.reorder(opts.ordering, opts.curve, reporter=reporter)
+
+        keep = dict(self.keep) if self.overridden else None
+        self.runner.submit(Task("re-plot", prepare, on_finished=lambda new: self.set_analysis(new, keep)))
+
+    def _reset_analysis(self) -> None:
+        self.analysis, self.keep, self.selected, self._pruned, self._baseline = None, {}, None, None, None
+        self.analysis_changed.emit(None)
+        self.selection_changed.emit("")
+        self.set_metrics({})
+
+    def _clear_results(self, view: str) -> None:
+        if view in ("all", "sweep"):
+            self.sweep_results = {}
+        if view in ("all", "history"):
+            self.history = []
+        self.reset.emit(view)
+
+    # -- keep counts and selection ----------------------------------------------------------------
+    def set_threshold(self, mode: str, value: float) -> None:
+        """Re-plan every layer from one global setting: explained variance or a FLOPs/params cut."""
+        self.options.threshold_mode, self.options.threshold_value = mode, float(value)
+        if self.analysis is None:
+            return
+        try:
+            plan = self.analysis.plan(**{_PLAN_KEYS[mode]: float(value)})
+        except SnpError as exc:
+            self.message.emit(str(exc))
+            return
+        self.threshold, self.overridden = plan.threshold, False
+        self._apply_keep(plan.keep, final=True)
+
+    def set_layer_keep(self, name: str, count: int, final: bool = True) -> None:
+        """One layer overridden by hand (a marker drag or a table edit)."""
+        if self.analysis is None or name not in self.keep:
+            return
+        count = max(1, min(int(count), self.analysis.units[name]))
+        if count == self.keep[name] and not final:
+            return
+        self.overridden = True
+        self._apply_keep({**self.keep, name: count}, final)
+
+    def set_keep(self, keep: dict[str, int], final: bool = True) -> None:
+        if self.analysis is None:
+            return
+        units = self.analysis.units
+        self.overridden = True
+        self._apply_keep({n: max(1, min(int(keep.get(n, u)), u)) for n, u in units.items()}, final)
+
+    def _apply_keep(self, keep: dict[str, int], final: bool) -> None:
+        if keep != self.keep:
+            self.mark_stale()
+        self.keep = keep
+        self.keep_changed.emit(dict(keep), final)
+
+    def select_layer(self, name: str) -> None:
+        """Focus one prunable layer (a click on its curve or its table row); every view follows."""
+        if self.analysis is None or name not in self.analysis.units or name == self.selected:
+            return
+        self.selected = name
+        self.selection_changed.emit(name)
+
+    def plan(self) -> Plan:
+        if self.analysis is None:
+            raise SnpError("run an analysis first")
+        return self.analysis.plan_for(self.keep, self.threshold if not self.overridden else None)
+
+    def explained(self) -> dict[str, float]:
+        analysis = self.analysis
+        return {} if analysis is None else {n: float(analysis.group(n).curve[k]) for n, k in self.keep.items()}
+
+    def costs(self) -> tuple[int, int, float, float]:
+        """Parameters and FLOPs before and after the current keep counts (microseconds to compute)."""
+        if self.analysis is None:
+            return 0, 0, 0.0, 0.0
+        (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(self.keep)
+        return params_before, params_after, flops_before, flops_after
+
+    def layer_costs(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Parameters and FLOPs of each layer under the current keep counts (for the table)."""
+        return layer_costs(self.analysis, self.keep)
+
+    # -- options ----------------------------------------------------------------------------------
+    def set_options(self, options: Options) -> None:
+        """Replace every option (saved settings, a reopened session); the panels show the new ones."""
+        self.options = options
+        self.options_changed.emit(options)
+
+    def set_option(self, key: str, value: object) -> None:
+        self.update_options(**{key: value})
+
+    def update_options(self, **values: object) -> None:
+        """Change run options; re-plots, re-checks the data or marks the metrics stale as the change needs."""
+        changed = set()
+        for key, value in values.items():
+            old = getattr(self.options, key)  # an unknown key is a programming error: AttributeError
+            new = type(old)(value)
+            if new != old:
+                setattr(self.options, key, new)
+                changed.add(key)
+        if changed & {"ordering", "curve"}:
+            self.replot()
+        if "input_size" in changed:
+            self.check_data()  # fit the data to the new input size and check the model on it again
+        if changed & {"device", "compensation"}:
+            self.mark_stale()  # measured with another device or compensation
+        if changed:
+            self.options_changed.emit(self.options)
+
+    # -- running ----------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.runner.busy
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel whatever runs and wait for the worker thread (the window is closing)."""
+        self.runner.cancel()
+        return self.runner.wait(timeout_ms)
+
+    def _task_ended(self, name: str, outcome: str, text: str) -> None:
+        if outcome == FINISHED:
+            return
+        if outcome == "cancelled":
+            self.message.emit(f"{name.capitalize()} cancelled; nothing was changed")
+        else:
+            self.message.emit(f"{name.capitalize()} failed: {text}")
+            self.error_occurred.emit(name, text)
+
+
+_PLAN_KEYS = {"variance": "variance", "flops": "flops_reduction", "params": "params_reduction"}

@@ -1,0 +1,163 @@
+"""Task bodies the session runs on its :class:`~snp_gui.workers.TaskRunner`: prune, evaluate, sweep, fine-tune, export.
+
+They run in the worker thread, so they only see the snapshot they were given (a :class:`PruneJob`);
+the work itself is :mod:`snp_engine.workflows`, the same functions the command line calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from snp_engine import workflows
+from snp_engine.api import Analysis, Plan
+from snp_engine.metrics import Scores
+from snp_engine.progress import Reporter, Scaled
+from snp_engine.workflows import Prepared
+from snp_gui.settings import Options
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """Everything a prune needs, captured in the GUI thread when the task starts."""
+
+    prepared: Prepared
+    analysis: Analysis
+    plan: Plan
+    options: Options
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the pruned network this job produces, so results can be reused."""
+        o = self.options
+        return (
+            id(self.analysis),
+            tuple(sorted(self.plan.keep.items())),
+            self.analysis.ordering,
+            o.compensation,
+            o.samples,
+            o.batch_size,
+            id(self.prepared.data.calibration),
+        )
+
+    @property
+    def baseline_key(self) -> tuple:
+        return (id(self.prepared.model.model), id(self.prepared.evaluation.test), self.options.device)
+
+
+def prune_for(
+    job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
+) -> nn.Module:
+    """The pruned copy of the job's model with the chosen compensation."""
+    o = job.options
+    return workflows.prune(
+        job.prepared,
+        analysis or job.analysis,
+        plan or job.plan,
+        compensation=o.compensation,
+        physical=physical,
+        batch_size=o.batch_size,
+        samples=o.samples,
+        device=o.device,
+        reporter=reporter,
+    )
+
+
+def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: nn.Module | None, reporter: Reporter) -> dict:
+    """Prune (unless ``pruned`` is given), then top-1/top-5, output fidelity and latency of the original and
+    the pruned network; ``baseline`` holds the original's scores when they are already known."""
+    o = job.options
+    if pruned is None:
+        pruned = prune_for(job, Scaled(reporter, 0.0, 0.5))
+    latency = {"batch_size": o.latency_batch, "repeats": o.latency_repeats}
+    comparison = workflows.compare(
+        job.prepared, pruned, device=o.device, baseline=baseline, latency=latency, reporter=Scaled(reporter, 0.5, 1.0)
+    )
+    metrics = {**comparison.metrics(), "latency_batch": o.latency_batch, "device": o.device}
+    return {"pruned": pruned, "baseline": comparison.before, "metrics": metrics, "keys": (job.key, job.baseline_key)}
+
+
+def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
+    """Top-1 against FLOPs reduction for the current ordering and a baseline ordering.
+
+    Each point is handed over as soon as it is measured, so the plot fills in while it runs.
+    """
+    o = job.options
+    return workflows.sweep(
+        job.prepared,
+        job.analysis,
+        reductions,
+        baseline=baseline,
+        compensation=o.compensation,
+        batch_size=o.batch_size,
+        samples=o.samples,
+        device=o.device,
+        on_point=lambda *point: reporter.partial(point),
+        reporter=reporter,
+    )
+
+
+def _history_point(found: Scores) -> dict[str, float]:
+    return {"test top-1 %": found.top1, "test loss": found.loss}
+
+
+def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, reporter: Reporter) -> dict:
+    """A short fine-tune of (a copy of) the pruned network, reporting test numbers every epoch."""
+    o = job.options
+    if pruned is None:
+        pruned = prune_for(job, Scaled(reporter, 0.0, 0.2))
+    tuned = workflows.finetune(
+        job.prepared,
+        pruned,
+        epochs=epochs,
+        lr=lr,
+        batch_size=o.batch_size,
+        device=o.device,
+        on_epoch=lambda epoch, found: reporter.partial((epoch, _history_point(found))),
+        reporter=Scaled(reporter, 0.2, 1.0),
+    )
+    # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
+    metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}
+    return {"model": tuned.model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
+
+
+def export(
+    job: PruneJob,
+    pruned: nn.Module | None,
+    metrics: dict,
+    path: str,
+    torchscript: bool,
+    onnx: bool,
+    reporter: Reporter,
+) -> list[Path]:
+    """Write the pruned network (and optional deployment copies); each file is verified on reload."""
+    o = job.options
+    if pruned is None:
+        pruned = prune_for(job, Scaled(reporter, 0.0, 0.6))
+    reporter.check()
+    reporter.update(0.6, "writing and verifying the snp file")
+    prepared = job.prepared
+    settings = {
+        "ordering": job.analysis.ordering,
+        "curve": job.analysis.curve_kind,
+        "compensation": o.compensation,
+        "samples": o.samples,
+        "model": prepared.model.spec,
+        "data": prepared.require_data().name,
+        "threshold": job.plan.threshold,
+        "input_shape": list(prepared.input_shape),
+    }
+    target = Path(path)
+    written = workflows.export(
+        prepared,
+        pruned,
+        target,
+        settings=settings,
+        metrics=metrics,
+        torchscript=target.with_suffix(".pt") if torchscript else None,
+        onnx=target.with_suffix(".onnx") if onnx else None,
+        reporter=Scaled(reporter, 0.6, 1.0),
+    )
+    return list(written.values())
