@@ -145,7 +145,9 @@ class LoadedModel:
     """A ready-to-use model (eval mode, CPU) and what is known about it.
 
     ``input_shape`` is the (C, H, W) the model expects by default; ``source`` says where the
-    weights came from (a file path, or ``"random init"``).
+    weights came from (a file path, or ``"random init"``). ``size_rule`` says how strictly the
+    input size holds: ``fixed`` (the architecture takes only that size), ``recorded`` (the size it
+    was trained or pruned at) or ``any`` (a guess; the data's own size is used instead).
     """
 
     model: nn.Module
@@ -154,6 +156,7 @@ class LoadedModel:
     num_classes: int
     input_shape: tuple[int, int, int]
     source: str
+    size_rule: str = "any"
 
 
 def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:

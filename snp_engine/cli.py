@@ -20,6 +20,7 @@ import torch
 from snp_engine import __version__, workflows
 from snp_engine.data import data_help
 from snp_engine.errors import OutOfMemoryError, SnpError
+from snp_engine.models import models_help
 from snp_engine.progress import Cancelled, Reporter, Scaled, TextReporter
 from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS
 from snp_engine.workflows import ALLOCATIONS, AnalysisOptions, Compensation, PlanTarget, Prepared
@@ -104,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snp",
         description="Subspace Node Pruning: analyse, prune, evaluate and export vision networks.",
-        epilog="Models: demo-vgg, demo-resnet, torchvision:ARCH[@WEIGHTS], or a file written by snp. "
-        f"Data: {data_help()}.",
+        epilog=f"Models: {models_help()}. Data: {data_help()}.",
     )
     parser.add_argument("--version", action="version", version=f"snp {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -386,6 +386,8 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     params, flops = workflows.cost(model, shape, device)
     reporter.update(1.0, "done")
     pruning = getattr(model, "snp_pruning", None)
+    warnings = [] if groups or excluded else [workflows.no_groups_reason(model)]
+    _say(args, warnings, "warning")
     result = {
         "model": args.model,
         "arch": loaded.arch,
@@ -396,6 +398,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         "flops": flops,
         "groups": [{"name": g.name, "consumer": g.consumer, "units": g.units, "layout": g.layout} for g in groups],
         "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in excluded],
+        "warnings": warnings,
     }
     if pruning:
         result["pruning"] = {

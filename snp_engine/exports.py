@@ -256,7 +256,8 @@ def load_exported(path: str | Path) -> LoadedModel:
         "physical": True,
     }
     model.snp_metadata = header.raw
-    return LoadedModel(model, str(path), header.arch, header.num_classes, header.input_shape, str(path))
+    rule = "fixed" if isinstance(getattr(model, "image_size", None), int) else "recorded"
+    return LoadedModel(model, str(path), header.arch, header.num_classes, header.input_shape, str(path), rule)
 
 
 def _check_format(path: Path, raw: Mapping[str, str]) -> None:

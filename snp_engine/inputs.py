@@ -18,7 +18,6 @@ from torch import nn
 
 from snp_engine.datasources.base import DataBundle, adapt_to_model
 from snp_engine.errors import SnpError
-from snp_engine.models import DEMO_MODELS
 
 Shape = tuple[int, int, int]
 FIXED, RECORDED, ANY = "fixed", "recorded", "any"
@@ -31,16 +30,6 @@ class FittedData:
     bundle: DataBundle
     shape: Shape
     note: str | None
-
-
-def size_rule(model: nn.Module, spec: str, arch: str) -> str:
-    """``fixed`` (the architecture only takes one size), ``recorded`` (the size it was trained or
-    pruned at is known) or ``any`` (convolutional: runs at whatever size the data has)."""
-    if isinstance(getattr(model, "image_size", None), int):
-        return FIXED
-    if getattr(model, "snp_metadata", None) is not None or spec in DEMO_MODELS or arch in DEMO_MODELS:
-        return RECORDED
-    return ANY
 
 
 def runs_at(model: nn.Module, shape: Shape) -> bool:

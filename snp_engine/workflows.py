@@ -34,7 +34,7 @@ from snp_engine.activations import model_dtype
 from snp_engine.costs import count
 from snp_engine.data import DataBundle, load_data, make_loader
 from snp_engine.errors import ModelLoadError, SnpError
-from snp_engine.inputs import FittedData, fit_data, resolve_input_shape, size_rule
+from snp_engine.inputs import FittedData, fit_data, resolve_input_shape
 from snp_engine.latency import measure_latency
 from snp_engine.metrics import Scores, scores
 from snp_engine.models import LoadedModel
@@ -179,7 +179,7 @@ def open_data(spec: str, *, seed: int = 0) -> DataBundle:
 
 def fit(loaded: LoadedModel, bundle: DataBundle, input_size: int | None = None) -> FittedData:
     """``bundle`` adapted to the input shape the one rule picks for ``loaded``."""
-    rule = size_rule(loaded.model, loaded.spec, loaded.arch)
+    rule = loaded.size_rule
     shape, reason = resolve_input_shape(
         loaded.model, loaded.input_shape, rule, bundle.image_size, input_size, name=loaded.arch
     )
@@ -188,7 +188,7 @@ def fit(loaded: LoadedModel, bundle: DataBundle, input_size: int | None = None) 
 
 def input_shape_of(loaded: LoadedModel, input_size: int | None = None) -> tuple[int, int, int]:
     """The input shape without data: the model's own, or ``input_size`` (checked against a fixed size)."""
-    rule = size_rule(loaded.model, loaded.spec, loaded.arch)
+    rule = loaded.size_rule
     shape, _ = resolve_input_shape(loaded.model, loaded.input_shape, rule, None, input_size, name=loaded.arch)
     return shape
 
@@ -293,6 +293,16 @@ def _skipped(bundle: DataBundle) -> list[str]:
 # Analyse, plan, prune
 
 
+def no_groups_reason(model: nn.Module) -> str:
+    """Why a model has no unit groups at all, in words."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return (
+            "a TorchScript program: its layers are compiled, so they cannot be traced, analysed or pruned; "
+            "load the original network (torchvision:ARCH@WEIGHTS or a trusted pickle) instead"
+        )
+    return "no conv or linear layer whose output units could be removed was found"
+
+
 def analyse(
     prepared: Prepared,
     options: AnalysisOptions = AnalysisOptions(),
@@ -302,6 +312,8 @@ def analyse(
     info: Mapping[str, Any] | None = None,
 ) -> api.Analysis:
     """Stream the calibration data through the dense model once and analyse every unit group."""
+    if isinstance(prepared.model.model, torch.jit.ScriptModule):
+        raise SnpError(f"{prepared.model.spec} is {no_groups_reason(prepared.model.model)}")
     return api.analyze(
         prepared.model.model,
         prepared.require_data(),

@@ -329,14 +329,8 @@ def model_files(tmp_path_factory):
     return root
 
 
-TORCHSCRIPT_NO_GROUPS = pytest.mark.xfail(
-    strict=True,
-    reason="snp info on a TorchScript file exits 0 but reports no prunable groups and no excluded ones "
-    "(groups == [] and excluded == []), with no word on why",
-)
-
 # id -> (spec with {root} / {export} placeholders, extra arguments, expected input_shape, expected classes)
-MODEL_SOURCES = {
+MODEL_CASES = {
     "demo-vgg": ("demo-vgg", (), [1, 8, 8], 10),
     "demo-resnet": ("demo-resnet", (), [1, 8, 8], 10),
     "torchvision-resnet18": ("torchvision:resnet18", (), [3, 224, 224], 1000),
@@ -349,18 +343,25 @@ MODEL_SOURCES = {
 }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(name, marks=TORCHSCRIPT_NO_GROUPS) if name == "torchscript" else name for name in MODEL_SOURCES],
-)
+@pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_info_on_every_model_source(case, model_files, vgg_export):
-    spec, extra, shape, classes = MODEL_SOURCES[case]
+    spec, extra, shape, classes = MODEL_CASES[case]
     spec = spec.format(root=model_files, export=vgg_export)
     result = run_json("info", "--model", spec, *extra)
     assert result["input_shape"] == shape
     assert result["num_classes"] == classes
     assert result["params"] > 0 and result["flops"] > 0
-    assert len(result["groups"]) >= 1
+    if case == "torchscript":  # compiled: no layers to trace, and the reason is said
+        assert result["groups"] == [] and any("TorchScript" in w for w in result["warnings"])
+    else:
+        assert len(result["groups"]) >= 1
+
+
+def test_every_registered_model_source_has_a_case(model_files, vgg_export):
+    from snp_engine.modelsources import MODEL_SOURCES, find_source
+
+    specs = [spec.format(root=model_files, export=vgg_export) for spec, *_ in MODEL_CASES.values()]
+    assert {find_source(spec).name for spec in specs} == set(MODEL_SOURCES)
 
 
 @pytest.mark.parametrize("name", ["mobilenet.pt", "mobilenet.ts"], ids=["pickle", "torchscript"])
