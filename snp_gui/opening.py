@@ -180,8 +180,9 @@ class Opening:
             return  # the model, data or input size changed meanwhile; a newer check is queued
         self._prepared, self.checked = result, prepared
         self.prepared_changed.emit(prepared)
-        for warning in prepared.warnings:
-            self.message.emit(f"Warning: {warning}")
+        if prepared.warnings:  # the whole text is in the data panel; a status line only fits the start
+            count = len(prepared.warnings)
+            self.message.emit(f"Data check: {count} warning(s), see the Data panel — {prepared.warnings[0]}")
 
     def prepared(self: Session) -> Prepared:
         """The model and data fitted to each other (the checked result when it is there)."""

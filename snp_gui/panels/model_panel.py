@@ -79,7 +79,7 @@ class ModelPanel(QGroupBox):
         self.arch.completer().setFilterMode(Qt.MatchFlag.MatchContains)
         self.arch.setCurrentText("resnet18")
         self.arch.setToolTip("The torchvision architecture the weights belong to (type to search)")
-        self.weights = PathEdit("weights file (empty: random init)", WEIGHTS_FILTER)
+        self.weights = PathEdit("optional", WEIGHTS_FILTER)
         self.weights.setToolTip(
             "A state dict (.pth/.safetensors) for this architecture; its class count is read "
             "from the file. Leave empty for random weights."

@@ -57,6 +57,7 @@ class CurvesWidget(QWidget):
     def _build_plots(self) -> None:
         self.overlay = curve_plot("All layers")
         self.overlay.addLegend(offset=(-10, -10), labelTextSize="8pt")  # bottom right: below the rising curves
+        self.overlay.getPlotItem().legend.setVisible(False)  # an empty legend would show as a stray box
         self.overlay_threshold = hidden_item(pg.InfiniteLine(angle=0), 5)
         self.hover_dot = hidden_item(pg.ScatterPlotItem(size=9), 20)
         self.overlay_readout = QLabel(HINT)
@@ -160,6 +161,7 @@ class CurvesWidget(QWidget):
         """Remove every curve and marker."""
         plot = self.overlay.getPlotItem()
         plot.legend.clear()
+        plot.legend.setVisible(False)
         for series in self._series.values():
             plot.removeItem(series.curve)
             plot.removeItem(series.marker)
@@ -263,7 +265,7 @@ class CurvesWidget(QWidget):
         if visible and not legend.items:  # filled lazily: each entry relayouts the legend, which adds up
             for name, series in self._series.items():
                 legend.addItem(series.curve, name)
-        legend.setVisible(visible)
+        legend.setVisible(visible and bool(self._series))
 
     def _marker_moved(self, name: str | None, line: UnitMarker) -> None:
         if self._syncing or name not in self._series:

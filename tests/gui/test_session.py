@@ -189,3 +189,22 @@ def test_new_model_resets_results_and_pickles_need_trust(qtbot, analysed, tmp_pa
         assert run(qtbot, s, "load model", lambda: s.open_model(str(path), "pickle"))[0] == FINISHED
     assert s.model.arch == "pickle:DemoVGG" and s.model_trusted
     assert resets == [("all",)] and s.keep == {} and s.selected is None and s.metrics == {}
+
+
+def test_a_model_that_does_not_fit_the_data_gets_a_warning_banner(qtbot, session):
+    panel = DataPanel()
+    qtbot.addWidget(panel)
+    binding.bind_data_panel(panel, session)
+    panel.resize(280, 600)
+    panel.show()
+    messages = record(session.message)
+    assert run(qtbot, session, "load model", lambda: session.open_model("torchvision:resnet18"))[0] == FINISHED
+    with qtbot.waitSignal(session.prepared_changed, timeout=TIMEOUT, check_params_cb=lambda p: p is not None):
+        assert run(qtbot, session, "load data", lambda: session.open_data("digits"))[0] == FINISHED
+    checked = session.checked
+    assert len(checked.warnings) == 2 and "1000 classes" in checked.warnings[0]
+    assert checked.dense.top1 < 2 * checked.dense.chance  # random weights: near chance
+    assert panel.banner.isVisible() and "1000 classes" in panel.banner.text()
+    assert panel.banner.width() <= panel.width()  # wrapped inside the panel, not overflowing it
+    assert "fed to the model as 3×8×8" in panel.fit.text()
+    assert "2 warning(s)" in messages[-1][0]
