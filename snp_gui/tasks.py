@@ -120,7 +120,9 @@ def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, re
     )
     # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
     metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}
-    return {"model": tuned.model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
+    # the trained network with the pruning record, where the engine keeps one, so an export still carries it
+    model = getattr(tuned, "pruned", None) or tuned.model
+    return {"model": model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
 
 
 def export(
