@@ -155,7 +155,7 @@ class Recorder:
 def snp_prune(model, analysis, plan, calibration, compensation: str, device: str, physical: bool = False):
     return api.prune(
         model, analysis, plan, data=calibration, physical=physical, device=device, **COMPENSATION[compensation]
-    )
+    ).model
 
 
 def finetune(model: nn.Module, train_set: TensorDataset, epochs: int, seed: int, device: str) -> nn.Module:

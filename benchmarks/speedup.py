@@ -100,7 +100,7 @@ def run_case(name: str, arch: str, side: int, args: argparse.Namespace) -> dict:
     for kind, plan in plans.items():
         variants[kind] = api.prune(
             model, analysis, plan, compensate=False, sequential=False, physical=True, device=args.device
-        )
+        ).model
     row = {"input": list(shape), "analysis_seconds": analysis_seconds, "variants": {}}
     for kind, variant in variants.items():
         params, macs = count(variant.to(args.device), example)

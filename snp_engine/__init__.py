@@ -17,6 +17,7 @@ _API_NAMES = (
     "export",
     "Analysis",
     "Plan",
+    "Pruned",
 )
 
 __all__ = ["__version__", *_API_NAMES]

@@ -2,8 +2,8 @@
 
     analysis = snp_engine.analyze(model, calibration_dataset)          # one forward pass
     plan = analysis.plan(variance=0.99)          # or flops_reduction=0.5 / params_reduction=… / keep={…}
-    pruned = snp_engine.prune(model, analysis, plan, data=calibration_dataset)
-    snp_engine.export(pruned, "small.safetensors")
+    pruned = snp_engine.prune(model, analysis, plan, data=calibration_dataset)  # .model, .record
+    snp_engine.export(pruned, "small.safetensors", arch=…, num_classes=…, input_shape=…)
     same = snp_engine.load("small.safetensors")
 
 This module is a façade; ``__all__`` is the public API. The work is done in
@@ -50,7 +50,7 @@ from snp_engine.pruning import prune
 from snp_engine.ratios import keep_for_budget as keep_for_budget
 from snp_engine.ratios import keep_for_threshold as keep_for_threshold
 from snp_engine.ratios import validate_keep as validate_keep
-from snp_engine.results import GroupAnalysis, Plan
+from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord
 from snp_engine.runtime import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from snp_engine.runtime import (
     OUT_OF_MEMORY_MARKERS,
@@ -77,8 +77,9 @@ from snp_engine.surgery import remove_units as remove_units
 from snp_engine.surgery import weight_taps as weight_taps
 
 
-def export(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
-    """Write a pruned model to snp's self-describing safetensors file (see :mod:`snp_engine.exports`)."""
+def export(model: nn.Module | Pruned, path: str | Path, **metadata: Any) -> Path:
+    """Write a pruned model (the :class:`Pruned` that :func:`prune` returns, which brings its record)
+    to snp's self-describing safetensors file (see :mod:`snp_engine.exports`)."""
     return export_model(model, path, **metadata)
 
 
@@ -104,6 +105,8 @@ __all__ = [
     "GroupAnalysis",
     "LayerCost",
     "Plan",
+    "Pruned",
+    "PruningRecord",
     "analyze",
     "batches_of",
     "evaluate",

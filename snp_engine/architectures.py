@@ -20,6 +20,7 @@ from torchvision.models.resnet import BasicBlock
 
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.headers import shorten
+from snp_engine.results import PruningRecord
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_RESULTS_FILE = RESOURCES / "demo_models.json"
@@ -148,6 +149,8 @@ class LoadedModel:
     weights came from (a file path, or ``"random init"``). ``size_rule`` says how strictly the
     input size holds: ``fixed`` (the architecture takes only that size), ``recorded`` (the size it
     was trained or pruned at) or ``any`` (a guess; the data's own size is used instead).
+    An snp export also brings its ``pruning`` record (kept units relative to its base
+    architecture) and its whole header as ``metadata``.
     """
 
     model: nn.Module
@@ -157,6 +160,8 @@ class LoadedModel:
     input_shape: tuple[int, int, int]
     source: str
     size_rule: str = "any"
+    pruning: PruningRecord | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:

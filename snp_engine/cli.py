@@ -385,7 +385,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     groups = execution_order(model, groups, example)
     params, flops = workflows.cost(model, shape, device)
     reporter.update(1.0, "done")
-    pruning = getattr(model, "snp_pruning", None)
+    pruning = loaded.pruning.to_dict() if loaded.pruning is not None else None
     warnings = [] if groups or excluded else [workflows.no_groups_reason(model)]
     _say(args, warnings, "warning")
     result = {
@@ -670,7 +670,7 @@ def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
         device=device,
         reporter=Scaled(reporter, 0.0, 0.95),
     )
-    earlier = getattr(prepared.model.model, "snp_metadata", None) or {}
+    earlier = prepared.model.metadata or {}
     settings = {
         **earlier.get("settings", {}),
         "finetune": {

@@ -41,6 +41,7 @@ from snp_engine.headers import (
     to_json,
 )
 from snp_engine.progress import Reporter
+from snp_engine.results import Pruned, PruningRecord
 from snp_engine.surgery import remove_units
 from snp_engine.verification import EXPORT_TOLERANCE, check_close, cpu_eval_copy, first_output, random_batch
 from snp_engine.version import __version__
@@ -65,7 +66,7 @@ _MAX_ARGUMENT = 1 << 20  # any whole number among the constructor arguments
 
 
 def export_model(
-    model: nn.Module,
+    model: nn.Module | Pruned,
     path: str | Path,
     *,
     arch: str,
@@ -74,10 +75,15 @@ def export_model(
     settings: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
+    pruning: PruningRecord | None = None,
+    base: Mapping[str, Any] | None = None,
     reporter: Reporter | None = None,
 ) -> Path:
     """Write ``model`` (typically pruned) as a self-describing safetensors file and verify it.
 
+    ``pruning`` is the record of how ``model`` was pruned (taken from a :class:`Pruned`), ``base``
+    the header of the snp export it was loaded from, if any (its units were removed before: the
+    kept indices are composed so the new file refers to the base architecture).
     ``arch`` is the base architecture (``demo-vgg``, ``torchvision:resnet18``, …);
     ``arch_kwargs`` overrides the constructor arguments that are otherwise derived from the model
     (class count, ViT image size, …). The file is reloaded with :func:`load_exported` before it
@@ -85,16 +91,18 @@ def export_model(
     ``reporter`` may cancel between writing and verifying; the earlier file then stays as it was.
     """
     reporter = reporter or Reporter()
+    if isinstance(model, Pruned):
+        model, pruning = model.model, pruning or model.record
     path = Path(path)
     input_shape = tuple(int(s) for s in input_shape)
     check_exportable(arch)
     _check_input_shape(input_shape)
-    earlier = getattr(model, "snp_metadata", None) or {}
+    earlier = dict(base or {})
     if arch_kwargs is None and earlier.get("arch") == arch and earlier.get("num_classes") == num_classes:
         arch_kwargs = earlier.get("arch_kwargs")
     kwargs = dict(arch_kwargs) if arch_kwargs is not None else constructor_kwargs(model, arch, num_classes)
     reference = cpu_eval_copy(model)
-    pruning = _relative_to_base(getattr(model, "snp_pruning", None) or {}, earlier.get("pruning") or {})
+    pruning = _relative_to_base(pruning.to_dict() if pruning else {}, earlier.get("pruning") or {})
     stored = reference
     if pruning and not pruning.get("physical", True):
         stored = _physically_pruned(reference, pruning, input_shape)
@@ -216,8 +224,8 @@ def load_exported(path: str | Path) -> LoadedModel:
     """Rebuild a model written by :func:`export_model`; no pickle, no code from the file.
 
     The base architecture is built with its stored arguments, the same units as at pruning time
-    are removed, then the weights are loaded strictly. The model carries ``snp_pruning`` (kept
-    indices per group and settings) and ``snp_metadata`` (the whole header) again.
+    are removed, then the weights are loaded strictly. The :class:`LoadedModel` brings the pruning
+    record (kept indices per group and settings) and the whole header as ``metadata``.
     """
     from safetensors.torch import load_file
 
@@ -245,19 +253,19 @@ def load_exported(path: str | Path) -> LoadedModel:
     _load_state(model, state, header.arch, path)
     model.eval()
     settings = header.settings
-    model.snp_pruning = {
-        "kept": header.kept,
-        "units": header.units,
-        "groups": header.groups,
-        "ordering": settings.get("ordering"),
-        "threshold": settings.get("threshold"),
-        "compensation": settings.get("compensation"),
-        "input_shape": list(header.input_shape),
-        "physical": True,
-    }
-    model.snp_metadata = header.raw
+    record = PruningRecord(
+        kept={name: tuple(kept) for name, kept in header.kept.items()},
+        units=dict(header.units),
+        groups=tuple(header.groups),
+        ordering=settings.get("ordering"),
+        threshold=settings.get("threshold"),
+        compensation=settings.get("compensation"),
+        input_shape=tuple(header.input_shape),
+    )
     rule = "fixed" if isinstance(getattr(model, "image_size", None), int) else "recorded"
-    return LoadedModel(model, str(path), header.arch, header.num_classes, header.input_shape, str(path), rule)
+    return LoadedModel(
+        model, str(path), header.arch, header.num_classes, header.input_shape, str(path), rule, record, header.raw
+    )
 
 
 def _check_format(path: Path, raw: Mapping[str, str]) -> None:

@@ -18,7 +18,7 @@ from snp_engine.analysis import Analysis
 from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.results import GroupAnalysis, Plan
+from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
 from snp_engine.subspace import OrderingInputs, order_units
 from snp_engine.surgery import apply_reconstruction, drop_columns, remove_units
@@ -39,8 +39,8 @@ def prune(
     reselect: bool = False,
     refit_unpruned: bool = False,
     reporter: Reporter | None = None,
-) -> nn.Module:
-    """A pruned copy of ``model`` (the original is left untouched).
+) -> Pruned:
+    """A pruned copy of ``model`` (the original is left untouched) and its pruning record.
 
     One-shot (``sequential=False``) compensates every consumer from the dense statistics of the
     analysis. Sequential (default, needs ``data``) prunes groups front to back, re-measuring each
@@ -51,7 +51,7 @@ def prune(
     ``refit_unpruned=True`` refits them too, towards the dense network, once anything upstream
     was pruned.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
-    The copy carries ``snp_pruning``: the kept indices per group and the settings used.
+    The :class:`~snp_engine.results.PruningRecord` holds the kept indices per group and the settings.
     """
     reporter = reporter or Reporter()
     device = resolve_device(device)
@@ -89,18 +89,18 @@ def prune(
             removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
             example = torch.zeros((1, *analysis.input_shape), device=device, dtype=model_dtype(pruned))
             remove_units(pruned, [g.group for g in analysis.groups], removed, example)
-        pruned.snp_pruning = {
-            "kept": {name: list(kept) for name, kept in kept_now.items()},
-            "units": analysis.units,
-            "groups": [g.name for g in analysis.groups],
-            "ordering": analysis.ordering,
-            "threshold": plan.threshold,
-            "compensation": "sequential" if sequential else ("one-shot" if compensate else "none"),
-            "input_shape": list(analysis.input_shape),
-            "physical": physical,
-        }
+        record = PruningRecord(
+            kept=dict(kept_now),
+            units=dict(analysis.units),
+            groups=tuple(g.name for g in analysis.groups),
+            ordering=analysis.ordering,
+            threshold=plan.threshold,
+            compensation="sequential" if sequential else ("one-shot" if compensate else "none"),
+            input_shape=tuple(analysis.input_shape),
+            physical=physical,
+        )
         reporter.update(1.0, "pruned")
-        return pruned
+        return Pruned(pruned, record)
 
 
 def _fit_sequential(

@@ -1,4 +1,4 @@
-"""Plain records of what an analysis found and what a plan decides.
+"""Plain records of what an analysis found, what a plan decides and what pruning did.
 
 :class:`GroupAnalysis` holds one unit group's statistics (and, once ordered, its ordering and
 explained-variance curve); :class:`Plan` holds the keep counts per group, which units they keep
@@ -9,10 +9,13 @@ statistics file (:mod:`snp_engine.statsfile`) can build them without importing t
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from snp_engine.groups import UnitGroup
 from snp_engine.statistics import Moments
@@ -97,3 +100,43 @@ class Plan:
 
 
 __all__ = ["GroupAnalysis", "Plan"]
+
+
+@dataclass(frozen=True)
+class PruningRecord:
+    """Which units of each group a pruned network keeps and how it was pruned.
+
+    ``kept`` holds indices into the network it was pruned from (for an export: into its base
+    architecture), ``units`` that network's group sizes. Passed by value next to the network,
+    never stored on the module.
+    """
+
+    kept: Mapping[str, tuple[int, ...]]
+    units: Mapping[str, int]
+    groups: tuple[str, ...]
+    ordering: str | None = None
+    threshold: float | None = None
+    compensation: str | None = None
+    input_shape: tuple[int, ...] = ()
+    physical: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in export headers."""
+        return {
+            "kept": {name: [int(i) for i in kept] for name, kept in self.kept.items()},
+            "units": {name: int(n) for name, n in self.units.items()},
+            "groups": list(self.groups),
+            "ordering": self.ordering,
+            "threshold": self.threshold,
+            "compensation": self.compensation,
+            "input_shape": list(self.input_shape),
+            "physical": self.physical,
+        }
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A pruned network and its :class:`PruningRecord`."""
+
+    model: nn.Module
+    record: PruningRecord

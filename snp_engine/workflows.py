@@ -40,6 +40,7 @@ from snp_engine.metrics import Scores, scores
 from snp_engine.models import LoadedModel
 from snp_engine.models import load_model as _load_model
 from snp_engine.progress import Reporter, Scaled
+from snp_engine.results import Pruned, PruningRecord
 from snp_engine.runtime import check_forward, first_example, out_of_memory_as_error, resolve_device
 from snp_engine.subspace import DEFAULT_ORDERING
 from snp_engine.training import train
@@ -351,8 +352,9 @@ def prune(
     physical: bool = True,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
-) -> nn.Module:
-    """A pruned copy of the prepared model (sequential calibration needs the calibration data)."""
+) -> Pruned:
+    """A pruned copy of the prepared model and its record (sequential calibration needs the
+    calibration data)."""
     compensation = Compensation(compensation)
     sequential = compensation is Compensation.SEQUENTIAL
     return api.prune(
@@ -467,7 +469,7 @@ def fidelity(dense: nn.Module, pruned: nn.Module, bundle: DataBundle, *, device:
 
 def compare(
     prepared: Prepared,
-    pruned: nn.Module,
+    pruned: nn.Module | Pruned,
     *,
     device: str | torch.device = "cpu",
     baseline: Scores | None = None,
@@ -478,6 +480,7 @@ def compare(
     """Accuracy (dense ``baseline`` reused when given), logit fidelity, parameters, FLOPs and,
     with ``latency={"batch_size": B, "repeats": R}``, measured latency of both networks."""
     reporter = reporter or Reporter()
+    pruned = pruned.model if isinstance(pruned, Pruned) else pruned
     evaluation = prepared.evaluation or prepared.require_data()
     dense = prepared.model.model
     if baseline is None:
@@ -551,7 +554,7 @@ def sweep(
                 physical=False,
                 device=device,
                 reporter=part,
-            )
+            ).model
             top1 = score(pruned, evaluation, device=device).top1
             results[(label, reduction)] = top1
             on_point(label, reduction, top1)
@@ -568,11 +571,16 @@ class FineTuned:
     before: Scores
     after: Scores
     history: tuple[dict, ...]
+    record: PruningRecord | None = None  # how the network was pruned before training, if it was
+
+    @property
+    def pruned(self) -> Pruned | None:
+        return Pruned(self.model, self.record) if self.record is not None else None
 
 
 def finetune(
     prepared: Prepared,
-    model: nn.Module,
+    model: nn.Module | Pruned,
     *,
     epochs: int,
     lr: float,
@@ -588,6 +596,8 @@ def finetune(
     if lr <= 0:
         raise SnpError(f"the learning rate must be positive, got {lr}")
     reporter = reporter or Reporter()
+    record = model.record if isinstance(model, Pruned) else None
+    model = model.model if isinstance(model, Pruned) else model
     data = prepared.require_data()
     evaluation = prepared.evaluation or data
     device = resolve_device(device)
@@ -622,12 +632,12 @@ def finetune(
     )
     after = score(model, evaluation, device=device)
     reporter.update(1.0, "fine-tuned")
-    return FineTuned(model.eval(), split, before, after, tuple(history))
+    return FineTuned(model.eval(), split, before, after, tuple(history), record)
 
 
 def export(
     prepared: Prepared,
-    model: nn.Module,
+    model: nn.Module | Pruned,
     path: str | Path,
     *,
     settings: Mapping[str, Any] | None = None,
@@ -641,7 +651,8 @@ def export(
     reporter = reporter or Reporter()
     reporter.check()
     loaded, shape = prepared.model, prepared.input_shape
-    cpu_model = model.cpu()
+    record = model.record if isinstance(model, Pruned) else None
+    cpu_model = (model.model if isinstance(model, Pruned) else model).cpu()
     written = {
         "snp": io.export_model(
             cpu_model,
@@ -651,6 +662,8 @@ def export(
             input_shape=shape,
             settings=dict(settings or {}),
             metrics=dict(metrics or {}),
+            pruning=record,
+            base=loaded.metadata,
             reporter=Scaled(reporter, 0.0, 0.7),
         )
     }
@@ -663,3 +676,37 @@ def export(
         written["onnx"] = io.export_onnx(cpu_model, onnx, example)
     reporter.update(1.0, "exported")
     return written
+
+
+__all__ = [
+    "ALLOCATIONS",
+    "TARGET_KINDS",
+    "AnalysisOptions",
+    "Comparison",
+    "Compensation",
+    "DenseCheck",
+    "FineTuned",
+    "PlanTarget",
+    "Prepared",
+    "Pruned",
+    "PruningRecord",
+    "analyse",
+    "check_dense",
+    "check_runs",
+    "class_warnings",
+    "compare",
+    "cost",
+    "export",
+    "finetune",
+    "fit",
+    "input_shape_of",
+    "latencies",
+    "load_model",
+    "make_plan",
+    "no_groups_reason",
+    "open_data",
+    "prepare",
+    "prune",
+    "score",
+    "sweep",
+]

@@ -15,7 +15,7 @@ from snp_engine import workflows
 from snp_engine.api import Analysis, Plan
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.workflows import Prepared
+from snp_engine.workflows import Prepared, Pruned
 from snp_gui.settings import Options
 
 
@@ -49,8 +49,8 @@ class PruneJob:
 
 def prune_for(
     job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
-) -> nn.Module:
-    """The pruned copy of the job's model with the chosen compensation."""
+) -> Pruned:
+    """The pruned copy of the job's model with the chosen compensation, and its record."""
     o = job.options
     return workflows.prune(
         job.prepared,
@@ -65,7 +65,7 @@ def prune_for(
     )
 
 
-def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: nn.Module | None, reporter: Reporter) -> dict:
+def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: Pruned | None, reporter: Reporter) -> dict:
     """Prune (unless ``pruned`` is given), then top-1/top-5, output fidelity and latency of the original and
     the pruned network; ``baseline`` holds the original's scores when they are already known."""
     o = job.options
@@ -103,7 +103,7 @@ def _history_point(found: Scores) -> dict[str, float]:
     return {"test top-1 %": found.top1, "test loss": found.loss}
 
 
-def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, reporter: Reporter) -> dict:
+def finetune(job: PruneJob, pruned: Pruned | None, epochs: int, lr: float, reporter: Reporter) -> dict:
     """A short fine-tune of (a copy of) the pruned network, reporting test numbers every epoch."""
     o = job.options
     if pruned is None:
@@ -120,14 +120,14 @@ def finetune(job: PruneJob, pruned: nn.Module | None, epochs: int, lr: float, re
     )
     # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
     metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}
-    # the trained network with the pruning record, where the engine keeps one, so an export still carries it
-    model = getattr(tuned, "pruned", None) or tuned.model
+    # the trained network keeps its pruning record, so an export of it still describes the removed units
+    model = tuned.pruned or tuned.model
     return {"model": model, "key": job.key, "epochs": epochs, "metrics": metrics, "history": list(tuned.history)}
 
 
 def export(
     job: PruneJob,
-    pruned: nn.Module | None,
+    pruned: Pruned | nn.Module | None,
     metrics: dict,
     path: str,
     torchscript: bool,

@@ -230,9 +230,9 @@ def test_finetune_keeps_the_pruning(resnet_export, tmp_path, capsys):
         str(out),
     )
     assert result["split"] == "train" and len(result["history"]) == 1
-    before, after = load_model(str(path)).model, load_model(str(out)).model
-    assert after.snp_pruning["kept"] == before.snp_pruning["kept"]
-    assert [p.shape for p in after.parameters()] == [p.shape for p in before.parameters()]
+    before, after = load_model(str(path)), load_model(str(out))
+    assert after.pruning.kept == before.pruning.kept
+    assert [p.shape for p in after.model.parameters()] == [p.shape for p in before.model.parameters()]
     meta = io.read_metadata(out)
     assert meta["settings"]["finetune"]["epochs"] == 1 and "top1_after" in meta["metrics"]
 

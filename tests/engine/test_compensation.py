@@ -86,7 +86,7 @@ def test_consumer_with_string_padding_is_analysed_and_pruned():
         analysis.group("0").coverage.numpy(), _coverage_by_convolution((3, 3), (8, 8), 1, "same", 1), atol=1e-12
     )
     assert torch.equal(analysis.group("2").coverage, torch.ones(3, 3, dtype=torch.float64))
-    pruned = api.prune(model, analysis, analysis.plan(keep={"0": 3, "2": 2}), data=data)
+    pruned = api.prune(model, analysis, analysis.plan(keep={"0": 3, "2": 2}), data=data).model
     assert pruned[0].out_channels == 3 and pruned[4].in_channels == 2
     assert outputs(pruned, data.tensors[0][:2]).shape == (2, 2, 6, 6)
 
@@ -192,7 +192,7 @@ def _prune_unit_two(model: nn.Module, images: torch.Tensor, *, sequential: bool,
     assert analysis.names == ["0"]
     base = analysis.plan_for({"0": 6})
     plan = dataclasses.replace(base, keep={"0": 5}, kept={"0": (0, 1, 3, 4, 5)})
-    pruned = api.prune(model, analysis, plan, data=data, sequential=sequential, physical=physical)
+    pruned = api.prune(model, analysis, plan, data=data, sequential=sequential, physical=physical).model
     return analysis, pruned
 
 
@@ -226,7 +226,7 @@ def test_uncompensated_removal_does_change_the_output():
     data = TensorDataset(images, torch.zeros(48, dtype=torch.long))
     analysis = api.analyze(model, data, ordering="identity")
     plan = dataclasses.replace(analysis.plan_for({"0": 6}), keep={"0": 5}, kept={"0": (0, 1, 3, 4, 5)})
-    pruned = api.prune(model, analysis, plan, compensate=False)
+    pruned = api.prune(model, analysis, plan, compensate=False).model
     assert _relative_change(outputs(model, images), outputs(pruned, images)) > 0.05
 
 

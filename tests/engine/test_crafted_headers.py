@@ -183,7 +183,7 @@ def test_null_settings_and_metrics_load_as_empty(export, tmp_path):
         header["settings"] = header["metrics"] = header["pruning"] = header["arch_kwargs"] = None
 
     loaded = io.load_exported(_forged(export, tmp_path, nulls))
-    assert loaded.model.snp_metadata["settings"] == {} and loaded.model.snp_metadata["metrics"] == {}
+    assert loaded.metadata["settings"] == {} and loaded.metadata["metrics"] == {}
     assert loaded.num_classes == 10 and loaded.input_shape == (1, 8, 8)
 
 

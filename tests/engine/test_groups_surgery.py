@@ -195,7 +195,8 @@ def test_prune_forty_percent_flops(name):
     plan = analysis.plan(flops_reduction=0.4)
     assert plan.flops_reduction >= 0.4 - 1e-9
     assert plan.flops_after < plan.flops_before and plan.params_after < plan.params_before
-    pruned = api.prune(model, analysis, plan, sequential=False)
+    run = api.prune(model, analysis, plan, sequential=False)
+    pruned = run.model
 
     x = torch.randn(2, *shape, generator=gen)
     y = outputs(pruned, x)
@@ -206,7 +207,7 @@ def test_prune_forty_percent_flops(name):
     for g in analysis.groups:
         producer = pruned.get_submodule(g.name)
         width = producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
-        assert width == plan.keep[g.name] == len(pruned.snp_pruning["kept"][g.name])
+        assert width == plan.keep[g.name] == len(run.record.kept[g.name])
     # the original model is left untouched
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -74,11 +74,12 @@ def _temp_files(folder) -> list[str]:
 
 @pytest.mark.parametrize("which", ["pruned_vgg", "pruned_resnet"])
 def test_export_load_gives_identical_outputs(which, request, digits, tmp_path):
-    loaded, analysis, model = request.getfixturevalue(which)
-    _, flops_after = analysis.cost({name: len(kept) for name, kept in model.snp_pruning["kept"].items()})
+    loaded, analysis, pruned = request.getfixturevalue(which)
+    model, record = pruned.model, pruned.record
+    _, flops_after = analysis.cost({name: len(kept) for name, kept in record.kept.items()})
     assert 0.4 <= 1 - flops_after / analysis.cost()[1] <= 0.6
     path = io.export_model(
-        model, tmp_path / "m.safetensors", arch=loaded.arch, num_classes=10, input_shape=analysis.input_shape
+        pruned, tmp_path / "m.safetensors", arch=loaded.arch, num_classes=10, input_shape=analysis.input_shape
     )
     assert path == tmp_path / "m.safetensors" and _temp_files(tmp_path) == []
     again = io.load_exported(path)
@@ -86,15 +87,14 @@ def test_export_load_gives_identical_outputs(which, request, digits, tmp_path):
     assert again.source == str(path) and not again.model.training
     assert _max_diff(model, again.model, digits.test.images[:64]) == 0.0
     assert sum(p.numel() for p in again.model.parameters()) == sum(p.numel() for p in model.parameters())
-    assert again.model.snp_pruning["kept"] == model.snp_pruning["kept"]
-    assert again.model.snp_pruning["groups"] == model.snp_pruning["groups"]
+    assert again.pruning.kept == record.kept and again.pruning.groups == record.groups
     # the generic loader recognises the export, and so does the public API
     assert _max_diff(model, load_model(str(path)).model, digits.test.images[:16]) == 0.0
     assert _max_diff(model, api.load(path), digits.test.images[:16]) == 0.0
 
 
 def test_metadata_describes_the_export(vgg_file, pruned_vgg):
-    _, analysis, model = pruned_vgg
+    _, analysis, pruned = pruned_vgg
     with safe_open(str(vgg_file), framework="pt") as handle:
         raw = handle.metadata()
         keys = set(handle.keys())
@@ -106,11 +106,11 @@ def test_metadata_describes_the_export(vgg_file, pruned_vgg):
     assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 10
     assert meta["snp_version"] == __version__ and meta["format"] == 1
     assert meta["pruning"]["groups"] == [g.name for g in analysis.groups]
-    assert meta["pruning"]["kept"] == model.snp_pruning["kept"]
+    assert meta["pruning"]["kept"] == pruned.record.to_dict()["kept"]
     assert meta["pruning"]["units"] == analysis.units
     settings = meta["settings"]
     assert settings["ordering"] == analysis.ordering and settings["compensation"] == "sequential"
-    assert settings["threshold"] == pytest.approx(model.snp_pruning["threshold"])
+    assert settings["threshold"] == pytest.approx(pruned.record.threshold)
     assert settings["samples"] == 300
     assert meta["metrics"] == {"top1_before": 99.8, "top1_after": 99.2}
 
@@ -123,9 +123,10 @@ def test_torchvision_resnet18_round_trip(tmp_path):
     data = TensorImageDataset(images, torch.randint(0, 10, (32,)))
     analysis = api.analyze(model, data, batch_size=16, max_positions=16, ordering="variance")
     plan = analysis.plan(flops_reduction=0.3)
-    pruned = api.prune(model, analysis, plan, sequential=False)
+    run = api.prune(model, analysis, plan, sequential=False)
+    pruned = run.model
     path = io.export_model(
-        pruned, tmp_path / "r18.safetensors", arch="torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)
+        run, tmp_path / "r18.safetensors", arch="torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)
     )
     again = io.load_exported(path)
     assert again.input_shape == (3, 32, 32) and again.arch == "torchvision:resnet18"
@@ -136,10 +137,9 @@ def test_torchvision_resnet18_round_trip(tmp_path):
 def test_functionally_pruned_model_is_exported_small(pruned_vgg, digits, tmp_path):
     loaded, analysis, _ = pruned_vgg
     plan = analysis.plan(flops_reduction=0.5)
-    functional = api.prune(loaded.model, analysis, plan, sequential=False, physical=False)
-    path = io.export_model(
-        functional, tmp_path / "f.safetensors", arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8)
-    )
+    run = api.prune(loaded.model, analysis, plan, sequential=False, physical=False)
+    functional = run.model
+    path = io.export_model(run, tmp_path / "f.safetensors", arch="demo-vgg", num_classes=10, input_shape=(1, 8, 8))
     again = io.load_exported(path).model
     assert sum(p.numel() for p in again.parameters()) < sum(p.numel() for p in loaded.model.parameters())
     with torch.inference_mode():
@@ -153,13 +153,18 @@ def test_pruning_an_export_again_composes_indices(vgg_file, digits, tmp_path):
     plan = analysis.plan(keep={"features.0": 8})
     again = api.prune(first.model, analysis, plan, sequential=False)
     path = io.export_model(
-        again, tmp_path / "twice.safetensors", arch=first.arch, num_classes=10, input_shape=(1, 8, 8)
+        again,
+        tmp_path / "twice.safetensors",
+        arch=first.arch,
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        base=first.metadata,
     )
     meta = io.read_metadata(path)
     assert meta["pruning"]["units"]["features.0"] == 32 and len(meta["pruning"]["kept"]["features.0"]) == 8
     first_kept = io.read_metadata(vgg_file)["pruning"]["kept"]["features.0"]
     assert set(meta["pruning"]["kept"]["features.0"]) <= set(first_kept)
-    assert _max_diff(again, io.load_exported(path).model, digits.test.images[:32]) == 0.0
+    assert _max_diff(again.model, io.load_exported(path).model, digits.test.images[:32]) == 0.0
 
 
 def test_export_verification_failure_writes_nothing(pruned_vgg, tmp_path, monkeypatch):
@@ -365,7 +370,7 @@ def test_a_model_file_is_not_a_statistics_file(vgg_file):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_is_verified(pruned_resnet, digits, tmp_path):
-    model = pruned_resnet[2]
+    model = pruned_resnet[2].model
     path = io.export_torchscript(model, tmp_path / "m.pt", torch.randn(1, 1, 8, 8))
     scripted = torch.jit.load(str(path))
     assert _max_diff(model, scripted, digits.test.images[:16]) < 1e-5
@@ -375,12 +380,12 @@ def test_torchscript_export_is_verified(pruned_resnet, digits, tmp_path):
 def test_onnx_export_without_onnx_explains_the_install(pruned_vgg, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(SnpError, match="pip install onnx"):
-        io.export_onnx(pruned_vgg[2], tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+        io.export_onnx(pruned_vgg[2].model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_onnx_export_is_checked(pruned_resnet, tmp_path):
     onnx = pytest.importorskip("onnx")
-    path = io.export_onnx(pruned_resnet[2], tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    path = io.export_onnx(pruned_resnet[2].model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
     onnx.checker.check_model(str(path))
     assert _temp_files(tmp_path) == []

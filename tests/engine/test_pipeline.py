@@ -51,7 +51,7 @@ def test_keeping_every_unit_reproduces_the_dense_network(demo, test_images, sequ
     _, model, analysis, _ = demo
     plan = analysis.plan_for(analysis.units)
     assert plan.flops_after == plan.flops_before
-    pruned = api.prune(model, analysis, plan, data=digits(), sequential=sequential)
+    pruned = api.prune(model, analysis, plan, data=digits(), sequential=sequential).model
     assert _max_diff(model, pruned, test_images) <= 1e-5
 
 
@@ -61,9 +61,10 @@ def test_first_group_only_sequential_equals_one_shot(demo, test_images):
     _, model, analysis, _ = demo
     first = analysis.groups[0]
     plan = analysis.plan_for({first.name: first.units // 2})
-    sequential = api.prune(model, analysis, plan, data=digits())
-    one_shot = api.prune(model, analysis, plan, sequential=False)
-    assert sequential.snp_pruning["kept"] == one_shot.snp_pruning["kept"]
+    sequential_run = api.prune(model, analysis, plan, data=digits())
+    one_shot_run = api.prune(model, analysis, plan, sequential=False)
+    sequential, one_shot = sequential_run.model, one_shot_run.model
+    assert sequential_run.record.kept == one_shot_run.record.kept
     assert _max_diff(sequential, one_shot, test_images) <= 1e-4
     assert _max_diff(model, one_shot, test_images) > 1e-3, "the group was pruned"
 
@@ -74,8 +75,8 @@ def test_refitting_unpruned_consumers_moves_towards_the_dense_network(demo, test
     _, model, analysis, _ = demo
     first = analysis.groups[0]
     plan = analysis.plan_for({first.name: first.units // 2})
-    refitted = api.prune(model, analysis, plan, data=digits(), physical=False, refit_unpruned=True)
-    one_shot = api.prune(model, analysis, plan, sequential=False, physical=False)
+    refitted = api.prune(model, analysis, plan, data=digits(), physical=False, refit_unpruned=True).model
+    one_shot = api.prune(model, analysis, plan, sequential=False, physical=False).model
     consumer = first.group.consumer
     torch.testing.assert_close(
         refitted.get_submodule(consumer).weight, one_shot.get_submodule(consumer).weight, rtol=1e-5, atol=1e-6
@@ -88,8 +89,8 @@ def test_last_group_only_sequential_equals_one_shot(demo, test_images):
     _, model, analysis, _ = demo
     last = analysis.groups[-1]
     plan = analysis.plan_for({last.name: last.units // 2})
-    sequential = api.prune(model, analysis, plan, data=digits())
-    one_shot = api.prune(model, analysis, plan, sequential=False)
+    sequential = api.prune(model, analysis, plan, data=digits()).model
+    one_shot = api.prune(model, analysis, plan, sequential=False).model
     assert _max_diff(sequential, one_shot, test_images) <= 1e-4
     assert _max_diff(model, one_shot, test_images) > 1e-3, "the group was pruned"
 
@@ -97,13 +98,13 @@ def test_last_group_only_sequential_equals_one_shot(demo, test_images):
 def test_snp_beats_magnitude_pruning_without_fine_tuning(demo):
     name, model, analysis, plan = demo
     data = digits()
-    snp = api.evaluate(api.prune(model, analysis, plan, data=data, physical=False), data)["top1"]
+    snp = api.evaluate(api.prune(model, analysis, plan, data=data, physical=False).model, data)["top1"]
 
     l1 = analysis.reorder("l1")
     l1_plan = l1.plan_for(plan.keep)  # the same per-layer counts, chosen by filter L1 norm
     assert l1_plan.flops_after == pytest.approx(plan.flops_after)
-    l1_plain = api.evaluate(api.prune(model, l1, l1_plan, compensate=False, physical=False), data)["top1"]
-    l1_compensated = api.evaluate(api.prune(model, l1, l1_plan, data=data, physical=False), data)["top1"]
+    l1_plain = api.evaluate(api.prune(model, l1, l1_plan, compensate=False, physical=False).model, data)["top1"]
+    l1_compensated = api.evaluate(api.prune(model, l1, l1_plan, data=data, physical=False).model, data)["top1"]
 
     assert snp >= 95.0, name
     assert snp >= l1_plain + 20, (name, snp, l1_plain)
@@ -112,14 +113,16 @@ def test_snp_beats_magnitude_pruning_without_fine_tuning(demo):
 
 def test_physical_and_functional_pruning_agree(demo, test_images):
     _, model, analysis, plan = demo
-    physical = api.prune(model, analysis, plan, sequential=False, physical=True)
-    functional = api.prune(model, analysis, plan, sequential=False, physical=False)
+    physical_run = api.prune(model, analysis, plan, sequential=False, physical=True)
+    functional_run = api.prune(model, analysis, plan, sequential=False, physical=False)
+    physical, functional = physical_run.model, functional_run.model
     assert _max_diff(physical, functional, test_images) <= 1e-4
     n_physical = sum(p.numel() for p in physical.parameters())
     n_functional = sum(p.numel() for p in functional.parameters())
     assert n_physical == plan.params_after < n_functional == plan.params_before
-    assert physical.snp_pruning["physical"] and not functional.snp_pruning["physical"]
-    for name, kept in physical.snp_pruning["kept"].items():
+    assert physical_run.record.physical and not functional_run.record.physical
+    assert not hasattr(physical, "snp_pruning")  # the record is passed by value, not stored on the module
+    for name, kept in physical_run.record.kept.items():
         assert tuple(kept) == plan.kept[name]
 
 
@@ -199,7 +202,7 @@ def test_sequential_pruning_needs_data():
         api.prune(model, analysis, plan)
     # without compensation there is nothing to calibrate
     pruned = api.prune(model, analysis, plan, compensate=False)
-    assert pruned.snp_pruning["compensation"] == "none"
+    assert pruned.record.compensation == "none"
 
 
 _SMALL: dict[str, api.Analysis] = {}
@@ -227,7 +230,7 @@ def test_cuda_statistics_and_pruning_match_cpu(cuda_device):
     for g, h in zip(cpu.groups, gpu.groups, strict=True):
         torch.testing.assert_close(h.moments.covariance().cpu(), g.moments.covariance(), rtol=1e-4, atol=1e-5)
     plan = gpu.plan(flops_reduction=0.4)
-    pruned = api.prune(demo_model("demo-resnet"), gpu, plan, data=digits(), samples=128, device=cuda_device)
+    pruned = api.prune(demo_model("demo-resnet"), gpu, plan, data=digits(), samples=128, device=cuda_device).model
     assert next(pruned.parameters()).device.type == "cuda"
     assert api.evaluate(pruned, digits(), device=cuda_device)["top1"] >= 90.0
 

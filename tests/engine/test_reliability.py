@@ -388,7 +388,7 @@ def test_fewer_samples_than_units_is_regularised_and_reported(data, test_images)
     # 40 centred samples span at most 39 directions: that many greedily chosen units explain all but
     # the ridge's share
     assert curve[39] > 0.9999
-    pruned = api.prune(model, analysis, analysis.plan(keep={"classifier.1": 39}), data=data, samples=40)
+    pruned = api.prune(model, analysis, analysis.plan(keep={"classifier.1": 39}), data=data, samples=40).model
     assert torch.isfinite(outputs(pruned, test_images)).all()
     # 39 kept units from 40 samples would interpolate the calibration images and fail on new ones;
     # the compensation ridge grows as k approaches N, so the head still works on held-out images
@@ -431,7 +431,7 @@ def test_dead_units_are_pruned_first_and_exactly(data, test_images):
     plan = analysis.plan(keep={"features.0": 28})
     reference = outputs(model, test_images)
     for sequential in (False, True):
-        pruned = api.prune(model, analysis, plan, data=data, samples=128, sequential=sequential)
+        pruned = api.prune(model, analysis, plan, data=data, samples=128, sequential=sequential).model
         assert pruned.features[0].out_channels == 28
         assert _relative(reference, outputs(pruned, test_images)) < 1e-5
 
@@ -448,9 +448,9 @@ def test_a_duplicated_unit_is_pruned_first_and_compensated(data, test_images):
     plan = analysis.plan(keep={"features.0": 31})
     reference = outputs(model, test_images)
     for sequential in (False, True):
-        pruned = api.prune(model, analysis, plan, data=data, samples=128, sequential=sequential)
+        pruned = api.prune(model, analysis, plan, data=data, samples=128, sequential=sequential).model
         assert _relative(reference, outputs(pruned, test_images)) < 1e-5
-    uncompensated = api.prune(model, analysis, plan, compensate=False)
+    uncompensated = api.prune(model, analysis, plan, compensate=False).model
     assert _relative(reference, outputs(uncompensated, test_images)) > 1e-3
 
 
@@ -477,7 +477,7 @@ def test_huge_float32_activations_give_finite_float64_statistics(test_images):
         largest = max(largest, float(torch.diagonal(cov).max()))
         assert np.isfinite(group.curve).all() and group.curve[-1] == pytest.approx(1)
     assert largest > float(torch.finfo(torch.float32).max)
-    pruned = api.prune(model, analysis, analysis.plan(variance=0.999), data=huge)
+    pruned = api.prune(model, analysis, analysis.plan(variance=0.999), data=huge).model
     out = outputs(pruned, images)
     assert torch.isfinite(out).all() and _relative(outputs(model, images), out) < 0.1
 
@@ -488,7 +488,7 @@ def test_half_precision_models_analyse_and_prune(data, dtype):
     analysis = api.analyze(model, data, samples=64)
     assert all(g.moments.total.dtype == torch.float64 for g in analysis.groups)
     plan = analysis.plan(flops_reduction=0.5)
-    pruned = api.prune(model, analysis, plan, data=data, samples=64)
+    pruned = api.prune(model, analysis, plan, data=data, samples=64).model
     assert next(pruned.parameters()).dtype == dtype
     assert api.evaluate(pruned, data)["top1"] > 90
 
@@ -542,7 +542,7 @@ def test_out_of_memory_during_pruning_and_evaluation(data, vgg_analysis):
     with pytest.raises(OutOfMemoryError, match=r"pruning ran out of memory.*--batch-size"):
         api.prune(model, vgg_analysis, plan, data=data, samples=64, batch_size=32)
     assert _no_hooks(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    pruned = api.prune(model, vgg_analysis, plan, data=data, samples=64, batch_size=8)
+    pruned = api.prune(model, vgg_analysis, plan, data=data, samples=64, batch_size=8).model
     with pytest.raises(OutOfMemoryError, match="evaluation ran out of memory"):
         api.evaluate(pruned, data, batch_size=64)
     assert api.evaluate(pruned, data, batch_size=8)["top1"] > 90
@@ -600,7 +600,7 @@ def test_cancelling_sequential_pruning(data, vgg_analysis, stage, calls):
     with pytest.raises(Cancelled):
         api.prune(model, vgg_analysis, plan, data=data, samples=64, reporter=CancelAfter(stage, calls))
     assert _no_hooks(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert api.prune(model, vgg_analysis, plan, data=data, samples=64).snp_pruning["kept"]
+    assert api.prune(model, vgg_analysis, plan, data=data, samples=64).record.kept
 
 
 def test_cancelling_the_reordering(vgg_analysis):
