@@ -12,7 +12,7 @@ instantly. :func:`save_analysis` / :func:`load_analysis` store the statistics in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,52 +45,65 @@ from snp_engine.version import __version__
 CURVES = ("variance", "output", "subspace")
 
 
+def _ordered(
+    groups: list[GroupAnalysis], ordering: str, curve_kind: str, seed: int, reporter: Reporter
+) -> list[GroupAnalysis]:
+    """Each group with its unit order and explained-variance curve (new records; inputs untouched)."""
+    ordered = []
+    for index, g in enumerate(groups):
+        reporter.check()
+        reporter.update(index / max(len(groups), 1), f"ordering {g.name} ({g.units} units)")
+        inputs = g.inputs(seed)
+        order = order_units(ordering, inputs)
+        if curve_kind == "subspace":
+            curve = subspace_curve(inputs.covariance, order)
+        else:
+            metric = g.metric if curve_kind == "output" else None
+            curve = explained_curve(inputs.covariance, order, metric)
+        ordered.append(replace(g, order=order, curve=curve.cpu().numpy()))
+    reporter.update(1.0, "orderings done")
+    return ordered
+
+
+@dataclass(frozen=True, eq=False)
 class Analysis:
     """The outcome of :func:`analyze`: per-group statistics, orderings and curves, plus a cost model.
 
-    Changing the ordering or the curve kind (``reorder``) reuses the statistics: no forward pass.
+    A frozen record: build one with :meth:`build` (which orders every group); changing the
+    ordering or the curve kind (:meth:`reorder`) gives a new one from the same statistics, with no
+    forward pass.
     """
 
-    def __init__(
-        self,
-        groups: list[GroupAnalysis],
-        excluded: list[ExcludedGroup],
+    groups: tuple[GroupAnalysis, ...]
+    excluded: tuple[ExcludedGroup, ...]
+    costs: CostModel
+    input_shape: tuple[int, ...]
+    ordering: str = DEFAULT_ORDERING
+    curve_kind: str = "variance"
+    seed: int = 0
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        groups: Sequence[GroupAnalysis],
+        excluded: Sequence[ExcludedGroup],
         costs: CostModel,
-        input_shape: tuple[int, ...],
+        input_shape: Sequence[int],
         *,
         ordering: str = DEFAULT_ORDERING,
         curve: str = "variance",
         seed: int = 0,
-        info: dict | None = None,
+        info: Mapping[str, Any] | None = None,
         reporter: Reporter | None = None,
-    ) -> None:
+    ) -> Analysis:
+        """Order every group with ``ordering`` and compute its ``curve`` from the statistics."""
         if ordering not in ORDERINGS:
             raise SnpError(f"unknown ordering '{ordering}'; choose one of {', '.join(ORDERINGS)}")
         if curve not in CURVES:
             raise SnpError(f"unknown curve '{curve}'; choose one of {', '.join(CURVES)}")
-        self.groups = groups
-        self.excluded = excluded
-        self.costs = costs
-        self.input_shape = tuple(input_shape)
-        self.ordering = ordering
-        self.curve_kind = curve
-        self.seed = seed
-        self.info = dict(info or {})
-        self._compute_orders(reporter or Reporter())
-
-    def _compute_orders(self, reporter: Reporter) -> None:
-        for index, g in enumerate(self.groups):
-            reporter.check()
-            reporter.update(index / max(len(self.groups), 1), f"ordering {g.name} ({g.units} units)")
-            inputs = g.inputs(self.seed)
-            g.order = order_units(self.ordering, inputs)
-            if self.curve_kind == "subspace":
-                curve = subspace_curve(inputs.covariance, g.order)
-            else:
-                metric = g.metric if self.curve_kind == "output" else None
-                curve = explained_curve(inputs.covariance, g.order, metric)
-            g.curve = curve.cpu().numpy()
-        reporter.update(1.0, "orderings done")
+        ordered = _ordered(list(groups), ordering, curve, seed, reporter or Reporter())
+        return cls(tuple(ordered), tuple(excluded), costs, tuple(input_shape), ordering, curve, seed, dict(info or {}))
 
     # -- derived views ------------------------------------------------------------------------
     @property
@@ -116,7 +129,7 @@ class Analysis:
     ) -> Analysis:
         """A new analysis with another ordering and/or curve kind, from the same statistics."""
         groups = [replace(g, order=None, curve=None) for g in self.groups]
-        return Analysis(
+        return Analysis.build(
             groups,
             self.excluded,
             self.costs,
@@ -313,7 +326,7 @@ def analyze(
                 )
             )
         info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
-        return Analysis(
+        return Analysis.build(
             analysed,
             excluded,
             costs,
@@ -357,7 +370,7 @@ def load_analysis(path: str | Path, **kwargs: Any) -> Analysis:
     stored = read_statistics(path)
     options: dict[str, Any] = {"ordering": stored.ordering, "curve": stored.curve, "seed": stored.seed}
     options.update({k: v for k, v in kwargs.items() if v is not None})
-    return Analysis(
+    return Analysis.build(
         list(stored.groups), list(stored.excluded), stored.costs, stored.input_shape, info=stored.info, **options
     )
 

@@ -22,7 +22,7 @@ from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class GroupAnalysis:
     """Statistics, ordering and explained-variance curve of one unit group."""
 
