@@ -42,7 +42,13 @@ from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, explained_curve, or
 from snp_engine.surgery import producer_l1, weight_taps
 from snp_engine.version import __version__
 
-CURVES = ("variance", "output", "subspace")
+# curve kind -> (short label, one-line explanation), for help texts and the app's chooser
+CURVE_HELP = {
+    "variance": ("Activation variance", "Share of the layer's activation variance the kept units can reconstruct"),
+    "output": ("Next-layer output", "Share of the next layer's output energy that survives, weighted by its weights"),
+    "subspace": ("Subspace", "How much of the activation subspace the kept units span (the paper's curve)"),
+}
+CURVES = tuple(CURVE_HELP)
 
 
 def _ordered(

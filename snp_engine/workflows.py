@@ -62,6 +62,22 @@ class Compensation(str, enum.Enum):
     SEQUENTIAL = "sequential"
 
 
+# compensation -> (short label, one-line explanation), for help texts and the app's chooser
+COMPENSATION_HELP = {
+    Compensation.SEQUENTIAL: (
+        "Sequential (best)",
+        "Prune layer by layer and refit each next layer on the partly pruned network, so it also absorbs "
+        "earlier errors. Needs the calibration data.",
+    ),
+    Compensation.ONE_SHOT: (
+        "One-shot",
+        "Refit every next layer from the analysis statistics at once; fast, no data pass",
+    ),
+    Compensation.NONE: (
+        "None",
+        "Just remove the units without adjusting the next layers (a plain structured-pruning baseline)",
+    ),
+}
 ALLOCATIONS = ("greedy", "threshold")
 
 
@@ -680,6 +696,7 @@ def export(
 
 __all__ = [
     "ALLOCATIONS",
+    "COMPENSATION_HELP",
     "TARGET_KINDS",
     "AnalysisOptions",
     "Comparison",

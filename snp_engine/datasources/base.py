@@ -60,8 +60,13 @@ class DataSource(Protocol):
     name: str
     syntax: str
     summary: str
+    label: str  # short name for the app's chooser
+    path_kind: str  # what the app asks for: "none", "file" or "folder"
+    file_filter: str  # file chooser filter when path_kind is "file"
 
     def matches(self, spec: str) -> bool: ...
+
+    def spec_for(self, path: str) -> str: ...
 
     def load(self, spec: str, seed: int) -> DataBundle: ...
 

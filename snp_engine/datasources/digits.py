@@ -73,6 +73,12 @@ class DigitsSource:
     name = NAME
     syntax = NAME
     summary = SUMMARY
+    label = "Digits (embedded)"
+    path_kind = "none"
+    file_filter = ""
+
+    def spec_for(self, path: str) -> str:
+        return NAME
 
     def matches(self, spec: str) -> bool:
         return spec.strip().lower() == NAME

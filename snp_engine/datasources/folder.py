@@ -160,6 +160,12 @@ class FolderSource:
     name = "folder"
     syntax = "FOLDER"
     summary = "a folder of images, FOLDER/<class>/<image> (optionally split into train/, val/, test/)"
+    label = "Image folder"
+    path_kind = "folder"
+    file_filter = ""
+
+    def spec_for(self, path: str) -> str:
+        return path
 
     def matches(self, spec: str) -> bool:
         return Path(spec.strip()).is_dir()

@@ -121,6 +121,12 @@ class NpzSource:
     name = "npz"
     syntax = "npz:PATH"
     summary = "a NumPy .npz with x (N,C,H,W float) and y (N integer labels), or x_train/y_train/x_test/y_test"
+    label = "NumPy .npz file"
+    path_kind = "file"
+    file_filter = "NumPy archive (*.npz);;All files (*)"
+
+    def spec_for(self, path: str) -> str:
+        return path if path.lower().endswith(".npz") else f"{PREFIX}{path}"
 
     def matches(self, spec: str) -> bool:
         spec = spec.strip()

@@ -19,6 +19,7 @@ class ModelSource(Protocol):
     name: str  # registry key
     syntax: str  # how a spec of this kind is written
     summary: str  # one line for help texts
+    label: str  # short name for the app's chooser
     needs_trust: bool  # loading can run code from the file
 
     def matches(self, spec: str) -> bool: ...

@@ -26,6 +26,7 @@ class DemoSource:
     name = "demo"
     syntax = " | ".join(DEMO_MODELS)
     summary = "a bundled demo network trained on the embedded digits"
+    label = "Demo network"
     needs_trust = False
 
     def matches(self, spec: str) -> bool:

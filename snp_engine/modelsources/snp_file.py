@@ -16,6 +16,7 @@ class SnpFileSource:
     name = "snp-file"
     syntax = "FILE.safetensors"
     summary = "a network exported by snp (safe: rebuilt from its header, no code is run)"
+    label = "Exported snp file"
     needs_trust = False
 
     def matches(self, spec: str) -> bool:

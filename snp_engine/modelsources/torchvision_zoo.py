@@ -105,6 +105,7 @@ class TorchvisionSource:
     name = "torchvision"
     syntax = "torchvision:ARCH[@WEIGHTS]"
     summary = "a torchvision classifier, random or with your state dict (.pth or .safetensors)"
+    label = "torchvision architecture"
     needs_trust = False
 
     def matches(self, spec: str) -> bool:

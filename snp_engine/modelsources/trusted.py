@@ -51,6 +51,7 @@ class TrustedFileSource:
     name = "trusted-file"
     syntax = "FILE.pt --trust"
     summary = "a pickled nn.Module or a TorchScript file (runs code from the file: only with --trust)"
+    label = "Pickled model (trusted)"
     needs_trust = True
 
     def matches(self, spec: str) -> bool:

@@ -6,24 +6,14 @@ import torch
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QWidget
 
+from snp_engine.analysis import CURVE_HELP
 from snp_engine.subspace import ORDERING_HELP, ORDERINGS
+from snp_engine.workflows import COMPENSATION_HELP
 from snp_gui.panels.common import fill_combo, select_data
 
-CURVES = (
-    ("variance", "Activation variance", "Share of the layer's activation variance the kept units can reconstruct"),
-    ("output", "Next-layer output", "Share of the next layer's output energy that survives, weighted by its weights"),
-    ("subspace", "Subspace", "How much of the activation subspace the kept units span"),
-)
-COMPENSATION = (
-    (
-        "sequential",
-        "Sequential (best)",
-        "Prune layer by layer and refit each next layer on the partly pruned "
-        "network, so it also absorbs earlier errors. Needs the calibration data.",
-    ),
-    ("one-shot", "One-shot", "Refit every next layer from the analysis statistics at once; fast, no data pass"),
-    ("none", "None", "Just remove the units without adjusting the next layers (a plain structured-pruning baseline)"),
-)
+# generated from the engine's registries, so a new curve kind or compensation shows up by itself
+CURVES = tuple((name, label, tip) for name, (label, tip) in CURVE_HELP.items())
+COMPENSATION = tuple((kind.value, label, tip) for kind, (label, tip) in COMPENSATION_HELP.items())
 
 
 class AnalysisPanel(QGroupBox):

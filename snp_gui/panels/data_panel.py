@@ -7,19 +7,13 @@ from pathlib import Path
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QSpinBox, QWidget
 
-from snp_engine.data import DATASETS, DataBundle
+from snp_engine.data import DataBundle
+from snp_engine.datasources import DATA_SOURCES, find_source
 from snp_engine.workflows import Prepared
 from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 
-KINDS = (
-    ("digits", "Digits (embedded)", DATASETS["digits"]),
-    (
-        "folder",
-        "Image folder",
-        "A folder in ImageFolder layout: one subfolder per class, optionally split into train/, val/ and test/",
-    ),
-    ("npz", "NumPy .npz file", "An .npz archive with image and label arrays"),
-)
+# one entry per registered data source: a new source appears here by itself
+KINDS = tuple((name, source.label, source.summary) for name, source in DATA_SOURCES.items())
 
 
 class DataPanel(QGroupBox):
@@ -85,29 +79,27 @@ class DataPanel(QGroupBox):
         self._kind_changed()
 
     def _kind_changed(self, _index: int = 0) -> None:
-        kind = self.kind.currentData()
-        self.path.setVisible(kind != "digits")
-        self.path.mode = "folder" if kind == "folder" else "file"
-        self.path.file_filter = "NumPy archive (*.npz);;All files (*)"
-        self.path.edit.setPlaceholderText("image folder" if kind == "folder" else ".npz file")
+        source = DATA_SOURCES[self.kind.currentData()]
+        self.path.setVisible(source.path_kind != "none")
+        self.path.mode = "folder" if source.path_kind == "folder" else "file"
+        self.path.file_filter = source.file_filter or "All files (*)"
+        self.path.edit.setPlaceholderText(source.label.lower())
 
     def current(self) -> str:
-        kind = self.kind.currentData()
-        if kind == "digits":
-            return "digits"
+        source = DATA_SOURCES[self.kind.currentData()]
         path = self.path.path()
-        return f"npz:{path}" if kind == "npz" and path and not path.endswith(".npz") else path
+        return source.spec_for(path) if path or source.path_kind == "none" else ""
 
     def request_load(self) -> None:
         self.loadRequested.emit(self.current())
 
     def set_spec(self, spec: str) -> None:
-        if spec.lower() == "digits":
-            select_data(self.kind, "digits")
-            return
-        path = spec.removeprefix("npz:")
-        select_data(self.kind, "npz" if spec.startswith("npz:") or path.endswith(".npz") else "folder")
-        self.path.set_path(path)
+        source = find_source(spec)
+        if source is None:  # a path that is gone: keep it visible under the kind it looks like
+            source = DATA_SOURCES["npz" if spec.startswith("npz:") or spec.endswith(".npz") else "folder"]
+        select_data(self.kind, source.name)
+        if source.path_kind != "none":
+            self.path.set_path(spec.removeprefix("npz:"))
 
     def set_start_dir(self, folder: str) -> None:
         self.path.start_dir = folder

@@ -17,15 +17,13 @@ from PySide6.QtWidgets import (
 )
 
 from snp_engine.models import DEMO_MODELS, TORCHVISION_PREFIX, LoadedModel, list_architectures
+from snp_engine.modelsources import MODEL_SOURCES
 from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 from snp_gui.sources import guess_kind
 
-KINDS = (
-    ("demo", "Demo network", "A small network bundled with snp, trained on the digits data"),
-    ("torchvision", "torchvision architecture", "A torchvision classifier; give a weights file or start from random"),
-    ("snp", "Exported snp file", "A network exported by snp (.safetensors); safe to open, runs no code"),
-    ("pickle", "Pickled model (trusted)", "A whole model saved with torch.save; opening it can run code"),
-)
+# the page of this panel for each registered model source (a new source needs a page: a test checks it)
+PAGES = {"demo": "demo", "torchvision": "torchvision", "snp": "snp-file", "pickle": "trusted-file"}
+KINDS = tuple((kind, MODEL_SOURCES[name].label, MODEL_SOURCES[name].summary) for kind, name in PAGES.items())
 WEIGHTS_FILTER = "Weights (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)"
 
 

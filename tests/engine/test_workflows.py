@@ -101,3 +101,14 @@ def test_the_whole_pipeline_on_the_demo():
     assert result.before.samples == 497 and result.evaluation == "the test split of digits"
     assert result.flops_after <= 0.5 * result.flops_before + 1
     assert result.after.top1 > 80 and result.before.top1 == pytest.approx(prepared.dense.top1, abs=2)
+
+
+def test_every_choice_has_its_help_text():
+    from snp_engine.analysis import CURVE_HELP, CURVES
+    from snp_engine.datasources import DATA_SOURCES
+    from snp_engine.modelsources import MODEL_SOURCES
+    from snp_engine.workflows import COMPENSATION_HELP
+
+    assert set(COMPENSATION_HELP) == set(Compensation) and tuple(CURVE_HELP) == CURVES
+    for source in [*DATA_SOURCES.values(), *MODEL_SOURCES.values()]:
+        assert source.label and source.summary and source.syntax
