@@ -42,7 +42,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "params": ("Parameters", "Parameters before → after pruning (change in %)"),
     "flops": ("FLOPs", "Multiply-accumulates per image before → after pruning (change in %)"),
     "speedup": ("Speed-up", "FLOPs before ÷ FLOPs after: an estimate, real speed depends on the hardware"),
-    "top1": ("Top-1", "Top-1 accuracy on the test split, original → pruned"),
+    "top1": ("Top-1", "Top-1 accuracy, original → pruned"),
     "fidelity": (
         "Output error",
         "Relative difference of the pruned network's logits from the original's "
@@ -60,6 +60,7 @@ class SummaryBar(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._stale = False
+        self._where: str | None = None  # what the accuracies were measured on
         self.values: dict[str, QLabel] = {}
         grid = QGridLayout(self)
         grid.setContentsMargins(6, 2, 6, 2)
@@ -101,6 +102,8 @@ class SummaryBar(QWidget):
             return DASH if value is None else pattern.format(scale * value)
 
         self.values["top1"].setText(f"{fmt('top1_before', '{:.2f} %')} → {fmt('top1_after', '{:.2f} %')}")
+        self._where = metrics.get("eval_data")
+        self.values["top1"].setToolTip(self._tip("top1"))
         self.values["fidelity"].setText(fmt("fidelity", "{:.2f} %", 100.0))
         self.values["latency"].setText(
             f"{fmt('latency_before_ms', '{:.1f} ms')} → {fmt('latency_after_ms', '{:.1f} ms')}"
@@ -116,8 +119,13 @@ class SummaryBar(QWidget):
         for key in self.MEASURED:
             label = self.values[key]
             label.setForegroundRole(QPalette.ColorRole.PlaceholderText if stale else QPalette.ColorRole.WindowText)
-            tip = FIELDS[key][1]
+            tip = self._tip(key)
             label.setToolTip(f"{tip}\n\n⚠ {STALE_TIP}" if stale else tip)
+
+    def _tip(self, key: str) -> str:
+        """The field's explanation, for top-1 with the data it was measured on."""
+        tip = FIELDS[key][1]
+        return tip + f", measured on {self._where}" if key == "top1" and self._where else tip
 
     def is_stale(self) -> bool:
         return self._stale

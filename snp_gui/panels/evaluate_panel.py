@@ -113,8 +113,10 @@ class EvaluatePanel(QWidget):
         table = "".join(
             f"<tr><td>{name}</td><td align=right>{a}</td><td align=right>{b}</td></tr>" for name, a, b in rows
         )
+        where = metrics.get("eval_data")
         self.results.setText(
-            f"<table cellspacing=6><tr><th></th><th>original</th><th>pruned{tuned}</th></tr>{table}</table>"
+            (f"Accuracies on {where} ({metrics.get('eval_samples', '?')} images)<br>" if where else "")
+            + f"<table cellspacing=6><tr><th></th><th>original</th><th>pruned{tuned}</th></tr>{table}</table>"
             + (
                 f"Output error: {100 * fid:.2f} % (relative logit difference)"
                 if fid is not None

@@ -175,9 +175,10 @@ def test_table_edit_moves_the_marker(analysed):
 
 
 def test_ordering_change_replots_without_a_forward_pass(qtbot, analysed, monkeypatch):
-    import snp_engine.api as api
+    import snp_engine.analysis as analysis
 
-    monkeypatch.setattr(api, "collect_moments", lambda *a, **k: pytest.fail("re-plotting must not re-read data"))
+    # the function that streams data through the network, where the analysis calls it
+    monkeypatch.setattr(analysis, "collect_moments", lambda *a, **k: pytest.fail("re-plotting must not re-read data"))
     outcome, message = run(qtbot, analysed, "re-plot", lambda: analysed.analysis_panel.changed.emit("ordering", "l1"))
     assert outcome == FINISHED, message
     assert analysed.session.analysis.ordering == "l1"

@@ -297,8 +297,11 @@ def test_summary_bar(qtbot):
     assert "2.00× (est.)" in text
     bar.set_metrics({"top1_before": 69.76, "top1_after": 68.1, "fidelity": 0.0231, "latency_before_ms": 12.0})
     assert "69.76 % → 68.10 %" in bar.text() and "2.31 %" in bar.text() and "12.0 ms → —" in bar.text()
+    bar.set_metrics({"top1_before": 69.76, "top1_after": 68.1, "eval_data": "the calibration data npz:c.npz"})
+    assert "measured on the calibration data npz:c.npz" in bar.values["top1"].toolTip()
     bar.mark_stale(True)
     assert STALE_TIP in bar.values["top1"].toolTip() and bar.is_stale()
+    assert "measured on the calibration data" in bar.values["top1"].toolTip()
     bar.mark_stale(False)
     assert STALE_TIP not in bar.values["top1"].toolTip()
     bar.set_metrics({})
