@@ -26,7 +26,7 @@ DATASETS: dict[str, str] = {"digits": DATA_SOURCES["digits"].summary}
 
 def data_help() -> str:
     """The accepted data specs, one per source, for help texts."""
-    return "; ".join(f"{s.syntax}: {s.summary}" for s in DATA_SOURCES.values())
+    return "; ".join(f"{s.syntax}: {s.summary.rstrip('.')}" for s in DATA_SOURCES.values())
 
 
 def load_data(spec: str, *, input_size: int | None = None, channels: int | None = None, seed: int = 0) -> DataBundle:

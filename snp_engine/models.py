@@ -34,7 +34,7 @@ def list_architectures() -> list[str]:
 
 def models_help() -> str:
     """The accepted model specs, one per source, for help texts."""
-    return "; ".join(f"{s.syntax}: {s.summary}" for s in MODEL_SOURCES.values())
+    return "; ".join(f"{s.syntax}: {s.summary.rstrip('.')}" for s in MODEL_SOURCES.values())
 
 
 def load_model(spec: str, *, trust: bool = False) -> LoadedModel:

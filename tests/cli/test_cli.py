@@ -301,7 +301,9 @@ def test_ctrl_c_exits_130(capsys, monkeypatch):
     def interrupted(args, reporter):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    from snp_engine.cli import commands
+
+    monkeypatch.setattr(commands, "cmd_info", interrupted)
     code, _, err = run(capsys, "info", "--model", "demo-vgg")
     assert code == 130 and err.strip() == "snp: cancelled"
 
@@ -319,3 +321,14 @@ def test_console_script_help():
     assert done.returncode == 0, done.stderr
     for name in ("info", "analyze", "prune", "eval", "finetune"):
         assert name in done.stdout
+
+
+def test_compensation_choice_and_conflicting_flags(capsys, tmp_path):
+    out = tmp_path / "c.safetensors"
+    common = ("prune", "--model", "demo-vgg", "--data", "digits", "--samples", "64", "--variance", "0.9")
+    result = run_json(capsys, *common, "--compensation", "one-shot", "--out", str(out))
+    assert result["compensation"] == "one-shot" and io.read_metadata(out)["settings"]["compensation"] == "one-shot"
+    assert_one_line_error(
+        *run(capsys, *common, "--compensation", "sequential", "--one-shot", "--out", str(out)),
+        "give one of --compensation, --no-compensation or --one-shot",
+    )

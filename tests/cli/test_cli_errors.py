@@ -321,8 +321,10 @@ def _pretend_cuda(monkeypatch, failing: str) -> list[tuple[str, str]]:
     """The CLI believes it runs on CUDA; ``failing`` (analyze/prune) runs out of memory there, and
     everything else runs on the CPU. Returns the (step, device) calls."""
     calls: list[tuple[str, str]] = []
-    real_prepare = cli._prepare
-    monkeypatch.setattr(cli, "_prepare", lambda args, **kw: (real_prepare(args, **kw)[0], torch.device("cuda")))
+    from snp_engine.cli import plumbing
+
+    real_prepare = plumbing.prepare
+    monkeypatch.setattr(plumbing, "prepare", lambda args, **kw: (real_prepare(args, **kw)[0], torch.device("cuda")))
     for name in ("analyze", "prune"):
         real = getattr(api, name)
 

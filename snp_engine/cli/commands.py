@@ -1,0 +1,357 @@
+"""The subcommands: each runs its job through :mod:`snp_engine.workflows` and returns
+(JSON result, text lines); the entry point prints one or the other."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snp_engine import io, workflows
+from snp_engine.cli import plumbing
+from snp_engine.errors import SnpError
+from snp_engine.progress import Reporter, Scaled
+from snp_engine.subspace import DEFAULT_ORDERING
+from snp_engine.workflows import AnalysisOptions, Compensation, PlanTarget
+
+Result = tuple[dict[str, Any], list[str]]
+
+
+def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
+    """Prunable groups, excluded groups, parameters and FLOPs of a model."""
+    prepared, device = plumbing.prepare(args, data=False)
+    loaded, shape = prepared.model, prepared.input_shape
+    found = workflows.inspect(prepared, device=device, reporter=reporter)
+    groups, excluded, params, flops, warnings = found.groups, found.excluded, found.params, found.flops, found.warnings
+    pruning = loaded.pruning.to_dict() if loaded.pruning is not None else None
+    plumbing.say(args, warnings, "warning")
+    result = {
+        "model": args.model,
+        "arch": loaded.arch,
+        "source": loaded.source,
+        "num_classes": loaded.num_classes,
+        "input_shape": list(shape),
+        "params": params,
+        "flops": flops,
+        "groups": [{"name": g.name, "consumer": g.consumer, "units": g.units, "layout": g.layout} for g in groups],
+        "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in excluded],
+        "warnings": list(warnings),
+    }
+    if pruning:
+        result["pruning"] = {
+            "kept": {name: len(kept) for name, kept in pruning["kept"].items()},
+            "units": pruning["units"],
+            "ordering": pruning.get("ordering"),
+            "compensation": pruning.get("compensation"),
+        }
+    lines = [
+        f"model        {args.model} ({loaded.arch}, {loaded.source})",
+        f"input        {'x'.join(map(str, shape))}, {loaded.num_classes} classes",
+        f"parameters   {params:,} ({plumbing.fmt_count(params)})",
+        f"FLOPs (MACs) {plumbing.fmt_count(flops)}",
+        f"prunable layer groups ({len(groups)}):",
+        *(f"  {g.name:<28} -> {g.consumer:<28} {g.units:>6} units" for g in groups),
+    ]
+    if excluded:
+        lines.append(f"not pruned ({len(excluded)}):")
+        lines += [f"  {e.name:<28} {e.units:>6} units  {e.reason}" for e in excluded]
+    if pruning:
+        lines.append(
+            "pruned by snp: "
+            + ", ".join(
+                f"{name} {len(kept)}/{pruning['units'].get(name, len(kept))}" for name, kept in pruning["kept"].items()
+            )
+        )
+    return result, lines
+
+
+def _options(args: argparse.Namespace, ordering: str | None = None) -> AnalysisOptions:
+    return AnalysisOptions(
+        samples=args.samples,
+        batch_size=args.batch_size,
+        ordering=ordering or args.ordering or DEFAULT_ORDERING,
+        max_positions=args.max_positions,
+        seed=args.seed,
+    )
+
+
+def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
+    """Run the analysis and save its statistics."""
+    plumbing.check_output(args.out)
+    prepared, device = plumbing.prepare(args)
+    warnings = list(prepared.warnings)
+    options = _options(args)
+
+    def step(on: torch.device):
+        return workflows.analyse(prepared, options, device=on, reporter=reporter)
+
+    analysis, device = plumbing.with_cpu_fallback(args, device, step, warnings)
+    singular = analysis.warnings()
+    plumbing.say(args, singular, "warning")
+    warnings += singular
+    path = analysis.save(args.out) or Path(args.out)
+    summary = analysis.summary()
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(path),
+        **plumbing.prepared_fields(prepared),
+        "samples": analysis.info.get("samples"),
+        **summary,
+        "warnings": warnings,
+    }
+    lines = [
+        f"analysed {args.model} on {analysis.info.get('samples')} images of {args.data} "
+        f"({'x'.join(map(str, prepared.input_shape))})",
+        *plumbing.dense_line(prepared),
+        *(
+            f"  {g['name']:<28} {g['units']:>6} units  {g['samples']:>9} samples"
+            + ("  (regularised)" if g["regularised"] else "")
+            for g in summary["groups"]
+        ),
+        f"statistics written to {path}",
+    ]
+    return result, lines
+
+
+def _parse_keep(items: Sequence[str], analysis) -> dict[str, int]:
+    keep: dict[str, int] = {}
+    excluded = {e.name: e.reason for e in analysis.excluded}
+    for item in items:
+        name, sep, count = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise SnpError(f"--keep expects LAYER=COUNT, got '{item}'")
+        try:
+            keep[name] = int(count)
+        except ValueError:
+            raise SnpError(f"--keep {item}: COUNT must be an integer") from None
+        if name in excluded:
+            raise SnpError(f"--keep {item}: layer '{name}' cannot be pruned ({excluded[name]})")
+        if name not in analysis.units:
+            known = ", ".join(analysis.names[:8]) + (", …" if len(analysis.names) > 8 else "")
+            raise SnpError(f"--keep {item}: '{name}' is not a prunable layer; prunable layers: {known}")
+    return keep
+
+
+def _target(args: argparse.Namespace, analysis) -> PlanTarget:
+    if args.keep:
+        return PlanTarget.parse("keep", _parse_keep(args.keep, analysis))
+    for kind, key in (("variance", "variance"), ("flops", "flops_reduction"), ("params", "params_reduction")):
+        if getattr(args, key) is not None:
+            return PlanTarget.parse(kind, getattr(args, key))
+    raise SnpError("give one of --variance, --flops-reduction, --params-reduction or --keep")
+
+
+def _compensation(args: argparse.Namespace) -> Compensation:
+    chosen = {
+        Compensation(args.compensation) if args.compensation else None,
+        Compensation.NONE if args.no_compensation else None,
+        Compensation.ONE_SHOT if args.one_shot else None,
+    } - {None}
+    if len(chosen) > 1:
+        raise SnpError("give one of --compensation, --no-compensation or --one-shot")
+    return chosen.pop() if chosen else Compensation.SEQUENTIAL
+
+
+def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
+    """Analyse (or load statistics), plan, prune, evaluate and export."""
+    if args.method != "snp" and args.ordering and args.ordering != args.method:
+        raise SnpError(f"--method {args.method} is the '{args.method}' ordering; do not combine it with --ordering")
+    ordering = (args.ordering or DEFAULT_ORDERING) if args.method == "snp" else args.method
+    compensation = _compensation(args)  # conflicting flags are refused before any work
+    plumbing.check_output(args.out, args.torchscript, args.onnx)
+    prepared, device = plumbing.prepare(args, require_labels=True)
+    io.check_exportable(prepared.model.arch)
+    warnings = list(prepared.warnings)
+    dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
+
+    if args.stats:
+        analysis = io.load_analysis(args.stats, reporter=Scaled(reporter, 0.0, 0.1))
+        io.check_analysis_fits(analysis, dense, prepared.input_shape)
+        if analysis.ordering != ordering:
+            analysis = analysis.reorder(ordering, reporter=Scaled(reporter, 0.1, 0.2))
+    else:
+
+        def analyse_on(on: torch.device):
+            return workflows.analyse(prepared, _options(args, ordering), device=on, reporter=Scaled(reporter, 0.0, 0.2))
+
+        analysis, device = plumbing.with_cpu_fallback(args, device, analyse_on, warnings)
+    singular = analysis.warnings()
+    plumbing.say(args, singular, "warning")
+    warnings += singular
+    target = _target(args, analysis)
+    plan = workflows.make_plan(analysis, target, round_to=args.round_to, allocation=args.allocation)
+
+    def prune_on(on: torch.device):
+        return workflows.prune(
+            prepared,
+            analysis,
+            plan,
+            compensation=compensation,
+            batch_size=args.batch_size,
+            samples=args.samples,
+            device=on,
+            reporter=Scaled(reporter, 0.2, 0.7),
+        )
+
+    pruned, device = plumbing.with_cpu_fallback(args, device, prune_on, warnings)
+    comparison = workflows.compare(prepared, pruned, device=device, reporter=Scaled(reporter, 0.7, 0.9))
+    metrics = comparison.metrics()
+    settings = {
+        "method": args.method,
+        "ordering": analysis.ordering,
+        "threshold": plan.threshold,
+        "compensation": compensation.value,
+        "allocation": args.allocation,
+        "samples": analysis.info.get("samples"),
+        "data": args.data,
+        "target": {"keep": list(args.keep)} if args.keep else target.to_dict(),
+        "round_to": args.round_to,
+        "base_model": args.model,
+        "input_shape": list(prepared.input_shape),
+    }
+    reporter.update(0.9, "exporting")
+    written = workflows.export(
+        prepared,
+        pruned,
+        args.out,
+        settings=settings,
+        metrics=metrics,
+        torchscript=args.torchscript,
+        onnx=args.onnx,
+        reporter=Scaled(reporter, 0.9, 1.0),
+    )
+    out = written.pop("snp")
+    extra = {kind: str(path) for kind, path in written.items()}
+    reporter.update(1.0, "done")
+    keep_counts = {name: plan.keep[name] for name in analysis.names}
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(out),
+        **extra,
+        **metrics,
+        **plumbing.prepared_fields(prepared),
+        "keep": keep_counts,
+        "units": analysis.units,
+        "ordering": analysis.ordering,
+        "method": args.method,
+        "threshold": plan.threshold,
+        "compensation": compensation.value,
+        "warnings": warnings,
+    }
+    lines = [
+        f"pruned {args.model} ({analysis.ordering} ordering, {compensation.value} compensation, "
+        f"input {'x'.join(map(str, prepared.input_shape))})",
+        f"  parameters   {plumbing.change(comparison.params_before, comparison.params_after)}",
+        f"  FLOPs (MACs) {plumbing.change(comparison.flops_before, comparison.flops_after)}",
+        f"  top-1        {comparison.before.top1:.2f}% -> {comparison.after.top1:.2f}%   "
+        f"(unpruned -> pruned, on {comparison.evaluation}, {comparison.after.samples} images)",
+        f"  fidelity     {comparison.fidelity:.4f} relative logit error",
+        "  kept units:",
+        *(f"    {name:<28} {k:>6} / {analysis.units[name]}" for name, k in keep_counts.items()),
+        f"written to {out}",
+        *(f"{kind} written to {path}" for kind, path in extra.items()),
+    ]
+    return result, lines
+
+
+def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
+    """Top-1/top-5 on the evaluation data, plus parameters and FLOPs."""
+    prepared, device = plumbing.prepare(args, require_labels=True)
+    evaluation = prepared.evaluation
+    found = workflows.score(
+        prepared.model.model, evaluation, device=device, batch_size=args.batch_size, reporter=reporter
+    )
+    params, flops = workflows.cost(prepared.model.model, prepared.input_shape, device)
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "top1": found.top1,
+        "top5": found.top5,
+        "loss": found.loss,
+        "samples": found.samples,
+        "eval_data": prepared.evaluation_label,
+        "params": params,
+        "flops": flops,
+        **plumbing.prepared_fields(prepared),
+        "warnings": list(prepared.warnings),
+    }
+    lines = [
+        f"{args.model} on {prepared.evaluation_label} ({found.samples} images, "
+        f"{'x'.join(map(str, prepared.input_shape))})",
+        f"  top-1        {found.top1:.2f}%",
+        f"  top-5        {found.top5:.2f}%",
+        f"  parameters   {params:,} ({plumbing.fmt_count(params)})",
+        f"  FLOPs (MACs) {plumbing.fmt_count(flops)}",
+    ]
+    return result, lines
+
+
+def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
+    """Train on the train (or calibration) split and re-export, keeping the pruning record."""
+    if args.lr <= 0:
+        raise SnpError(f"--lr must be positive, got {args.lr}")
+    plumbing.check_output(args.out)
+    prepared, device = plumbing.prepare(args, require_labels=True)
+    workflows.class_warnings(prepared.model, prepared.require_data(), require=True)
+    io.check_exportable(prepared.model.arch)
+    tuned = workflows.finetune(
+        prepared,
+        prepared.model.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        device=device,
+        reporter=Scaled(reporter, 0.0, 0.95),
+    )
+    earlier = prepared.model.metadata or {}
+    settings = {
+        **earlier.get("settings", {}),
+        "finetune": {
+            "data": args.data,
+            "split": tuned.split,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "optimizer": args.optimizer,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+        },
+    }
+    metrics = {
+        **earlier.get("metrics", {}),
+        "finetune_top1_before": tuned.before.top1,
+        "finetune_top1_after": tuned.after.top1,
+        "finetune_top5_after": tuned.after.top5,
+        "finetune_eval_data": prepared.evaluation_label,
+    }
+    reporter.update(0.95, "exporting")
+    out = workflows.export(prepared, tuned.model, args.out, settings=settings, metrics=metrics)["snp"]
+    reporter.update(1.0, "done")
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(out),
+        "split": tuned.split,
+        "epochs": args.epochs,
+        "top1_before": tuned.before.top1,
+        "top1_after": tuned.after.top1,
+        "top5_after": tuned.after.top5,
+        "eval_data": prepared.evaluation_label,
+        "history": list(tuned.history),
+        **plumbing.prepared_fields(prepared),
+        "warnings": list(prepared.warnings),
+    }
+    lines = [
+        f"fine-tuned {args.model} for {args.epochs} epoch(s) on the {tuned.split} split of {args.data}",
+        *(f"  epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%" for row in tuned.history),
+        f"  top-1        {tuned.before.top1:.2f}% -> {tuned.after.top1:.2f}%   (on {prepared.evaluation_label})",
+        f"written to {out}",
+    ]
+    return result, lines
