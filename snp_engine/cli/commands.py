@@ -82,7 +82,7 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
     """Run the analysis and save its statistics."""
     plumbing.check_output(args.out)
     prepared, device = plumbing.prepare(args)
-    warnings = list(prepared.warnings)
+    warnings = [*prepared.warnings, *prepared.notes]
     options = _options(args)
 
     def step(on: torch.device):
@@ -166,7 +166,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     plumbing.check_output(args.out, args.torchscript, args.onnx)
     prepared, device = plumbing.prepare(args, require_labels=True)
     io.check_exportable(prepared.model.arch)
-    warnings = list(prepared.warnings)
+    warnings = [*prepared.warnings, *prepared.notes]
     dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
 
     if args.stats:
@@ -279,7 +279,7 @@ def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
         "params": params,
         "flops": flops,
         **plumbing.prepared_fields(prepared),
-        "warnings": list(prepared.warnings),
+        "warnings": [*prepared.warnings, *prepared.notes],
     }
     lines = [
         f"{args.model} on {prepared.evaluation_label} ({found.samples} images, "
@@ -346,7 +346,7 @@ def cmd_finetune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "eval_data": prepared.evaluation_label,
         "history": list(tuned.history),
         **plumbing.prepared_fields(prepared),
-        "warnings": list(prepared.warnings),
+        "warnings": [*prepared.warnings, *prepared.notes],
     }
     lines = [
         f"fine-tuned {args.model} for {args.epochs} epoch(s) on the {tuned.split} split of {args.data}",
