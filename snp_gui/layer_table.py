@@ -1,6 +1,8 @@
 """Per-layer table of the plan: units, kept units (editable), explained variance and cost of each group.
 
-Layers the engine cannot prune are listed greyed at the bottom, with the reason as a tooltip.
+Layers the engine cannot prune are listed greyed at the bottom, with the reason as a tooltip. A kept
+count outside ``1 … units`` is clamped, and ``notice`` says so (the window shows it in the status bar
+and as a tooltip at the cell).
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QGuiApplication, QPalette
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QSpinBox, QStyledItemDelegate, QTableView, QWidget
+from PySide6.QtGui import QGuiApplication, QPalette, QValidator
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QSpinBox,
+    QStyledItemDelegate,
+    QTableView,
+    QToolTip,
+    QWidget,
+)
 
 from snp_gui.summary import DASH, human_count
 
@@ -81,6 +91,7 @@ class LayerTableModel(QAbstractTableModel):
     """Rows of the plan; prunable groups first, excluded layers after them."""
 
     keepEdited = Signal(str, int)
+    notice = Signal(str)  # an edit was changed to fit: why
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -140,9 +151,13 @@ class LayerTableModel(QAbstractTableModel):
         if row.excluded_reason is not None:
             return False
         try:
-            kept = min(max(round(float(value)), 1), row.units)
-        except (TypeError, ValueError):
+            asked = round(float(value))
+        except (TypeError, ValueError, OverflowError):
+            self.notice.emit(f"{row.name}: {value!r} is no unit count; it still keeps {row.kept}")
             return False
+        kept = min(max(asked, 1), row.units)
+        if kept != asked:
+            self.notice.emit(f"{row.name} has {row.units} units, so it keeps 1 … {row.units}: {asked} became {kept}")
         if kept != row.kept:
             row.kept = kept
             self.dataChanged.emit(self.index(index.row(), KEPT), self.index(index.row(), RATIO))
@@ -229,13 +244,53 @@ class LayerTableModel(QAbstractTableModel):
         return self._rows[row].excluded_reason is not None
 
 
+class KeptEditor(QSpinBox):
+    """A spin box bounded by the layer's unit count that still lets any whole number be typed.
+
+    A plain QSpinBox silently drops keystrokes that leave its range (999 in a 64-unit layer ends up
+    as 9); here the typed number goes to the model, which clamps it and says why.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._typed: str | None = None  # what the user typed last (Enter has the box clamp it before the commit)
+        self.lineEdit().textEdited.connect(self._edited)
+
+    def _edited(self, text: str) -> None:
+        self._typed = text
+
+    def validate(self, text: str, pos: int) -> object:
+        stripped = text.strip()
+        if stripped.isdigit() or (stripped.startswith("-") and stripped[1:].isdigit()):
+            return QValidator.State.Acceptable, text, pos
+        if stripped in ("", "-"):
+            return QValidator.State.Intermediate, text, pos
+        return QValidator.State.Invalid, text, pos
+
+    def valueFromText(self, text: str) -> int:
+        """The typed number clamped into the range (QSpinBox would turn 999 into the minimum)."""
+        try:
+            return min(max(int(text.strip()), self.minimum()), self.maximum())
+        except ValueError:
+            return self.value()
+
+    def asked(self) -> int | None:
+        """The number typed, even outside the range; None when the text is no whole number."""
+        text = self.cleanText() if self._typed is None else self._typed
+        try:
+            return int(text.strip())
+        except ValueError:
+            return None
+
+
 class KeptDelegate(QStyledItemDelegate):
     """Edits the Kept column with a spin box bounded by the layer's unit count."""
 
     def createEditor(self, parent: QWidget, option: Any, index: Index) -> QWidget:
-        editor = QSpinBox(parent)
-        editor.setRange(1, max(int(index.data(Qt.ItemDataRole.UserRole) or 1), 1))
-        editor.setToolTip("Units this layer keeps")
+        editor = KeptEditor(parent)
+        units = max(int(index.data(Qt.ItemDataRole.UserRole) or 1), 1)
+        editor.setRange(1, units)
+        editor.setToolTip(f"Units this layer keeps: 1 … {units}")
         editor.setKeyboardTracking(False)
         return editor
 
@@ -243,8 +298,9 @@ class KeptDelegate(QStyledItemDelegate):
         editor.setValue(int(index.data(Qt.ItemDataRole.EditRole)))
 
     def setModelData(self, editor: QWidget, model: QAbstractItemModel, index: Index) -> None:
+        asked = editor.asked() if isinstance(editor, KeptEditor) else None
         editor.interpretText()
-        model.setData(index, editor.value(), Qt.ItemDataRole.EditRole)
+        model.setData(index, editor.value() if asked is None else asked, Qt.ItemDataRole.EditRole)
 
 
 class LayerTable(QTableView):
@@ -252,12 +308,15 @@ class LayerTable(QTableView):
 
     keepEdited = Signal(str, int)
     layerSelected = Signal(str)
+    notice = Signal(str)  # an edit was clamped to the layer's units: why
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._model = LayerTableModel(self)
         self.setModel(self._model)
         self._model.keepEdited.connect(self.keepEdited)
+        self._model.notice.connect(self._show_notice)
+        self.last_notice = ""
         self.setItemDelegateForColumn(KEPT, KeptDelegate(self))
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -279,6 +338,14 @@ class LayerTable(QTableView):
     @property
     def layer_model(self) -> LayerTableModel:
         return self._model
+
+    def _show_notice(self, text: str) -> None:
+        """At the edited cell, and for the window (``notice``)."""
+        self.last_notice = text
+        index = self.currentIndex()
+        rect = self.visualRect(index) if index.isValid() else self.rect()
+        QToolTip.showText(self.viewport().mapToGlobal(rect.bottomLeft()), text, self)
+        self.notice.emit(text)
 
     def set_rows(self, rows: list[dict]) -> None:
         """Replace all rows (see :meth:`LayerTableModel.set_rows`)."""

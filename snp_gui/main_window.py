@@ -121,6 +121,8 @@ class MainWindow(QMainWindow):
             "save_session_as": lambda: files.save_session(self, s, self.settings, ask=True),
             "export": lambda: export_with_dialog(self, s, self.settings),
             "quit": self.close,
+            "undo": s.undo,
+            "redo": s.redo,
             "analyse": s.analyse,
             "cancel": s.cancel,
             "evaluate": s.evaluate,
@@ -163,7 +165,10 @@ class MainWindow(QMainWindow):
             self.resize(1360, 860)
         if state is not None:
             self.restoreState(state)
-        self.session.set_options(load_options(self.settings, self.session.options.device))
+        notes: list[str] = []
+        self.session.set_options(load_options(self.settings, self.session.options.device, notes))
+        if notes:  # a damaged or hand-edited settings file: the defaults were used instead
+            self.statusBar().showMessage(f"Settings: {'; '.join(notes)}")
         for panel in (self.model_panel, self.data_panel):
             panel.set_start_dir(self.settings.last_dir())
 

@@ -119,7 +119,10 @@ def save(
 
 def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -> None:
     """Load the session's model and data, then its statistics, then put the keep counts back."""
-    state.set_options(Options.from_dict({**saved.options}))
+    notes: list[str] = []
+    state.set_options(Options.from_dict({**saved.options}, notes))
+    if notes:  # a hand-edited or damaged session: the defaults stand in for what was not valid
+        state.message.emit(f"Session {Path(path).name}: {'; '.join(notes)}")
     if saved.model_spec:
         state.load_model(saved.model_spec, trust=trust)
     if saved.data_spec:

@@ -6,17 +6,60 @@ the tests use so they never read or overwrite a real user's preferences.
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
-from snp_engine.subspace import DEFAULT_ORDERING
+from snp_engine.analysis import CURVES
+from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS
+from snp_engine.workflows import Compensation
 
 MAX_RECENT = 8
 ENV_PATH = "SNP_GUI_SETTINGS"
+
+# -- the global threshold: what each mode accepts -----------------------------------------------------
+THRESHOLD_LABELS = {"variance": "Explained variance", "flops": "FLOPs reduction", "params": "Params reduction"}
+THRESHOLD_DEFAULTS = {"variance": 0.99, "flops": 0.5, "params": 0.5}
+# the lowest and highest value of each mode, as fractions (the controls' resolution is 0.1 %)
+THRESHOLD_LIMITS = {"variance": (0.001, 1.0), "flops": (0.0, 0.999), "params": (0.0, 0.999)}
+
+
+def threshold_problem(mode: str, value: float) -> str | None:
+    """Why ``value`` (a fraction) is no valid threshold in ``mode``, or None when it is fine."""
+    if mode not in THRESHOLD_LIMITS:
+        return f"unknown threshold mode {mode!r}; choose one of {', '.join(THRESHOLD_LIMITS)}"
+    label = THRESHOLD_LABELS[mode]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return f"{label} must be a number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{label} must be a number, got {value}"
+    if mode == "variance":
+        if value <= 0:
+            return f"{label} must be above 0 % (at 0 % no layer would keep a unit)"
+        if value > 1:
+            return f"{label} can be at most 100 %"
+        return None
+    if value < 0:
+        return f"{label} cannot be negative"
+    if value >= 1:
+        return f"{label} must be below 100 % (the network must keep some units)"
+    return None
+
+
+def clamp_threshold(mode: str, value: float) -> float:
+    """The nearest valid value of ``mode`` (the default when ``value`` is no number)."""
+    low, high = THRESHOLD_LIMITS[mode]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return THRESHOLD_DEFAULTS[mode]
+    return THRESHOLD_DEFAULTS[mode] if not math.isfinite(value) else min(max(value, low), high)
 
 
 class Settings:
@@ -113,14 +156,27 @@ class Options:
     sweep_baseline: str = "l1"
 
     @classmethod
-    def from_dict(cls, raw: dict) -> Options:
-        """Known keys, converted to each field's type; unknown or malformed values keep the default."""
-        options = cls()
+    def from_dict(cls, raw: dict, notes: list[str] | None = None) -> Options:
+        """Known keys, converted to each field's type and checked; a malformed or invalid value keeps the
+        default, and ``notes`` (when given) gets one line saying so for each such value."""
+        options, notes = cls(), notes if notes is not None else []
         for item in fields(cls):
-            if item.name in raw:
-                default = getattr(options, item.name)
-                with contextlib.suppress(TypeError, ValueError):
-                    setattr(options, item.name, type(default)(raw[item.name]))
+            if item.name not in raw:
+                continue
+            default = getattr(options, item.name)
+            try:
+                value = type(default)(raw[item.name])
+            except (TypeError, ValueError):
+                value = None
+            check = _CHECKS.get(item.name)
+            if value is None or (check is not None and not check(value)):
+                notes.append(f"{item.name} {raw[item.name]!r} is not valid; using {default!r}")
+                continue
+            setattr(options, item.name, value)
+        problem = threshold_problem(options.threshold_mode, options.threshold_value)
+        if problem:
+            options.threshold_value = THRESHOLD_DEFAULTS[options.threshold_mode]
+            notes.append(f"{problem}; using {100 * options.threshold_value:g} %")
         return options
 
     def copy(self) -> Options:
@@ -144,18 +200,42 @@ def parse_reductions(text: str) -> list[float] | None:
     return sorted(set(values)) or None
 
 
-def load_options(settings: Settings, device: str) -> Options:
-    """The last-used options; a fresh start (no device saved) prefers ``device``, the best one found now."""
+def load_options(settings: Settings, device: str, notes: list[str] | None = None) -> Options:
+    """The last-used options; a fresh start (no device saved) prefers ``device``, the best one found now.
+
+    Invalid saved values fall back to their defaults, with a line in ``notes`` for each.
+    """
     saved = {f.name: settings.value(f"options/{f.name}") for f in fields(Options)}
-    options = Options.from_dict({k: v for k, v in saved.items() if v is not None})
+    options = Options.from_dict({k: v for k, v in saved.items() if v is not None}, notes)
     if not settings.value("options/device"):
         options.device = device
     return options
 
 
 def save_options(settings: Settings, options: Options) -> None:
+    """Remember ``options``; an invalid threshold is never written (the default of its mode is)."""
     for key, value in asdict(options).items():
         settings.set_value(f"options/{key}", value)
+    if threshold_problem(options.threshold_mode, options.threshold_value):
+        settings.set_value("options/threshold_value", THRESHOLD_DEFAULTS.get(options.threshold_mode, 0.99))
+
+
+_CHECKS: dict[str, Callable[[object], bool]] = {
+    "samples": lambda v: v >= 1,
+    "batch_size": lambda v: v >= 1,
+    "input_size": lambda v: v >= 0,
+    "ordering": lambda v: v in ORDERINGS,
+    "curve": lambda v: v in CURVES,
+    "compensation": lambda v: v in {c.value for c in Compensation},
+    "threshold_mode": lambda v: v in THRESHOLD_LIMITS,
+    "latency_batch": lambda v: v >= 1,
+    "latency_repeats": lambda v: v >= 1,
+    "finetune_epochs": lambda v: v >= 1,
+    "finetune_lr": lambda v: math.isfinite(v) and v > 0,
+    "sweep_reductions": lambda v: parse_reductions(v) is not None,
+    "sweep_baseline": lambda v: v in ORDERINGS,
+    "device": lambda v: bool(v.strip()),
+}
 
 
 def default_device() -> str:

@@ -5,7 +5,8 @@ threshold, the selected layer, the run options, the measured metrics and the swe
 results. It runs all slow work on a :class:`~snp_gui.workers.TaskRunner`. Panels call its methods
 and follow its snake_case signals; they never talk to each other and never call the engine.
 Loading models and data, the data check and session files are in :mod:`snp_gui.opening`;
-evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs` (both parts of Session).
+evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs`, undo and redo of the plan in
+:mod:`snp_gui.undo` (all parts of Session).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from snp_engine.workflows import AnalysisOptions, Prepared
 from snp_gui.layer_rows import layer_costs
 from snp_gui.opening import Opening
 from snp_gui.pruned_jobs import PrunedJobs
-from snp_gui.settings import Options, default_device
+from snp_gui.settings import Options, default_device, threshold_problem
+from snp_gui.undo import PlanHistory
 from snp_gui.workers import FINISHED, Task, TaskRunner
 
 RESULT_VIEWS = ("all", "sweep", "history")  # what ``reset`` clears
 
 
-class Session(QObject, PrunedJobs, Opening):
+class Session(QObject, PrunedJobs, Opening, PlanHistory):
     """State plus actions; results arrive through signals in the GUI thread."""
 
     model_requested = Signal(str, str)  # spec, kind: about to be loaded (the model panel shows it)
@@ -42,6 +44,8 @@ class Session(QObject, PrunedJobs, Opening):
     prepared_changed = Signal(object)  # Prepared (data fitted to the model, notes, warnings, dense check) or None
     analysis_changed = Signal(object)  # Analysis or None: new curves and table rows
     keep_changed = Signal(dict, bool)  # keep counts, final (False while a marker is dragged)
+    undo_changed = Signal(bool, bool)  # whether undo and redo can go anywhere
+    threshold_note = Signal(str)  # why a threshold was refused, or a warning about its plan; "" when none
     selection_changed = Signal(str)  # the focused layer, "" when there is none
     options_changed = Signal(object)  # Options, after anything but the threshold changed them
     metrics_changed = Signal(dict)
@@ -69,6 +73,8 @@ class Session(QObject, PrunedJobs, Opening):
         self.keep: dict[str, int] = {}
         self.threshold: float | None = None
         self.overridden = False  # keep counts were edited by hand after the last threshold change
+        self._planned: dict[str, int] = {}  # the keep counts the threshold alone gives
+        self._init_history()
         self.selected: str | None = None
         self.metrics: dict = {}
         self.stale = False
@@ -101,10 +107,13 @@ class Session(QObject, PrunedJobs, Opening):
         self.options.ordering, self.options.curve = analysis.ordering, analysis.curve_kind
         self.options_changed.emit(self.options)
         self.analysis_changed.emit(analysis)
+        self._planned = {}
         if keep is not None:
+            self._planned = self._threshold_plan() or {}
             self.set_keep(keep, final=True)
         else:
             self.set_threshold(self.options.threshold_mode, self.options.threshold_value)
+        self.clear_history()  # steps of another analysis would not describe these curves
         names = analysis.names
         self.selected = self.selected if self.selected in names else (names[0] if names else None)
         self.selection_changed.emit(self.selected or "")  # always: the views were rebuilt
@@ -129,6 +138,8 @@ class Session(QObject, PrunedJobs, Opening):
 
     def _reset_analysis(self) -> None:
         self.analysis, self.keep, self.selected, self._pruned, self._baseline = None, {}, None, None, None
+        self._planned = {}
+        self.clear_history()
         self.analysis_changed.emit(None)
         self.selection_changed.emit("")
         self.set_metrics({})
@@ -141,35 +152,82 @@ class Session(QObject, PrunedJobs, Opening):
         self.reset.emit(view)
 
     # -- keep counts and selection ----------------------------------------------------------------
-    def set_threshold(self, mode: str, value: float) -> None:
-        """Re-plan every layer from one global setting: explained variance or a FLOPs/params cut."""
+    def set_threshold(self, mode: str, value: float, final: bool = True) -> None:
+        """Re-plan every layer from one global setting: explained variance or a FLOPs/params cut.
+
+        An invalid value (0 % explained variance, a 100 % reduction) or one the engine refuses changes
+        nothing, not even the options: ``threshold_note`` says why and the controls show the old value.
+        While the slider is held (``final`` False) the plan follows; one undo step covers the whole move.
+        """
+        problem = threshold_problem(mode, value)
+        plan = None
+        if problem is None and self.analysis is not None:
+            try:
+                plan = self.analysis.plan(**{_PLAN_KEYS[mode]: float(value)})
+            except SnpError as exc:
+                problem = str(exc)
+        if problem is not None:
+            self.threshold_note.emit(problem)
+            self.message.emit(f"Threshold not changed: {problem}")
+            self.options_changed.emit(self.options)  # the controls go back to the value in use
+            return
+        self._begin_edit()
         self.options.threshold_mode, self.options.threshold_value = mode, float(value)
-        if self.analysis is None:
+        if plan is None:  # nothing analysed yet: only the setting
+            self._pending = None
             return
-        try:
-            plan = self.analysis.plan(**{_PLAN_KEYS[mode]: float(value)})
-        except SnpError as exc:
-            self.message.emit(str(exc))
-            return
-        self.threshold, self.overridden = plan.threshold, False
+        self.threshold, self.overridden, self._planned = plan.threshold, False, dict(plan.keep)
         self._apply_keep(plan.keep, final=True)
+        if final:
+            self._end_edit()
+        self.threshold_note.emit(self._plan_warning())
+
+    def _threshold_plan(self) -> dict[str, int] | None:
+        """What the current threshold alone gives, None when it gives nothing (no analysis, refused)."""
+        if self.analysis is None or threshold_problem(self.options.threshold_mode, self.options.threshold_value):
+            return None
+        try:
+            return dict(
+                self.analysis.plan(**{_PLAN_KEYS[self.options.threshold_mode]: self.options.threshold_value}).keep
+            )
+        except SnpError:
+            return None
+
+    def _plan_warning(self) -> str:
+        """A warning when the plan is surely not what anyone wants (every layer cut to a single unit)."""
+        units = self.analysis.units if self.analysis is not None else {}
+        if self.keep and all(k == 1 for k in self.keep.values()) and any(units[n] > 1 for n in self.keep):
+            return "every layer keeps only 1 unit at this threshold: the pruned network will hardly work"
+        return ""
+
+    def is_custom(self) -> bool:
+        """The keep counts were edited away from what the threshold gives."""
+        return bool(self.keep) and self.keep != self._planned
 
     def set_layer_keep(self, name: str, count: int, final: bool = True) -> None:
-        """One layer overridden by hand (a marker drag or a table edit)."""
+        """One layer overridden by hand (a marker drag or a table edit); one undo step per drag or edit."""
         if self.analysis is None or name not in self.keep:
             return
         count = max(1, min(int(count), self.analysis.units[name]))
         if count == self.keep[name] and not final:
             return
+        self._begin_edit()
         self.overridden = True
         self._apply_keep({**self.keep, name: count}, final)
+        if final:
+            self._end_edit()
 
     def set_keep(self, keep: dict[str, int], final: bool = True) -> None:
+        """Load keep counts for every layer (a saved plan); layers missing from ``keep`` keep every unit."""
         if self.analysis is None:
             return
         units = self.analysis.units
+        self._begin_edit()
         self.overridden = True
         self._apply_keep({n: max(1, min(int(keep.get(n, u)), u)) for n, u in units.items()}, final)
+        if final:
+            self._end_edit()
+        self.threshold_note.emit(self._plan_warning())
 
     def _apply_keep(self, keep: dict[str, int], final: bool) -> None:
         if keep != self.keep:

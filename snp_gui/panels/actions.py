@@ -51,6 +51,8 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...], str, str | None, bool]] = {
         True,
     ),
     "quit": ("&Quit", ("Ctrl+Q",), "Close snp", None, False),
+    "undo": ("&Undo plan change", ("Ctrl+Z",), "Go back to the plan before the last change", None, False),
+    "redo": ("&Redo plan change", ("Ctrl+Shift+Z", "Ctrl+Y"), "Make the undone change again", None, False),
     "analyse": (
         "&Analyse",
         ("Ctrl+R", "F5"),
@@ -94,6 +96,7 @@ MENUS = {
         None,
         "quit",
     ),
+    "&Edit": ("undo", "redo"),
     "&Run": ("analyse", "cancel", None, "evaluate", "sweep", "finetune"),
     "&View": ("reset_layout",),
     "&Help": ("about",),
@@ -172,6 +175,13 @@ def bind_actions(actions: dict[str, QAction], session: Session) -> None:
         actions["cancel"].setEnabled(session.busy)
 
     on_state_change(session, update)
+
+    def undo_state(can_undo: bool, can_redo: bool) -> None:
+        actions["undo"].setEnabled(can_undo)
+        actions["redo"].setEnabled(can_redo)
+
+    session.undo_changed.connect(undo_state)
+    undo_state(session.can_undo(), session.can_redo())
 
 
 def bind_recent(menus: dict[str, QMenu], settings: Settings, session: Session) -> None:

@@ -86,8 +86,11 @@ def bind_analysis_panel(panel: AnalysisPanel, session: Session) -> None:
 
 
 def bind_threshold(control: ThresholdControl, session: Session) -> None:
-    control.valueChanged.connect(session.set_threshold)
-    control.valueChangeFinished.connect(session.set_threshold)
+    control.valueChanged.connect(lambda mode, value: session.set_threshold(mode, value, final=False))
+    control.valueChangeFinished.connect(lambda mode, value: session.set_threshold(mode, value, final=True))
+    session.threshold_note.connect(control.show_note)
+    session.keep_changed.connect(lambda _keep, _final: control.set_custom(session.is_custom()))
+    session.analysis_changed.connect(lambda analysis: None if analysis else control.set_custom(False))
 
     def show(options: Options) -> None:
         if (control.mode(), control.value()) != (options.threshold_mode, options.threshold_value):
@@ -120,6 +123,7 @@ def bind_curves(curves: CurvesWidget, session: Session) -> None:
 def bind_table(table: LayerTable, session: Session) -> None:
     table.keepEdited.connect(lambda name, k: session.set_layer_keep(name, k, final=True))
     table.layerSelected.connect(session.select_layer)
+    table.notice.connect(session.message)  # why an edit was clamped, in the status bar too
 
     def show_analysis(analysis) -> None:
         model = session.model.model if session.model else None
