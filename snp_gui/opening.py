@@ -84,6 +84,8 @@ class Opening:
         if trust and not self.confirm_trust(saved.model_spec):
             self.message.emit("Session not opened: its pickled model was not trusted")
             return
+        self._reset_analysis()  # nothing of the previous work may stay on screen, even if the model fails to load
+        self._clear_results("all")
         if saved.model_spec:
             self.model_requested.emit(saved.model_spec, saved.model_kind or guess_kind(saved.model_spec))
         if saved.data_spec:

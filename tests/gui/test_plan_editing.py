@@ -219,3 +219,42 @@ def test_a_slider_drag_is_one_undo_step(qtbot, window):
     assert s.keep != before
     s.undo()
     assert s.keep == before and not s.can_undo()
+
+
+# -- 4. results of the previous model ---------------------------------------------------------------
+
+
+def fill_results(window: MainWindow) -> None:
+    """Results as a sweep, a fine-tune and an evaluation leave them (through the session's signals)."""
+    s = window.session
+    s._sweep_point(("SNP", 0.5, 80.0))
+    s._history_point((1, {"test top-1 %": 90.0, "test loss": 0.3}))
+    s.set_metrics({"top1_before": 99.0, "top1_after": 95.0, "latency_before_ms": 2.0, "latency_after_ms": 1.0})
+    assert window.evaluate_panel.sweep_plot.names() and window.finetune_panel.history._points
+    assert "95.00" in window.evaluate_panel.results.text() and "95.00" in window.summary.values["top1"].text()
+
+
+def assert_no_results(window: MainWindow) -> None:
+    assert window.evaluate_panel.sweep_plot.names() == []
+    assert not window.finetune_panel.history._points
+    assert window.finetune_panel.history.loss_plot.getPlotItem().listDataItems() == []
+    assert window.evaluate_panel.results.text() == "Not evaluated yet."
+    assert window.summary.values["top1"].text() == "—" and window.summary.values["latency"].text() == "—"
+    assert window.session.sweep_results == {} and window.session.history == []
+    assert window.curves.keep() == {} and window.table.layer_model.rowCount() == 0
+
+
+def test_another_model_clears_every_result_view(qtbot, window):
+    fill_results(window)
+    outcome, message = run(qtbot, window.session, "load model", lambda: window.session.open_model("demo-resnet"))
+    assert outcome == FINISHED, message
+    assert_no_results(window)
+
+
+def test_opening_a_session_clears_every_result_view(qtbot, window, tmp_path):
+    path = tmp_path / "other.snpsession"
+    path.write_text(json.dumps({"format": "snp-gui-session", "version": 1, "data_spec": "digits"}), encoding="utf-8")
+    fill_results(window)
+    window.session.open_session_file(str(path))
+    assert_no_results(window)
+    qtbot.waitUntil(lambda: not window.session.busy, timeout=TIMEOUT)
