@@ -2,6 +2,9 @@
 
 The left plot overlays all groups; the right one focuses on the selected group. Markers snap to whole
 units and are clamped to ``[1, n]``; moving them programmatically (``set_keep``) never emits signals.
+With dozens of layers no set of colours stays distinct, so the selected layer is drawn bright and
+every other one dimmed; dragging a layer's marker selects it, and the arrow keys nudge the selected
+layer's marker by one unit.
 """
 
 from __future__ import annotations
@@ -12,15 +15,23 @@ from functools import partial
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QPointF, Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QEvent, QObject, QPointF, Qt, Signal
+from PySide6.QtGui import QColor, QKeyEvent
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
 from snp_gui.plots import UnitMarker, apply_palette, muted, series_colours, units_at
-from snp_gui.plots.series import Series, curve_plot, hidden_item, nearest, plot_column, readout
+from snp_gui.plots.series import ReadoutLabel, Series, curve_plot, hidden_item, nearest, plot_column, readout
 
-HINT = "Hover a curve to read it · drag a marker to change how many units a layer keeps · click a curve to focus it"
+HINT = "Hover a curve to read it · drag a marker or press ←/→ to change the units kept · click a curve to focus it"
 LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
+DIM_ALPHA = 70  # curves and markers of the layers that are not selected
+NUDGE_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Down: -1, Qt.Key.Key_Right: 1, Qt.Key.Key_Up: 1}
+
+
+def dimmed(colour: QColor, alpha: int = DIM_ALPHA) -> QColor:
+    faded = QColor(colour)
+    faded.setAlpha(alpha)
+    return faded
 
 
 class CurvesWidget(QWidget):
@@ -40,6 +51,10 @@ class CurvesWidget(QWidget):
         self._build_controls()
         self._build_plots()
         self._apply_palette()
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        for plot in (self.overlay, self.focus):
+            plot.installEventFilter(self)  # arrow keys and leaving the plot
+            plot.viewport().installEventFilter(self)
 
     def _build_controls(self) -> None:
         self.x_axis = QComboBox()
@@ -60,7 +75,7 @@ class CurvesWidget(QWidget):
         self.overlay.getPlotItem().legend.setVisible(False)  # an empty legend would show as a stray box
         self.overlay_threshold = hidden_item(pg.InfiniteLine(angle=0), 5)
         self.hover_dot = hidden_item(pg.ScatterPlotItem(size=9), 20)
-        self.overlay_readout = QLabel(HINT)
+        self.overlay_readout = ReadoutLabel(HINT)
         self.focus = curve_plot("")
         self.focus_curve = pg.PlotDataItem(antialias=True)
         self.focus_marker = hidden_item(UnitMarker(1), 10)
@@ -70,7 +85,7 @@ class CurvesWidget(QWidget):
         self.focus_dot = hidden_item(pg.ScatterPlotItem(size=10), 20)
         self.focus_label = hidden_item(pg.TextItem(anchor=(0, 0)), 20)
         self.focus_threshold = hidden_item(pg.InfiniteLine(angle=0), 5)
-        self.focus_readout = QLabel("")
+        self.focus_readout = ReadoutLabel("")
         for item in (self.overlay_threshold, self.hover_dot):
             self.overlay.addItem(item, ignoreBounds=True)
         self.focus.addItem(self.focus_curve)
@@ -207,12 +222,15 @@ class CurvesWidget(QWidget):
         return series
 
     def _style(self, name: str, selected: bool, series: Series | None = None) -> None:
+        """The selected layer bright and on top, every other one dimmed (they stay readable when hovered)."""
         series = series or self._series[name]
-        series.curve.setPen(pg.mkPen(series.colour, width=3 if selected else 1.5))
+        colour = series.colour if selected else dimmed(series.colour)
+        series.curve.setPen(pg.mkPen(colour, width=3 if selected else 1.5))
         series.curve.setZValue(2 if selected else 1)
         style = Qt.PenStyle.SolidLine if selected else Qt.PenStyle.DashLine
-        series.marker.setPen(pg.mkPen(series.colour, width=2 if selected else 1, style=style))
+        series.marker.setPen(pg.mkPen(series.colour if selected else dimmed(series.colour, 110), width=2, style=style))
         series.marker.setHoverPen(pg.mkPen(series.colour, width=4))
+        series.marker.setZValue(11 if selected else 10)
         if selected:
             self.focus_curve.setPen(pg.mkPen(series.colour, width=3))
             self.focus_marker.setPen(pg.mkPen(series.colour, width=2))
@@ -271,10 +289,53 @@ class CurvesWidget(QWidget):
         if self._syncing or name not in self._series:
             return
         k = line.units()  # already snapped and clamped by the marker itself
+        if name != self._selected:  # the dragged layer becomes the focus: plot and read-out describe it
+            self.set_selected(name)  # (which puts the marker back where it was: _place below moves it again)
+            self.layerSelected.emit(name)
         self._place(name, k)  # mirrors the move in the other plot
+        self.overlay_readout.setText(readout(name, self._series[name], line.value(), self._fraction)[0])
         if k != self._keep[name]:
             self._keep[name] = k
             self.keepChanged.emit(name, k)
+
+    def nudge(self, step: int) -> None:
+        """Move the selected layer's marker by ``step`` units (the arrow keys): one finished change."""
+        name = self._selected
+        if name is None:
+            return
+        series = self._series[name]
+        k = units_at(self._keep[name] + step, series.n, False)
+        if k == self._keep[name]:
+            return
+        self._keep[name] = k
+        self._place(name, k)
+        self.overlay_readout.setText(readout(name, series, series.xs(self._fraction)[k], self._fraction)[0])
+        self.keepChanged.emit(name, k)
+        self.keepChangeFinished.emit(name, k)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        step = NUDGE_KEYS.get(Qt.Key(event.key()))
+        if step is None or event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            super().keyPressEvent(event)
+            return
+        self.nudge(step)
+        event.accept()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.KeyPress and Qt.Key(event.key()) in NUDGE_KEYS and not event.modifiers():
+            self.nudge(NUDGE_KEYS[Qt.Key(event.key())])
+            return True
+        if event.type() == QEvent.Type.Leave:
+            self._left(watched)
+        return super().eventFilter(watched, event)
+
+    def _left(self, watched: QObject) -> None:
+        """The mouse left a plot: its hover read-out goes away."""
+        if watched in (self.overlay, self.overlay.viewport()):
+            self.hover_dot.setVisible(False)
+            self.overlay_readout.setText(HINT)
+        else:
+            self.focus_readout.setText("")
 
     def _marker_finished(self, name: str | None) -> None:
         if name in self._series:
