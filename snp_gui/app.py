@@ -1,17 +1,84 @@
 """Entry point of the desktop app: ``snp-gui`` (or ``python -m snp_gui.app``).
 
-With no arguments, or with ``--demo``, it opens on the bundled demo network and the digits data so
-there is something to look at straight away; ``--analyse`` starts the analysis right after loading.
+With no arguments, or with ``--demo``, it opens on the bundled demo network and the digits data and
+analyses them, so there is something to look at straight away; ``--analyse`` starts the analysis
+right after loading whatever else was asked for. On Linux it first checks that the system libraries
+Qt's X11 platform needs are there, and if not says which packages to install instead of crashing.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEMO_MODEL, DEMO_DATA = "demo-vgg", "digits"
+# Debian/Ubuntu package -> the library Qt's X11 (xcb) platform loads from it
+QT_SYSTEM_LIBRARIES = {
+    "libegl1": "libEGL.so.1",
+    "libgl1": "libGL.so.1",
+    "libfontconfig1": "libfontconfig.so.1",
+    "libdbus-1-3": "libdbus-1.so.3",
+    "libxkbcommon-x11-0": "libxkbcommon-x11.so.0",
+    "libxcb-cursor0": "libxcb-cursor.so.0",
+    "libxcb-icccm4": "libxcb-icccm.so.4",
+    "libxcb-image0": "libxcb-image.so.0",
+    "libxcb-keysyms1": "libxcb-keysyms.so.1",
+    "libxcb-randr0": "libxcb-randr.so.0",
+    "libxcb-render-util0": "libxcb-render-util.so.0",
+    "libxcb-shape0": "libxcb-shape.so.0",
+    "libxcb-xkb1": "libxcb-xkb.so.1",
+}
+
+
+def missing_system_packages(load: Callable[[str], object] = ctypes.CDLL) -> list[str]:
+    """The packages of :data:`QT_SYSTEM_LIBRARIES` whose library ``load`` cannot open."""
+    missing = []
+    for package, library in QT_SYSTEM_LIBRARIES.items():
+        try:
+            load(library)
+        except OSError:
+            missing.append(package)
+    return missing
+
+
+def missing_packages_message(missing: Sequence[str], detail: str = "") -> str:
+    """What to tell a user whose system lacks the libraries Qt needs to open a window."""
+    lines = [
+        "snp-gui cannot open a window: Qt needs system libraries that are not installed"
+        + (f" ({detail})" if detail else "")
+        + ".",
+    ]
+    if missing:
+        lines += [
+            f"Missing packages: {', '.join(missing)}",
+            "Install them with:",
+            f"    sudo apt-get install {' '.join(missing)}",
+        ]
+    else:
+        lines += ["Install them with:", f"    sudo apt-get install {' '.join(QT_SYSTEM_LIBRARIES)}"]
+    lines.append("(The command line, snp, needs none of them.)")
+    return "\n".join(lines)
+
+
+def _uses_x11() -> bool:
+    """Whether Qt will open its X11 (xcb) platform, the one that needs the libraries above."""
+    if not sys.platform.startswith("linux"):
+        return False
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform:
+        return platform.split(":")[0] == "xcb"
+    return not os.environ.get("WAYLAND_DISPLAY")
+
+
+def check_system_libraries() -> str | None:
+    """The message for the user when the window cannot open for want of system libraries, else None."""
+    if not _uses_x11():
+        return None
+    missing = missing_system_packages()
+    return missing_packages_message(missing) if missing else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    app = _application(args.color_scheme)
+    problem = check_system_libraries()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    try:
+        app = _application(args.color_scheme)
+    except ImportError as exc:  # e.g. "libEGL.so.1: cannot open shared object file"
+        print(missing_packages_message(missing_system_packages(), str(exc)), file=sys.stderr)
+        return 1
     _leave_a_core_for_the_interface()
     from snp_gui.main_window import MainWindow
     from snp_gui.settings import Settings
@@ -153,9 +228,10 @@ def _apply_arguments(window, args: argparse.Namespace) -> None:
         data = args.data or (DEMO_MODELS[args.model].dataset if args.model in DEMO_MODELS else None)
         if data:  # a demo network comes with the data it was trained on
             s.open_data(data)
-    else:  # --demo, or nothing at all: a new user should see something working
+    else:  # --demo, or nothing at all: a new user should see something working, curves included
         s.open_demo(DEMO_MODEL, DEMO_DATA)
-    if args.analyse or args.evaluate:
+    demo = not (args.session or args.model or args.data)
+    if args.analyse or args.evaluate or demo:
         s.analyse()
     if args.evaluate:
         s.evaluate()
