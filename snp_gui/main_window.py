@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from snp_gui.dialogs import files
@@ -20,7 +20,7 @@ from snp_gui.dialogs.export import export_with_dialog
 from snp_gui.dialogs.trust import confirm_pickle
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels import binding
-from snp_gui.panels.actions import bind_actions, bind_recent, build_actions
+from snp_gui.panels.actions import apply_icons, bind_actions, bind_recent, build_actions
 from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
@@ -33,6 +33,29 @@ from snp_gui.state import Session
 from snp_gui.summary import SummaryBar
 from snp_gui.threshold import ThresholdControl
 
+DEFAULT_SIZE = (1360, 860)
+CURVES_SHARE, CURVES_MIN_HEIGHT, TABS_MIN_HEIGHT = 0.66, 240, 140
+MINIMUM_SIZE = (1024, 640)  # below this the curves get too small to read and drag
+
+
+def fitting_size(window: QWidget, width: int, height: int) -> tuple[int, int]:
+    """``width`` × ``height``, made smaller where the screen has less room (a 1280×720 laptop)."""
+    screen = window.screen() or QGuiApplication.primaryScreen()
+    if screen is None:
+        return width, height
+    room = screen.availableGeometry()
+    low_width, low_height = minimum_size(window)
+    return max(min(width, room.width()), low_width), max(min(height, room.height() - 40), low_height)
+
+
+def minimum_size(window: QWidget) -> tuple[int, int]:
+    """:data:`MINIMUM_SIZE`, or the whole screen where that is smaller."""
+    screen = window.screen() or QGuiApplication.primaryScreen()
+    if screen is None:
+        return MINIMUM_SIZE
+    room = screen.availableGeometry()
+    return min(MINIMUM_SIZE[0], room.width()), min(MINIMUM_SIZE[1], room.height())
+
 
 class MainWindow(QMainWindow):
     """Build with ``MainWindow()``; ``window.session.open_demo()`` starts on the bundled example."""
@@ -42,6 +65,7 @@ class MainWindow(QMainWindow):
         self.setObjectName("snpMainWindow")
         self.setWindowTitle("snp — Subspace Node Pruning")
         self.setAcceptDrops(True)
+        self.setMinimumSize(*minimum_size(self))
         self.session = session or Session(self)
         self.session.confirm_trust = lambda path: confirm_pickle(self, path)  # tests replace it
         self.settings = settings or Settings()
@@ -103,6 +127,10 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setSizes([560, 280])  # the curves are the main view; the tabs get the rest
+        self.splitter.setChildrenCollapsible(False)
+        self.curves.setMinimumHeight(CURVES_MIN_HEIGHT)
+        self.tabs.setMinimumHeight(TABS_MIN_HEIGHT)
+        self._sized = False  # the splitter is shared out once the window has its real size
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 4, 6, 0)
@@ -162,7 +190,7 @@ class MainWindow(QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1360, 860)
+            self.resize(*fitting_size(self, *DEFAULT_SIZE))
         if state is not None:
             self.restoreState(state)
         notes: list[str] = []
@@ -171,6 +199,18 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Settings: {'; '.join(notes)}")
         for panel in (self.model_panel, self.data_panel):
             panel.set_start_dir(self.settings.last_dir())
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "actions"):  # icons in the new text colour
+            apply_icons(self, self.actions)
+        super().changeEvent(event)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._sized:  # once, now that the window has its real height
+            self._sized = True
+            total = sum(self.splitter.sizes())
+            self.splitter.setSizes([round(CURVES_SHARE * total), total - round(CURVES_SHARE * total)])
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and all(url.isLocalFile() for url in event.mimeData().urls()):

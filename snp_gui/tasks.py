@@ -103,11 +103,52 @@ def _history_point(found: Scores) -> dict[str, float]:
     return {"test top-1 %": found.top1, "test loss": found.loss}
 
 
+class EpochProgress(Reporter):
+    """Fine-tuning progress as epochs done / epochs asked; the engine's own messages ("epoch 2/3 loss …")
+    go through, its fractions (of its own scale, scoring included) do not.
+
+    Until the first epoch starts (pruning, scoring the untrained network) it reports 0, which also
+    starts the runner's clock for the time left afresh.
+    """
+
+    def __init__(self, parent: Reporter, epochs: int) -> None:
+        self._parent, self._epochs, self.done = parent, max(int(epochs), 1), 0
+
+    def update(self, fraction: float, message: str = "") -> None:
+        self._parent.update(self.done / self._epochs, message)
+
+    def epoch_done(self, epoch: int) -> None:
+        self.done = min(int(epoch), self._epochs)
+        self._parent.update(self.done / self._epochs, f"epoch {self.done}/{self._epochs} done")
+
+    def cancel_requested(self) -> bool:
+        return self._parent.cancel_requested()
+
+
+class _Preparing(Reporter):
+    """Work before the first epoch: its messages at 0 %, so the bar never runs backwards."""
+
+    def __init__(self, parent: Reporter, what: str) -> None:
+        self._parent, self._what = parent, what
+
+    def update(self, fraction: float, message: str = "") -> None:
+        self._parent.update(0.0, f"{self._what}: {message}" if message else self._what)
+
+    def cancel_requested(self) -> bool:
+        return self._parent.cancel_requested()
+
+
 def finetune(job: PruneJob, pruned: Pruned | None, epochs: int, lr: float, reporter: Reporter) -> dict:
     """A short fine-tune of (a copy of) the pruned network, reporting test numbers every epoch."""
     o = job.options
     if pruned is None:
-        pruned = prune_for(job, Scaled(reporter, 0.0, 0.2))
+        pruned = prune_for(job, _Preparing(reporter, "pruning"))
+    progress = EpochProgress(reporter, epochs)
+
+    def on_epoch(epoch: int, found: Scores) -> None:
+        progress.epoch_done(epoch)
+        reporter.partial((epoch, _history_point(found)))
+
     tuned = workflows.finetune(
         job.prepared,
         pruned,
@@ -115,8 +156,8 @@ def finetune(job: PruneJob, pruned: Pruned | None, epochs: int, lr: float, repor
         lr=lr,
         batch_size=o.batch_size,
         device=o.device,
-        on_epoch=lambda epoch, found: reporter.partial((epoch, _history_point(found))),
-        reporter=Scaled(reporter, 0.2, 1.0),
+        on_epoch=on_epoch,
+        reporter=progress,
     )
     # Training rescales the logits, so their distance to the original's no longer measures damage: drop it.
     metrics = {"top1_after": tuned.after.top1, "top5_after": tuned.after.top5, "fidelity": None}

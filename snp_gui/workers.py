@@ -197,6 +197,8 @@ class TaskRunner(QObject):
     def _on_progress(self, fraction: float, message: str) -> None:
         if self._current is None:
             return
+        if fraction <= 0.0:  # still preparing (pruning before a fine-tune): time left counts from the real start
+            self._started_at = time.monotonic()
         elapsed = time.monotonic() - self._started_at
         left = elapsed * (1 - fraction) / fraction if fraction > 0.02 and elapsed > 0.5 else None
         self.progress.emit(self._current.name, fraction, message, left)

@@ -59,9 +59,10 @@ def removal_summary(plan: Plan, units: dict[str, int], metrics: dict, stale: boo
         )
     else:
         lines.append("<p>This plan has not been evaluated; no accuracy is stored in the file.</p>")
+    # cellpadding, not cellspacing: Qt's rich text puts no room between header cells otherwise
     lines.append(
-        "<table cellspacing=4><tr><th align=left>Layer</th><th>Kept</th><th>Removed</th>"
-        f"<th>Explained</th></tr>{rows}</table>"
+        "<table cellspacing=0 cellpadding=5><tr><th align=left>Layer</th><th align=right>Kept</th>"
+        f"<th align=right>Removed</th><th align=right>Explained</th></tr>{rows}</table>"
     )
     return "".join(lines)
 

@@ -8,8 +8,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
+from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPalette
+from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar, QWidget
 
 from snp_gui.panels.binding import on_state_change
 
@@ -116,7 +116,7 @@ def build_actions(
 ) -> tuple[dict[str, QAction], dict[str, QMenu]]:
     """Create every action (shortcut in its tooltip), the menus and the toolbar."""
     actions: dict[str, QAction] = {}
-    for key, (text, shortcuts, tip, icon, _toolbar) in ACTIONS.items():
+    for key, (text, shortcuts, tip, _icon, _toolbar) in ACTIONS.items():
         action = QAction(text, window)
         action.setObjectName(key)
         if shortcuts:
@@ -125,8 +125,6 @@ def build_actions(
             tip = f"{tip} ({' / '.join(shortcuts)})"
         action.setToolTip(tip)
         action.setStatusTip(tip)
-        if icon:
-            action.setIcon(window.style().standardIcon(getattr(QStyle.StandardPixmap, icon)))
         if key in handlers:
             action.triggered.connect(handlers[key])
         window.addAction(action)  # shortcuts work even while the menu bar is hidden
@@ -150,7 +148,48 @@ def build_actions(
         if spec[4]:
             toolbar.addAction(actions[key])
     window.addToolBar(toolbar)
+    apply_icons(window, actions)
     return actions, menus
+
+
+DARK_ICON = 90  # icons darker than this vanish on a dark toolbar
+
+
+def is_dark(palette: QPalette) -> bool:
+    return palette.color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def tinted(icon: QIcon, colour: QColor, size: int = 32) -> QIcon:
+    """``icon`` as a silhouette in ``colour`` (the style's standard icons are drawn for light toolbars)."""
+    pixmap = icon.pixmap(size, size)
+    painter = QPainter(pixmap)
+    painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceIn)
+    painter.fillRect(pixmap.rect(), colour)
+    painter.end()
+    return QIcon(pixmap)
+
+
+def lightness(icon: QIcon, size: int = 16) -> float:
+    """Mean lightness (0..255) of the icon's visible pixels."""
+    image = icon.pixmap(size, size).toImage()
+    values = [
+        colour.lightness()
+        for y in range(image.height())
+        for x in range(image.width())
+        if (colour := image.pixelColor(x, y)).alpha() > 64
+    ]
+    return sum(values) / len(values) if values else 255.0
+
+
+def apply_icons(window: QWidget, actions: dict[str, QAction]) -> None:
+    """The standard icons; on a dark palette the black ones (play, stop, tick) are redrawn in the text colour."""
+    palette = window.palette()
+    for key, (_text, _shortcuts, _tip, icon, _toolbar) in ACTIONS.items():
+        if not icon:
+            continue
+        standard = window.style().standardIcon(getattr(QStyle.StandardPixmap, icon))
+        dark_icon = is_dark(palette) and lightness(standard) < DARK_ICON
+        actions[key].setIcon(tinted(standard, palette.color(QPalette.ColorRole.ButtonText)) if dark_icon else standard)
 
 
 def fill_recent(menu: QMenu, entries: list[str], open_entry: Callable[[str], None], clear: Callable[[], None]) -> None:

@@ -151,9 +151,12 @@ def bind_evaluate_panel(panel: EvaluatePanel, session: Session) -> None:
     panel.evaluateRequested.connect(session.evaluate)
     panel.sweepRequested.connect(session.sweep)
     panel.latencyBatchChanged.connect(lambda value: session.set_option("latency_batch", value))
-    panel.reductions.editingFinished.connect(
-        lambda: session.set_option("sweep_reductions", panel.reductions.text().strip())
-    )
+
+    def reductions_edited() -> None:
+        if panel.check_reductions() is not None:  # only valid reductions become an option (and a setting)
+            session.set_option("sweep_reductions", panel.reductions.text().strip())
+
+    panel.reductions.editingFinished.connect(reductions_edited)
     panel.baseline.activated.connect(lambda _index: session.set_option("sweep_baseline", panel.baseline.currentData()))
 
     def show(options: Options) -> None:

@@ -22,6 +22,8 @@ from snp_gui.plots.history import HistoryPlot, SweepPlot
 from snp_gui.settings import parse_reductions
 
 DASH = "—"
+REDUCTIONS_HELP = "write FLOPs reductions between 0 and 1 (or in %), separated by commas, e.g. 0.3, 0.5, 0.7"
+WARNING_COLOUR = "#d9534f"
 
 
 class EvaluatePanel(QWidget):
@@ -50,6 +52,11 @@ class EvaluatePanel(QWidget):
         self.results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.reductions = QLineEdit("0.3, 0.5, 0.7")
         self.reductions.setToolTip("FLOPs reductions to try, as fractions separated by commas")
+        self.reductions_note = QLabel()  # why the sweep cannot run with what was typed, beside the field
+        self.reductions_note.setStyleSheet(f"color: {WARNING_COLOUR}")
+        self.reductions_note.setWordWrap(True)
+        self.reductions_note.hide()
+        self.reductions.textEdited.connect(lambda _text: self.reductions_note.hide())
         self.baseline = QComboBox()
         fill_combo(self.baseline, ((n, n, ORDERING_HELP.get(n, n)) for n in ORDERINGS))
         select_data(self.baseline, "l1")
@@ -74,15 +81,24 @@ class EvaluatePanel(QWidget):
         controls.addWidget(self.sweep_button)
         layout = QVBoxLayout(self)
         layout.addLayout(controls)
+        layout.addWidget(self.reductions_note)
         body = QHBoxLayout()
         body.addWidget(self.results, 1)
         body.addWidget(self.sweep_plot, 2)
         layout.addLayout(body, 1)
 
-    def _request_sweep(self) -> None:
+    def check_reductions(self) -> list[float] | None:
+        """The typed reductions, or None with the reason shown beside the field."""
         values = parse_reductions(self.reductions.text())
+        self.reductions_note.setText(
+            "" if values is not None else f"⚠ Sweep: “{self.reductions.text().strip()}” — {REDUCTIONS_HELP}"
+        )
+        self.reductions_note.setVisible(values is None)
+        return values
+
+    def _request_sweep(self) -> None:
+        values = self.check_reductions()
         if values is None:
-            self.reductions.setToolTip("Write fractions between 0 and 1 separated by commas, e.g. 0.3, 0.5, 0.7")
             self.reductions.selectAll()
             self.reductions.setFocus()
             return

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF
+from PySide6.QtCore import QPointF, QRectF
 from PySide6.QtGui import QColor, QPalette
 
 __all__ = [
@@ -101,15 +101,32 @@ def apply_palette(plot: pg.PlotWidget, palette: QPalette) -> None:
         legend.setPen(pg.mkPen(muted(palette)))
 
 
+class EdgeAxis(pg.AxisItem):
+    """An axis whose end labels (0 and 1.0 of a 0..1 axis) are drawn even when they reach past the plot.
+
+    With a grid, pyqtgraph clips tick labels to the axis and plot area, so on a short plot the label
+    of the top tick, half above the view, was dropped.
+    """
+
+    def boundingRect(self) -> QRectF:
+        rect = super().boundingRect()
+        margin = 12.0
+        if self.orientation in ("left", "right"):
+            return rect.adjusted(0.0, -margin, 0.0, margin)
+        return rect.adjusted(-2 * margin, 0.0, 2 * margin, 0.0)
+
+
 def make_plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     """A plot with a faint grid, axis labels and no auto-range button (ranges are managed by the owner)."""
-    plot = pg.PlotWidget()
+    plot = pg.PlotWidget(axisItems={side: EdgeAxis(side) for side in ("left", "bottom")})
     item = plot.getPlotItem()
     item.setTitle(title or None)  # None leaves no empty title row
     item.showGrid(x=True, y=True, alpha=0.2)
     for side, label in (("left", y_label), ("bottom", x_label)):
         if label:  # an empty label would still reserve a row
             item.setLabel(side, label)
+        # numbers as they are: no "loss (x0.001)" or "(k)" rescaling of the axis
+        item.getAxis(side).enableAutoSIPrefix(False)
     item.hideButtons()
     return plot
 

@@ -22,9 +22,10 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSplitt
 from snp_gui.plots import UnitMarker, apply_palette, muted, series_colours, units_at
 from snp_gui.plots.series import ReadoutLabel, Series, curve_plot, hidden_item, nearest, plot_column, readout
 
-HINT = "Hover a curve to read it · drag a marker or press ←/→ to change the units kept · click a curve to focus it"
+HINT = "Hover to read a curve · drag a marker or press ←/→ to change the units kept · click a curve to focus it"
 LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
-DIM_ALPHA = 70  # curves and markers of the layers that are not selected
+DIM_ALPHA = 70  # curves and markers of the layers that are not selected, when there are many
+FEW_ALPHA, FEW = 160, 8  # a handful of layers stay apart by colour: dim them less
 NUDGE_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Down: -1, Qt.Key.Key_Right: 1, Qt.Key.Key_Up: 1}
 
 
@@ -135,6 +136,8 @@ class CurvesWidget(QWidget):
             self._series[name] = self._add_series(name, values, colour)
             self._keep[name] = units_at(keep.get(name, len(values) - 1), len(values) - 1, False)
             self._place(name, self._keep[name])
+        for name in self._series:  # how much the others are dimmed depends on how many there are
+            self._style(name, selected=False)
         self.legend_box.setChecked(len(self._series) <= LEGEND_LIMIT)
         self._show_legend(self.legend_box.isChecked())
         self.overlay.getPlotItem().enableAutoRange(axis="x")
@@ -224,11 +227,16 @@ class CurvesWidget(QWidget):
     def _style(self, name: str, selected: bool, series: Series | None = None) -> None:
         """The selected layer bright and on top, every other one dimmed (they stay readable when hovered)."""
         series = series or self._series[name]
-        colour = series.colour if selected else dimmed(series.colour)
+        few = len(self._series) <= FEW
+        colour = series.colour if selected else dimmed(series.colour, FEW_ALPHA if few else DIM_ALPHA)
         series.curve.setPen(pg.mkPen(colour, width=3 if selected else 1.5))
         series.curve.setZValue(2 if selected else 1)
         style = Qt.PenStyle.SolidLine if selected else Qt.PenStyle.DashLine
-        series.marker.setPen(pg.mkPen(series.colour if selected else dimmed(series.colour, 110), width=2, style=style))
+        series.marker.setPen(
+            pg.mkPen(
+                series.colour if selected else dimmed(series.colour, FEW_ALPHA if few else 110), width=2, style=style
+            )
+        )
         series.marker.setHoverPen(pg.mkPen(series.colour, width=4))
         series.marker.setZValue(11 if selected else 10)
         if selected:

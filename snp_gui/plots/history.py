@@ -1,11 +1,14 @@
-"""Live fine-tuning curves (loss and accuracy per epoch) and the accuracy-versus-FLOPs sweep plot."""
+"""Live fine-tuning curves (loss and accuracy per epoch) and the accuracy-versus-FLOPs sweep plot.
+
+Their legends are a line of text above the plots, so they never cover a point.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from snp_gui.plots import apply_palette, colour_at, make_plot
 
@@ -23,19 +26,32 @@ class _Plots(QWidget):
         super().__init__(parent)
         self._plots = [plot for plot, _offset in plots]
         self._lines: dict[str, tuple[pg.PlotDataItem, Qt.PenStyle]] = {}
+        self.legend = QLabel()  # outside the plots: a legend inside them covers the points
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        for plot, offset in plots:
-            plot.getPlotItem().addLegend(offset=offset, labelTextSize="8pt")
+        layout.addWidget(self.legend)
+        for plot, _offset in plots:
             plot.setMinimumHeight(110)
             layout.addWidget(plot, 1)
         self._repaint()
+
+    def _update_legend(self) -> None:
+        entries = []
+        for name, (line, style) in self._lines.items():
+            colour = line.opts["pen"].color().name()
+            mark = "╍╍" if style == Qt.PenStyle.DashLine else "━━"
+            entries.append(f'<span style="color:{colour}">{mark}●</span>&nbsp;{name}')
+        self.legend.setText("&nbsp;&nbsp;&nbsp;".join(entries))
+        self.legend.setVisible(bool(entries))
 
     def _add_line(self, plot: pg.PlotWidget, name: str, style: Qt.PenStyle, size: int) -> pg.PlotDataItem:
         line = plot.plot([], [], name=name, symbol="o", symbolSize=size, symbolPen=None)
         self._lines[name] = (line, style)
         self._colour(len(self._lines) - 1, line, style)
+        self._update_legend()
         return line
 
     def _colour(self, index: int, line: pg.PlotDataItem, style: Qt.PenStyle) -> None:
@@ -49,11 +65,13 @@ class _Plots(QWidget):
             apply_palette(plot, self.palette())
         for index, (line, style) in enumerate(self._lines.values()):
             self._colour(index, line, style)
+        self._update_legend()
 
     def _clear_lines(self) -> None:
         for plot in self._plots:
-            plot.getPlotItem().clear()  # also empties the legend
+            plot.getPlotItem().clear()
         self._lines.clear()
+        self._update_legend()
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:

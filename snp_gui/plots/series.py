@@ -34,6 +34,11 @@ class Series:
 def curve_plot(title: str) -> pg.PlotWidget:
     """An explained-variance plot: y fixed to 0..1, zoom along the kept units only."""
     plot = make_plot(title, "kept units", "explained variance")
+    left = plot.getPlotItem().getAxis("left")
+    # fixed ticks, 1.0 included: on a short plot the automatic ones dropped the label at the top edge
+    left.setTicks([[(v / 5, f"{v / 5:.1f}") for v in range(6)], [(v / 10, "") for v in range(11)]])
+    for axis in (left, plot.getPlotItem().getAxis("bottom")):  # the labels at the ends (1.0) stay
+        axis.setStyle(hideOverlappingLabels=False)
     plot.getPlotItem().setYRange(0.0, 1.0, padding=0.02)
     plot.getPlotItem().setMouseEnabled(x=True, y=False)  # y is always 0..1; zooming only makes sense along k
     return plot

@@ -354,7 +354,8 @@ def test_closing_during_analysis_cancels_and_waits(qtbot, settings):
     window = make_window(qtbot, settings)
     c = window.session
     c.options.samples, c.options.batch_size = 300, 1
-    window.resize(700, 500)  # fits the offscreen screen, so restoring needs no clamping
+    width, height = window.minimumWidth(), window.minimumHeight()  # at most the offscreen screen
+    window.resize(width, height)  # fits the screen, so restoring needs no clamping
     with qtbot.waitSignal(c.runner.started, timeout=TIMEOUT):
         c.analyse()
     window.close()
@@ -362,5 +363,5 @@ def test_closing_during_analysis_cancels_and_waits(qtbot, settings):
     assert settings.window_geometry() is not None
     reopened = MainWindow(settings=Settings(settings.path))
     qtbot.addWidget(reopened)
-    assert reopened.size().width() == 700 and reopened.size().height() == 500
+    assert reopened.size().width() == width and reopened.size().height() == height
     assert reopened.session.options.samples == 300
