@@ -95,8 +95,25 @@ def collect_joint_moments(
 ) -> Moments:
     """Moments of z = [x̃; x] at one consumer's input: x̃ from the partly pruned network, x from the
     dense one, on the same images. Both passes stop at that consumer."""
+    return collect_joint_folds(pruned, dense, group, batches, folds=1, device=device, reporter=reporter)[0]
+
+
+def collect_joint_folds(
+    pruned: nn.Module,
+    dense: nn.Module,
+    group: UnitGroup,
+    batches: Iterable,
+    *,
+    folds: int,
+    device: torch.device | str = "cpu",
+    reporter: Reporter | None = None,
+) -> list[Moments]:
+    """:func:`collect_joint_moments` split into ``folds`` parts: image i (in data order) goes to fold
+    i mod ``folds`` with all its positions/tokens, so the parts are disjoint sets of images whose
+    moments sum to those of all images."""
     reporter = reporter or Reporter()
-    joint = Moments.zeros(2 * group.units, device)
+    parts = [Moments.zeros(2 * group.units, device) for _ in range(folds)]
+    seen = 0
     captured: dict[str, torch.Tensor] = {}
 
     def capture(key):
@@ -120,11 +137,20 @@ def collect_joint_moments(
                 for model in (pruned, dense):
                     with contextlib.suppress(_StopForward):
                         model(images)
-                joint.update(torch.cat([captured["pruned"], captured["dense"]], dim=1), group.consumer)
+                samples = torch.cat([captured["pruned"], captured["dense"]], dim=1)
+                if folds == 1:
+                    parts[0].update(samples, group.consumer)
+                else:
+                    per_image = samples.shape[0] // images.shape[0]  # rows are grouped image by image
+                    fold = (torch.arange(images.shape[0], device=samples.device) + seen) % folds
+                    fold = fold.repeat_interleave(per_image)
+                    for index, part in enumerate(parts):
+                        part.update(samples[fold == index], group.consumer)
+                seen += images.shape[0]
     finally:
         for handle in handles:
             handle.remove()
-    return joint
+    return parts
 
 
 def following_norms(model: nn.Module, consumers: list[str], example_input: torch.Tensor) -> dict[str, str]:

@@ -107,6 +107,8 @@ def export_model(
     if pruning and not pruning.get("physical", True):
         stored = _physically_pruned(reference, pruning, input_shape)
     derived = {key: pruning[key] for key in ("ordering", "threshold", "compensation") if key in pruning}
+    if pruning.get("fits"):
+        derived["fits"] = pruning["fits"]  # per group: sequential or one-shot fit, ridge, held-out error
     header = {
         "format": FORMAT_VERSION,
         "snp_version": __version__,

@@ -13,10 +13,11 @@ import copy
 import torch
 from torch import nn
 
-from snp_engine.activations import collect_joint_moments, model_dtype
+from snp_engine.activations import collect_joint_folds, model_dtype
 from snp_engine.analysis import Analysis
 from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction
 from snp_engine.errors import SnpError
+from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
@@ -38,6 +39,7 @@ def prune(
     device: str | torch.device | None = "cpu",
     reselect: bool = False,
     refit_unpruned: bool = False,
+    heldout_folds: int = DEFAULT_FOLDS,
     reporter: Reporter | None = None,
 ) -> Pruned:
     """A pruned copy of ``model`` (the original is left untouched) and its pruning record.
@@ -50,6 +52,10 @@ def prune(
     that keep every unit are left as they are (so pruning only the first group equals one-shot);
     ``refit_unpruned=True`` refits them too, towards the dense network, once anything upstream
     was pruned.
+    Each sequential fit is checked on calibration images it was not fitted on (``heldout_folds``
+    folds, see :mod:`snp_engine.holdout`): the ridge, and whether the group keeps the sequential
+    fit or falls back to the one-shot fit, are what predicts held-out images best (the record's
+    ``fits`` say which). ``heldout_folds=1`` uses the fixed ridge formula instead.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
     The :class:`~snp_engine.results.PruningRecord` holds the kept indices per group and the settings.
     """
@@ -65,6 +71,7 @@ def prune(
         if sequential:
             loader = CastImages(batches_of(data, batch_size=batch_size, samples=samples), model_dtype(dense))
         kept_now: dict[str, tuple[int, ...]] = {}
+        fits: dict[str, dict] = {}
         upstream_pruned = False
         for index, g in enumerate(analysis.groups):
             reporter.check()
@@ -73,7 +80,11 @@ def prune(
             kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
             if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
                 step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
-                kept = _fit_sequential(pruned, dense, g, kept if not reselect else k, analysis, loader, device, step)
+                kept, choice = _fit_sequential(
+                    pruned, dense, g, kept if not reselect else k, analysis, loader, device, step, heldout_folds
+                )
+                if choice is not None:
+                    fits[g.name] = choice.to_dict()
             elif k < g.units:
                 if compensate:
                     cov, mean = g.moments.covariance(), g.moments.mean()
@@ -98,20 +109,36 @@ def prune(
             compensation="sequential" if sequential else ("one-shot" if compensate else "none"),
             input_shape=tuple(analysis.input_shape),
             physical=physical,
+            fits=fits,
         )
         reporter.update(1.0, "pruned")
         return Pruned(pruned, record)
 
 
 def _fit_sequential(
-    pruned, dense, g: GroupAnalysis, kept: torch.Tensor | int, analysis: Analysis, loader, device, reporter
-) -> torch.Tensor:
+    pruned,
+    dense,
+    g: GroupAnalysis,
+    kept: torch.Tensor | int,
+    analysis: Analysis,
+    loader,
+    device,
+    reporter,
+    folds: int = DEFAULT_FOLDS,
+) -> tuple[torch.Tensor, FitChoice | None]:
     """Fit the consumer towards the dense input from the kept units of the partly pruned network.
 
     ``kept`` is either the indices to keep, or a count: then the units are re-selected with the
-    analysis' ordering on the partly pruned network's covariance.
+    analysis' ordering on the partly pruned network's covariance. With ``folds`` > 1 the fit (kind
+    and ridge) is chosen on held-out images; returns the kept indices and that choice.
     """
-    joint = collect_joint_moments(pruned, dense, g.group, loader, device=device, reporter=reporter)
+    images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
+    folds = max(1, min(folds, images or folds))
+    parts = collect_joint_folds(pruned, dense, g.group, loader, folds=folds, device=device, reporter=reporter)
+    joint = parts[0]
+    for part in parts[1:]:
+        joint = joint.merge(part)
+    parts = [part.to("cpu") for part in parts]
     n = g.units
     cov, mean = joint.covariance().cpu(), joint.mean().cpu()
     own_cov, cross = cov[:n, :n], cov[n:, :n]
@@ -119,18 +146,17 @@ def _fit_sequential(
         inputs = OrderingInputs(own_cov, g.metric, g.weight_l1, analysis.seed)
         kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
     k = kept.shape[0]
-    prior = torch.zeros(n, k, dtype=cov.dtype)
-    prior[kept, torch.arange(k)] = 1
-    mapping, offset = reconstruction(
-        cross[:, kept],
-        own_cov[kept][:, kept],
-        mean[n:],
-        mean[:n][kept],
-        compensation_ridge(own_cov, k, joint.samples),
-        prior,
-    )
+    formula = compensation_ridge(own_cov, k, joint.samples)
+    choice = choose_fit(parts, g.metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
+    if choice is not None and choice.kind == ONE_SHOT:
+        mapping, offset = one_shot_reconstruction(cov[n:, n:], mean[n:], kept, choice.ridge)
+    else:
+        ridge = choice.ridge if choice is not None else formula
+        prior = torch.zeros(n, k, dtype=cov.dtype)
+        prior[kept, torch.arange(k)] = 1
+        mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept], ridge, prior)
     apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
-    return kept
+    return kept, choice
 
 
 __all__ = ["prune"]

@@ -119,6 +119,7 @@ class PruningRecord:
     compensation: str | None = None
     input_shape: tuple[int, ...] = ()
     physical: bool = True
+    fits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per group: how its consumer was fitted
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in export headers."""
@@ -131,6 +132,7 @@ class PruningRecord:
             "compensation": self.compensation,
             "input_shape": list(self.input_shape),
             "physical": self.physical,
+            "fits": {name: dict(fit) for name, fit in self.fits.items()},
         }
 
 

@@ -104,3 +104,14 @@ def test_gui_latency_quick(tmp_path):
     for kind in ("drag", "threshold_variance", "threshold_flops"):
         assert interactions[kind]["keep_updates"] >= 1
         assert interactions[kind]["render"]["median_ms"] >= interactions[kind]["handlers"]["median_ms"]
+
+
+def test_holdout_quick(tmp_path):
+    from benchmarks import holdout
+
+    holdout.main(_args(tmp_path, "holdout"))
+    data = _check(tmp_path / "holdout.json", ("models",))
+    cell = data["models"]["demo-vgg"]["by_samples"]["32"]["0.5"]
+    assert set(cell) == {"one-shot", "sequential-fixed", "sequential-heldout", "heldout_fits"}
+    assert 0 <= cell["sequential-heldout"]["top1"]["mean"] <= 100
+    assert sum(cell["heldout_fits"].values()) >= 1

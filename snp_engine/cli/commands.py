@@ -242,6 +242,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "method": args.method,
         "threshold": plan.threshold,
         "compensation": compensation.value,
+        "fits": {name: dict(fit) for name, fit in pruned.record.fits.items()},
         "warnings": warnings,
     }
     lines = [
