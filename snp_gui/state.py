@@ -99,7 +99,19 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
             )
             return lambda reporter: workflows.analyse(prepared, options, device=opts.device, reporter=reporter)
 
+        note = self.samples_note()
+        if note:
+            self.message.emit(f"Analysing: {note}")
         self.runner.submit(Task("analysis", prepare, on_finished=self.set_analysis))
+
+    def samples_note(self) -> str:
+        """A warning when more calibration images are asked for than the data has, with how many are used."""
+        if self.data is None:
+            return ""
+        have, asked = len(self.data.calibration), self.options.samples
+        if asked <= have:
+            return ""
+        return f"{asked} calibration images asked for, but {self.data.name} has {have}: all {have} are used"
 
     def set_analysis(self, analysis: Analysis, keep: dict[str, int] | None = None) -> None:
         """Show a new analysis: curves and rows first, then the keep counts, then the selected layer."""

@@ -13,7 +13,7 @@ from snp_gui.layer_rows import layer_rows
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels.analysis_panel import AnalysisPanel
 from snp_gui.panels.common import select_data
-from snp_gui.panels.data_panel import DataPanel
+from snp_gui.panels.data_panel import DataPanel, show_samples_note
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
 from snp_gui.panels.status import ProgressStatus
@@ -60,6 +60,8 @@ def bind_data_panel(panel: DataPanel, session: Session) -> None:
     session.data_requested.connect(panel.set_spec)
     session.data_changed.connect(panel.show_loaded)
     session.prepared_changed.connect(panel.show_prepared)
+    for signal in (session.data_changed, session.options_changed):
+        signal.connect(lambda *_: show_samples_note(panel, session.samples_note()))
     on_state_change(session, lambda: panel.setEnabled(not session.busy))
 
 

@@ -66,6 +66,12 @@ class DataPanel(QGroupBox):
         form.addRow(self.kind)
         form.addRow(self.path)
         form.addRow("Calibration images", self.samples)
+        self.samples_note = QLabel()  # when more images are asked for than the data has
+        self.samples_note.setWordWrap(True)
+        self.samples_note.setObjectName("samplesNote")
+        self.samples_note.setStyleSheet("QLabel#samplesNote { color: #b26b00; }")
+        self.samples_note.hide()
+        form.addRow(self.samples_note)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Input size", self.input_size)
         form.addRow(self.load_button)
@@ -154,6 +160,12 @@ class DataPanel(QGroupBox):
         self.fit.show()
         self.banner.setText("<br>".join(f"⚠ {w}" for w in prepared.warnings))
         self.banner.setVisible(bool(prepared.warnings))
+
+
+def show_samples_note(panel: DataPanel, text: str) -> None:
+    """Say beside the calibration count how many images are really used; empty hides it."""
+    panel.samples_note.setText(f"⚠ {text}" if text else "")
+    panel.samples_note.setVisible(bool(text))
 
 
 def _banner() -> QLabel:

@@ -258,3 +258,22 @@ def test_opening_a_session_clears_every_result_view(qtbot, window, tmp_path):
     window.session.open_session_file(str(path))
     assert_no_results(window)
     qtbot.waitUntil(lambda: not window.session.busy, timeout=TIMEOUT)
+
+
+# -- 9. odd set-ups ---------------------------------------------------------------------------------
+
+
+def test_more_calibration_images_than_the_data_has_is_said_with_the_number_used(qtbot, window):
+    s, panel = window.session, window.data_panel
+    have = len(s.data.calibration)
+    assert panel.samples_note.isHidden()
+    panel.samples.setValue(have + 700)  # what typing in the spin box does
+    assert s.options.samples == have + 700
+    assert not panel.samples_note.isHidden() and f"all {have} are used" in panel.samples_note.text()
+    messages = []
+    s.message.connect(messages.append)
+    assert run(qtbot, s, "analysis", s.analyse)[0] == FINISHED
+    assert s.analysis.info["samples"] == have  # the engine did use them all
+    assert any(f"all {have} are used" in m for m in messages)
+    panel.samples.setValue(64)
+    assert panel.samples_note.isHidden()
