@@ -105,12 +105,15 @@ def collect_joint_folds(
     batches: Iterable,
     *,
     folds: int,
+    first_image: int = 0,
+    image_step: int = 1,
     device: torch.device | str = "cpu",
     reporter: Reporter | None = None,
 ) -> list[Moments]:
-    """:func:`collect_joint_moments` split into ``folds`` parts: image i (in data order) goes to fold
-    i mod ``folds`` with all its positions/tokens, so the parts are disjoint sets of images whose
-    moments sum to those of all images."""
+    """:func:`collect_joint_moments` split into ``folds`` parts: image i goes to fold i mod ``folds``
+    with all its positions/tokens, so the parts are disjoint sets of images whose moments sum to
+    those of all images. The j-th image read here is image ``first_image + j·image_step`` of the
+    whole set (a process's shard), so folds agree however the images are spread over processes."""
     reporter = reporter or Reporter()
     parts = [Moments.zeros(2 * group.units, device) for _ in range(folds)]
     seen = 0
@@ -142,7 +145,8 @@ def collect_joint_folds(
                     parts[0].update(samples, group.consumer)
                 else:
                     per_image = samples.shape[0] // images.shape[0]  # rows are grouped image by image
-                    fold = (torch.arange(images.shape[0], device=samples.device) + seen) % folds
+                    local = torch.arange(images.shape[0], device=samples.device) + seen
+                    fold = (first_image + local * image_step) % folds
                     fold = fold.repeat_interleave(per_image)
                     for index, part in enumerate(parts):
                         part.update(samples[fold == index], group.consumer)

@@ -23,6 +23,7 @@ from torch import nn
 from snp_engine.activations import collect_moments, following_norms, model_dtype
 from snp_engine.compensation import consumer_metric, tap_coverage
 from snp_engine.costs import CostModel, build_cost_model
+from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, execution_order, find_groups
 from snp_engine.progress import Reporter, Scaled
@@ -331,7 +332,8 @@ def analyze(
                     coverage,
                 )
             )
-        info = {"snp_version": __version__, "samples": len(loader.dataset), **(info or {})}
+        images = total_over_processes(len(loader.dataset)) if distributed else len(loader.dataset)
+        info = {"snp_version": __version__, "samples": images, **(info or {})}
         return Analysis.build(
             analysed,
             excluded,

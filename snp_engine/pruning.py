@@ -16,6 +16,8 @@ from torch import nn
 from snp_engine.activations import collect_joint_folds, model_dtype
 from snp_engine.analysis import Analysis
 from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction
+from snp_engine.distributed import all_reduce, position
+from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
@@ -40,6 +42,7 @@ def prune(
     reselect: bool = False,
     refit_unpruned: bool = False,
     heldout_folds: int = DEFAULT_FOLDS,
+    distributed: bool = False,
     reporter: Reporter | None = None,
 ) -> Pruned:
     """A pruned copy of ``model`` (the original is left untouched) and its pruning record.
@@ -56,6 +59,9 @@ def prune(
     folds, see :mod:`snp_engine.holdout`): the ridge, and whether the group keeps the sequential
     fit or falls back to the one-shot fit, are what predicts held-out images best (the record's
     ``fits`` say which). ``heldout_folds=1`` uses the fixed ridge formula instead.
+    With ``distributed=True`` each process holds its shard of the calibration data (see
+    :mod:`snp_engine.distributed`) and the joint statistics of every group are summed over the
+    processes before each fit, so every process makes the same fit as one process on all images.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
     The :class:`~snp_engine.results.PruningRecord` holds the kept indices per group and the settings.
     """
@@ -81,7 +87,16 @@ def prune(
             if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
                 step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
                 kept, choice = _fit_sequential(
-                    pruned, dense, g, kept if not reselect else k, analysis, loader, device, step, heldout_folds
+                    pruned,
+                    dense,
+                    g,
+                    kept if not reselect else k,
+                    analysis,
+                    loader,
+                    device,
+                    step,
+                    heldout_folds,
+                    distributed,
                 )
                 if choice is not None:
                     fits[g.name] = choice.to_dict()
@@ -125,6 +140,7 @@ def _fit_sequential(
     device,
     reporter,
     folds: int = DEFAULT_FOLDS,
+    distributed: bool = False,
 ) -> tuple[torch.Tensor, FitChoice | None]:
     """Fit the consumer towards the dense input from the kept units of the partly pruned network.
 
@@ -133,8 +149,23 @@ def _fit_sequential(
     and ridge) is chosen on held-out images; returns the kept indices and that choice.
     """
     images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
+    rank, world = position() if distributed else (0, 1)
+    if images is not None and distributed:
+        images = total_over_processes(images)
     folds = max(1, min(folds, images or folds))
-    parts = collect_joint_folds(pruned, dense, g.group, loader, folds=folds, device=device, reporter=reporter)
+    parts = collect_joint_folds(
+        pruned,
+        dense,
+        g.group,
+        loader,
+        folds=folds,
+        first_image=rank,
+        image_step=world,
+        device=device,
+        reporter=reporter,
+    )
+    if distributed:
+        all_reduce(parts)
     joint = parts[0]
     for part in parts[1:]:
         joint = joint.merge(part)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from snp_engine import distributed
 from snp_engine.cli.parser import build_parser
 from snp_engine.errors import SnpError
 from snp_engine.progress import Cancelled, Reporter, TextReporter
@@ -35,8 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+    if getattr(args, "distributed", False) and os.environ.get("RANK", "0") != "0":
+        args.quiet = True  # under torchrun, process 0 alone reports progress and prints the result
     reporter: Reporter = Reporter() if args.quiet else TextReporter(sys.stderr)
-    stdout = sys.stdout
+    stdout = sys.stdout if os.environ.get("RANK", "0") == "0" or not getattr(args, "distributed", False) else None
     try:
         # Libraries that print would corrupt the JSON on stdout, so their chatter goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
@@ -50,8 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if distributed.active() and _is_collective_failure(exc):  # another process died or timed out
+            message = f"another process of the distributed job failed or timed out ({type(exc).__name__}: {exc})"
+            return _fail(args, message, EXIT_ERROR, stdout)
         message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
         return _fail(args, message, EXIT_INTERNAL, stdout, prefix="")
+    finally:
+        distributed.stop()
+    if stdout is None:
+        return 0
     if args.json:
         stdout.write(json.dumps(result, indent=2, default=_jsonable) + "\n")
     else:
@@ -66,9 +77,15 @@ def _fail(args: argparse.Namespace, message: str, code: int, stdout, prefix: str
     if not args.quiet and sys.stderr.isatty():
         sys.stderr.write("\r" + " " * 78 + "\r")  # clear an unfinished progress line
     sys.stderr.write(f"snp: {prefix}{line}\n")
-    if args.json:
+    if args.json and stdout is not None:
         stdout.write(json.dumps({"error": line, "exit_code": code}) + "\n")
     return code
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    """A gloo/NCCL error: a peer process closed its connection or a collective timed out."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("gloo", "nccl", "timed out", "timeout", "connection", "peer"))
 
 
 def _os_message(exc: OSError) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from snp_engine import io, workflows
+from snp_engine import distributed, io, workflows
 from snp_engine.cli import plumbing
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
@@ -68,6 +68,11 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     return result, lines
 
 
+def _writes() -> bool:
+    """Whether this process writes the output files (always, except on torchrun's other processes)."""
+    return distributed.position()[0] == 0
+
+
 def _options(args: argparse.Namespace, ordering: str | None = None) -> AnalysisOptions:
     return AnalysisOptions(
         samples=args.samples,
@@ -86,13 +91,13 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
     options = _options(args)
 
     def step(on: torch.device):
-        return workflows.analyse(prepared, options, device=on, reporter=reporter)
+        return workflows.analyse(prepared, options, device=on, reporter=reporter, distributed=args.distributed)
 
     analysis, device = plumbing.with_cpu_fallback(args, device, step, warnings)
     singular = analysis.warnings()
     plumbing.say(args, singular, "warning")
     warnings += singular
-    path = analysis.save(args.out) or Path(args.out)
+    path = (analysis.save(args.out) if _writes() else None) or Path(args.out)
     summary = analysis.summary()
     result = {
         "model": args.model,
@@ -177,7 +182,13 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     else:
 
         def analyse_on(on: torch.device):
-            return workflows.analyse(prepared, _options(args, ordering), device=on, reporter=Scaled(reporter, 0.0, 0.2))
+            return workflows.analyse(
+                prepared,
+                _options(args, ordering),
+                device=on,
+                reporter=Scaled(reporter, 0.0, 0.2),
+                distributed=args.distributed,
+            )
 
         analysis, device = plumbing.with_cpu_fallback(args, device, analyse_on, warnings)
     singular = analysis.warnings()
@@ -196,6 +207,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
             samples=args.samples,
             device=on,
             reporter=Scaled(reporter, 0.2, 0.7),
+            distributed=args.distributed,
         )
 
     pruned, device = plumbing.with_cpu_fallback(args, device, prune_on, warnings)
@@ -215,16 +227,18 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "input_shape": list(prepared.input_shape),
     }
     reporter.update(0.9, "exporting")
-    written = workflows.export(
-        prepared,
-        pruned,
-        args.out,
-        settings=settings,
-        metrics=metrics,
-        torchscript=args.torchscript,
-        onnx=args.onnx,
-        reporter=Scaled(reporter, 0.9, 1.0),
-    )
+    written = {"snp": Path(args.out)}  # under torchrun, process 0 alone writes
+    if _writes():
+        written = workflows.export(
+            prepared,
+            pruned,
+            args.out,
+            settings=settings,
+            metrics=metrics,
+            torchscript=args.torchscript,
+            onnx=args.onnx,
+            reporter=Scaled(reporter, 0.9, 1.0),
+        )
     out = written.pop("snp")
     extra = {kind: str(path) for kind, path in written.items()}
     reporter.update(1.0, "done")

@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_data_args(evaluate)
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="B")
+    _distributed_arg(evaluate)
     evaluate.add_argument(
         "--eval-data",
         metavar="D2",
@@ -178,10 +179,20 @@ def _analysis_args(parser: argparse.ArgumentParser) -> None:
         help="spatial positions sampled per image for conv layers (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for position sampling and random orderings")
+    _distributed_arg(parser)
     parser.add_argument(
         "--cpu-fallback",
         action="store_true",
         help="if the GPU runs out of memory, warn and redo the analysis/pruning on the CPU",
+    )
+
+
+def _distributed_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run as one of torchrun's processes: each reads its shard of the calibration images and the "
+        "statistics are summed over all processes (gloo on CPU, NCCL on GPU); process 0 writes and prints",
     )
 
 

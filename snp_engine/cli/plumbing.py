@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from snp_engine import io, workflows
+from snp_engine import distributed, io, workflows
 from snp_engine.errors import OutOfMemoryError
 from snp_engine.runtime import resolve_device
 from snp_engine.workflows import Prepared
@@ -18,8 +18,13 @@ from snp_engine.workflows import Prepared
 def prepare(
     args: argparse.Namespace, *, data: bool = True, require_labels: bool = False
 ) -> tuple[Prepared, torch.device]:
-    """Device first (a missing CUDA is reported before any slow loading), then model, data and checks."""
-    device = resolve_device(args.device)
+    """Device first (a missing CUDA is reported before any slow loading), then model, data and checks.
+
+    With ``--distributed`` this process joins torchrun's process group and keeps its shard of the
+    calibration images (``--samples`` counts images over all processes).
+    """
+    context = distributed.start(args.device) if getattr(args, "distributed", False) else None
+    device = context.device if context is not None else resolve_device(args.device)
     torch.manual_seed(getattr(args, "seed", 0))
     prepared = workflows.prepare(
         args.model,
@@ -31,6 +36,9 @@ def prepare(
         require_labels=require_labels,
         device=device,
     )
+    if context is not None and prepared.data is not None:
+        prepared = workflows.sharded(prepared, context.rank, context.world, getattr(args, "samples", None))
+        args.samples = None  # the shard is already cut to this process's part of --samples
     say(args, prepared.notes, "note")
     say(args, prepared.warnings, "warning")
     return prepared, device

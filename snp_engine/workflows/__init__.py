@@ -49,6 +49,7 @@ from snp_engine.workflows.preparation import (
     load_model,
     open_data,
     prepare,
+    sharded,
 )
 
 __all__ = [
@@ -87,5 +88,6 @@ __all__ = [
     "prepare",
     "prune",
     "score",
+    "sharded",
     "sweep",
 ]

@@ -71,6 +71,7 @@ def analyse(
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
     info: Mapping[str, Any] | None = None,
+    distributed: bool = False,
 ) -> api.Analysis:
     """Stream the calibration data through the dense model once and analyse every unit group."""
     options = options or AnalysisOptions()
@@ -86,6 +87,7 @@ def analyse(
         curve=options.curve,
         max_positions=options.max_positions,
         seed=options.seed,
+        distributed=distributed,
         reporter=reporter,
         info={"model": prepared.model.spec, "data": prepared.require_data().name, **(info or {})},
     )
@@ -113,6 +115,7 @@ def prune(
     physical: bool = True,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> Pruned:
     """A pruned copy of the prepared model and its record (sequential calibration needs the
     calibration data)."""
@@ -130,6 +133,7 @@ def prune(
         samples=samples,
         device=device,
         reporter=reporter,
+        distributed=distributed,
     )
 
 

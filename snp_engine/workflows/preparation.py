@@ -7,6 +7,7 @@ long work, and so is a class count that does not match the data's labels.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from collections.abc import Sequence
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from snp_engine.activations import model_dtype
 from snp_engine.data import DataBundle, load_data, make_loader
+from snp_engine.distributed import shard
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.inputs import FittedData, fit_data, resolve_input_shape
 from snp_engine.metrics import scores
@@ -201,6 +204,21 @@ def prepare(
             warnings.append(dense.warning())
     reporter.update(1.0, "ready")
     return Prepared(loaded, fitted.bundle, evaluation, fitted.shape, tuple(notes), tuple(warnings), dense, label)
+
+
+def sharded(prepared: Prepared, rank: int, world: int, samples: int | None = None) -> Prepared:
+    """This process's shard of the calibration images: the first ``samples`` of them (all by
+    default), then every ``world``-th from ``rank`` on. The evaluation data stays whole."""
+    data = prepared.require_data()
+    calibration = data.calibration
+    if samples is not None:
+        calibration = Subset(calibration, range(min(samples, len(calibration))))  # type: ignore[arg-type]
+    part = shard(calibration, rank, world)
+    if len(part) == 0:
+        raise SnpError(f"{len(calibration)} calibration image(s) cannot be shared by {world} processes")
+    shared = dataclasses.replace(data, calibration=part)  # .test (what accuracies use) stays whole
+    evaluation = shared if prepared.evaluation is data else prepared.evaluation
+    return dataclasses.replace(prepared, data=shared, evaluation=evaluation)
 
 
 def _skipped(bundle: DataBundle) -> list[str]:

@@ -1,0 +1,97 @@
+"""Running one job over several processes (``torchrun``): process group, data shards, sums.
+
+Every process reads a disjoint shard of the calibration images (image i goes to process
+i mod world, so no image is read twice or left out); the statistics are sums, so adding them over
+processes (all-reduce) gives exactly the statistics of all images. Collectives time out (default
+10 minutes) so a failed process ends the others with a clear error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Subset
+
+from snp_engine.errors import SnpError
+from snp_engine.statistics import Moments
+
+DEFAULT_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place among the processes of one job."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and prints results."""
+        return self.rank == 0
+
+
+def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, MASTER_ADDR, … in the environment):
+    gloo on the CPU, NCCL on CUDA (each process on GPU LOCAL_RANK)."""
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise SnpError(
+            f"--distributed needs torchrun's environment ({', '.join(missing)} not set); "
+            "start it as: torchrun --nproc_per_node N -m snp_engine.cli ... --distributed"
+        )
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        where = torch.device("cuda", local)
+    else:
+        where = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=float(timeout_s))
+        )
+    return Context(dist.get_rank(), dist.get_world_size(), where)
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(dataset: Dataset, rank: int, world: int) -> Subset:
+    """Images rank, rank + world, rank + 2·world, …: disjoint shards that cover every image once."""
+    return Subset(dataset, range(rank, len(dataset), world))  # type: ignore[arg-type]
+
+
+def all_reduce(parts: Sequence[Moments]) -> None:
+    """Sum each part's statistics over all processes, in place."""
+    for part in parts:
+        part.all_reduce()
+
+
+def total(count: int) -> int:
+    """The sum of ``count`` over all processes (``count`` itself outside a process group)."""
+    if not active():
+        return count
+    value = torch.tensor([count], dtype=torch.float64)
+    dist.all_reduce(value)
+    return int(value.item())
+
+
+def position() -> tuple[int, int]:
+    """(rank, world) of this process; (0, 1) outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "Context", "active", "all_reduce", "position", "shard", "start", "stop", "total"]

@@ -1,0 +1,110 @@
+"""``torchrun … -m snp_engine.cli … --distributed`` equals one process: same kept units, exported
+weights within 1e-8 relative, for sequential and one-shot pruning and for saved statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from snp_engine import io
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
+REPO = Path(__file__).resolve().parents[2]
+# One image per batch: a float32 matrix product over a batch of 64 and one of 32 images differs in
+# the last bits (BLAS blocks by batch size), ~1e-7 relative; image by image both runs compute alike.
+COMMON = ("--model", "demo-vgg", "--data", "digits", "--samples", "200", "--batch-size", "1", "--json", "--quiet")
+
+
+def _snp(*argv: str, world: int = 1) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if world == 1:
+        command = [sys.executable, "-m", "snp_engine.cli", *argv]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+        command = [*launcher, "-m", "snp_engine.cli", *argv, "--distributed"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return json.loads("\n".join(lines))  # one JSON object: process 0 alone prints
+
+
+def _same_export(a: Path, b: Path) -> None:
+    assert io.read_metadata(a)["pruning"] == io.read_metadata(b)["pruning"]
+    one, two = load_file(str(a)), load_file(str(b))
+    assert one.keys() == two.keys()
+    for key in one:
+        x, y = one[key].double(), two[key].double()
+        assert x.shape == y.shape, key
+        assert float((x - y).norm()) <= 1e-8 * max(float(x.norm()), 1e-30), key
+
+
+@pytest.mark.parametrize("mode", [(), ("--one-shot",)], ids=["sequential", "one-shot"])
+def test_distributed_prune_equals_one_process(tmp_path, mode):
+    single = _snp("prune", *COMMON, "--flops-reduction", "0.5", *mode, "--out", str(tmp_path / "one.safetensors"))
+    split = _snp(
+        "prune", *COMMON, "--flops-reduction", "0.5", *mode, "--out", str(tmp_path / "two.safetensors"), world=2
+    )
+    assert split["keep"] == single["keep"] and split["compensation"] == single["compensation"]
+    assert split["fits"].keys() == single["fits"].keys()
+    for name, fit in single["fits"].items():  # the same held-out choice: folds are by image, not by process
+        assert split["fits"][name]["fit"] == fit["fit"] and split["fits"][name]["folds"] == fit["folds"]
+        assert split["fits"][name]["heldout_error"] == pytest.approx(fit["heldout_error"], rel=1e-8)
+    _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+
+
+def test_distributed_statistics_file_equals_one_process(tmp_path):
+    one = _snp("analyze", *COMMON, "--out", str(tmp_path / "one.stats.safetensors"))
+    two = _snp("analyze", *COMMON, "--out", str(tmp_path / "two.stats.safetensors"), world=2)
+    assert one["samples"] == two["samples"] == 200  # images over all processes, each read once
+    a, b = load_file(str(tmp_path / "one.stats.safetensors")), load_file(str(tmp_path / "two.stats.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-10, atol=1e-10), key
+    _snp(
+        "prune",
+        *COMMON,
+        "--stats",
+        str(tmp_path / "two.stats.safetensors"),
+        "--flops-reduction",
+        "0.5",
+        "--out",
+        str(tmp_path / "p2.safetensors"),
+        world=2,
+    )
+    _snp(
+        "prune",
+        *COMMON,
+        "--stats",
+        str(tmp_path / "one.stats.safetensors"),
+        "--flops-reduction",
+        "0.5",
+        "--out",
+        str(tmp_path / "p1.safetensors"),
+    )
+    _same_export(tmp_path / "p1.safetensors", tmp_path / "p2.safetensors")
+
+
+def test_distributed_without_torchrun_is_one_clear_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    command = [
+        sys.executable,
+        "-m",
+        "snp_engine.cli",
+        "eval",
+        "--model",
+        "demo-vgg",
+        "--data",
+        "digits",
+        "--distributed",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().startswith("snp: error: --distributed needs torchrun")
