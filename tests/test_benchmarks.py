@@ -115,3 +115,13 @@ def test_holdout_quick(tmp_path):
     assert set(cell) == {"one-shot", "sequential-fixed", "sequential-heldout", "heldout_fits"}
     assert 0 <= cell["sequential-heldout"]["top1"]["mean"] <= 100
     assert sum(cell["heldout_fits"].values()) >= 1
+
+
+def test_distributed_cli_quick(tmp_path):
+    from benchmarks import distributed_cli
+
+    distributed_cli.main(_args(tmp_path, "distributed_cli"))
+    data = _check(tmp_path / "distributed_cli.json", ("runs",))
+    two = data["runs"]["2"]
+    assert two["same_kept_units"] and two["max_relative_weight_difference"] < 1e-8
+    assert two["seconds"] > 0 and two["keep"] == data["runs"]["1"]["keep"]
