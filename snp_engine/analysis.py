@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from snp_engine.activations import collect_moments, following_norms, model_dtype
 from snp_engine.compensation import consumer_metric, tap_coverage
 from snp_engine.costs import CostModel, build_cost_model
+from snp_engine.distributed import active as distributed_active
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, execution_order, find_groups
@@ -72,6 +74,17 @@ def _ordered(
     return ordered
 
 
+def _shared_orders(
+    groups: list[GroupAnalysis], ordering: str, curve_kind: str, seed: int, reporter: Reporter
+) -> list[GroupAnalysis]:
+    """:func:`_ordered` on process 0, broadcast to the others (orderings of wide layers take long)."""
+    main = dist.get_rank() == 0
+    ordered = _ordered(groups, ordering, curve_kind, seed, reporter) if main else groups
+    payload = [[(g.order.cpu(), g.curve) for g in ordered] if main else None]
+    dist.broadcast_object_list(payload, src=0)
+    return [replace(g, order=order, curve=curve) for g, (order, curve) in zip(groups, payload[0], strict=True)]
+
+
 @dataclass(frozen=True, eq=False)
 class Analysis:
     """The outcome of :func:`analyze`: per-group statistics, orderings and curves, plus a cost model.
@@ -103,13 +116,21 @@ class Analysis:
         seed: int = 0,
         info: Mapping[str, Any] | None = None,
         reporter: Reporter | None = None,
+        share: bool = False,
     ) -> Analysis:
-        """Order every group with ``ordering`` and compute its ``curve`` from the statistics."""
+        """Order every group with ``ordering`` and compute its ``curve`` from the statistics.
+
+        With ``share`` inside a ``torch.distributed`` job (every process holding the same summed
+        statistics), process 0 alone orders and the others receive its orders and curves.
+        """
         if ordering not in ORDERINGS:
             raise SnpError(f"unknown ordering '{ordering}'; choose one of {', '.join(ORDERINGS)}")
         if curve not in CURVES:
             raise SnpError(f"unknown curve '{curve}'; choose one of {', '.join(CURVES)}")
-        ordered = _ordered(list(groups), ordering, curve, seed, reporter or Reporter())
+        if share and distributed_active():
+            ordered = _shared_orders(list(groups), ordering, curve, seed, reporter or Reporter())
+        else:
+            ordered = _ordered(list(groups), ordering, curve, seed, reporter or Reporter())
         return cls(tuple(ordered), tuple(excluded), costs, tuple(input_shape), ordering, curve, seed, dict(info or {}))
 
     # -- derived views ------------------------------------------------------------------------
@@ -344,6 +365,7 @@ def analyze(
             seed=seed,
             info=info,
             reporter=Scaled(reporter, 0.8, 1.0),
+            share=distributed,
         )
 
 

@@ -159,6 +159,33 @@ def analyze_worker(rank: int, world: int, init_method: str, model_name: str, out
         dist.destroy_process_group()
 
 
+def shared_orders_worker(rank: int, world: int, init_method: str, model_name: str, out_dir: str) -> None:
+    """Like :func:`analyze_worker`, but any process other than 0 that tries to order fails."""
+    import torch.distributed as dist
+    from torch.utils.data import Subset
+
+    from snp_engine import analysis as analysis_module
+    from snp_engine import api
+
+    _init_process_group(rank, world, init_method)
+    try:
+        if rank != 0:
+
+            def refuse(*_args, **_kwargs):
+                raise AssertionError("only process 0 orders the units")
+
+            analysis_module._ordered = refuse
+        calibration = digits().calibration
+        share = Subset(calibration, range(rank, len(calibration), world))
+        analysis = api.analyze(demo_model(model_name), share, distributed=True)
+        torch.save(
+            {g.name: {"order": g.order, "curve": torch.from_numpy(g.curve)} for g in analysis.groups},
+            f"{out_dir}/shared{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
 def rewrite_safetensors(source, target, *, tensors=None, **metadata):
     """Copy a safetensors file, replacing some tensors and/or metadata values (to forge bad files)."""
     from safetensors import safe_open

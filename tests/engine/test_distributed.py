@@ -10,7 +10,14 @@ import torch.multiprocessing as mp
 
 from snp_engine import api
 from snp_engine.statistics import Moments
-from tests.engine.helpers import analyze_worker, correlated_samples, demo_model, digits, moments_worker
+from tests.engine.helpers import (
+    analyze_worker,
+    correlated_samples,
+    demo_model,
+    digits,
+    moments_worker,
+    shared_orders_worker,
+)
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(),
@@ -55,5 +62,15 @@ def test_distributed_analyze_equals_single_process(tmp_path):
             assert reduced.samples == g.samples
             torch.testing.assert_close(reduced.covariance(), g.moments.covariance(), rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(reduced.mean(), g.moments.mean(), rtol=1e-10, atol=1e-10)
+            assert torch.equal(result[g.name]["order"], g.order)
+            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-8, atol=1e-10)
+
+
+def test_process_zero_alone_orders_and_shares_the_result(tmp_path):
+    _spawn(shared_orders_worker, tmp_path, "demo-resnet")
+    single = api.analyze(demo_model("demo-resnet"), digits())
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"shared{rank}.pt")
+        for g in single.groups:
             assert torch.equal(result[g.name]["order"], g.order)
             np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-8, atol=1e-10)
