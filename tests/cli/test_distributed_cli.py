@@ -108,3 +108,38 @@ def test_distributed_without_torchrun_is_one_clear_error():
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().startswith("snp: error: --distributed needs torchrun")
+
+
+def _workers_of(launcher_pid: int) -> list[int]:
+    """PIDs of the processes torchrun started (its children running snp_engine.cli)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().split()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat[3]) == launcher_pid and "snp_engine.cli" in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers through /proc")
+def test_a_killed_process_ends_the_job_without_an_output_file(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "never.safetensors"
+    argv = ["prune", "--model", "demo-resnet", "--data", "digits", "--batch-size", "1", "--flops-reduction", "0.7"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "snp_engine.cli", *argv, "--out", str(out), "--quiet", "--distributed"]
+    job = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(workers := _workers_of(job.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2, "torchrun did not start two processes"
+    os.kill(max(workers), signal.SIGKILL)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode != 0 and b"SIGKILL" in err  # torchrun ends the other process and says which one died
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial or temporary file
