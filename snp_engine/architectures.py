@@ -181,9 +181,66 @@ def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -
 # Rebuilding a base network
 
 
+Builder = Callable[..., nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureFamily:
+    """Architectures an export can be rebuilt from: which names it covers and how to build one.
+
+    ``builder(arch, path)`` returns the constructor (called with the stored keyword arguments) or
+    raises :class:`ModelLoadError` naming ``path``. A model source whose networks can be exported
+    registers its family here (the demo networks and torchvision are built in).
+    """
+
+    name: str
+    matches: Callable[[str], bool]
+    builder: Callable[[str, Path], Builder]
+
+
+ARCHITECTURE_FAMILIES: dict[str, ArchitectureFamily] = {}
+
+
+def register_family(family: ArchitectureFamily) -> ArchitectureFamily:
+    ARCHITECTURE_FAMILIES[family.name] = family
+    return family
+
+
+def family_of(arch: str) -> ArchitectureFamily | None:
+    return next((f for f in ARCHITECTURE_FAMILIES.values() if f.matches(arch)), None)
+
+
+def _demo_builder(arch: str, path: Path) -> Builder:
+    build = DEMO_MODELS[arch].builder
+
+    def builder(**arguments: Any) -> nn.Module:
+        if isinstance(arguments.get("widths"), list):
+            arguments["widths"] = tuple(arguments["widths"])
+        return build(**arguments)
+
+    return builder
+
+
+def _torchvision_builder(arch: str, path: Path) -> Builder:
+    name = arch.removeprefix(TORCHVISION_PREFIX)
+    if name not in torchvision_names():
+        raise ModelLoadError(f"{path}: base architecture '{arch}' is not available in this torchvision")
+
+    def builder(**arguments: Any) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, **arguments)
+
+    return builder
+
+
+register_family(ArchitectureFamily("demo", lambda arch: arch in DEMO_MODELS, _demo_builder))
+register_family(
+    ArchitectureFamily("torchvision", lambda arch: arch.startswith(TORCHVISION_PREFIX), _torchvision_builder)
+)
+
+
 def check_exportable(arch: str) -> None:
     """Refuse early (before pruning or training) an architecture that an export could not rebuild."""
-    if arch not in DEMO_MODELS and not arch.startswith(TORCHVISION_PREFIX):
+    if family_of(arch) is None:
         raise SnpError(
             f"cannot export a model of architecture '{arch}': only the demo models and torchvision "
             "architectures can be rebuilt from an export (a pickled model has no rebuildable architecture)"
@@ -221,20 +278,10 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any], path: Path) -> nn.M
     before any memory is spent on them.
     """
     kwargs = dict(kwargs)
-    if arch in DEMO_MODELS:
-        if "widths" in kwargs and isinstance(kwargs["widths"], list):
-            kwargs["widths"] = tuple(kwargs["widths"])
-        builder = DEMO_MODELS[arch].builder
-    elif arch.startswith(TORCHVISION_PREFIX):
-        name = arch.removeprefix(TORCHVISION_PREFIX)
-        if name not in torchvision_names():
-            raise ModelLoadError(f"{path}: base architecture '{arch}' is not available in this torchvision")
-
-        def builder(**arguments: Any) -> nn.Module:
-            return torchvision.models.get_model(name, weights=None, **arguments)
-
-    else:
+    family = family_of(arch)
+    if family is None:
         raise ModelLoadError(f"{path}: unknown base architecture '{arch}'")
+    builder = family.builder(arch, path)
     shown = shorten(repr(kwargs), 200)
     try:
         with torch.device("meta"):
@@ -257,11 +304,13 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any], path: Path) -> nn.M
 
 
 __all__ = [
+    "ARCHITECTURE_FAMILIES",
     "DEMO_MODELS",
     "DEMO_RESULTS_FILE",
     "MAX_PARAMETERS",
     "RESOURCES",
     "TORCHVISION_PREFIX",
+    "ArchitectureFamily",
     "DemoModel",
     "DemoResNet",
     "DemoVGG",
@@ -270,6 +319,8 @@ __all__ = [
     "check_exportable",
     "constructor_kwargs",
     "demo_results",
+    "family_of",
+    "register_family",
     "state_dict_mismatches",
     "torchvision_names",
 ]

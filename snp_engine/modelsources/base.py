@@ -21,6 +21,7 @@ class ModelSource(Protocol):
     summary: str  # one line for help texts
     label: str  # short name for the app's chooser
     needs_trust: bool  # loading can run code from the file
+    rebuilds: str | None  # the architecture family an export of its networks is rebuilt with (None: cannot)
 
     def matches(self, spec: str) -> bool: ...
 

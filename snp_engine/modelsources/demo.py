@@ -28,6 +28,7 @@ class DemoSource:
     summary = "a bundled demo network trained on the embedded digits"
     label = "Demo network"
     needs_trust = False
+    rebuilds = "demo"
 
     def matches(self, spec: str) -> bool:
         return spec.strip() in DEMO_MODELS

@@ -18,6 +18,7 @@ class SnpFileSource:
     summary = "a network exported by snp (safe: rebuilt from its header, no code is run)"
     label = "Exported snp file"
     needs_trust = False
+    rebuilds = None  # an export names its base architecture, which its own family rebuilds
 
     def matches(self, spec: str) -> bool:
         path = Path(spec.strip())

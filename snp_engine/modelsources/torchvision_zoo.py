@@ -107,6 +107,7 @@ class TorchvisionSource:
     summary = "a torchvision classifier, random or with your state dict (.pth or .safetensors)"
     label = "torchvision architecture"
     needs_trust = False
+    rebuilds = "torchvision"
 
     def matches(self, spec: str) -> bool:
         return spec.strip().startswith(TORCHVISION_PREFIX)

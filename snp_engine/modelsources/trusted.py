@@ -53,6 +53,7 @@ class TrustedFileSource:
     summary = "a pickled nn.Module or a TorchScript file (runs code from the file: only with --trust)"
     label = "Pickled model (trusted)"
     needs_trust = True
+    rebuilds = None  # a pickled class or a TorchScript program has no architecture snp can rebuild
 
     def matches(self, spec: str) -> bool:
         return Path(spec.strip()).is_file()

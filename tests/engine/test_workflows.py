@@ -112,3 +112,15 @@ def test_every_choice_has_its_help_text():
     assert set(COMPENSATION_HELP) == set(Compensation) and tuple(CURVE_HELP) == CURVES
     for source in [*DATA_SOURCES.values(), *MODEL_SOURCES.values()]:
         assert source.label and source.summary and source.syntax
+
+
+def test_every_rebuildable_model_source_names_a_registered_family():
+    from snp_engine.architectures import ARCHITECTURE_FAMILIES, check_exportable
+    from snp_engine.modelsources import MODEL_SOURCES
+
+    families = {source.rebuilds for source in MODEL_SOURCES.values()} - {None}
+    assert families == {"demo", "torchvision"} and families <= set(ARCHITECTURE_FAMILIES)
+    check_exportable("demo-vgg")
+    check_exportable("torchvision:resnet18")
+    with pytest.raises(SnpError, match="cannot export"):
+        check_exportable("pickle:Sequential")
