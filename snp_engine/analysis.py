@@ -11,6 +11,7 @@ instantly. :func:`save_analysis` / :func:`load_analysis` store the statistics in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -251,6 +252,11 @@ class Analysis:
             if g.samples <= g.units:
                 why = f"{g.samples} calibration samples for {g.units} units"
                 hint = "use more samples"
+                images = self.info.get("samples")
+                if isinstance(images, int) and images > 0:
+                    # the fit needs samples >= 2·units to keep its ridge at the floor (compensation_ridge)
+                    per_image = max(g.samples / images, 1e-9)
+                    hint = f"use at least {math.ceil(2 * g.units / per_image)} images (now {images})"
             else:
                 why = "dead or duplicate units"
                 hint = "pruning them first is harmless"

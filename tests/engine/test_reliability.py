@@ -383,6 +383,7 @@ def test_fewer_samples_than_units_is_regularised_and_reported(data, test_images)
     assert head.samples == 40 and head.units == 128 and head.regularised
     assert [w.split(":")[0] for w in analysis.warnings()] == ["classifier.1"]
     assert "40 calibration samples for 128 units" in analysis.warnings()[0]
+    assert "use at least 256 images (now 40)" in analysis.warnings()[0]  # one sample per image, 2 per unit
     curve = head.curve
     assert np.isfinite(curve).all() and np.all(np.diff(curve) >= -1e-12) and curve[-1] == pytest.approx(1)
     # 40 centred samples span at most 39 directions: that many greedily chosen units explain all but
