@@ -8,7 +8,7 @@ reason beside it; the session only ever receives valid values.
 from __future__ import annotations
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QWidget
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from snp_gui.settings import THRESHOLD_DEFAULTS, THRESHOLD_LABELS, THRESHOLD_LIMITS, clamp_threshold, threshold_problem
 
@@ -68,15 +68,18 @@ class ThresholdControl(QWidget):
         self.custom.setVisible(False)
         self.note = QLabel()  # why a value was refused, or a warning about the plan it gives
         self.note.setStyleSheet(f"color: {WARNING_COLOUR}")
-        self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.note.setWordWrap(True)
         self.note.setVisible(False)
-        layout = QHBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.mode_combo)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.spin)
+        row.addWidget(self.custom)
+        layout = QVBoxLayout(self)  # the note goes under the controls, whole, only while there is one
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.mode_combo)
-        layout.addWidget(self.slider, 1)
-        layout.addWidget(self.spin)
-        layout.addWidget(self.custom)
-        layout.addWidget(self.note, 1)
+        layout.setSpacing(2)
+        layout.addLayout(row)
+        layout.addWidget(self.note)
 
         self._show(self.mode(), self._values[self.mode()])
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)

@@ -7,10 +7,12 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -83,7 +85,11 @@ class EvaluatePanel(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.reductions_note)
         body = QHBoxLayout()
-        body.addWidget(self.results, 1)
+        scroll = QScrollArea()  # the numbers stay reachable when the tab is short
+        scroll.setWidget(self.results)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        body.addWidget(scroll, 1)
         body.addWidget(self.sweep_plot, 2)
         layout.addLayout(body, 1)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from snp_gui.plots import apply_palette, colour_at, make_plot
 
@@ -33,9 +33,12 @@ class _Plots(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         layout.addWidget(self.legend)
+        row = QHBoxLayout()  # side by side: the tab below the curves is short on a small screen
+        row.setSpacing(4)
         for plot, _offset in plots:
-            plot.setMinimumHeight(110)
-            layout.addWidget(plot, 1)
+            plot.setMinimumHeight(100)
+            row.addWidget(plot, 1)
+        layout.addLayout(row, 1)
         self._repaint()
 
     def _update_legend(self) -> None:
@@ -80,16 +83,16 @@ class _Plots(QWidget):
 
 
 class HistoryPlot(_Plots):
-    """Loss (top) and accuracy (bottom) against epoch, one line per metric, updated point by point.
+    """Loss (left) and accuracy (right) against epoch, one line per metric, updated point by point.
 
-    Metrics whose name contains "loss" go to the top plot, all others (accuracies, fidelity, …) to the bottom;
+    Metrics whose name contains "loss" go to the left plot, all others (accuracies, fidelity, …) to the right;
     names containing "train" are dashed, held-out metrics solid.
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        self.loss_plot = make_plot("", "", "loss")
+        self.loss_plot = make_plot("", "epoch", "loss")
         self.accuracy_plot = make_plot("", "epoch", "accuracy (%)")
-        self.accuracy_plot.setXLink(self.loss_plot)  # the x label is shared, so the top plot has none
+        self.accuracy_plot.setXLink(self.loss_plot)  # the same epochs in both
         self.loss_plot.setToolTip("Training and validation loss per epoch")
         self.accuracy_plot.setToolTip("Accuracy per epoch")
         super().__init__([(self.loss_plot, (-10, 10)), (self.accuracy_plot, (-10, -10))], parent)

@@ -69,6 +69,13 @@ def test_a_small_window_keeps_every_number_and_useful_curves(qtbot, window):
     assert window.curves.height() >= 240 and window.curves.overlay.height() >= 150
     assert window.tabs.height() >= 140
     assert window.curves.height() > window.tabs.height()  # the curves are the main view
+    window.threshold.spin.setValue(0.0)  # refused: the whole reason shows under the control
+    note = window.threshold.note
+    qtbot.waitUntil(lambda: note.isVisible() and note.height() >= note.heightForWidth(note.width()), timeout=1000)
+    window.tabs.setCurrentWidget(window.finetune_panel)
+    history = window.finetune_panel.history  # side by side, so both fit the short tab
+    qtbot.waitUntil(lambda: history.accuracy_plot.x() > 0, timeout=1000)
+    assert history.loss_plot.y() == history.accuracy_plot.y() and history.loss_plot.x() < history.accuracy_plot.x()
 
 
 def test_plot_legends_sit_outside_the_data_and_axes_are_not_rescaled(qtbot):
