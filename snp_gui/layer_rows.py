@@ -13,6 +13,8 @@ from snp_engine.api import Analysis
 def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
     """Rows for :meth:`snp_gui.layer_table.LayerTable.set_rows`, unpruned: prunable groups, then excluded layers."""
     params, flops = layer_costs(analysis, {})  # excluded rows keep these numbers
+    # one line per group whose statistics are singular (too few samples, dead or duplicate units)
+    warnings = {line.partition(": ")[0]: line.partition(": ")[2] for line in analysis.warnings()}
     rows = [
         {
             "name": g.name,
@@ -22,6 +24,7 @@ def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
             "explained": 1.0,
             "params": params.get(g.name, 0),
             "flops": flops.get(g.name, 0.0),
+            "warning": warnings.get(g.name),
         }
         for g in analysis.groups
     ]

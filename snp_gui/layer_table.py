@@ -61,6 +61,7 @@ class _Row:
     flops: float
     excluded_reason: str | None = None
     order: int = 0  # position in network order, to undo sorting
+    warning: str | None = None  # e.g. fewer calibration samples than units: shown as ⚠ with its reason
 
     def values(self) -> tuple:
         """Comparable value of each column (for sorting)."""
@@ -84,6 +85,8 @@ def _display(row: _Row, column: int) -> str:
         return DASH if row.explained is None else f"{100.0 * row.explained:.1f} %"
     if column in (PARAMS, FLOPS):
         return human_count(row.params if column == PARAMS else row.flops)
+    if column == LAYER and row.warning:
+        return f"{row.name} ⚠"
     return str((row.name, row.type, row.units, row.kept)[column])
 
 
@@ -130,7 +133,9 @@ class LayerTableModel(QAbstractTableModel):
             if role == Qt.ItemDataRole.ToolTipRole:
                 return f"Not pruned: {row.excluded_reason}"
         elif role == Qt.ItemDataRole.ToolTipRole and column == KEPT:
-            return f"Double-click to change (1 … {row.units})"
+            return f"Double-click to change (1 … {row.units})" + (f"\n\n⚠ {row.warning}" if row.warning else "")
+        elif role == Qt.ItemDataRole.ToolTipRole and row.warning:
+            return f"⚠ {row.warning}"
         if role == Qt.ItemDataRole.UserRole:
             return row.units  # the spin box editor's upper bound
         return None
@@ -199,6 +204,7 @@ class LayerTableModel(QAbstractTableModel):
                 float(r.get("flops", 0.0)),
                 r.get("excluded_reason"),
                 order,
+                r.get("warning"),
             )
             for order, r in enumerate(rows)
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
+
 from snp_engine.analysis import CURVES
 from snp_engine.datasources import DATA_SOURCES
 from snp_engine.modelsources import MODEL_SOURCES
@@ -42,3 +44,21 @@ def test_option_choosers_follow_the_engine(qtbot):
     assert _items(panel.ordering) == list(ORDERINGS)
     assert _items(panel.curve) == list(CURVES)
     assert sorted(_items(panel.compensation)) == sorted(c.value for c in Compensation)
+
+
+def test_a_group_with_too_few_samples_is_flagged_in_the_table(qtbot):
+    from snp_engine import api
+    from snp_engine.data import load_data
+    from snp_engine.models import load_model
+    from snp_gui.layer_rows import layer_rows
+    from snp_gui.layer_table import LayerTableModel
+
+    model = load_model("demo-vgg").model
+    analysis = api.analyze(model, load_data("digits"), samples=40)  # 40 samples for a 128-unit layer
+    table = LayerTableModel()
+    table.set_rows(layer_rows(analysis, model))
+    names = [table.name_at(row) for row in range(table.rowCount())]
+    flagged = table.index(names.index("classifier.1"), 0)
+    assert flagged.data() == "classifier.1 ⚠"
+    assert "40 calibration samples for 128 units" in flagged.data(Qt.ItemDataRole.ToolTipRole)
+    assert table.index(names.index("features.0"), 0).data() == "features.0"  # conv maps: plenty of samples
