@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="M", help="model spec or snp export")
     parser.add_argument(
-        "--data", required=True, metavar="D", help="calibration data, used whole: digits, an image folder or npz:PATH"
+        "--data",
+        required=True,
+        metavar="D",
+        help="calibration data: digits, an image folder or npz:PATH (a plain folder or x/y npz is used whole)",
     )
 
 
