@@ -139,7 +139,7 @@ def choose_fit(
     not made. Among the candidates, ties favour the sequential fit and the smaller ridge (so exactly
     dependent units are still removed exactly).
     """
-    total = _merged(folds)
+    total = Moments.union(folds)
     n = metric.shape[0]
     cov = total.covariance()
     energy = max(float((metric * cov[n:, n:]).sum()), 1e-300)
@@ -154,7 +154,7 @@ def choose_fit(
     # per-fold errors (relative to the output energy) of every candidate: (candidates, folds)
     errors = torch.zeros(len(candidates), len(folds), dtype=torch.float64)
     for index, held in enumerate(folds):
-        fit = _merged([f for j, f in enumerate(folds) if j != index])
+        fit = Moments.union([f for j, f in enumerate(folds) if j != index])
         for kind in (SEQUENTIAL, ONE_SHOT):
             rows = [i for i, c in enumerate(candidates) if c[0] == kind]
             found = heldout_errors(fit, held, metric, kept, kind, [candidates[i][1] for i in rows])
@@ -176,13 +176,6 @@ def choose_fit(
         float(mean[one_shot].min()),
         len(folds),
     )
-
-
-def _merged(parts: Sequence[Moments]) -> Moments:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)
-    return total
 
 
 __all__ = ["DEFAULT_FOLDS", "ONE_SHOT", "RELATIVE_RIDGES", "SEQUENTIAL", "FitChoice", "choose_fit", "heldout_errors"]

@@ -23,6 +23,7 @@ from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
+from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs, order_units
 from snp_engine.surgery import apply_reconstruction, drop_columns, remove_units
 
@@ -166,9 +167,7 @@ def _fit_sequential(
     )
     if distributed:
         all_reduce(parts)
-    joint = parts[0]
-    for part in parts[1:]:
-        joint = joint.merge(part)
+    joint = Moments.union(parts)
     parts = [part.to("cpu") for part in parts]
     n = g.units
     cov, mean = joint.covariance().cpu(), joint.mean().cpu()

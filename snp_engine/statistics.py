@@ -12,6 +12,7 @@ several batches or processes merge exactly by adding them (``merge`` / ``all_red
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,14 @@ class Moments:
     def merge(self, other: Moments) -> Moments:
         """Statistics of the union of both sample sets (exact)."""
         return Moments(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    @staticmethod
+    def union(parts: Sequence[Moments]) -> Moments:
+        """Statistics of the union of several disjoint sample sets (at least one), e.g. folds."""
+        total = parts[0]
+        for part in parts[1:]:
+            total = total.merge(part)
+        return total
 
     def all_reduce(self, group=None) -> None:
         """Sum the statistics over all processes of a ``torch.distributed`` group, in place."""
