@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from snp_engine import flops
 from snp_engine.groups import UnitGroup
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -113,12 +113,8 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> float:
 
 
 def total_macs(model: nn.Module, example_input: torch.Tensor) -> float:
-    """All MACs torch's FLOP counter sees for one sample (FLOPs / 2)."""
-    counter = FlopCounterMode(display=False)
-    model.eval()
-    with counter, torch.inference_mode():
-        model(example_input[:1])
-    return counter.get_total_flops() / 2
+    """All MACs of one sample, attention included (see :func:`snp_engine.flops.total_macs`)."""
+    return flops.total_macs(model, example_input)
 
 
 def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_input: torch.Tensor) -> CostModel:
@@ -158,5 +154,5 @@ def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_inpu
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, float]:
-    """(parameters, MACs per sample) of a model as it is."""
-    return sum(p.numel() for p in model.parameters()), total_macs(model, example_input)
+    """(parameters, MACs per sample) of a model as it is (see :func:`snp_engine.flops.count`)."""
+    return flops.count(model, example_input)
