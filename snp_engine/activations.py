@@ -1,7 +1,8 @@
 """Forward hooks that stream consumer inputs into :class:`~snp_engine.statistics.Moments`.
 
-Hooks sit at the *input* of each group's consumer layer, so the statistics describe exactly the
-tensor the consumer reads (after BatchNorm, activation and pooling of the producer).
+Hooks sit at the *input* of each reader of a group, so the statistics describe exactly the
+tensor that layer reads (after BatchNorm, activation and pooling of the producer, and for a
+residual stream after the skip connections summed so far).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from snp_engine.groups import UnitGroup
+from snp_engine.groups import Reader, UnitGroup
 from snp_engine.progress import Reporter
 from snp_engine.statistics import Moments, to_samples
 
@@ -54,22 +55,25 @@ def collect_moments(
     reporter: Reporter | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, Moments], dict[str, tuple[int, ...]]]:
-    """One pass over ``batches``: the moments of every group's consumer input, and that input's shape
-    (without the batch dimension, from the first batch)."""
+    """One pass over ``batches``: the moments of every reader's input, and that input's shape
+    (without the batch dimension, from the first batch), both keyed by the reader's module name
+    (a layer reads one group, so the name is unique)."""
     reporter = reporter or Reporter()
-    moments = {g.name: Moments.zeros(g.units, device) for g in groups}
+    readers = [(reader, g.units) for g in groups for reader in g.readers]
+    moments = {reader.consumer: Moments.zeros(units, device) for reader, units in readers}
     shapes: dict[str, tuple[int, ...]] = {}
     gen = torch.Generator().manual_seed(seed)
     handles = []
-    for group in groups:
+    for reader, units in readers:
 
-        def hook(_module, inputs, group=group):
+        def hook(_module, inputs, reader=reader, units=units):
             x = inputs[0]
-            shapes.setdefault(group.name, tuple(x.shape[1:]))
-            samples = _subsample(to_samples(x, group.layout, group.units), group.layout, max_positions, x.shape[0], gen)
-            moments[group.name].update(samples, group.consumer)
+            name, layout = reader.consumer, reader.layout
+            shapes.setdefault(name, tuple(x.shape[1:]))
+            samples = _subsample(to_samples(x, layout, units), layout, max_positions, x.shape[0], gen)
+            moments[name].update(samples, name)
 
-        handles.append(model.get_submodule(group.consumer).register_forward_pre_hook(hook))
+        handles.append(model.get_submodule(reader.consumer).register_forward_pre_hook(hook))
     try:
         model.eval()
         with torch.inference_mode():
@@ -87,21 +91,23 @@ def collect_moments(
 def collect_joint_moments(
     pruned: nn.Module,
     dense: nn.Module,
-    group: UnitGroup,
+    reader: Reader,
+    units: int,
     batches: Iterable,
     *,
     device: torch.device | str = "cpu",
     reporter: Reporter | None = None,
 ) -> Moments:
-    """Moments of z = [x̃; x] at one consumer's input: x̃ from the partly pruned network, x from the
-    dense one, on the same images. Both passes stop at that consumer."""
-    return collect_joint_folds(pruned, dense, group, batches, folds=1, device=device, reporter=reporter)[0]
+    """Moments of z = [x̃; x] at one reader's input: x̃ from the partly pruned network, x from the
+    dense one, on the same images. Both passes stop at that reader."""
+    return collect_joint_folds(pruned, dense, reader, units, batches, folds=1, device=device, reporter=reporter)[0]
 
 
 def collect_joint_folds(
     pruned: nn.Module,
     dense: nn.Module,
-    group: UnitGroup,
+    reader: Reader,
+    units: int,
     batches: Iterable,
     *,
     folds: int,
@@ -115,20 +121,20 @@ def collect_joint_folds(
     those of all images. The j-th image read here is image ``first_image + j·image_step`` of the
     whole set (a process's shard), so folds agree however the images are spread over processes."""
     reporter = reporter or Reporter()
-    parts = [Moments.zeros(2 * group.units, device) for _ in range(folds)]
+    parts = [Moments.zeros(2 * units, device) for _ in range(folds)]
     seen = 0
     captured: dict[str, torch.Tensor] = {}
 
     def capture(key):
         def hook(_module, inputs):
-            captured[key] = to_samples(inputs[0], group.layout, group.units)
+            captured[key] = to_samples(inputs[0], reader.layout, units)
             raise _StopForward
 
         return hook
 
     handles = [
-        pruned.get_submodule(group.consumer).register_forward_pre_hook(capture("pruned")),
-        dense.get_submodule(group.consumer).register_forward_pre_hook(capture("dense")),
+        pruned.get_submodule(reader.consumer).register_forward_pre_hook(capture("pruned")),
+        dense.get_submodule(reader.consumer).register_forward_pre_hook(capture("dense")),
     ]
     try:
         pruned.eval()
@@ -142,14 +148,14 @@ def collect_joint_folds(
                         model(images)
                 samples = torch.cat([captured["pruned"], captured["dense"]], dim=1)
                 if folds == 1:
-                    parts[0].update(samples, group.consumer)
+                    parts[0].update(samples, reader.consumer)
                 else:
                     per_image = samples.shape[0] // images.shape[0]  # rows are grouped image by image
                     local = torch.arange(images.shape[0], device=samples.device) + seen
                     fold = (first_image + local * image_step) % folds
                     fold = fold.repeat_interleave(per_image)
                     for index, part in enumerate(parts):
-                        part.update(samples[fold == index], group.consumer)
+                        part.update(samples[fold == index], reader.consumer)
                 seen += images.shape[0]
     finally:
         for handle in handles:

@@ -31,7 +31,7 @@ from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, execution_order, find_groups
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import keep_for_budget, keep_for_threshold, validate_keep
-from snp_engine.results import GroupAnalysis, Plan
+from snp_engine.results import GroupAnalysis, Plan, ReaderStatistics
 from snp_engine.runtime import (
     DEFAULT_BATCH_SIZE,
     CastImages,
@@ -66,10 +66,11 @@ def _ordered(
         inputs = g.inputs(seed)
         order = order_units(ordering, inputs)
         if curve_kind == "subspace":
-            curve = subspace_curve(inputs.covariance, order)
+            curve = subspace_curve(inputs.covariance, order, more=[c for c, _ in inputs.more])
         else:
-            metric = g.metric if curve_kind == "output" else None
-            curve = explained_curve(inputs.covariance, order, metric)
+            output = curve_kind == "output"
+            more = [(c, m if output else None) for c, m in inputs.more]
+            curve = explained_curve(inputs.covariance, order, g.metric if output else None, more=more)
         ordered.append(replace(g, order=order, curve=curve.cpu().numpy()))
     reporter.update(1.0, "orderings done")
     return ordered
@@ -276,6 +277,8 @@ class Analysis:
                     "consumer": g.group.consumer,
                     "units": g.units,
                     "layout": g.group.layout,
+                    "readers": [r.consumer for r in g.group.readers],
+                    "producers": list(g.group.all_producers),
                     "samples": g.samples,
                     "regularised": g.regularised,
                 }
@@ -301,6 +304,7 @@ def analyze(
     max_positions: int | None = None,
     seed: int = 0,
     distributed: bool = False,
+    coupled: bool = True,
     reporter: Reporter | None = None,
     info: dict | None = None,
 ) -> Analysis:
@@ -309,6 +313,8 @@ def analyze(
     ``data`` is a Dataset of (image, label) pairs, a DataLoader or a DataBundle (its calibration
     split). ``max_positions`` caps the spatial positions sampled per image for conv features.
     With ``distributed=True`` the statistics are summed over all ``torch.distributed`` processes.
+    ``coupled=False`` leaves coupled groups (residual streams, gated channels, channels read by
+    several layers; see :mod:`snp_engine.groups`) unpruned.
     """
     reporter = reporter or Reporter()
     device = resolve_device(device)
@@ -319,12 +325,13 @@ def analyze(
         example = first_example(loader, device, dtype)
         reporter.update(0.0, "finding prunable layers")
         check_forward(model, example)
-        groups, excluded = find_groups(model, example)
+        groups, excluded = find_groups(model, example, coupled=coupled)
         if not groups:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in excluded[:5])
             raise AnalysisError(f"no prunable layers found: {reasons}")
         groups = execution_order(model, groups, example)
-        norms = following_norms(model, [g.consumer for g in groups], example)
+        readers = [r.consumer for g in groups for r in g.readers]
+        norms = following_norms(model, readers, example)
         costs = build_cost_model(model, groups, example)
         moments, shapes = collect_moments(
             model,
@@ -339,24 +346,34 @@ def analyze(
         if distributed:
             for m in moments.values():
                 m.all_reduce()
+
+        def statistics_of(group, reader) -> ReaderStatistics:
+            consumer = model.get_submodule(reader.consumer)
+            shape = shapes[reader.consumer]
+            coverage = None
+            if reader.layout == "conv":
+                coverage = tap_coverage(
+                    consumer.kernel_size, shape[1:], consumer.stride, consumer.padding, consumer.dilation
+                )
+            taps = weight_taps(consumer, reader.layout, group.units)
+            metric = consumer_metric(taps, coverage).cpu()
+            return ReaderStatistics(
+                reader, moments[reader.consumer].to("cpu"), shape, metric, norms.get(reader.consumer), coverage
+            )
+
         analysed = []
         for group in groups:
-            consumer = model.get_submodule(group.consumer)
-            coverage = None
-            if group.layout == "conv":
-                coverage = tap_coverage(
-                    consumer.kernel_size, shapes[group.name][1:], consumer.stride, consumer.padding, consumer.dilation
-                )
-            taps = weight_taps(consumer, group)
+            first, *more = (statistics_of(group, reader) for reader in group.readers)
             analysed.append(
                 GroupAnalysis(
                     group,
-                    moments[group.name].to("cpu"),
-                    shapes[group.name],
-                    consumer_metric(taps, coverage).cpu(),
+                    first.moments,
+                    first.input_shape,
+                    first.metric,
                     producer_l1(model, group).cpu(),
-                    norms.get(group.consumer),
-                    coverage,
+                    first.norm,
+                    first.coverage,
+                    more=tuple(more),
                 )
             )
         images = total_over_processes(len(loader.dataset)) if distributed else len(loader.dataset)
@@ -420,18 +437,18 @@ def check_analysis_fits(analysis: Analysis, model: nn.Module, input_shape: Seque
             f"but the data now has shape {input_shape}; re-run snp analyze or use --input-size"
         )
     example = torch.zeros((1, *input_shape), dtype=model_dtype(model), device=next(model.parameters()).device)
-    found = {(g.name, g.consumer, g.units) for g in find_groups(model, example)[0]}
-    stored = {(g.group.name, g.group.consumer, g.units) for g in analysis.groups}
-    if stored != found:
+    found = {(g.name, g.readers, g.units) for g in find_groups(model, example)[0]}
+    stored = {(g.group.name, g.group.readers, g.units) for g in analysis.groups}
+    if not stored <= found:
         missing = sorted(f"{name} ({units} units)" for name, _, units in stored - found)
         detail = f"; not in the model: {', '.join(missing[:4])}" if missing else ""
         raise SnpError(f"the statistics do not belong to this model: its prunable layers differ{detail}")
-    for g in analysis.groups:
-        kernel = getattr(model.get_submodule(g.group.consumer), "kernel_size", None)
-        if g.coverage is not None and kernel is not None and tuple(g.coverage.shape) != tuple(kernel):
+    for r in (r for g in analysis.groups for r in g.readers):
+        kernel = getattr(model.get_submodule(r.consumer), "kernel_size", None)
+        if r.coverage is not None and kernel is not None and tuple(r.coverage.shape) != tuple(kernel):
             raise SnpError(
-                f"the statistics do not belong to this model: {g.group.consumer} has a {tuple(kernel)} kernel, "
-                f"the statistics one of {tuple(g.coverage.shape)}"
+                f"the statistics do not belong to this model: {r.consumer} has a {tuple(kernel)} kernel, "
+                f"the statistics one of {tuple(r.coverage.shape)}"
             )
 
 

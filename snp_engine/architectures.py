@@ -247,20 +247,28 @@ def check_exportable(arch: str) -> None:
         )
 
 
-def constructor_kwargs(model: nn.Module, arch: str, num_classes: int) -> dict[str, Any]:
-    """Constructor arguments that the base architecture needs to come out with the same shapes."""
+def constructor_kwargs(
+    model: nn.Module, arch: str, num_classes: int, units: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """Constructor arguments that the base architecture needs to come out with the same shapes.
+
+    ``units`` are the base network's unit counts per pruned group (a pruning record's): where a
+    constructor argument is a width that pruning may have changed, the base width is taken from it.
+    """
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    units = units or {}
     if arch in DEMO_MODELS:
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         if first is not None:
             kwargs["in_channels"] = int(first.in_channels)
         if isinstance(model, DemoResNet):
-            # conv1 and each stage's output are residual streams, which are never pruned
-            kwargs["widths"] = [
-                int(model.conv1.out_channels),
-                int(model.layer2[0].conv2.out_channels),
-                int(model.layer3[0].conv2.out_channels),
-            ]
+            # each stage's residual stream is one group, named after its first producer
+            streams = {
+                "conv1": model.conv1,
+                "layer2.0.conv2": model.layer2[0].conv2,
+                "layer3.0.conv2": model.layer3[0].conv2,
+            }
+            kwargs["widths"] = [int(units.get(name, conv.out_channels)) for name, conv in streams.items()]
         return kwargs
     if isinstance(getattr(model, "image_size", None), int):
         kwargs["image_size"] = int(model.image_size)

@@ -121,8 +121,10 @@ def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_inpu
     """Measure per-layer costs of ``model`` for one input sample."""
     role: dict[str, dict[str, str]] = {}
     for group in groups:
-        role.setdefault(group.name, {})["out_group"] = group.name
-        role.setdefault(group.consumer, {})["in_group"] = group.name
+        for producer in group.all_producers:
+            role.setdefault(producer, {})["out_group"] = group.name
+        for reader in group.readers:
+            role.setdefault(reader.consumer, {})["in_group"] = group.name
         for name in group.channelwise:
             role.setdefault(name, {})["channel_group"] = group.name
 

@@ -100,9 +100,12 @@ def export_model(
     earlier = dict(base or {})
     if arch_kwargs is None and earlier.get("arch") == arch and earlier.get("num_classes") == num_classes:
         arch_kwargs = earlier.get("arch_kwargs")
-    kwargs = dict(arch_kwargs) if arch_kwargs is not None else constructor_kwargs(model, arch, num_classes)
-    reference = cpu_eval_copy(model)
     pruning = _relative_to_base(pruning.to_dict() if pruning else {}, earlier.get("pruning") or {})
+    if arch_kwargs is not None:
+        kwargs = dict(arch_kwargs)
+    else:
+        kwargs = constructor_kwargs(model, arch, num_classes, pruning.get("units"))
+    reference = cpu_eval_copy(model)
     stored = reference
     if pruning and not pruning.get("physical", True):
         stored = _physically_pruned(reference, pruning, input_shape)

@@ -1,20 +1,36 @@
 """Find the prunable unit groups of any network built from standard layers.
 
-A *unit group* is a set of channels/neurons produced by one layer (conv or linear), possibly
-passed through channel-wise layers (BatchNorm, activations, pooling, depthwise convs, a flatten)
-and read by exactly one consumer (conv or linear). SNP measures the units at the consumer's
-input, removes them from the producer and compensates the consumer.
+A *unit group* is a set of channels/neurons with one index: unit i is channel i of every tensor
+the group couples. It is produced by one or more layers (conv or linear), passed through
+channel-wise operations (BatchNorm, activations, pooling, depthwise convs, a flatten, and the sums
+and products of skip connections and squeeze-excitation gates, which combine channel i only with
+channel i) and read by one or more *readers* (conv or linear layers). SNP measures the units at
+every reader's input, removes them from every producer and compensates every reader.
+
+The simple case is one producer and one reader (a VGG layer, a ResNet block's inner channels).
+*Coupled* groups have more:
+
+- a residual stream x_b = x_{b-1} + f_b(x_{b-1}): producers are the stem and each block's last
+  conv (and a downsample), readers each block's first conv, the next downsample and the
+  classifier; removing channel i removes it from every x_b at once;
+- a squeeze-excitation gate x ⊙ σ(W₂ δ(W₁ pool(x))): the gate's expand layer W₂ is a producer of
+  the gated channels, the reduce layer W₁ one of their readers;
+- channels read by several layers (the branches of an inception block).
+
+Each reader r sees its own tensor x_r (the stream after a different number of blocks), so the
+statistics, the least-squares compensation x_r ≈ c_r + A_r x_{r,K} and the consumer metric M_r
+are per reader; the ordering and the curve combine the readers (see :mod:`snp_engine.subspace`).
 
 torch-pruning's dependency graph (DepGraph) tells which layers are coupled by a channel
 dimension. Groups it reports that do not fit the pattern are listed as *excluded* with a reason:
-the network output, residual-stream channels that are coupled across blocks (summed by skip
-connections), channels read by several layers, or channels that pass through a non-channel-wise
-operation (attention, layer norm, concatenation, …).
+the network output, or channels that pass through an operation that mixes channels (attention,
+layer norm, concatenation, …) or a layer snp cannot compensate (a grouped convolution).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,23 +61,62 @@ _CHANNELWISE_OPS = (
     "TBackward",
     "Addmm",
     "View",
+    "Hardsigmoid",
+    # a skip connection's sum and a squeeze-excitation gate's product combine channel i with channel i
+    "Add",
+    "Mul",
 )
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
-class UnitGroup:
-    """One prunable group: ``units`` outputs of ``producer`` read by ``consumer``."""
+class Reader:
+    """A layer that reads a group's units, and how its input is laid out: ``"conv"`` (a conv
+    reader), ``"linear"`` (a linear reader, any leading dims) or ``"flatten"`` (a linear reader of a
+    flattened map)."""
 
-    name: str  # the producing layer's module name, which users refer to
+    consumer: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """One prunable group: ``units`` outputs of ``producer`` read by ``consumer`` (the first reader
+    in execution order) and, for coupled groups, by ``more_readers`` and produced by ``producers``."""
+
+    name: str  # the (first) producing layer's module name, which users refer to
     consumer: str
     units: int
-    layout: str  # "conv" (conv consumer), "linear" (linear consumer, any leading dims), "flatten"
+    layout: str  # the first reader's layout, see Reader
     channelwise: tuple[str, ...] = ()  # BatchNorm / depthwise conv modules carried along
+    more_readers: tuple[Reader, ...] = ()
+    producers: tuple[str, ...] = ()  # every producing layer, ``name`` first; empty means (name,)
 
     @property
     def producer(self) -> str:
         return self.name
+
+    @property
+    def readers(self) -> tuple[Reader, ...]:
+        """Every reader, the first (``consumer``) first."""
+        return (Reader(self.consumer, self.layout), *self.more_readers)
+
+    @property
+    def all_producers(self) -> tuple[str, ...]:
+        return self.producers or (self.name,)
+
+    @property
+    def coupling(self) -> str:
+        """In words, what couples the group ('' for one producer and one reader)."""
+        producers, readers = len(self.all_producers), len(self.readers)
+        if producers > 1:
+            return f"produced by {producers} layers, read by {readers}"
+        return f"read by {readers} layers" if readers > 1 else ""
+
+    @property
+    def coupled(self) -> bool:
+        """True for a group with several producers or readers (a residual stream, a gate, …)."""
+        return bool(self.more_readers) or len(self.all_producers) > 1
 
 
 @dataclass(frozen=True)
@@ -110,6 +165,8 @@ def _classify(dependencies, names: dict[nn.Module, str], graph_units: int):
                 blockers.append(op.replace("Backward0", "").replace("Backward1", ""))
         elif type(module).__name__ in ("_ReshapeOp", "_FlattenOp"):
             continue
+        elif isinstance(module, nn.Conv2d):
+            blockers.append(f"{name} (grouped convolution)")
         else:
             blockers.append(type(module).__name__ if name is None else f"{name} ({type(module).__name__})")
     return producers, consumers, channelwise, blockers
@@ -119,62 +176,126 @@ def _units_of(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
-def find_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[list[UnitGroup], list[ExcludedGroup]]:
-    """All prunable unit groups of ``model`` and the excluded ones with their reasons."""
+def _layout(model: nn.Module, consumer: str, units: int) -> str:
+    module = model.get_submodule(consumer)
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    return "linear" if module.in_features == units else "flatten"
+
+
+# what stops a group, in words a user knows: (substring of torch-pruning's op or grad_fn name, words)
+_BLOCKER_WORDS = (
+    ("Attention", "attention"),
+    ("LayerNorm", "a layer norm"),
+    ("GroupNorm", "a group norm"),
+    ("Concat", "a concatenation"),
+    ("Cat", "a concatenation"),
+    ("Split", "a channel split"),
+    ("Unbind", "a channel split"),
+    ("Slice", "a channel slice"),
+    ("Expand", "a broadcast"),
+    ("Parameter", "a learned tensor outside a layer"),
+    ("grouped", "a grouped convolution"),
+    ("Permute", "a reshape"),
+    ("Transpose", "a reshape"),
+    ("Select", "a reshape"),
+    ("Squeeze", "a reshape"),
+)
+
+
+def _describe_blockers(blockers: list[str]) -> str:
+    """The operations that stop a group, in words a user knows (not torch-pruning's op classes),
+    followed by the layers involved where the operation is a layer."""
+    described, layers = [], []
+    for blocker in blockers:
+        words = next((text for key, text in _BLOCKER_WORDS if key.lower() in blocker.lower()), None)
+        if words is None:
+            words = blocker.split(" (")[0] if " (" not in blocker else blocker.split(" (")[1].rstrip(")")
+            words = f"a {words} operation"
+        if words not in described:
+            described.append(words)
+        if " (" in blocker and blocker.split(" (")[0] not in layers:
+            layers.append(blocker.split(" (")[0])
+    if len(described) > 1 and "a reshape" in described:
+        described.remove("a reshape")  # only worth saying when nothing else stops the group
+    rank = [text for _, text in _BLOCKER_WORDS]
+    described.sort(key=lambda text: rank.index(text) if text in rank else len(rank))
+    where = f" ({', '.join(layers[:3])}{', …' if len(layers) > 3 else ''})" if layers else ""
+    return ", ".join(described) + where
+
+
+def find_groups(
+    model: nn.Module, example_input: torch.Tensor, *, coupled: bool = True
+) -> tuple[list[UnitGroup], list[ExcludedGroup]]:
+    """All prunable unit groups of ``model`` and the excluded ones with their reasons.
+
+    ``coupled=False`` keeps only groups with one producer and one reader (the behaviour of
+    pruning that leaves residual streams and gates alone).
+    """
     model.eval()
     graph = build_dependency_graph(model, example_input)
     names = {module: name for name, module in model.named_modules()}
+    calls = call_order(model, [name for name, m in model.named_modules() if _is_prunable_linear_op(m)], example_input)
     groups, excluded, seen = [], [], set()
     for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
         producers, consumers, channelwise, blockers = _classify(group, names, 0)
-        producers = [p for p in producers if p is not None]
+        producers = sorted(
+            (p for p in dict.fromkeys(producers) if p is not None), key=lambda p: calls.get(p, len(calls))
+        )
+        consumers = sorted(
+            (c for c in dict.fromkeys(consumers) if c is not None), key=lambda c: calls.get(c, len(calls))
+        )
         if not producers or producers[0] in seen:
             continue
         seen.update(producers)
-        module = model.get_submodule(producers[0])
-        units = _units_of(module)
+        units = _units_of(model.get_submodule(producers[0]))
         label = producers[0]
-        if len(producers) > 1:
-            excluded.append(
-                ExcludedGroup(
-                    label,
-                    units,
-                    f"residual stream: channels coupled across {len(producers)} layers ({', '.join(producers[:4])}"
-                    + (", …)" if len(producers) > 4 else ")"),
-                )
-            )
-        elif blockers:
-            excluded.append(ExcludedGroup(label, units, f"passes through {', '.join(sorted(set(blockers)))}"))
+        if blockers:
+            excluded.append(ExcludedGroup(label, units, f"passes through {_describe_blockers(blockers)}"))
         elif not consumers:
             excluded.append(ExcludedGroup(label, units, "network output"))
-        elif len(consumers) > 1:
+        elif not coupled and len(producers) > 1:
+            listed = ", ".join(producers[:4]) + (", …" if len(producers) > 4 else "")
+            excluded.append(ExcludedGroup(label, units, f"coupled across {len(producers)} layers ({listed})"))
+        elif not coupled and len(consumers) > 1:
             excluded.append(ExcludedGroup(label, units, f"read by several layers ({', '.join(consumers)})"))
         else:
-            consumer = model.get_submodule(consumers[0])
-            if isinstance(consumer, nn.Conv2d):
-                layout = "conv"
-            elif consumer.in_features == units:
-                layout = "linear"
-            else:
-                layout = "flatten"
-            groups.append(UnitGroup(label, consumers[0], units, layout, tuple(c for c in channelwise if c)))
+            readers = [Reader(c, _layout(model, c, units)) for c in consumers]
+            groups.append(
+                UnitGroup(
+                    label,
+                    readers[0].consumer,
+                    units,
+                    readers[0].layout,
+                    tuple(c for c in channelwise if c),
+                    tuple(readers[1:]),
+                    tuple(producers) if len(producers) > 1 else (),
+                )
+            )
     return groups, excluded
 
 
-def execution_order(model: nn.Module, groups: list[UnitGroup], example_input: torch.Tensor) -> list[UnitGroup]:
-    """``groups`` sorted by when their consumer runs in a forward pass (front to back)."""
+def call_order(model: nn.Module, modules: Sequence[str], example_input: torch.Tensor) -> dict[str, int]:
+    """The position at which each of ``modules`` is first called in a forward pass of
+    ``example_input`` (modules that are never called are missing)."""
     first_call: dict[str, int] = {}
     handles = []
-    for group in groups:
+    for name in dict.fromkeys(modules):
 
-        def hook(_module, _inputs, name=group.consumer):
+        def hook(_module, _inputs, name=name):
             first_call.setdefault(name, len(first_call))
 
-        handles.append(model.get_submodule(group.consumer).register_forward_pre_hook(hook))
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():
             model(example_input)
     finally:
         for handle in handles:
             handle.remove()
+    return first_call
+
+
+def execution_order(model: nn.Module, groups: list[UnitGroup], example_input: torch.Tensor) -> list[UnitGroup]:
+    """``groups`` sorted by when their first reader runs in a forward pass (front to back)."""
+    first_call = call_order(model, [g.consumer for g in groups], example_input)
     return sorted(groups, key=lambda g: first_call.get(g.consumer, len(first_call)))

@@ -1,8 +1,9 @@
 """Pruning a network to a plan: compensation of each consumer, then physical removal of units.
 
-``prune`` defaults to sequential calibration: groups are pruned front to back and each consumer is
-fitted towards the *dense* network's activations, so compensation also absorbs the error of the
-groups pruned before it. One-shot pruning compensates every consumer from the analysis' dense
+``prune`` defaults to sequential calibration: readers are fitted front to back, each towards the
+*dense* network's activations at its input, so compensation also absorbs the error of everything
+pruned before it. A coupled group (a residual stream) keeps the same units at all its readers and
+each reader gets its own fit. One-shot pruning compensates every reader from the analysis' dense
 statistics alone.
 """
 
@@ -19,9 +20,10 @@ from snp_engine.compensation import compensation_ridge, one_shot_reconstruction,
 from snp_engine.distributed import all_reduce, position
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
+from snp_engine.groups import call_order
 from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord
+from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
 from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs, order_units
@@ -52,7 +54,8 @@ def prune(
     analysis. Sequential (default, needs ``data``) prunes groups front to back, re-measuring each
     consumer's input on the partly pruned network and fitting it towards the dense network.
     By default it keeps exactly the units of ``plan`` (what the user saw); ``reselect=True``
-    re-runs the ordering on the partly pruned network's statistics instead. Consumers of groups
+    re-runs the ordering on the partly pruned network's statistics instead (for groups with one
+    reader; a coupled group keeps the plan's units at all its readers). Consumers of groups
     that keep every unit are left as they are (so pruning only the first group equals one-shot);
     ``refit_unpruned=True`` refits them too, towards the dense network, once anything upstream
     was pruned.
@@ -80,35 +83,34 @@ def prune(
         kept_now: dict[str, tuple[int, ...]] = {}
         fits: dict[str, dict] = {}
         upstream_pruned = False
-        for index, g in enumerate(analysis.groups):
+        steps = _reader_steps(dense, analysis, device)
+        for index, (g, reader) in enumerate(steps):
             reporter.check()
-            reporter.update(index / len(analysis.groups), f"pruning {g.name}")
+            reporter.update(index / len(steps), f"pruning {g.name}" + (f" at {reader.consumer}" if g.more else ""))
             k = plan.keep.get(g.name, g.units)
-            kept = torch.tensor(plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long)
+            chosen = kept_now.get(g.name)  # set for the further readers of a coupled group
+            kept = torch.tensor(
+                chosen if chosen is not None else plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long
+            )
             if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
-                step = Scaled(reporter, index / len(analysis.groups), (index + 1) / len(analysis.groups))
+                step = Scaled(reporter, index / len(steps), (index + 1) / len(steps))
+                select = k if reselect and not g.more else kept
                 kept, choice = _fit_sequential(
-                    pruned,
-                    dense,
-                    g,
-                    kept if not reselect else k,
-                    analysis,
-                    loader,
-                    device,
-                    step,
-                    heldout_folds,
-                    distributed,
+                    pruned, dense, g, reader, select, analysis, loader, device, step, heldout_folds, distributed
                 )
                 if choice is not None:
-                    fits[g.name] = choice.to_dict()
+                    key = g.name if reader.reader == g.group.readers[0] else f"{g.name}:{reader.consumer}"
+                    fits[key] = choice.to_dict()
             elif k < g.units:
                 if compensate:
-                    cov, mean = g.moments.covariance(), g.moments.mean()
-                    ridge = compensation_ridge(cov, len(kept), g.samples)
+                    cov, mean = reader.moments.covariance(), reader.moments.mean()
+                    ridge = compensation_ridge(cov, len(kept), reader.moments.samples)
                     mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge)
-                    apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
+                    apply_reconstruction(
+                        pruned, reader.reader, g.units, kept, mapping, offset, reader.coverage, reader.norm
+                    )
                 else:
-                    drop_columns(pruned, g.group, kept)
+                    drop_columns(pruned, reader.reader, g.units, kept)
             kept_now[g.name] = tuple(int(i) for i in kept.tolist())
             upstream_pruned = upstream_pruned or k < g.units
         if physical:
@@ -131,10 +133,20 @@ def prune(
         return Pruned(pruned, record)
 
 
+def _reader_steps(model: nn.Module, analysis: Analysis, device) -> list[tuple[GroupAnalysis, ReaderStatistics]]:
+    """Every (group, reader) pair in the order the readers run, so that each reader is fitted
+    after everything upstream of it (a residual stream's readers sit between other groups)."""
+    example = torch.zeros((1, *analysis.input_shape), device=device, dtype=model_dtype(model))
+    steps = [(g, r) for g in analysis.groups for r in g.readers]
+    calls = call_order(model, [r.consumer for _, r in steps], example)
+    return sorted(steps, key=lambda step: calls.get(step[1].consumer, len(calls)))
+
+
 def _fit_sequential(
     pruned,
     dense,
     g: GroupAnalysis,
+    reader: ReaderStatistics,
     kept: torch.Tensor | int,
     analysis: Analysis,
     loader,
@@ -143,7 +155,7 @@ def _fit_sequential(
     folds: int = DEFAULT_FOLDS,
     distributed: bool = False,
 ) -> tuple[torch.Tensor, FitChoice | None]:
-    """Fit the consumer towards the dense input from the kept units of the partly pruned network.
+    """Fit one reader towards its dense input from the kept units of the partly pruned network.
 
     ``kept`` is either the indices to keep, or a count: then the units are re-selected with the
     analysis' ordering on the partly pruned network's covariance. With ``folds`` > 1 the fit (kind
@@ -157,7 +169,8 @@ def _fit_sequential(
     parts = collect_joint_folds(
         pruned,
         dense,
-        g.group,
+        reader.reader,
+        g.units,
         loader,
         folds=folds,
         first_image=rank,
@@ -173,11 +186,11 @@ def _fit_sequential(
     cov, mean = joint.covariance().cpu(), joint.mean().cpu()
     own_cov, cross = cov[:n, :n], cov[n:, :n]
     if isinstance(kept, int):
-        inputs = OrderingInputs(own_cov, g.metric, g.weight_l1, analysis.seed)
+        inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed)
         kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
     k = kept.shape[0]
     formula = compensation_ridge(own_cov, k, joint.samples)
-    choice = choose_fit(parts, g.metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
+    choice = choose_fit(parts, reader.metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
     if choice is not None and choice.kind == ONE_SHOT:
         mapping, offset = one_shot_reconstruction(cov[n:, n:], mean[n:], kept, choice.ridge)
     else:
@@ -185,7 +198,7 @@ def _fit_sequential(
         prior = torch.zeros(n, k, dtype=cov.dtype)
         prior[kept, torch.arange(k)] = 1
         mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept], ridge, prior)
-    apply_reconstruction(pruned, g.group, kept, mapping, offset, g.coverage, g.norm)
+    apply_reconstruction(pruned, reader.reader, n, kept, mapping, offset, reader.coverage, reader.norm)
     return kept, choice
 
 

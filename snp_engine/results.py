@@ -17,14 +17,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from snp_engine.groups import UnitGroup
+from snp_engine.groups import Reader, UnitGroup
 from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs
 
 
 @dataclass(frozen=True, eq=False)
+class ReaderStatistics:
+    """What one reader of a group saw: the moments of its input, that input's shape, its consumer
+    metric M (n×n), the BatchNorm right after it (where constants are folded) and, for a conv
+    reader, the fraction of output positions each kernel tap reads inside the padded input."""
+
+    reader: Reader
+    moments: Moments
+    input_shape: tuple[int, ...]
+    metric: torch.Tensor
+    norm: str | None
+    coverage: torch.Tensor | None = None
+
+    @property
+    def consumer(self) -> str:
+        return self.reader.consumer
+
+
+@dataclass(frozen=True, eq=False)
 class GroupAnalysis:
-    """Statistics, ordering and explained-variance curve of one unit group."""
+    """Statistics, ordering and explained-variance curve of one unit group.
+
+    ``moments`` … ``coverage`` are those of the first reader; a coupled group carries its further
+    readers' statistics in ``more`` (see :attr:`readers` for all of them).
+    """
 
     group: UnitGroup
     moments: Moments
@@ -35,6 +57,7 @@ class GroupAnalysis:
     coverage: torch.Tensor | None = None
     order: torch.Tensor | None = None
     curve: np.ndarray | None = None
+    more: tuple[ReaderStatistics, ...] = ()
 
     @property
     def name(self) -> str:
@@ -45,23 +68,36 @@ class GroupAnalysis:
         return self.group.units
 
     @property
+    def readers(self) -> tuple[ReaderStatistics, ...]:
+        """Every reader's statistics, the first reader's first."""
+        first = ReaderStatistics(
+            self.group.readers[0], self.moments, self.input_shape, self.metric, self.norm, self.coverage
+        )
+        return (first, *self.more)
+
+    @property
     def samples(self) -> int:
-        return self.moments.samples
+        """Samples behind the statistics (the fewest over the readers)."""
+        return min(r.moments.samples for r in self.readers)
 
     @property
     def regularised(self) -> bool:
-        """True where the covariance is singular (dead/duplicate units or fewer samples than units),
+        """True where a covariance is singular (dead/duplicate units or fewer samples than units),
         so the ridge, not the data, decides part of the ordering."""
         return self.samples <= self.units or bool(self.rank_deficient)
 
     @functools.cached_property
     def rank_deficient(self) -> bool:
-        cov = self.moments.covariance()
-        scale = float(torch.diagonal(cov).max().clamp_min(1e-300))
-        return bool(torch.linalg.eigvalsh(cov).min() < 1e-10 * scale)
+        for reader in self.readers:
+            cov = reader.moments.covariance()
+            scale = float(torch.diagonal(cov).max().clamp_min(1e-300))
+            if bool(torch.linalg.eigvalsh(cov).min() < 1e-10 * scale):
+                return True
+        return False
 
     def inputs(self, seed: int = 0) -> OrderingInputs:
-        return OrderingInputs(self.moments.covariance(), self.metric, self.weight_l1, seed)
+        more = tuple((r.moments.covariance(), r.metric) for r in self.more)
+        return OrderingInputs(self.moments.covariance(), self.metric, self.weight_l1, seed, more)
 
 
 @dataclass(frozen=True)
@@ -99,7 +135,7 @@ class Plan:
         }
 
 
-__all__ = ["GroupAnalysis", "Plan"]
+__all__ = ["GroupAnalysis", "Plan", "Pruned", "PruningRecord", "ReaderStatistics"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ small ridge r·I added before factorising; :func:`ridge_for` picks it relative t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,13 +73,22 @@ def explained_curve(
     order: torch.Tensor,
     metric: torch.Tensor | None = None,
     ridge: float | None = None,
+    more: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = (),
 ) -> torch.Tensor:
     """Fraction explained when keeping the first k units of ``order``, for k = 0 … n (length n+1).
 
     E(k) = Σ_{j≤k} R₋ⱼᵀ M R₋ⱼ / tr(M C): with M = I (default) the fraction of the layer's total
     activation variance that a least-squares reconstruction from the first k units recovers; with
     M the consumer metric, the fraction of the consumer's output energy. Monotone, E(0)=0, E(n)=1.
+
+    A group read by several layers passes the further readers' (covariance, metric) pairs as
+    ``more`` (``metric`` applies to the first reader only; each further pair names its own): then
+    E(k) = (1/R) Σ_r E_r(k), the mean over the R readers of the share each one keeps, so that a
+    reader with a large output scale does not drown the others.
     """
+    if more:
+        readers = [(cov, metric), *more]
+        return sum(explained_curve(c, order, m, ridge) for c, m in readers) / len(readers)
     factor = cholesky_in_order(cov, order, ridge)
     if metric is None:
         gains = (factor**2).sum(0)
@@ -89,8 +98,14 @@ def explained_curve(
     return _cumulative_fraction(gains)
 
 
-def subspace_curve(cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
-    """The paper's cumulative subspace variance F(k) = Σ_{i≤k} dᵢ / Σᵢ dᵢ, k = 0 … n."""
+def subspace_curve(
+    cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None, more: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
+    """The paper's cumulative subspace variance F(k) = Σ_{i≤k} dᵢ / Σᵢ dᵢ, k = 0 … n (for several
+    readers, ``more`` being the further readers' covariances: the mean of their curves)."""
+    if more:
+        covariances = [cov, *more]
+        return sum(subspace_curve(c, order, ridge) for c in covariances) / len(covariances)
     return _cumulative_fraction(residual_variances(cov, order, ridge))
 
 
@@ -108,12 +123,29 @@ def _cumulative_fraction(gains: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OrderingInputs:
-    """What an ordering may look at for one group."""
+    """What an ordering may look at for one group: the covariance and consumer metric at its
+    (first) reader and, for a group read by several layers, ``more`` (covariance, metric) pairs."""
 
     covariance: torch.Tensor
     metric: torch.Tensor | None = None  # consumer metric M (n×n), see compensation.consumer_metric
     weight_l1: torch.Tensor | None = None  # L1 norm of each unit's producing filter
     seed: int = 0
+    more: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] = ()
+
+    @property
+    def readers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return [(self.covariance, self.metric), *self.more]
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """One covariance for orderings that look at one: the first reader's, or for several
+        readers Σ_r C_r / tr(C_r) (every reader weighted equally, as in the curves)."""
+        if not self.more:
+            return self.covariance
+        total = torch.zeros_like(self.covariance)
+        for cov, _ in self.readers:
+            total += cov / max(float(torch.diagonal(cov).sum()), 1e-300)
+        return total
 
 
 def order_identity(inputs: OrderingInputs) -> torch.Tensor:
@@ -129,7 +161,7 @@ def order_random(inputs: OrderingInputs) -> torch.Tensor:
 
 def order_variance(inputs: OrderingInputs) -> torch.Tensor:
     """Descending activation variance Cᵢᵢ (ignores redundancy)."""
-    return torch.argsort(torch.diagonal(inputs.covariance), descending=True, stable=True)
+    return torch.argsort(torch.diagonal(inputs.pooled), descending=True, stable=True)
 
 
 def order_l1(inputs: OrderingInputs) -> torch.Tensor:
@@ -154,13 +186,13 @@ def zca_scores(cov: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
 
 def order_zca(inputs: OrderingInputs) -> torch.Tensor:
     """The paper's ordering: descending unnormalised-ZCA score (one-shot, order-free)."""
-    return torch.argsort(zca_scores(inputs.covariance), descending=True, stable=True)
+    return torch.argsort(zca_scores(inputs.pooled), descending=True, stable=True)
 
 
 def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
     """Pivoted Cholesky: repeatedly keep the unit with the largest residual variance S_jj given the
     units kept so far (S = C − C₋K C_KK⁻¹ C_K₋, updated by rank-one steps, O(n²) each)."""
-    cov = regularised(inputs.covariance, ridge_for(inputs.covariance))
+    cov = regularised(inputs.pooled, ridge_for(inputs.pooled))
     n = cov.shape[0]
     residual = cov.clone()
     available = torch.ones(n, dtype=torch.bool, device=cov.device)
@@ -178,12 +210,22 @@ def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
 EXACT_GREEDY_UNITS = 512
 
 
-def forward_greedy(cov: torch.Tensor, metric: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
+def forward_greedy(
+    cov: torch.Tensor,
+    metric: torch.Tensor | None = None,
+    block: int | None = None,
+    more: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = (),
+) -> torch.Tensor:
     """Greedy forward selection minimising E(K) = tr(M S|K), S|K the residual covariance given K.
 
     Keeping unit j lowers E by s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
     S ← S − s_j s_jᵀ / S_jj and G = M S ← G − (M s_j) s_jᵀ / S_jj. O(n²) per step, O(n³) in all.
     With M = I it keeps the unit that explains most of the remaining total variance.
+
+    A group read by several layers (``more`` holds the further readers' (C_r, M_r), ``None`` for
+    M_r = I) minimises Σ_r tr(M_r S_r|K) / tr(M_r C_r): every reader's share of lost output
+    energy, summed — the gain of unit j is the weighted sum of its gains at the readers, and each
+    reader's S_r, G_r is updated as above. O(R n²) per step.
 
     Rows and columns of kept units are zero in S (their residual is nil), so the matrices are
     compacted to the still-available units from time to time. Layers wider than
@@ -191,25 +233,35 @@ def forward_greedy(cov: torch.Tensor, metric: torch.Tensor | None = None, block:
     n / 128, rounded up) with one block update S ← S − S₋B S_BB⁻¹ S_B₋, which keeps thousands of
     units tractable; on redundant synthetic layers of 1,024 units the curve moved by < 1e-4.
     """
-    residual = regularised(cov, ridge_for(cov))
-    n = residual.shape[0]
+    residuals, weighteds, scales = [], [], []
+    for c, m in [(cov, metric), *more]:
+        residual = regularised(c, ridge_for(c))
+        weighted = residual.clone() if m is None else m.to(residual) @ residual
+        residuals.append(residual)
+        weighteds.append(weighted)
+        scales.append(1.0 if not more else 1.0 / max(float(torch.diagonal(weighted).sum()), 1e-300))
+    n = residuals[0].shape[0]
     if block is None:
         block = 1 if n <= EXACT_GREEDY_UNITS else -(-n // 128)
-    weighted = residual.clone() if metric is None else metric.to(residual) @ residual
     remaining = torch.arange(n, device=cov.device)  # original index of each row
     available = torch.ones(n, dtype=torch.bool, device=cov.device)
     order: list[int] = []
     while available.any():
         if (~available).sum() * 4 > available.numel():
             keep = available.nonzero().squeeze(1)
-            residual, weighted = residual[keep][:, keep], weighted[keep][:, keep]
+            residuals = [r[keep][:, keep] for r in residuals]
+            weighteds = [w[keep][:, keep] for w in weighteds]
             remaining, available = remaining[keep], available[keep]
-        diag = torch.diagonal(residual).clamp_min(1e-300)
-        gains = ((residual * weighted).sum(0) / diag).masked_fill(~available, -torch.inf)
-        chosen = _diverse_top(gains, residual, min(block, int(available.sum())))
+        gains = sum(
+            scale * (r * w).sum(0) / torch.diagonal(r).clamp_min(1e-300)
+            for r, w, scale in zip(residuals, weighteds, scales, strict=True)
+        )
+        gains = gains.masked_fill(~available, -torch.inf)
+        chosen = _diverse_top(gains, residuals[0], min(block, int(available.sum())))
         order.extend(int(i) for i in remaining[chosen])
         available[chosen] = False
-        _condition_on(residual, weighted, chosen)
+        for r, w in zip(residuals, weighteds, strict=True):
+            _condition_on(r, w, chosen)
     return torch.tensor(order, device=cov.device)
 
 
@@ -252,13 +304,13 @@ def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, chosen: torch.
 
 def order_greedy(inputs: OrderingInputs) -> torch.Tensor:
     """Forward greedy with M = I: each step keeps the unit explaining most remaining variance."""
-    return forward_greedy(inputs.covariance)
+    return forward_greedy(inputs.covariance, more=[(c, None) for c, _ in inputs.more])
 
 
 def order_output(inputs: OrderingInputs) -> torch.Tensor:
     """Output-aware forward greedy: each step keeps the unit whose addition most lowers the consumer's
     output error tr(M S|K) (falls back to M = I where no consumer metric is known)."""
-    return forward_greedy(inputs.covariance, inputs.metric)
+    return forward_greedy(inputs.covariance, inputs.metric, more=inputs.more)
 
 
 ORDERINGS: dict[str, Callable[[OrderingInputs], torch.Tensor]] = {

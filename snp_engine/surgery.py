@@ -1,11 +1,11 @@
 """Model plumbing for pruning: view a consumer's weights per kernel tap, write compensated weights
 back, fold constants into bias or BatchNorm, and physically remove units with torch-pruning.
 
-Pruning happens in two steps. First the consumer is rewritten so that it no longer reads the
-pruned units (their weight columns become zero): the network is then functionally pruned, which
-is all that evaluation needs. Then :func:`remove_units` deletes the units for real — producer
-rows, BatchNorm entries, depthwise channels and consumer columns — through torch-pruning's
-dependency graph, which keeps every coupled layer consistent.
+Pruning happens in two steps. First every reader of a group is rewritten so that it no longer
+reads the pruned units (their weight columns become zero): the network is then functionally
+pruned, which is all that evaluation needs. Then :func:`remove_units` deletes the units for real —
+the rows of every producer, BatchNorm entries, depthwise channels and every reader's columns —
+through torch-pruning's dependency graph, which keeps every coupled layer consistent.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import torch_pruning as tp
 from torch import nn
 
 from snp_engine.compensation import compensated_weight, constant_response
-from snp_engine.groups import UnitGroup, build_dependency_graph
+from snp_engine.groups import Reader, UnitGroup, build_dependency_graph
 
 
-def weight_taps(consumer: nn.Module, group: UnitGroup) -> torch.Tensor:
-    """The consumer's weight as (out, units, taps): conv taps are kernel positions, a flatten→linear
+def weight_taps(consumer: nn.Module, layout: str, units: int) -> torch.Tensor:
+    """A reader's weight as (out, units, taps): conv taps are kernel positions, a flatten→linear
     layer has one tap per position of the flattened map, a plain linear layer one tap."""
     weight = consumer.weight.detach()
-    if group.layout == "conv":
+    if layout == "conv":
         return weight.reshape(weight.shape[0], weight.shape[1], -1)
-    if group.layout == "flatten":
-        return weight.reshape(weight.shape[0], group.units, -1)
+    if layout == "flatten":
+        return weight.reshape(weight.shape[0], units, -1)
     return weight.unsqueeze(-1)
 
 
@@ -54,28 +54,29 @@ def fold_constant(model: nn.Module, consumer_name: str, delta: torch.Tensor, nor
 
 def apply_reconstruction(
     model: nn.Module,
-    group: UnitGroup,
+    reader: Reader,
+    units: int,
     kept: torch.Tensor,
     mapping: torch.Tensor,
     offset: torch.Tensor,
     coverage: torch.Tensor | None,
     norm_name: str | None,
 ) -> None:
-    """Rewrite the consumer for x ≈ c + A x_K: columns K ← W A, other columns 0, constant folded."""
-    consumer = model.get_submodule(group.consumer)
-    taps = weight_taps(consumer, group).double()
+    """Rewrite the reader for x ≈ c + A x_K: columns K ← W A, other columns 0, constant folded."""
+    consumer = model.get_submodule(reader.consumer)
+    taps = weight_taps(consumer, reader.layout, units).double()
     new_taps = torch.zeros_like(taps)
     new_taps[:, kept.to(taps.device)] = compensated_weight(taps, mapping.to(taps.device))
     delta = constant_response(taps, offset.to(taps.device), coverage)
     write_weight_taps(consumer, new_taps)
-    fold_constant(model, group.consumer, delta, norm_name)
+    fold_constant(model, reader.consumer, delta, norm_name)
 
 
-def drop_columns(model: nn.Module, group: UnitGroup, kept: torch.Tensor) -> None:
-    """Prune without compensation: the consumer simply stops reading the other units."""
-    consumer = model.get_submodule(group.consumer)
-    taps = weight_taps(consumer, group)
-    mask = torch.zeros(group.units, dtype=torch.bool, device=taps.device)
+def drop_columns(model: nn.Module, reader: Reader, units: int, kept: torch.Tensor) -> None:
+    """Prune without compensation: the reader simply stops reading the other units."""
+    consumer = model.get_submodule(reader.consumer)
+    taps = weight_taps(consumer, reader.layout, units)
+    mask = torch.zeros(units, dtype=torch.bool, device=taps.device)
     mask[kept.to(taps.device)] = True
     write_weight_taps(consumer, taps * mask[None, :, None])
 
@@ -100,6 +101,10 @@ def remove_units(
 
 
 def producer_l1(model: nn.Module, group: UnitGroup) -> torch.Tensor:
-    """L1 norm of each unit's producing filter (row of the producer's weight)."""
-    weight = model.get_submodule(group.name).weight.detach()
-    return weight.abs().reshape(weight.shape[0], -1).sum(1).double()
+    """L1 norm of each unit's producing filters (rows of the producers' weights, summed over them)."""
+    total = None
+    for name in group.all_producers:
+        weight = model.get_submodule(name).weight.detach()
+        l1 = weight.abs().reshape(weight.shape[0], -1).sum(1).double()
+        total = l1 if total is None else total + l1
+    return total

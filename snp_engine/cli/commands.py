@@ -36,7 +36,20 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         "input_shape": list(shape),
         "params": params,
         "flops": flops,
-        "groups": [{"name": g.name, "consumer": g.consumer, "units": g.units, "layout": g.layout} for g in groups],
+        "groups": [
+            {
+                "name": g.name,
+                "consumer": g.consumer,
+                "units": g.units,
+                "layout": g.layout,
+                **(
+                    {"readers": [r.consumer for r in g.readers], "producers": list(g.all_producers)}
+                    if g.coupled
+                    else {}
+                ),
+            }
+            for g in groups
+        ],
         "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in excluded],
         "warnings": list(warnings),
     }
@@ -53,7 +66,11 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"parameters   {params:,} ({plumbing.fmt_count(params)})",
         f"FLOPs (MACs) {plumbing.fmt_count(flops)}",
         f"prunable layer groups ({len(groups)}):",
-        *(f"  {g.name:<28} -> {g.consumer:<28} {g.units:>6} units" for g in groups),
+        *(
+            f"  {g.name:<28} -> {g.consumer + (f' (+{len(g.more_readers)})' if g.more_readers else ''):<28} "
+            f"{g.units:>6} units" + (f"  {g.coupling}" if g.coupled else "")
+            for g in groups
+        ),
     ]
     if excluded:
         lines.append(f"not pruned ({len(excluded)}):")
@@ -80,6 +97,7 @@ def _options(args: argparse.Namespace, ordering: str | None = None) -> AnalysisO
         ordering=ordering or args.ordering or DEFAULT_ORDERING,
         max_positions=args.max_positions,
         seed=args.seed,
+        coupled=not args.no_coupled,
     )
 
 

@@ -182,6 +182,12 @@ def _analysis_args(parser: argparse.ArgumentParser) -> None:
         help="spatial positions sampled per image for conv layers (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for position sampling and random orderings")
+    parser.add_argument(
+        "--no-coupled",
+        action="store_true",
+        help="leave coupled channels alone: residual streams, gated channels and channels read by several layers "
+        "(default: prune them too, compensated at every layer that reads them)",
+    )
     _distributed_arg(parser)
     parser.add_argument(
         "--cpu-fallback",

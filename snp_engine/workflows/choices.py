@@ -80,6 +80,7 @@ class AnalysisOptions:
     curve: str = "variance"
     max_positions: int | None = None
     seed: int = 0
+    coupled: bool = True  # prune residual streams and other coupled groups (see snp_engine.groups)
 
 
 # ----------------------------------------------------------------------------------------------

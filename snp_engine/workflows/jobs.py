@@ -88,6 +88,7 @@ def analyse(
         max_positions=options.max_positions,
         seed=options.seed,
         distributed=distributed,
+        coupled=options.coupled,
         reporter=reporter,
         info={"model": prepared.model.spec, "data": prepared.require_data().name, **(info or {})},
     )

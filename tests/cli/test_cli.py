@@ -100,7 +100,8 @@ def test_info_json(capsys):
 def test_info_text(capsys):
     code, out, err = run(capsys, "info", "--model", "demo-resnet")
     assert code == 0
-    assert "prunable layer groups (3)" in out and "residual stream" in out
+    assert "prunable layer groups (6)" in out
+    assert "layer1.0.conv1 (+2)" in out and "produced by 2 layers, read by 3" in out  # the first stage's stream
     assert "finding prunable layers" in err  # progress goes to stderr
 
 
@@ -111,7 +112,14 @@ def test_prune_then_eval_reproduces_the_numbers(resnet_export, capsys):
     assert pruned["params_after"] < pruned["params_before"]
     assert pruned["top1_before"] > 97 and pruned["top1_after"] > 90
     assert 0 <= pruned["fidelity"] < 1
-    assert set(pruned["keep"]) == {"layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"}
+    assert set(pruned["keep"]) == {
+        "conv1",
+        "layer1.0.conv1",
+        "layer2.0.conv1",
+        "layer2.0.conv2",
+        "layer3.0.conv1",
+        "layer3.0.conv2",
+    }
     assert pruned["ordering"] == "output" and pruned["compensation"] == "sequential"
     evaluated = run_json(capsys, "eval", "--model", str(path), "--data", "digits")
     assert evaluated["top1"] == pytest.approx(pruned["top1_after"])

@@ -106,34 +106,108 @@ EXPECTED_GROUPS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-# excluded name -> start of the reason
+# excluded name -> start of the reason, with coupled groups left alone (coupled=False)
 EXPECTED_EXCLUDED: dict[str, dict[str, str]] = {
     "demo-vgg": {"classifier.4": "network output"},
     "demo-resnet": {
         "fc": "network output",
-        "conv1": "residual stream",
-        "layer2.0.downsample.0": "residual stream",
-        "layer3.0.downsample.0": "residual stream",
+        "conv1": "coupled across 2 layers",
+        "layer2.0.conv2": "coupled across 2 layers",
+        "layer3.0.conv2": "coupled across 2 layers",
     },
     "mlp": {"5": "network output"},
     "resnet18": {
         "fc": "network output",
-        "conv1": "residual stream",
-        **{f"layer{i}.0.downsample.0": "residual stream" for i in (2, 3, 4)},
+        "conv1": "coupled across 3 layers",
+        **{f"layer{i}.0.conv2": "coupled across 3 layers" for i in (2, 3, 4)},
     },
     "resnet50": {
         "fc": "network output",
         "conv1": "read by several layers",
-        **{f"layer{i}.0.downsample.0": "residual stream" for i in (1, 2, 3, 4)},
+        **{f"layer{i}.0.conv3": "coupled across" for i in (1, 2, 3, 4)},
     },
     "vgg11_bn": {"classifier.6": "network output"},
     "vgg16": {"classifier.6": "network output"},
     "mobilenet_v2": {
         "classifier.1": "network output",
-        "features.3.conv.2": "residual stream",
-        "features.16.conv.2": "residual stream",
+        "features.2.conv.2": "coupled across 2 layers",
+        "features.14.conv.2": "coupled across 3 layers",
     },
-    "vit_b_16": {"heads.head": "network output", "encoder.layers.encoder_layer_11.mlp.3": "residual stream"},
+    "vit_b_16": {
+        "heads.head": "network output",
+        "conv_proj": "passes through attention, a layer norm",
+    },
+}
+
+
+def _stream(stage: int, blocks: int, next_blocks: bool = True, last: str = "conv2") -> tuple[list[str], set[str]]:
+    """Readers and producers of a torchvision ResNet stage's residual stream."""
+    readers = [f"layer{stage}.{b}.conv1" for b in range(1, blocks)]
+    readers += [f"layer{stage + 1}.0.conv1", f"layer{stage + 1}.0.downsample.0"] if next_blocks else ["fc"]
+    producers = {f"layer{stage}.{b}.{last}" for b in range(blocks)}
+    return readers, producers
+
+
+# coupled group name -> (readers in execution order, producers), found by default (coupled=True)
+EXPECTED_COUPLED: dict[str, dict[str, tuple[list[str], set[str]]]] = {
+    "demo-vgg": {},
+    "mlp": {},
+    "vgg11_bn": {},
+    "vgg16": {},
+    "vit_b_16": {},
+    "demo-resnet": {
+        "conv1": (["layer1.0.conv1", "layer2.0.conv1", "layer2.0.downsample.0"], {"conv1", "layer1.0.conv2"}),
+        "layer2.0.conv2": (
+            ["layer3.0.conv1", "layer3.0.downsample.0"],
+            {"layer2.0.downsample.0", "layer2.0.conv2"},
+        ),
+        "layer3.0.conv2": (["fc"], {"layer3.0.downsample.0", "layer3.0.conv2"}),
+    },
+    "resnet18": {
+        "conv1": (
+            ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"],
+            {"conv1", "layer1.0.conv2", "layer1.1.conv2"},
+        ),
+        **{
+            f"layer{i}.0.conv2": (
+                _stream(i, 2, i < 4)[0],
+                _stream(i, 2)[1] | {f"layer{i}.0.downsample.0"},
+            )
+            for i in (2, 3, 4)
+        },
+    },
+    "resnet50": {
+        "conv1": (["layer1.0.conv1", "layer1.0.downsample.0"], {"conv1"}),
+        **{
+            f"layer{i}.0.conv3": (
+                _stream(i, n, i < 4)[0],
+                _stream(i, n, last="conv3")[1] | {f"layer{i}.0.downsample.0"},
+            )
+            for i, n in ((1, 3), (2, 4), (3, 6), (4, 3))
+        },
+    },
+    "mobilenet_v2": {
+        "features.2.conv.2": (
+            ["features.3.conv.0.0", "features.4.conv.0.0"],
+            {"features.2.conv.2", "features.3.conv.2"},
+        ),
+        "features.4.conv.2": (
+            ["features.5.conv.0.0", "features.6.conv.0.0", "features.7.conv.0.0"],
+            {f"features.{i}.conv.2" for i in (4, 5, 6)},
+        ),
+        "features.7.conv.2": (
+            [f"features.{i}.conv.0.0" for i in (8, 9, 10, 11)],
+            {f"features.{i}.conv.2" for i in (7, 8, 9, 10)},
+        ),
+        "features.11.conv.2": (
+            [f"features.{i}.conv.0.0" for i in (12, 13, 14)],
+            {f"features.{i}.conv.2" for i in (11, 12, 13)},
+        ),
+        "features.14.conv.2": (
+            [f"features.{i}.conv.0.0" for i in (15, 16, 17)],
+            {f"features.{i}.conv.2" for i in (14, 15, 16)},
+        ),
+    },
 }
 
 SLOW = {"vgg16", "vit_b_16", "vgg11_bn"}
@@ -143,24 +217,30 @@ def _param(name: str, slow_models=frozenset()):
     return pytest.param(name, marks=pytest.mark.slow) if name in slow_models else name
 
 
+@pytest.mark.parametrize("coupled", [False, True])
 @pytest.mark.parametrize("name", [_param(n, {"vgg16"}) for n in BUILDERS])
-def test_find_groups(name):
+def test_find_groups(name, coupled):
     build, shape = BUILDERS[name]
     model = build()
     example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
-    groups, excluded = find_groups(model, example)
-    found = {g.name: (g.consumer, g.layout) for g in groups}
-    assert found == EXPECTED_GROUPS[name]
+    groups, excluded = find_groups(model, example, coupled=coupled)
+    simple = {g.name: (g.consumer, g.layout) for g in groups if not g.coupled}
+    assert simple == EXPECTED_GROUPS[name]
+    found = {g.name: ([r.consumer for r in g.readers], set(g.all_producers)) for g in groups if g.coupled}
+    assert found == (EXPECTED_COUPLED[name] if coupled else {})
     for g in groups:
-        producer = model.get_submodule(g.name)
-        assert g.units == (producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features)
+        for producer_name in g.all_producers:
+            producer = model.get_submodule(producer_name)
+            assert g.units == (producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features)
         for module in g.channelwise:  # BatchNorms and depthwise convs carried along have the group's width
             sub = model.get_submodule(module)
             assert (sub.num_features if hasattr(sub, "num_features") else sub.out_channels) == g.units
     reasons = {e.name: e.reason for e in excluded}
     for excluded_name, reason in EXPECTED_EXCLUDED[name].items():
+        if coupled and excluded_name in EXPECTED_COUPLED[name]:
+            continue
         assert reasons[excluded_name].startswith(reason), (excluded_name, reasons.get(excluded_name))
-    assert not set(reasons) & set(found), "a group cannot be both prunable and excluded"
+    assert not set(reasons) & {g.name for g in groups}, "a group cannot be both prunable and excluded"
 
 
 def test_batchnorm_free_net_with_one_image_example():
@@ -218,17 +298,17 @@ def test_prune_forty_percent_flops(name):
 
 def test_weight_taps_layouts():
     conv = nn.Conv2d(4, 3, (3, 2))
-    taps = weight_taps(conv, UnitGroup("p", "c", 4, "conv"))
+    taps = weight_taps(conv, "conv", 4)
     assert taps.shape == (3, 4, 6)
     assert torch.equal(taps[2, 1], conv.weight[2, 1].reshape(-1))
 
     flat = nn.Linear(4 * 6, 5)  # reads a flattened 4-channel map of 6 positions
-    taps = weight_taps(flat, UnitGroup("p", "c", 4, "flatten"))
+    taps = weight_taps(flat, "flatten", 4)
     assert taps.shape == (5, 4, 6)
     assert torch.equal(taps[3, 2, 5], flat.weight[3, 2 * 6 + 5])
 
     linear = nn.Linear(4, 5)
-    taps = weight_taps(linear, UnitGroup("p", "c", 4, "linear"))
+    taps = weight_taps(linear, "linear", 4)
     assert taps.shape == (5, 4, 1)
 
     write_weight_taps(flat, torch.arange(5 * 24, dtype=torch.float64).reshape(5, 4, 6))
@@ -243,7 +323,7 @@ def test_drop_columns_equals_zeroing_the_pruned_units():
     kept = torch.tensor([0, 2, 5])
     reference = copy.deepcopy(model)
     dropped = copy.deepcopy(model)
-    drop_columns(dropped, group, kept)
+    drop_columns(dropped, group.readers[0], group.units, kept)
     hidden = reference[1](reference[0](x))
     hidden[:, [1, 3, 4]] = 0
     torch.testing.assert_close(outputs(dropped, x), reference[2](hidden).double())

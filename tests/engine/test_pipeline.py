@@ -59,7 +59,8 @@ def test_first_group_only_sequential_equals_one_shot(demo, test_images):
     """With nothing pruned upstream, the sequential fit of the first consumer is the one-shot LLS fit,
     and consumers of unpruned groups are left alone."""
     _, model, analysis, _ = demo
-    first = analysis.groups[0]
+    # the first group with one reader (a residual stream's later readers see the first one's fit)
+    first = next(g for g in analysis.groups if not g.more)
     plan = analysis.plan_for({first.name: first.units // 2})
     # with the fixed ridge formula of the one-shot fit, the fits are the same formula on the same inputs
     sequential_run = api.prune(model, analysis, plan, data=digits(), heldout_folds=1)
@@ -77,7 +78,8 @@ def test_refitting_unpruned_consumers_moves_towards_the_dense_network(demo, test
     """Optionally, the consumers downstream of a pruned group are refitted towards the dense network
     even where they keep every unit; that only brings the output closer to the dense one."""
     _, model, analysis, _ = demo
-    first = analysis.groups[0]
+    # the first group with one reader (a residual stream's later readers see the first one's fit)
+    first = next(g for g in analysis.groups if not g.more)
     plan = analysis.plan_for({first.name: first.units // 2})
     refitted = api.prune(
         model, analysis, plan, data=digits(), physical=False, refit_unpruned=True, heldout_folds=1
@@ -155,10 +157,11 @@ def test_reorder_reuses_the_statistics(demo, monkeypatch):
             cov = g.moments.covariance()
             expected_order = order_units(ordering, g.inputs(analysis.seed))
             assert torch.equal(h.order, expected_order)
+            more = [(r.moments.covariance(), r.metric if curve == "output" else None) for r in g.more]
             if curve == "subspace":
-                expected = subspace_curve(cov, expected_order)
+                expected = subspace_curve(cov, expected_order, more=[c for c, _ in more])
             else:
-                expected = explained_curve(cov, expected_order, g.metric if curve == "output" else None)
+                expected = explained_curve(cov, expected_order, g.metric if curve == "output" else None, more=more)
             np.testing.assert_allclose(h.curve, expected.numpy(), rtol=1e-12, atol=1e-12)
     assert any(
         not np.allclose(g.curve, h.curve)
