@@ -125,3 +125,15 @@ def test_distributed_cli_quick(tmp_path):
     two = data["runs"]["2"]
     assert two["same_kept_units"] and two["max_relative_weight_difference"] < 1e-8
     assert two["seconds"] > 0 and two["keep"] == data["runs"]["1"]["keep"]
+
+
+def test_statistics_cost_quick(tmp_path):
+    from benchmarks import statistics_cost
+
+    statistics_cost.main(_args(tmp_path, "statistics_cost"))
+    data = _check(tmp_path / "statistics_cost.json", ("models",))
+    row = data["models"]["demo-vgg"]
+    assert set(row["ratio_to_forward"]) == {"statistics", "statistics_float64", "hooks_only"}
+    assert all(ratio > 0 for ratio in row["ratio_to_forward"].values())
+    assert row["relative_covariance_difference"]["max"] < 1e-5
+    assert {p["dtype"] for p in row["products"].values()} <= {"float32", "float64"}
