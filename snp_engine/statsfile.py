@@ -20,9 +20,9 @@ import torch
 from snp_engine.atomic import atomic_write
 from snp_engine.costs import CostModel, LayerCost
 from snp_engine.errors import ModelLoadError, SnpError
-from snp_engine.groups import ExcludedGroup, UnitGroup
+from snp_engine.groups import ExcludedGroup, Reader, UnitGroup
 from snp_engine.headers import METADATA_KEY, FieldReader, describe, parse_json, read_safetensors_metadata, to_json
-from snp_engine.results import GroupAnalysis
+from snp_engine.results import GroupAnalysis, ReaderStatistics
 from snp_engine.statistics import Moments
 from snp_engine.version import __version__
 
@@ -57,15 +57,29 @@ def write_statistics(stored: StoredAnalysis, path: str | Path) -> Path:
     groups = []
     for index, g in enumerate(stored.groups):
         prefix = f"group.{index}."
-        for key, value in g.moments.state().items():
-            tensors[prefix + key] = value.reshape(-1) if key == "count" else value
-        tensors[prefix + "metric"] = g.metric
+        first, *more = g.readers
+        _put_reader(tensors, prefix, first)
         tensors[prefix + "weight_l1"] = g.weight_l1
-        if g.coverage is not None:
-            tensors[prefix + "coverage"] = g.coverage
-        groups.append(
-            {**asdict(g.group), "input_shape": list(g.input_shape), "norm": g.norm, "coverage": g.coverage is not None}
-        )
+        entry = {
+            **asdict(g.group),
+            "input_shape": list(g.input_shape),
+            "norm": g.norm,
+            "coverage": g.coverage is not None,
+        }
+        # each further reader of a coupled group: its statistics under group.<i>.reader.<j>.
+        entry["more_readers"] = [
+            {
+                "consumer": r.consumer,
+                "layout": r.reader.layout,
+                "input_shape": list(r.input_shape),
+                "norm": r.norm,
+                "coverage": r.coverage is not None,
+            }
+            for r in more
+        ]
+        for number, reader in enumerate(more, start=1):
+            _put_reader(tensors, f"{prefix}reader.{number}.", reader)
+        groups.append(entry)
     costs = stored.costs
     header = {
         "format": ANALYSIS_VERSION,
@@ -87,6 +101,14 @@ def write_statistics(stored: StoredAnalysis, path: str | Path) -> Path:
     metadata = {ANALYSIS_KEY: str(ANALYSIS_VERSION), METADATA_KEY: to_json(header)}
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return atomic_write(path, lambda temp: save_file(state, str(temp), metadata=metadata))
+
+
+def _put_reader(tensors: dict[str, torch.Tensor], prefix: str, reader: ReaderStatistics) -> None:
+    for key, value in reader.moments.state().items():
+        tensors[prefix + key] = value.reshape(-1) if key == "count" else value
+    tensors[prefix + "metric"] = reader.metric
+    if reader.coverage is not None:
+        tensors[prefix + "coverage"] = reader.coverage
 
 
 def read_statistics(path: str | Path) -> StoredAnalysis:
@@ -165,18 +187,48 @@ class _Reader:
         read, where = self.read, f"groups[{index}]."
         entry = read.mapping(entry, where[:-1])
         units = read.integer(self.get(entry, "units", where), where + "units", low=1, high=_MAX_UNITS, what="units")
+        channelwise = read.sequence(entry.get("channelwise"), where + "channelwise", optional=True)
+        producers = read.sequence(entry.get("producers"), where + "producers", optional=True, longest=_MAX_LAYERS)
+        extra = read.sequence(entry.get("more_readers"), where + "more_readers", optional=True, longest=_MAX_LAYERS)
+        prefix = f"group.{index}."
+        first = self.reader(entry, where, prefix, units)
+        more = tuple(
+            self.reader(
+                read.mapping(e, f"{where}more_readers[{j}]"),
+                f"{where}more_readers[{j}].",
+                f"{prefix}reader.{j + 1}.",
+                units,
+            )
+            for j, e in enumerate(extra)
+        )
+        unit = UnitGroup(
+            read.text(self.get(entry, "name", where), where + "name"),
+            first.consumer,
+            units,
+            first.reader.layout,
+            tuple(read.text(name, f"{where}channelwise[{i}]") for i, name in enumerate(channelwise)),
+            tuple(r.reader for r in more),
+            tuple(read.text(name, f"{where}producers[{i}]") for i, name in enumerate(producers)),
+        )
+        return GroupAnalysis(
+            unit,
+            first.moments,
+            first.input_shape,
+            first.metric,
+            self.tensor(prefix + "weight_l1", (units,)),
+            first.norm,
+            first.coverage,
+            more=more,
+        )
+
+    def reader(self, entry: Mapping[str, Any], where: str, prefix: str, units: int) -> ReaderStatistics:
+        """One reader's statistics: ``entry`` names it (consumer, layout, input shape, norm, whether
+        a coverage map is stored), the tensors under ``prefix`` hold its moments, metric, coverage."""
+        read = self.read
         layout = read.text(self.get(entry, "layout", where), where + "layout", longest=20)
         if layout not in LAYOUTS:
             raise read.fail(where + "layout", f"is '{layout}', not one of {', '.join(LAYOUTS)}")
-        channelwise = read.sequence(entry.get("channelwise"), where + "channelwise", optional=True)
-        unit = UnitGroup(
-            read.text(self.get(entry, "name", where), where + "name"),
-            read.text(self.get(entry, "consumer", where), where + "consumer"),
-            units,
-            layout,
-            tuple(read.text(name, f"{where}channelwise[{i}]") for i, name in enumerate(channelwise)),
-        )
-        prefix = f"group.{index}."
+        consumer = read.text(self.get(entry, "consumer", where), where + "consumer")
         state = {
             "count": self.tensor(prefix + "count", (1,)).reshape(()),
             "total": self.tensor(prefix + "total", (units,)),
@@ -195,12 +247,11 @@ class _Reader:
         shape = read.integers(
             self.get(entry, "input_shape", where), where + "input_shape", low=1, high=1 << 20, longest=4
         )
-        return GroupAnalysis(
-            unit,
+        return ReaderStatistics(
+            Reader(consumer, layout),
             moments,
             tuple(shape),
             self.tensor(prefix + "metric", (units, units)),
-            self.tensor(prefix + "weight_l1", (units,)),
             read.optional_text(entry.get("norm"), where + "norm"),
             coverage,
         )
