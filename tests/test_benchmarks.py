@@ -137,3 +137,22 @@ def test_statistics_cost_quick(tmp_path):
     assert all(ratio > 0 for ratio in row["ratio_to_forward"].values())
     assert row["relative_covariance_difference"]["max"] < 1e-5
     assert {p["dtype"] for p in row["products"].values()} <= {"float32", "float64"}
+
+
+def test_streams_quick(tmp_path):
+    from benchmarks import streams
+
+    streams.main(_args(tmp_path, "streams"))
+    data = _check(tmp_path / "streams.json", ("models", "goal"))
+    model = data["models"]["demo-resnet"]
+    assert set(model["methods"]) <= set(streams.ALL_METHODS)
+    assert {"snp-coupled+seq", "tp-magnitude"} <= set(model["methods"])
+    assert set(model["analyses"]) == {"coupled", "excluded"}
+    assert len(model["analyses"]["coupled"]["groups"]) > len(model["analyses"]["excluded"]["groups"])
+    for method, by_target in model["status"].items():
+        cell = by_target["0.8"]
+        assert cell["reached"] + bool(cell["unreachable"]) >= 1
+        if cell["reached"]:
+            row = model["methods"][method]["0.8"]
+            assert 0 <= row["top1"]["mean"] <= 100 and row["fidelity"]["mean"] >= 0
+            assert abs(row["flops_reduction"]["mean"] - 0.8) < 0.03
