@@ -29,13 +29,17 @@ layer norm, concatenation, …) or a layer snp cannot compensate (a grouped conv
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from snp_engine.errors import AnalysisError, SnpError
+from snp_engine.guard import bounded
 
 # grad_fn names (substrings) of operations that act on each channel on its own.
 _CHANNELWISE_OPS = (
@@ -146,7 +150,33 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about unwrapped parameters (ViT tokens)
+        # … and about its shape inference running too deep, after which it may never finish
+        warnings.filterwarnings("error", message="Maximum recursive depth")
         return tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+
+
+_UNTRACEABLE = (
+    "snp cannot trace this architecture's channel couplings (the patterns it knows: conv/linear layers, "
+    "BatchNorm, depthwise convs, skip connections, gates)"
+)
+
+
+@contextlib.contextmanager
+def tracing(model: nn.Module) -> Iterator[None]:
+    """Run torch-pruning on ``model`` within bounds (:func:`snp_engine.guard.bounded`), turning its
+    internal errors into one :class:`AnalysisError` that names the architecture."""
+    what = f"tracing the layers of {type(model).__name__}"
+    try:
+        with bounded(what, hint=_UNTRACEABLE):
+            yield
+    except SnpError:
+        raise
+    except (Exception, RecursionError) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise AnalysisError(
+            f"{what} failed inside torch-pruning ({type(exc).__name__}{': ' + detail if detail else ''}); "
+            + _UNTRACEABLE
+        ) from None
 
 
 def _classify(dependencies, names: dict[nn.Module, str], graph_units: int):
@@ -233,11 +263,13 @@ def find_groups(
     pruning that leaves residual streams and gates alone).
     """
     model.eval()
-    graph = build_dependency_graph(model, example_input)
-    names = {module: name for name, module in model.named_modules()}
     calls = call_order(model, [name for name, m in model.named_modules() if _is_prunable_linear_op(m)], example_input)
+    with tracing(model):
+        graph = build_dependency_graph(model, example_input)
+        found = list(graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]))
+    names = {module: name for name, module in model.named_modules()}
     groups, excluded, seen = [], [], set()
-    for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
+    for group in found:
         producers, consumers, channelwise, blockers = _classify(group, names, 0)
         producers = sorted(
             (p for p in dict.fromkeys(producers) if p is not None), key=lambda p: calls.get(p, len(calls))

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from snp_engine.compensation import compensated_weight, constant_response
-from snp_engine.groups import Reader, UnitGroup, build_dependency_graph
+from snp_engine.groups import Reader, UnitGroup, build_dependency_graph, tracing
 
 
 def weight_taps(consumer: nn.Module, layout: str, units: int) -> torch.Tensor:
@@ -88,15 +88,16 @@ def remove_units(
     example_input: torch.Tensor,
 ) -> nn.Module:
     """Physically delete ``removed[group]`` units of each group (in place) and return the model."""
-    graph = build_dependency_graph(model, example_input)
-    for group in groups:
-        indices = sorted(int(i) for i in removed.get(group.name, ()))
-        if not indices:
-            continue
-        producer = model.get_submodule(group.name)
-        handler = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
-        pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
-        pruning_group.prune()
+    with tracing(model):
+        graph = build_dependency_graph(model, example_input)
+        for group in groups:
+            indices = sorted(int(i) for i in removed.get(group.name, ()))
+            if not indices:
+                continue
+            producer = model.get_submodule(group.name)
+            handler = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
+            pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
+            pruning_group.prune()
     return model
 
 
