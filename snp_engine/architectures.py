@@ -164,6 +164,20 @@ class LoadedModel:
     metadata: Mapping[str, Any] | None = None
 
 
+def with_versions(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the per-module format versions that ``model.state_dict()`` carries.
+
+    A safetensors file stores tensors only; some torchvision modules (MNASNet) refuse a state dict
+    without their version, so the freshly built model's own versions are attached.
+    """
+    plain = dict(state)
+    metadata = getattr(model.state_dict(), "_metadata", None)
+    if metadata is not None and getattr(state, "_metadata", None) is None:
+        plain = type(model.state_dict())(plain)
+        plain._metadata = metadata
+    return plain
+
+
 def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Wrong shapes first (most telling when the keys agree), then missing and unexpected keys."""
     expected = model.state_dict()

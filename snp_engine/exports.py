@@ -27,6 +27,7 @@ from snp_engine.architectures import (
     check_exportable,
     constructor_kwargs,
     state_dict_mismatches,
+    with_versions,
 )
 from snp_engine.atomic import atomic_write
 from snp_engine.errors import ModelLoadError, SnpError
@@ -419,7 +420,7 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, 
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ModelLoadError(f"{path}: the weights do not fit the pruned {arch}: {shown}")
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(with_versions(model, state), strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: the weights do not fit the pruned {arch} ({exc})") from None
 

@@ -258,6 +258,8 @@ def forward_greedy(
         )
         gains = gains.masked_fill(~available, -torch.inf)
         chosen = _diverse_top(gains, residuals[0], min(block, int(available.sum())))
+        if chosen.numel() == 0:  # no finite gain left (round-off on a singular covariance): keep index order
+            chosen = available.nonzero().squeeze(1)[:1]
         order.extend(int(i) for i in remaining[chosen])
         available[chosen] = False
         for r, w in zip(residuals, weighteds, strict=True):

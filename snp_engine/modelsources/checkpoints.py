@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snp_engine.architectures import DemoResNet, DemoVGG, state_dict_mismatches
+from snp_engine.architectures import DemoResNet, DemoVGG, state_dict_mismatches, with_versions
 from snp_engine.errors import ModelLoadError
 from snp_engine.headers import safetensors_metadata, sniff_format
 
@@ -152,4 +152,4 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, 
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ModelLoadError(f"{path} does not fit {arch}: {shown}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(with_versions(model, state), strict=True)

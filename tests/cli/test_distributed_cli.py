@@ -15,6 +15,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from snp_engine import io
+from snp_engine.statsfile import read_statistics
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
@@ -45,7 +46,8 @@ def _same_export(a: Path, b: Path) -> None:
     for key in one:
         x, y = one[key].double(), two[key].double()
         assert x.shape == y.shape, key
-        assert float((x - y).norm()) <= 1e-8 * max(float(x.norm()), 1e-30), key
+        # statistics come from float32 products on differently composed batches: float32 round-off
+        assert float((x - y).norm()) <= 1e-5 * max(float(x.norm()), 1e-30), key
 
 
 @pytest.mark.parametrize("mode", [(), ("--one-shot",)], ids=["sequential", "one-shot"])
@@ -58,7 +60,7 @@ def test_distributed_prune_equals_one_process(tmp_path, mode):
     assert split["fits"].keys() == single["fits"].keys()
     for name, fit in single["fits"].items():  # the same held-out choice: folds are by image, not by process
         assert split["fits"][name]["fit"] == fit["fit"] and split["fits"][name]["folds"] == fit["folds"]
-        assert split["fits"][name]["heldout_error"] == pytest.approx(fit["heldout_error"], rel=1e-8)
+        assert split["fits"][name]["heldout_error"] == pytest.approx(fit["heldout_error"], rel=1e-5)
     _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
 
 
@@ -67,8 +69,18 @@ def test_distributed_statistics_file_equals_one_process(tmp_path):
     two = _snp("analyze", *COMMON, "--out", str(tmp_path / "two.stats.safetensors"), world=2)
     assert one["samples"] == two["samples"] == 200  # images over all processes, each read once
     a, b = load_file(str(tmp_path / "one.stats.safetensors")), load_file(str(tmp_path / "two.stats.safetensors"))
-    for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-10, atol=1e-10), key
+    assert a.keys() == b.keys()
+    one_stats, two_stats = (
+        read_statistics(tmp_path / "one.stats.safetensors"),
+        read_statistics(tmp_path / "two.stats.safetensors"),
+    )
+    for g, h in zip(one_stats.groups, two_stats.groups, strict=True):  # sums are stored around a shift
+        for r, q in zip(g.readers, h.readers, strict=True):
+            scale = float(r.moments.covariance().abs().max())
+            assert r.moments.samples == q.moments.samples
+            torch.testing.assert_close(q.moments.covariance(), r.moments.covariance(), rtol=1e-6, atol=1e-6 * scale)
+            torch.testing.assert_close(q.moments.mean(), r.moments.mean(), rtol=1e-6, atol=1e-6 * scale**0.5)
+            torch.testing.assert_close(q.metric, r.metric, rtol=1e-12, atol=0)
     _snp(
         "prune",
         *COMMON,

@@ -60,10 +60,12 @@ def test_distributed_analyze_equals_single_process(tmp_path):
         for g in single.groups:
             reduced = Moments.from_state(result[g.name]["state"])
             assert reduced.samples == g.samples
-            torch.testing.assert_close(reduced.covariance(), g.moments.covariance(), rtol=1e-10, atol=1e-10)
-            torch.testing.assert_close(reduced.mean(), g.moments.mean(), rtol=1e-10, atol=1e-10)
+            # float32 products on differently composed batches: equal to float32 round-off, not bit for bit
+            scale = float(g.moments.covariance().abs().max())
+            torch.testing.assert_close(reduced.covariance(), g.moments.covariance(), rtol=1e-6, atol=1e-6 * scale)
+            torch.testing.assert_close(reduced.mean(), g.moments.mean(), rtol=1e-6, atol=1e-6 * scale**0.5)
             assert torch.equal(result[g.name]["order"], g.order)
-            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-6, atol=1e-8)
 
 
 def test_process_zero_alone_orders_and_shares_the_result(tmp_path):
@@ -73,4 +75,4 @@ def test_process_zero_alone_orders_and_shares_the_result(tmp_path):
         result = torch.load(tmp_path / f"shared{rank}.pt")
         for g in single.groups:
             assert torch.equal(result[g.name]["order"], g.order)
-            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-6, atol=1e-8)

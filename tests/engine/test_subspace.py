@@ -278,3 +278,11 @@ def test_blocked_greedy_on_wide_layers_matches_the_exact_greedy_curve():
         return sum(1 for i in range(pairs) if i in first_half and i + pairs in first_half)
 
     assert both_copies_kept(blocked) <= both_copies_kept(exact) + 2
+
+
+def test_forward_greedy_finishes_when_no_gain_is_finite():
+    """Round-off on a singular covariance can leave no finite gain; the ordering must still end
+    with a permutation instead of looping."""
+    cov = torch.full((6, 6), float("nan"), dtype=torch.float64)
+    order = forward_greedy(cov)
+    assert sorted(order.tolist()) == list(range(6))
