@@ -18,7 +18,8 @@ def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
     rows = [
         {
             "name": g.name,
-            "type": _layer_type(model, g.name, g.group.layout),
+            "type": _layer_type(model, g.name, g.group.layout)
+            + (f" · {g.group.coupling}" if g.group.coupled else ""),
             "units": g.units,
             "kept": g.units,
             "explained": 1.0,
@@ -52,7 +53,7 @@ def _layer_type(model: nn.Module | None, name: str, fallback: str) -> str:
 
 
 def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
-    """Parameters and FLOPs of each group's own layers (producer and its norm) and of each excluded
+    """Parameters and FLOPs of each group's own layers (producers and their norms) and of each excluded
     layer, under ``keep`` (``{}`` gives the unpruned costs); for the table, so microseconds matter."""
     params: dict[str, int] = {}
     flops: dict[str, float] = {}
@@ -65,7 +66,8 @@ def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[s
         return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
 
     for layer in model.layers:
-        owner = layer.channel_group or (layer.name if layer.name in owners else None)
+        # a coupled group's further producers (a residual stream's block outputs) count for its row
+        owner = layer.channel_group or (layer.name if layer.name in owners else layer.out_group)
         if owner is None:
             continue
         scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
