@@ -18,8 +18,7 @@ def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
     rows = [
         {
             "name": g.name,
-            "type": _layer_type(model, g.name, g.group.layout)
-            + (f" · {g.group.coupling}" if g.group.coupled else ""),
+            "type": _layer_type(model, g.name, g.group.layout) + (f" · {g.group.coupling}" if g.group.coupled else ""),
             "units": g.units,
             "kept": g.units,
             "explained": 1.0,

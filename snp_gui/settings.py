@@ -16,7 +16,7 @@ from PySide6.QtCore import QByteArray, QSettings
 
 from snp_engine.analysis import CURVES
 from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS
-from snp_engine.workflows import Compensation
+from snp_engine.workflows import COUPLED_HELP, Compensation
 
 MAX_RECENT = 8
 ENV_PATH = "SNP_GUI_SETTINGS"
@@ -146,6 +146,7 @@ class Options:
     ordering: str = DEFAULT_ORDERING
     curve: str = "variance"
     compensation: str = "sequential"
+    coupled: str = "prune"  # a key of workflows.COUPLED_HELP
     threshold_mode: str = "variance"
     threshold_value: float = 0.99
     latency_batch: int = 16
@@ -227,6 +228,7 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "ordering": lambda v: v in ORDERINGS,
     "curve": lambda v: v in CURVES,
     "compensation": lambda v: v in {c.value for c in Compensation},
+    "coupled": lambda v: v in COUPLED_HELP,
     "threshold_mode": lambda v: v in THRESHOLD_LIMITS,
     "latency_batch": lambda v: v >= 1,
     "latency_repeats": lambda v: v >= 1,

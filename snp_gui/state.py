@@ -95,7 +95,11 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
         def prepare():
             prepared, opts = self.prepared(), self.options.copy()
             options = AnalysisOptions(
-                samples=opts.samples, batch_size=opts.batch_size, ordering=opts.ordering, curve=opts.curve
+                samples=opts.samples,
+                batch_size=opts.batch_size,
+                ordering=opts.ordering,
+                curve=opts.curve,
+                coupled=opts.coupled == "prune",
             )
             return lambda reporter: workflows.analyse(prepared, options, device=opts.device, reporter=reporter)
 

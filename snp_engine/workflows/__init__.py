@@ -18,6 +18,7 @@ from snp_engine.results import Pruned, PruningRecord
 from snp_engine.workflows.choices import (
     ALLOCATIONS,
     COMPENSATION_HELP,
+    COUPLED_HELP,
     TARGET_KINDS,
     AnalysisOptions,
     Compensation,
@@ -56,6 +57,7 @@ __all__ = [
     "ALLOCATIONS",
     "CHANCE_FACTOR",
     "COMPENSATION_HELP",
+    "COUPLED_HELP",
     "DENSE_CHECK_SAMPLES",
     "TARGET_KINDS",
     "AnalysisOptions",

@@ -21,6 +21,16 @@ class Compensation(str, enum.Enum):
 
 
 # compensation -> (short label, one-line explanation), for help texts and the app's chooser
+# what to do with coupled groups (see snp_engine.groups) -> (short label, one-line explanation)
+COUPLED_HELP = {
+    "prune": (
+        "Prune",
+        "Residual streams, gated channels and channels read by several layers are pruned too, "
+        "compensated at every layer that reads them",
+    ),
+    "keep": ("Leave alone", "Only channels with one producer and one reader are pruned; residual streams stay whole"),
+}
+
 COMPENSATION_HELP = {
     Compensation.SEQUENTIAL: (
         "Sequential (best)",

@@ -1,4 +1,5 @@
-"""Analysis options: device, unit ordering, curve kind and compensation, plus the Analyse button."""
+"""Analysis options: device, unit ordering, curve kind, compensation and shared (coupled) channels,
+plus the Analyse button."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QW
 
 from snp_engine.analysis import CURVE_HELP
 from snp_engine.subspace import ORDERING_HELP, ORDERINGS
-from snp_engine.workflows import COMPENSATION_HELP
+from snp_engine.workflows import COMPENSATION_HELP, COUPLED_HELP
 from snp_gui.panels.common import fill_combo, select_data
 
 # generated from the engine's registries, so a new curve kind or compensation shows up by itself
 CURVES = tuple((name, label, tip) for name, (label, tip) in CURVE_HELP.items())
 COMPENSATION = tuple((kind.value, label, tip) for kind, (label, tip) in COMPENSATION_HELP.items())
+COUPLED = tuple((name, label, tip) for name, (label, tip) in COUPLED_HELP.items())
 
 
 class AnalysisPanel(QGroupBox):
@@ -39,11 +41,17 @@ class AnalysisPanel(QGroupBox):
         self.compensation = QComboBox()
         fill_combo(self.compensation, COMPENSATION)
         self.compensation.setToolTip("How the layers after a pruned one are adjusted to make up for removed units")
+        self.coupled = QComboBox()
+        fill_combo(self.coupled, COUPLED)
+        self.coupled.setToolTip(
+            "Channels shared by several layers (residual streams, gates): prune them or not (next analysis)"
+        )
         self.combos = {
             "device": self.device,
             "ordering": self.ordering,
             "curve": self.curve,
             "compensation": self.compensation,
+            "coupled": self.coupled,
         }
         for key, combo in self.combos.items():
             combo.activated.connect(lambda _index, key=key, combo=combo: self.changed.emit(key, combo.currentData()))
@@ -59,6 +67,7 @@ class AnalysisPanel(QGroupBox):
         form.addRow("Ordering", self.ordering)
         form.addRow("Curve", self.curve)
         form.addRow("Compensation", self.compensation)
+        form.addRow("Shared channels", self.coupled)
         form.addRow(self.analyse_button)
 
     def _sync_tip(self, combo: QComboBox) -> None:

@@ -208,3 +208,23 @@ def test_a_model_that_does_not_fit_the_data_gets_a_warning_banner(qtbot, session
     assert panel.banner.width() <= panel.width()  # wrapped inside the panel, not overflowing it
     assert "fed to the model as 3×8×8" in panel.fit.text()
     assert "2 warning(s)" in messages[-1][0]
+
+
+def test_shared_channels_option_reaches_the_analysis(qtbot, session):
+    """The analysis panel's 'Shared channels' choice decides whether residual streams are groups."""
+    from snp_gui.panels.analysis_panel import AnalysisPanel
+
+    panel = AnalysisPanel([("cpu", "CPU")])
+    qtbot.addWidget(panel)
+    binding.bind_analysis_panel(panel, session)
+    assert run(qtbot, session, "load model", lambda: session.open_model("demo-resnet"))[0] == FINISHED
+    with qtbot.waitSignal(session.prepared_changed, timeout=TIMEOUT, check_params_cb=lambda p: p is not None):
+        assert run(qtbot, session, "load data", lambda: session.open_data("digits"))[0] == FINISHED
+    assert panel.value("coupled") == "prune"
+    assert run(qtbot, session, "analysis", session.analyse)[0] == FINISHED
+    assert "conv1" in session.analysis.names and len(session.analysis.names) == 6
+    panel.coupled.setCurrentIndex(panel.coupled.findData("keep"))
+    panel.coupled.activated.emit(panel.coupled.currentIndex())
+    assert session.options.coupled == "keep"
+    assert run(qtbot, session, "analysis", session.analyse)[0] == FINISHED
+    assert "conv1" not in session.analysis.names and len(session.analysis.names) == 3
