@@ -144,6 +144,14 @@ def _run_isolated(name: str, timeout: float, memory_gib: float) -> dict:
     return {"model": name, "status": "failed", "message": last[:300], "seconds": time.perf_counter() - start}
 
 
+def parameters_of(name: str) -> int:
+    """The model's parameter count, from a build on the meta device (allocates nothing)."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build(name, side_for(name)).parameters())
+
+
 def main() -> None:
     import torchvision
 
@@ -152,11 +160,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few small models")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model")
     parser.add_argument("--memory-gib", type=float, default=16, help="address-space limit per model")
+    parser.add_argument(
+        "--max-params", type=float, default=None, help="skip models with more parameters (millions) than this"
+    )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "zoo.json")
     args = parser.parse_args()
     names = args.models or (list(QUICK) if args.quick else torchvision.models.list_models(module=torchvision.models))
     rows = []
     for name in names:
+        size = parameters_of(name)
+        if args.max_params is not None and size > args.max_params * 1e6:
+            row = {
+                "model": name,
+                "params": size,
+                "status": "skipped",
+                "message": f"over {args.max_params:g} M parameters",
+            }
+            rows.append(row)
+            print(f"{name:<24} skipped  {size / 1e6:.0f} M parameters", flush=True)
+            continue
         row = _run_isolated(name, args.timeout, args.memory_gib)
         rows.append(row)
         detail = row.get("message", "")[:100] if row["status"] != "pruned" else f"−{row['reduction']:.0%} FLOPs"
@@ -164,7 +186,13 @@ def main() -> None:
     data = {
         "benchmark": "zoo",
         "machine": common.machine_info(),
-        "settings": {"target": TARGET, "images": IMAGES, "quick": args.quick},
+        "settings": {
+            "target": TARGET,
+            "images": IMAGES,
+            "quick": args.quick,
+            "timeout_s": args.timeout,
+            "max_params": args.max_params,
+        },
         "models": rows,
     }
     common.write_json(args.out, data)
