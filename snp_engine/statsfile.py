@@ -27,7 +27,7 @@ from snp_engine.statistics import Moments
 from snp_engine.version import __version__
 
 ANALYSIS_KEY = "snp_analysis"
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: sums around a shift, readers of coupled groups
 LAYOUTS = ("conv", "linear", "tokens", "flatten")
 _MAX_GROUPS = 100_000
 _MAX_UNITS = 1 << 20

@@ -389,3 +389,30 @@ def test_onnx_export_is_checked(pruned_resnet, tmp_path):
     path = io.export_onnx(pruned_resnet[2].model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
     onnx.checker.check_model(str(path))
     assert _temp_files(tmp_path) == []
+
+
+def test_statistics_of_format_1_still_load(tmp_path, digits):
+    """Files written before coupled groups and shifted sums (format 1: plain sums, one reader per
+    group) still load, with the same statistics."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from snp_engine import api
+    from tests.engine.helpers import demo_model
+
+    analysis = api.analyze(demo_model("demo-vgg"), digits)
+    path = tmp_path / "new.safetensors"
+    analysis.save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = {**handle.metadata(), "snp_analysis": "1"}
+        state = {k: handle.get_tensor(k) for k in handle.keys() if not k.endswith(".shift")}  # noqa: SIM118
+    for index, g in enumerate(analysis.groups):  # plain sums, as format 1 stored them
+        state[f"group.{index}.total"] = g.moments.total.clone()
+        state[f"group.{index}.outer"] = g.moments.outer.clone()
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata=meta)
+    again = io.load_analysis(old)
+    assert again.names == analysis.names
+    for g, h in zip(analysis.groups, again.groups, strict=True):
+        scale = float(g.moments.covariance().abs().max())
+        torch.testing.assert_close(h.moments.covariance(), g.moments.covariance(), rtol=0, atol=1e-9 * scale)

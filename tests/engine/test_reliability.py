@@ -131,7 +131,7 @@ def test_truncated_statistics_file_is_refused(vgg_analysis, tmp_path):
         io.load_analysis(cut)
 
 
-@pytest.mark.parametrize("version", ["2", "two"])
+@pytest.mark.parametrize("version", ["3", "two"])
 def test_statistics_from_a_newer_snp_are_refused(vgg_analysis, tmp_path, version):
     path = tmp_path / "stats.safetensors"
     vgg_analysis.save(path)
