@@ -164,10 +164,23 @@ def main() -> None:
         "--max-params", type=float, default=None, help="skip models with more parameters (millions) than this"
     )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "zoo.json")
+    parser.add_argument("--resume", action="store_true", help="keep the models already in --out, run the rest")
     args = parser.parse_args()
     names = args.models or (list(QUICK) if args.quick else torchvision.models.list_models(module=torchvision.models))
-    rows = []
+    rows: list[dict] = []
+    if args.resume and args.out.is_file():  # keep what an interrupted run already measured
+        rows = [row for row in json.loads(args.out.read_text())["models"] if row["model"] in names]
+    done = {row["model"] for row in rows}
+    settings = {
+        "target": TARGET,
+        "images": IMAGES,
+        "quick": args.quick,
+        "timeout_s": args.timeout,
+        "max_params": args.max_params,
+    }
     for name in names:
+        if name in done:
+            continue
         size = parameters_of(name)
         if args.max_params is not None and size > args.max_params * 1e6:
             row = {
@@ -176,26 +189,15 @@ def main() -> None:
                 "status": "skipped",
                 "message": f"over {args.max_params:g} M parameters",
             }
-            rows.append(row)
-            print(f"{name:<24} skipped  {size / 1e6:.0f} M parameters", flush=True)
-            continue
-        row = _run_isolated(name, args.timeout, args.memory_gib)
+        else:
+            row = _run_isolated(name, args.timeout, args.memory_gib)
         rows.append(row)
         detail = row.get("message", "")[:100] if row["status"] != "pruned" else f"−{row['reduction']:.0%} FLOPs"
         print(f"{name:<24} {row['status']:<8} {detail}", flush=True)
-    data = {
-        "benchmark": "zoo",
-        "machine": common.machine_info(),
-        "settings": {
-            "target": TARGET,
-            "images": IMAGES,
-            "quick": args.quick,
-            "timeout_s": args.timeout,
-            "max_params": args.max_params,
-        },
-        "models": rows,
-    }
-    common.write_json(args.out, data)
+        # written after every model, so an interrupted run keeps its results (--resume goes on)
+        common.write_json(
+            args.out, {"benchmark": "zoo", "machine": common.machine_info(), "settings": settings, "models": rows}
+        )
 
 
 if __name__ == "__main__":
