@@ -1,4 +1,5 @@
-"""The networks snp can build from a name: the bundled demo networks and torchvision classifiers.
+"""The networks snp can build from a name: the bundled demo networks, torchvision classifiers and,
+where the optional ``timm`` package is installed, timm models.
 
 Also :class:`LoadedModel`, the plain record every loader returns, and the helpers an export needs
 to rebuild its base network (:func:`constructor_kwargs`, :func:`build_architecture`). Nothing here
@@ -25,6 +26,10 @@ from snp_engine.results import PruningRecord
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_RESULTS_FILE = RESOURCES / "demo_models.json"
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
+# The only timm constructor arguments snp passes (and reads from a file header): nothing that names
+# weights, a checkpoint or a hub config, so building a timm model never downloads or reads a file.
+TIMM_ARGUMENTS = ("num_classes", "in_chans", "img_size")
 # A base network described by a file header is built only up to this size; the largest torchvision
 # classifier has about 650 million parameters.
 MAX_PARAMETERS = 1_000_000_000
@@ -246,17 +251,73 @@ def _torchvision_builder(arch: str, path: Path) -> Builder:
     return builder
 
 
+def import_timm(spec: str):
+    """The ``timm`` module, or one clear line saying how to install it (timm is optional)."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError(f"{spec} needs the timm package, which is not installed: pip install timm") from None
+    except Exception as exc:  # an installed timm that does not fit this torch fails in its own ways
+        raise ModelLoadError(
+            f"{spec} needs the timm package, which fails to import ({type(exc).__name__}: {exc}); "
+            "pip install --upgrade timm"
+        ) from None
+    return timm
+
+
+def timm_names(timm) -> list[str]:
+    """timm's model names, sorted (without pretrained tags)."""
+    return sorted(timm.list_models())
+
+
+def check_timm_name(timm, name: str) -> bool:
+    """True for a name of timm's local registry: ``NAME`` or ``NAME.TAG`` of a known pretrained tag.
+
+    Hub and folder names (``hf-hub:…``, ``local-dir:…``) are not: timm would fetch or read their config.
+    """
+    if not name or any(c in name for c in ":/\\"):
+        return False
+    base, dot, _ = name.partition(".")
+    return timm.is_model(base) and (not dot or name in timm.list_pretrained())
+
+
+def build_timm(timm, name: str, arguments: Mapping[str, Any]) -> nn.Module:
+    """``timm.create_model`` with random weights; no download, whatever the arguments say."""
+    unknown = sorted(set(arguments) - set(TIMM_ARGUMENTS))
+    if unknown:
+        raise ModelLoadError(
+            f"timm:{name}: unsupported constructor argument(s) {', '.join(unknown)} "
+            f"(snp passes only {', '.join(TIMM_ARGUMENTS)})"
+        )
+    # pretrained=False, and no weight sources in the config, so nothing is ever fetched
+    overlay = {"url": "", "hf_hub_id": None, "file": None}
+    return timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay, **arguments)
+
+
+def _timm_builder(arch: str, path: Path) -> Builder:
+    name = arch.removeprefix(TIMM_PREFIX)
+    timm = import_timm(f"{path}: base architecture '{arch}'")
+    if not check_timm_name(timm, name):
+        raise ModelLoadError(f"{path}: base architecture '{arch}' is not available in this timm ({timm.__version__})")
+
+    def builder(**arguments: Any) -> nn.Module:
+        return build_timm(timm, name, arguments)
+
+    return builder
+
+
 register_family(ArchitectureFamily("demo", lambda arch: arch in DEMO_MODELS, _demo_builder))
 register_family(
     ArchitectureFamily("torchvision", lambda arch: arch.startswith(TORCHVISION_PREFIX), _torchvision_builder)
 )
+register_family(ArchitectureFamily("timm", lambda arch: arch.startswith(TIMM_PREFIX), _timm_builder))
 
 
 def check_exportable(arch: str) -> None:
     """Refuse early (before pruning or training) an architecture that an export could not rebuild."""
     if family_of(arch) is None:
         raise SnpError(
-            f"cannot export a model of architecture '{arch}': only the demo models and torchvision "
+            f"cannot export a model of architecture '{arch}': only the demo models, torchvision and timm "
             "architectures can be rebuilt from an export (a pickled model has no rebuildable architecture)"
         )
 
@@ -283,6 +344,11 @@ def constructor_kwargs(
                 "layer3.0.conv2": model.layer3[0].conv2,
             }
             kwargs["widths"] = [int(units.get(name, conv.out_channels)) for name, conv in streams.items()]
+        return kwargs
+    if arch.startswith(TIMM_PREFIX):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.in_channels != 3:
+            kwargs["in_chans"] = int(first.in_channels)
         return kwargs
     if isinstance(getattr(model, "image_size", None), int):
         kwargs["image_size"] = int(model.image_size)
@@ -331,6 +397,8 @@ __all__ = [
     "DEMO_RESULTS_FILE",
     "MAX_PARAMETERS",
     "RESOURCES",
+    "TIMM_ARGUMENTS",
+    "TIMM_PREFIX",
     "TORCHVISION_PREFIX",
     "ArchitectureFamily",
     "DemoModel",
@@ -338,11 +406,15 @@ __all__ = [
     "DemoVGG",
     "LoadedModel",
     "build_architecture",
+    "build_timm",
     "check_exportable",
+    "check_timm_name",
     "constructor_kwargs",
     "demo_results",
     "family_of",
+    "import_timm",
     "register_family",
     "state_dict_mismatches",
+    "timm_names",
     "torchvision_names",
 ]

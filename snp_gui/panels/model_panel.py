@@ -1,4 +1,4 @@
-"""Choosing the network to prune: a demo, a torchvision architecture with weights, an snp file or a pickle."""
+"""Choosing the network to prune: a demo, a torchvision or timm architecture with weights, an snp file or a pickle."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from snp_engine.architectures import TIMM_PREFIX, import_timm, timm_names
+from snp_engine.errors import ModelLoadError
 from snp_engine.models import DEMO_MODELS, TORCHVISION_PREFIX, LoadedModel, list_architectures
 from snp_engine.modelsources import MODEL_SOURCES
 from snp_gui.panels.common import PathEdit, fill_combo, load_controls, select_data
 from snp_gui.sources import guess_kind
 
 # the page of this panel for each registered model source (a new source needs a page: a test checks it)
-PAGES = {"demo": "demo", "torchvision": "torchvision", "snp": "snp-file", "pickle": "trusted-file"}
+PAGES = {"demo": "demo", "torchvision": "torchvision", "timm": "timm", "snp": "snp-file", "pickle": "trusted-file"}
 KINDS = tuple((kind, MODEL_SOURCES[name].label, MODEL_SOURCES[name].summary) for kind, name in PAGES.items())
 WEIGHTS_FILTER = "Weights (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)"
 
@@ -41,11 +43,12 @@ class ModelPanel(QGroupBox):
         self._build_editors()
         self._add_page(self.demo)
         self._add_page(self._torchvision_page())
+        self._add_page(self._timm_page())
         self._add_page(self.snp_file)
         self._add_page(self.pickle_file)
         self.kind.currentIndexChanged.connect(self._show_page)
         self._show_page(0)
-        for edit in (self.weights, self.snp_file, self.pickle_file):
+        for edit in (self.weights, self.timm_weights, self.snp_file, self.pickle_file):
             edit.pathChosen.connect(lambda _path: self.request_load())
         self.load_button, self.info = load_controls(
             "Load model", "Load the chosen network (Ctrl+O opens a file instead)", self.request_load, "No model loaded"
@@ -82,6 +85,13 @@ class ModelPanel(QGroupBox):
             "A state dict (.pth/.safetensors) for this architecture; its class count is read "
             "from the file. Leave empty for random weights."
         )
+        self.timm_arch = QComboBox()
+        self.timm_arch.setEditable(True)
+        self.timm_arch.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.timm_arch.setCurrentText("resnet18")
+        self.timm_arch.setToolTip("The timm model name (needs the timm package; type to search)")
+        self.timm_weights = PathEdit("optional", WEIGHTS_FILTER)
+        self.timm_weights.setToolTip(self.weights.toolTip())
         self.snp_file = PathEdit("exported .safetensors file", "snp export (*.safetensors);;All files (*)")
         self.snp_file.setToolTip("A file written by snp's export; it rebuilds the pruned network without running code")
         self.pickle_file = PathEdit("pickled model file", "PyTorch (*.pth *.pt *.pkl);;All files (*)")
@@ -105,6 +115,22 @@ class ModelPanel(QGroupBox):
             self.stack.widget(position).setSizePolicy(policy, policy)
         self.stack.setCurrentIndex(index)
         self.stack.adjustSize()
+        if self.kind.itemData(index) == "timm":
+            self._fill_timm_names()
+
+    def _fill_timm_names(self) -> None:
+        """timm's model names, read the first time its page is shown (timm is optional and slow to import)."""
+        if self.timm_arch.count():
+            return
+        try:
+            names = timm_names(import_timm("timm"))
+        except ModelLoadError:
+            return  # not installed: loading says how to install it
+        text = self.timm_arch.currentText()
+        self.timm_arch.addItems(names)
+        self.timm_arch.completer().setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.timm_arch.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+        self.timm_arch.setCurrentText(text)
 
     def _torchvision_page(self) -> QWidget:
         page = QWidget()
@@ -112,6 +138,14 @@ class ModelPanel(QGroupBox):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Architecture", self.arch)
         form.addRow("Weights", self.weights)
+        return page
+
+    def _timm_page(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Model", self.timm_arch)
+        form.addRow("Weights", self.timm_weights)
         return page
 
     # -- specs ------------------------------------------------------------------------------------
@@ -123,6 +157,9 @@ class ModelPanel(QGroupBox):
         if kind == "torchvision":
             weights = self.weights.path()
             return f"{TORCHVISION_PREFIX}{self.arch.currentText().strip()}" + (f"@{weights}" if weights else ""), kind
+        if kind == "timm":
+            weights = self.timm_weights.path()
+            return f"{TIMM_PREFIX}{self.timm_arch.currentText().strip()}" + (f"@{weights}" if weights else ""), kind
         return (self.snp_file if kind == "snp" else self.pickle_file).path(), kind
 
     def request_load(self) -> None:
@@ -132,6 +169,8 @@ class ModelPanel(QGroupBox):
     def set_spec(self, spec: str, kind: str | None = None) -> None:
         """Show ``spec`` in the matching page (used for recent files, sessions and dropped files)."""
         kind = kind or guess_kind(spec)
+        if spec.startswith(TIMM_PREFIX) and kind == "snp":  # guess_kind knows no timm specs
+            kind = "timm"
         select_data(self.kind, kind)
         if kind == "demo":
             select_data(self.demo, spec)
@@ -140,6 +179,11 @@ class ModelPanel(QGroupBox):
             if arch:
                 self.arch.setCurrentText(arch)
             self.weights.set_path(weights)
+        elif kind == "timm":
+            name, _, weights = spec.removeprefix(TIMM_PREFIX).partition("@")
+            if name:
+                self.timm_arch.setCurrentText(name)
+            self.timm_weights.set_path(weights)
         else:
             (self.snp_file if kind == "snp" else self.pickle_file).set_path(spec)
 
@@ -149,7 +193,7 @@ class ModelPanel(QGroupBox):
         self.weights.set_path(path)
 
     def set_start_dir(self, folder: str) -> None:
-        for edit in (self.weights, self.snp_file, self.pickle_file):
+        for edit in (self.weights, self.timm_weights, self.snp_file, self.pickle_file):
             edit.start_dir = folder
 
     def show_loaded(self, loaded: LoadedModel | None) -> None:
