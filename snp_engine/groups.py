@@ -263,6 +263,8 @@ def find_groups(
     pruning that leaves residual streams and gates alone).
     """
     model.eval()
+    if isinstance(model, torch.jit.ScriptModule):
+        return [], []  # compiled: nothing to trace (the workflows say why, see no_groups_reason)
     calls = call_order(model, [name for name, m in model.named_modules() if _is_prunable_linear_op(m)], example_input)
     with tracing(model):
         graph = build_dependency_graph(model, example_input)

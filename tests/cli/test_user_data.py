@@ -335,6 +335,7 @@ MODEL_CASES = {
     "demo-resnet": ("demo-resnet", (), [1, 8, 8], 10),
     "torchvision-resnet18": ("torchvision:resnet18", (), [3, 224, 224], 1000),
     "torchvision-mobilenet_v2": ("torchvision:mobilenet_v2", (), [3, 224, 224], 1000),
+    "timm-resnet18": ("timm:resnet18", (), [3, 224, 224], 1000),
     "state-dict-pth": ("torchvision:resnet18@{root}/resnet18.pth", (), [3, 224, 224], 7),
     "state-dict-safetensors": ("torchvision:resnet18@{root}/resnet18.safetensors", (), [3, 224, 224], 7),
     "snp-export": ("{export}", (), [1, 8, 8], 10),

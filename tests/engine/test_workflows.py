@@ -119,7 +119,7 @@ def test_every_rebuildable_model_source_names_a_registered_family():
     from snp_engine.modelsources import MODEL_SOURCES
 
     families = {source.rebuilds for source in MODEL_SOURCES.values()} - {None}
-    assert families == {"demo", "torchvision"} and families <= set(ARCHITECTURE_FAMILIES)
+    assert families == {"demo", "torchvision", "timm"} and families <= set(ARCHITECTURE_FAMILIES)
     check_exportable("demo-vgg")
     check_exportable("torchvision:resnet18")
     with pytest.raises(SnpError, match="cannot export"):
