@@ -152,6 +152,28 @@ def parameters_of(name: str) -> int:
         return sum(p.numel() for p in build(name, side_for(name)).parameters())
 
 
+def table(rows: list[dict]) -> str:
+    """The results as a markdown table for docs/benchmarks.md."""
+    lines = [
+        "| model | params | groups (coupled) | excluded | max reduction | −30 % plan, export, reload |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: r["model"]):
+        params = f"{row['params'] / 1e6:.1f} M" if "params" in row else "—"
+        if "groups" in row:
+            groups = f"{row['groups']} ({row['coupled']})"
+            excluded = str(row["excluded"])
+        else:
+            groups = excluded = "—"
+        reach = f"{row['max_reduction']:.1%}" if "max_reduction" in row else "—"
+        if row["status"] == "pruned":
+            outcome = f"pruned −{row['reduction']:.1%}, reload max Δ {row['reload_max_diff']:.0e}"
+        else:
+            outcome = f"{row['status']}: {row.get('message', '')[:110]}"
+        lines.append(f"| {row['model']} | {params} | {groups} | {excluded} | {reach} | {outcome} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     import torchvision
 
@@ -165,7 +187,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "zoo.json")
     parser.add_argument("--resume", action="store_true", help="keep the models already in --out, run the rest")
+    parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())["models"]))
+        return
     names = args.models or (list(QUICK) if args.quick else torchvision.models.list_models(module=torchvision.models))
     rows: list[dict] = []
     if args.resume and args.out.is_file():  # keep what an interrupted run already measured
