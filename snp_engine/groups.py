@@ -230,6 +230,8 @@ _BLOCKER_WORDS = (
     ("Transpose", "a reshape"),
     ("Select", "a reshape"),
     ("Squeeze", "a reshape"),
+    ("AsStrided", "a reshape"),
+    ("NativeBatchNorm", "a batch norm inside another layer (such as timm's BatchNormAct2d)"),
 )
 
 
@@ -284,7 +286,11 @@ def find_groups(
         seen.update(producers)
         units = _units_of(model.get_submodule(producers[0]))
         label = producers[0]
-        if blockers:
+        reaches_output = any("_OutputOp" in b for b in blockers)
+        blockers = [b for b in blockers if "_OutputOp" not in b]
+        if reaches_output and not blockers:
+            excluded.append(ExcludedGroup(label, units, "network output"))
+        elif blockers:
             excluded.append(ExcludedGroup(label, units, f"passes through {_describe_blockers(blockers)}"))
         elif not consumers:
             excluded.append(ExcludedGroup(label, units, "network output"))
