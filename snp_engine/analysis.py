@@ -28,7 +28,7 @@ from snp_engine.costs import CostModel, build_cost_model
 from snp_engine.distributed import active as distributed_active
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
-from snp_engine.groups import ExcludedGroup, execution_order, find_groups
+from snp_engine.groups import ExcludedGroup, find_groups
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import keep_for_budget, keep_for_threshold, validate_keep
 from snp_engine.results import GroupAnalysis, Plan, ReaderStatistics
@@ -329,7 +329,6 @@ def analyze(
         if not groups:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in excluded[:5])
             raise AnalysisError(f"no prunable layers found: {reasons}")
-        groups = execution_order(model, groups, example)
         readers = [r.consumer for g in groups for r in g.readers]
         norms = following_norms(model, readers, example)
         costs = build_cost_model(model, groups, example)

@@ -171,7 +171,7 @@ def tracing(model: nn.Module) -> Iterator[None]:
             yield
     except SnpError:
         raise
-    except (Exception, RecursionError) as exc:
+    except Exception as exc:  # RecursionError included
         detail = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise AnalysisError(
             f"{what} failed inside torch-pruning ({type(exc).__name__}{': ' + detail if detail else ''}); "
@@ -241,9 +241,9 @@ def _describe_blockers(blockers: list[str]) -> str:
     described, layers = [], []
     for blocker in blockers:
         words = next((text for key, text in _BLOCKER_WORDS if key.lower() in blocker.lower()), None)
-        if words is None:
-            words = blocker.split(" (")[0] if " (" not in blocker else blocker.split(" (")[1].rstrip(")")
-            words = f"a {words} operation"
+        if words is None:  # "layer (Kind)" or a bare op name
+            kind = blocker.split(" (")[1].rstrip(")") if " (" in blocker else blocker
+            words = f"a {kind} operation"
         if words not in described:
             described.append(words)
         if " (" in blocker and blocker.split(" (")[0] not in layers:
@@ -259,7 +259,8 @@ def _describe_blockers(blockers: list[str]) -> str:
 def find_groups(
     model: nn.Module, example_input: torch.Tensor, *, coupled: bool = True
 ) -> tuple[list[UnitGroup], list[ExcludedGroup]]:
-    """All prunable unit groups of ``model`` and the excluded ones with their reasons.
+    """All prunable unit groups of ``model``, front to back (by when their first reader runs), and
+    the excluded ones with their reasons.
 
     ``coupled=False`` keeps only groups with one producer and one reader (the behaviour of
     pruning that leaves residual streams and gates alone).
@@ -312,6 +313,7 @@ def find_groups(
                     tuple(producers) if len(producers) > 1 else (),
                 )
             )
+    groups.sort(key=lambda g: calls.get(g.consumer, len(calls)))  # front to back, as execution_order
     return groups, excluded
 
 

@@ -15,7 +15,7 @@ from snp_engine import api, io
 from snp_engine.activations import model_dtype
 from snp_engine.data import make_loader
 from snp_engine.errors import SnpError
-from snp_engine.groups import ExcludedGroup, UnitGroup, execution_order, find_groups
+from snp_engine.groups import ExcludedGroup, UnitGroup, find_groups
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import Pruned, PruningRecord
@@ -47,7 +47,6 @@ def inspect(prepared: Prepared, *, device: str | torch.device = "cpu", reporter:
     reporter.update(0.0, "finding prunable layers")
     example = torch.zeros((1, *shape), device=device, dtype=model_dtype(model))
     groups, excluded = find_groups(model, example)
-    groups = execution_order(model, groups, example)
     params, flops = cost(model, shape, device)
     reporter.update(1.0, "done")
     warnings = () if groups or excluded else (no_groups_reason(model),)

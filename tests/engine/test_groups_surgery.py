@@ -371,3 +371,10 @@ def test_following_norms_only_directly_after_the_consumer():
     resnet = demo_model("demo-resnet")
     consumers = [f"layer{i}.0.conv2" for i in (1, 2, 3)]
     assert following_norms(resnet, consumers, torch.zeros(1, 1, 8, 8)) == {c: c[:-5] + "bn2" for c in consumers}
+
+
+def test_find_groups_returns_them_front_to_back():
+    model = _torchvision("resnet18")
+    example = torch.zeros(1, 3, 32, 32)
+    groups, _ = find_groups(model, example)
+    assert [g.name for g in groups] == [g.name for g in execution_order(model, list(reversed(groups)), example)]
