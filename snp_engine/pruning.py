@@ -10,6 +10,7 @@ statistics alone.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from snp_engine.compensation import compensation_ridge, one_shot_reconstruction,
 from snp_engine.distributed import all_reduce, position
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
-from snp_engine.groups import call_order
+from snp_engine.groups import Reader, call_order
 from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
@@ -180,17 +181,42 @@ def _fit_sequential(
     )
     if distributed:
         all_reduce(parts)
-    joint = Moments.union(parts)
     parts = [part.to("cpu") for part in parts]
-    n = g.units
-    cov, mean = joint.covariance().cpu(), joint.mean().cpu()
-    own_cov, cross = cov[:n, :n], cov[n:, :n]
     if isinstance(kept, int):
+        n = g.units
+        own_cov = Moments.union(parts).covariance()[:n, :n]
         inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed)
         kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
+    choice = fit_reader(pruned, reader.reader, g.units, kept, parts, reader.metric, reader.coverage, reader.norm)
+    return kept, choice
+
+
+def fit_reader(
+    pruned: nn.Module,
+    reader: Reader,
+    units: int,
+    kept: torch.Tensor,
+    parts: Sequence[Moments],
+    metric: torch.Tensor,
+    coverage: torch.Tensor | None,
+    norm: str | None,
+) -> FitChoice | None:
+    """Rewrite one reader of ``pruned`` from the joint moments of z = [x̃; x] at its input (``parts``,
+    one per fold of images; x̃ from ``pruned``, x from the dense network, ``units`` each).
+
+    The reader reads x ≈ c + A x̃_K instead of x (:func:`~snp_engine.compensation.reconstruction`,
+    ridge shrinking towards A₀ = I on K). With several folds the fit kind and ridge are chosen on
+    held-out folds (:func:`~snp_engine.holdout.choose_fit`), which may fall back to the one-shot fit
+    from the dense moments; one fold uses the fixed ridge formula. Returns that choice (None for one fold).
+    """
+    joint = Moments.union(parts)
+    n = units
+    cov, mean = joint.covariance().cpu(), joint.mean().cpu()
+    own_cov, cross = cov[:n, :n], cov[n:, :n]
     k = kept.shape[0]
     formula = compensation_ridge(own_cov, k, joint.samples)
-    choice = choose_fit(parts, reader.metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
+    folds = len(parts)
+    choice = choose_fit(parts, metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
     if choice is not None and choice.kind == ONE_SHOT:
         mapping, offset = one_shot_reconstruction(cov[n:, n:], mean[n:], kept, choice.ridge)
     else:
@@ -198,8 +224,8 @@ def _fit_sequential(
         prior = torch.zeros(n, k, dtype=cov.dtype)
         prior[kept, torch.arange(k)] = 1
         mapping, offset = reconstruction(cross[:, kept], own_cov[kept][:, kept], mean[n:], mean[:n][kept], ridge, prior)
-    apply_reconstruction(pruned, reader.reader, n, kept, mapping, offset, reader.coverage, reader.norm)
-    return kept, choice
+    apply_reconstruction(pruned, reader, n, kept, mapping, offset, coverage, norm)
+    return choice
 
 
-__all__ = ["prune"]
+__all__ = ["fit_reader", "prune"]
