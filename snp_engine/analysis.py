@@ -30,7 +30,7 @@ from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, find_groups
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.ratios import keep_for_budget, keep_for_threshold, validate_keep
+from snp_engine.ratios import NO_CONSTRAINTS, Constraints, keep_for_budget, keep_for_threshold, validate_keep
 from snp_engine.results import GroupAnalysis, Plan, ReaderStatistics
 from snp_engine.runtime import (
     DEFAULT_BATCH_SIZE,
@@ -185,25 +185,28 @@ class Analysis:
         keep: Mapping[str, int] | None = None,
         round_to: int = 1,
         allocation: str = "greedy",
+        constraints: Constraints | None = None,
     ) -> Plan:
         """Keep counts from exactly one of: a global explained-variance threshold ``variance``
         (0 < V ≤ 1), a FLOPs or parameter reduction (0 ≤ R < 1), or explicit ``keep`` counts
         (groups not named keep all their units). A reduction is split across layers greedily by lost
         explained variance per saved cost (``allocation="greedy"``) or by bisection on one global
-        threshold (``allocation="threshold"``)."""
+        threshold (``allocation="threshold"``). ``constraints`` lock groups or set their own minimum
+        and rounding (:class:`~snp_engine.ratios.Constraints`); explicit counts must agree with them."""
         given = [x is not None for x in (variance, flops_reduction, params_reduction, keep)]
         if sum(given) != 1:
             raise SnpError("give exactly one of variance, flops_reduction, params_reduction or keep")
         threshold = None
         curves = self.curves
         try:
+            rules = (constraints or NO_CONSTRAINTS).check(self.units)
             if variance is not None:
                 if not 0 < variance <= 1:
                     raise SnpError(f"variance threshold must be in (0, 1], got {variance}")
                 threshold = float(variance)
-                counts = keep_for_threshold(curves, threshold, round_to=round_to)
+                counts = keep_for_threshold(curves, threshold, round_to=round_to, constraints=rules)
             elif keep is not None:
-                counts = {**self.units, **validate_keep(keep, self.units)}
+                counts = {**self.units, **validate_keep(keep, self.units, constraints=rules)}
             else:
                 reduction = flops_reduction if flops_reduction is not None else params_reduction
                 if not 0 <= reduction < 1:
@@ -217,6 +220,7 @@ class Analysis:
                     round_to=round_to,
                     allocation=allocation,
                     saving=lambda k, name, new_k: self.costs.saving(k, name, new_k)[index],
+                    constraints=rules,
                 )
         except ValueError as exc:
             raise SnpError(str(exc)) from None

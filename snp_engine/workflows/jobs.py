@@ -18,6 +18,7 @@ from snp_engine.errors import SnpError
 from snp_engine.groups import ExcludedGroup, UnitGroup, find_groups
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
+from snp_engine.ratios import Constraints
 from snp_engine.results import Pruned, PruningRecord
 from snp_engine.runtime import resolve_device
 from snp_engine.training import train
@@ -93,15 +94,22 @@ def analyse(
     )
 
 
-def make_plan(analysis: api.Analysis, target: PlanTarget, *, round_to: int = 1, allocation: str = "greedy") -> api.Plan:
-    """Keep counts for ``target``."""
+def make_plan(
+    analysis: api.Analysis,
+    target: PlanTarget,
+    *,
+    round_to: int = 1,
+    allocation: str = "greedy",
+    constraints: Constraints | None = None,
+) -> api.Plan:
+    """Keep counts for ``target``, within the per-layer ``constraints`` (locks, minimums, rounding)."""
     if allocation not in ALLOCATIONS:
         raise SnpError(f"unknown allocation '{allocation}'; choose one of {', '.join(ALLOCATIONS)}")
     if target.kind == "keep":
-        return analysis.plan(keep=target.keep, round_to=round_to)
+        return analysis.plan(keep=target.keep, round_to=round_to, constraints=constraints)
     keyword = TARGET_KINDS[target.kind]
     extra = {"allocation": allocation} if target.kind in ("flops", "params") else {}
-    return analysis.plan(**{keyword: target.value}, round_to=round_to, **extra)
+    return analysis.plan(**{keyword: target.value}, round_to=round_to, constraints=constraints, **extra)
 
 
 def prune(

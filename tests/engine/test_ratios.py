@@ -184,3 +184,148 @@ def test_validate_keep():
         validate_keep({"a": 0}, units)
     with pytest.raises(ValueError, match="out of range"):
         validate_keep({"b": 5}, units)
+
+
+# -- per-group constraints ----------------------------------------------------------------------------
+
+from snp_engine.ratios import NO_CONSTRAINTS, Constraints, GroupConstraint  # noqa: E402
+
+
+def test_group_constraint_refuses_bad_values_clearly():
+    with pytest.raises(ValueError, match="round-to must be at least 1, got 0"):
+        GroupConstraint(round_to=0)
+    with pytest.raises(ValueError, match="a minimum must be at least 1"):
+        GroupConstraint(min_units=-2)
+    with pytest.raises(ValueError, match="whole number"):
+        GroupConstraint(locked=2.5)
+    with pytest.raises(ValueError, match="whole number"):
+        GroupConstraint(locked=True)
+    assert GroupConstraint(locked=np.int64(3), min_units=2.0).to_dict() == {"locked": 3, "min_units": 2}
+
+
+def test_constraints_are_checked_against_the_widths():
+    units = {"a": 8, "b": 16}
+    with pytest.raises(ValueError, match="'a' has 8 units; a minimum of 9 is more than it has"):
+        Constraints({"a": GroupConstraint(min_units=9)}).check(units)
+    with pytest.raises(ValueError, match=r"'b' has 16 units; it cannot be locked at 17 \(1 … 16\)"):
+        Constraints({"b": GroupConstraint(locked=17)}).check(units)
+    with pytest.raises(ValueError, match="not a prunable layer"):
+        Constraints({"c": GroupConstraint(locked=1)}).check(units)
+    with pytest.raises(ValueError, match="below its minimum"):
+        Constraints({"a": GroupConstraint(locked=2, min_units=4)}).check(units)
+    fine = Constraints({"a": GroupConstraint(min_units=8), "b": GroupConstraint(round_to=32)})
+    assert fine.check(units) is fine
+
+
+def test_constraints_are_values():
+    a = Constraints({"x": GroupConstraint(locked=3), "y": GroupConstraint()})
+    b = NO_CONSTRAINTS.with_group("x", locked=3)
+    assert a == b and hash(a) == hash(b) and list(a) == ["x"], "rules that say nothing are dropped"
+    assert b.with_group("x", locked=None) == NO_CONSTRAINTS and not NO_CONSTRAINTS
+    with pytest.raises(TypeError):
+        a.groups["z"] = GroupConstraint(locked=1)  # read-only
+    assert Constraints.from_dict(a.to_dict()) == a
+    with pytest.raises(ValueError, match="constraint for 'x': round-to must be at least 1"):
+        Constraints.from_dict({"x": {"round_to": 0}})
+    with pytest.raises(ValueError, match="unknown field"):
+        Constraints.from_dict({"x": {"lock": 3}})
+
+
+def test_fit_and_why():
+    rule = GroupConstraint(min_units=4, round_to=8)
+    assert rule.fit(3, 20) == 8 and rule.fit(9, 20) == 16 and rule.fit(19, 20) == 20 and rule.fit(99, 20) == 20
+    assert "at least 4" in rule.why(3, 8, 20) and "multiple of 8" in rule.why(9, 16, 20)
+    assert rule.why(16, 16, 20) == ""
+    assert GroupConstraint(locked=5).fit(2, 20) == 5 and "locked at 5" in GroupConstraint(locked=5).why(2, 5, 20)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5, 0.99])
+def test_threshold_never_moves_a_locked_group_and_obeys_minimum_and_rounding(tau):
+    curves = _curves(9)
+    rules = Constraints(
+        {
+            "layer0": GroupConstraint(locked=7),
+            "layer1": GroupConstraint(min_units=6),
+            "layer3": GroupConstraint(round_to=8),
+        }
+    )
+    plain = keep_for_threshold(curves, tau)
+    keep = keep_for_threshold(curves, tau, constraints=rules)
+    assert keep["layer0"] == 7
+    assert keep["layer1"] == max(plain["layer1"], 6)
+    assert keep["layer3"] % 8 == 0 and 0 <= keep["layer3"] - plain["layer3"] < 8
+    assert keep["layer2"] == plain["layer2"], "groups without rules are untouched"
+
+
+@pytest.mark.parametrize("allocation", ["threshold", "greedy"])
+@pytest.mark.parametrize("fraction", [0.8, 0.6])
+def test_budget_with_constraints_is_met_and_respects_them(allocation, fraction):
+    curves = _curves(10)
+    cost = _linear_cost({"layer0": 3.0, "layer1": 1.0, "layer2": 10.0, "layer3": 0.5})
+    full = cost({name: len(c) - 1 for name, c in curves.items()})
+    rules = Constraints(
+        {
+            "layer2": GroupConstraint(locked=4),
+            "layer1": GroupConstraint(min_units=5),
+            "layer3": GroupConstraint(round_to=8),
+        }
+    )
+    keep, _ = keep_for_budget(curves, cost, fraction * full, allocation=allocation, constraints=rules)
+    assert cost(keep) <= fraction * full
+    assert keep["layer2"] == 4
+    assert keep["layer1"] >= 5
+    assert keep["layer3"] % 8 == 0 or keep["layer3"] == 32
+
+
+def test_greedy_steps_over_multiples_of_a_groups_round_to():
+    curve = np.linspace(0, 1, 21)  # 20 units: multiples of 8 are 8 and 16, and all 20
+    keep, _ = keep_for_budget(
+        {"a": curve}, lambda k: float(k["a"]), 10.0, constraints=Constraints({"a": GroupConstraint(round_to=8)})
+    )
+    assert keep == {"a": 8}
+
+
+def test_locks_that_make_the_budget_unreachable_are_refused_in_one_line():
+    curves = _curves(11)
+    cost = _linear_cost(dict.fromkeys(curves, 1.0))
+    rules = Constraints({"layer3": GroupConstraint(locked=32)})  # 32 of 61 units locked
+    with pytest.raises(ValueError, match="not reachable with these constraints") as caught:
+        keep_for_budget(curves, cost, 20.0, constraints=rules)
+    message = str(caught.value)
+    assert "\n" not in message and "1 locked layer(s)" in message and "unlock" in message
+
+
+def test_validate_keep_with_constraints():
+    units = {"a": 8, "b": 20, "c": 4}
+    rules = Constraints(
+        {"a": GroupConstraint(locked=3), "b": GroupConstraint(round_to=8), "c": GroupConstraint(min_units=2)}
+    )
+    assert validate_keep({"b": 16}, units, constraints=rules) == {"b": 16, "a": 3}, "a lock fills in its count"
+    assert validate_keep({"b": 20}, units, constraints=rules)["b"] == 20, "the full width is always allowed"
+    with pytest.raises(ValueError, match="locked at 3"):
+        validate_keep({"a": 4}, units, constraints=rules)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        validate_keep({"b": 12}, units, constraints=rules)
+    with pytest.raises(ValueError, match="at least 2 units"):
+        validate_keep({"c": 1}, units, constraints=rules)
+
+
+def test_analysis_plan_and_make_plan_take_constraints():
+    from snp_engine.api import analyze
+    from snp_engine.errors import SnpError
+    from snp_engine.workflows import PlanTarget, make_plan
+    from tests.engine.helpers import demo_model, digits
+
+    analysis = analyze(demo_model("demo-vgg"), digits(), samples=64)
+    first, second = analysis.names[:2]
+    width = analysis.units[first]
+    rules = Constraints({first: GroupConstraint(locked=width - 1), second: GroupConstraint(min_units=2)})
+    for target in (PlanTarget("variance", 0.5), PlanTarget("flops", 0.3), PlanTarget("params", 0.3)):
+        plan = make_plan(analysis, target, constraints=rules)
+        assert plan.keep[first] == width - 1 and plan.keep[second] >= 2
+    assert make_plan(analysis, PlanTarget("keep", None, {}), constraints=rules).keep[first] == width - 1
+    with pytest.raises(SnpError, match="cannot be locked"):
+        analysis.plan(variance=0.5, constraints=Constraints({first: GroupConstraint(locked=width + 1)}))
+    everything = Constraints({name: GroupConstraint(locked=units) for name, units in analysis.units.items()})
+    with pytest.raises(SnpError, match="not reachable with these constraints"):
+        analysis.plan(flops_reduction=0.5, constraints=everything)
