@@ -143,7 +143,9 @@ class PruningRecord:
     """Which units of each group a pruned network keeps and how it was pruned.
 
     ``kept`` holds indices into the network it was pruned from (for an export: into its base
-    architecture), ``units`` that network's group sizes. Passed by value next to the network,
+    architecture), ``units`` that network's group sizes. ``blocks`` names the residual blocks that
+    were replaced by the identity first (see :mod:`snp_engine.blocks`); the groups are those of the
+    network without them. Passed by value next to the network,
     never stored on the module.
     """
 
@@ -156,6 +158,7 @@ class PruningRecord:
     input_shape: tuple[int, ...] = ()
     physical: bool = True
     fits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per group: how its consumer was fitted
+    blocks: tuple[str, ...] = ()  # residual blocks replaced by the identity (before the channels were pruned)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in export headers."""
@@ -169,6 +172,7 @@ class PruningRecord:
             "input_shape": list(self.input_shape),
             "physical": self.physical,
             "fits": {name: dict(fit) for name, fit in self.fits.items()},
+            "blocks": list(self.blocks),
         }
 
 
