@@ -171,14 +171,19 @@ def unexplained_share(
     return max(float(errors[best]) / energy, 0.0), float(relative_ridges[best])
 
 
-def least_important(scores: Sequence[BlockScore], count: int) -> tuple[str, ...]:
-    """The ``count`` blocks with the least unexplained share u (ties: the earlier block), in network order."""
+def check_block_count(count: int, names: Sequence[str]) -> None:
+    """Refuse a count of blocks to remove below 0 or above the removable ``names`` (one line each)."""
     if count < 0:
         raise SnpError(f"the number of blocks to remove must be 0 or more, got {count}")
-    if count > len(scores):
-        names = ", ".join(s.name for s in scores[:8]) + (", …" if len(scores) > 8 else "")
-        found = f" ({names})" if scores else ""
-        raise SnpError(f"cannot remove {count} blocks: the network has {len(scores)} removable blocks{found}")
+    if count > len(names):
+        listed = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+        found = f" ({listed})" if names else ""
+        raise SnpError(f"cannot remove {count} blocks: the network has {len(names)} removable blocks{found}")
+
+
+def least_important(scores: Sequence[BlockScore], count: int) -> tuple[str, ...]:
+    """The ``count`` blocks with the least unexplained share u (ties: the earlier block), in network order."""
+    check_block_count(count, [s.name for s in scores])
     position = {s.name: i for i, s in enumerate(scores)}
     chosen = sorted(scores, key=lambda s: (s.unexplained, position[s.name]))[:count]
     return tuple(sorted((s.name for s in chosen), key=position.__getitem__))
@@ -344,6 +349,7 @@ __all__ = [
     "BlockRemoval",
     "BlockScore",
     "branch_share",
+    "check_block_count",
     "least_important",
     "remove_blocks",
     "score_blocks",

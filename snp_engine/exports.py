@@ -1,8 +1,9 @@
 """snp's own model file: a pruned model as one self-describing ``.safetensors`` file.
 
-The file holds the weights plus a JSON header naming the base architecture, the input shape and
-which units of each group were kept. Loading rebuilds the base architecture, removes the same
-units and loads the weights, so no pickle (and no code from the file) is ever executed. The header
+The file holds the weights plus a JSON header naming the base architecture, the input shape,
+which residual blocks were replaced by the identity and which units of each group were kept.
+Loading rebuilds the base architecture, replaces the same blocks, removes the same units and loads
+the weights, so no pickle (and no code from the file) is ever executed. The header
 is validated field by field before anything is built from it: a crafted or damaged header is one
 :class:`~snp_engine.errors.ModelLoadError` naming the file. Writing goes through
 :func:`~snp_engine.atomic.atomic_write` and is verified by reloading the file.
@@ -42,13 +43,17 @@ from snp_engine.headers import (
     to_json,
 )
 from snp_engine.progress import Reporter
+from snp_engine.residual import replace_blocks
 from snp_engine.results import Pruned, PruningRecord
 from snp_engine.surgery import remove_units
 from snp_engine.verification import EXPORT_TOLERANCE, check_close, cpu_eval_copy, first_output, random_batch
 from snp_engine.version import __version__
 
 FORMAT_KEY = "snp_format"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this snp reads
+# Files without removed blocks are written as format 1, which every snp reads; a file with removed
+# blocks is format 2, so an snp that does not know blocks refuses it instead of misreading it.
+BLOCKS_FORMAT = 2
 
 # Limits on what a header may ask for. They are far above any real network (ImageNet-21k has
 # 21,843 classes; the widest torchvision layer has a few thousand units) and keep a crafted header
@@ -113,14 +118,17 @@ def export_model(
     derived = {key: pruning[key] for key in ("ordering", "threshold", "compensation") if key in pruning}
     if pruning.get("fits"):
         derived["fits"] = pruning["fits"]  # per group: sequential or one-shot fit, ridge, held-out error
+    blocks = [str(name) for name in pruning.get("blocks") or []]
+    version = BLOCKS_FORMAT if blocks else 1
     header = {
-        "format": FORMAT_VERSION,
+        "format": version,
         "snp_version": __version__,
         "arch": arch,
         "arch_kwargs": kwargs,
         "num_classes": int(num_classes),
         "input_shape": list(input_shape),
         "pruning": {
+            **({"blocks": blocks} if blocks else {}),
             "groups": list(pruning.get("groups", [])),
             "units": {k: int(v) for k, v in pruning.get("units", {}).items()},
             "kept": {k: [int(i) for i in v] for k, v in pruning.get("kept", {}).items()},
@@ -128,7 +136,7 @@ def export_model(
         "settings": {**derived, **dict(settings or {})},
         "metrics": dict(metrics or {}),
     }
-    metadata = {FORMAT_KEY: str(FORMAT_VERSION), METADATA_KEY: to_json(header), "format": "pt"}
+    metadata = {FORMAT_KEY: str(version), METADATA_KEY: to_json(header), "format": "pt"}
     state = _plain_state_dict(stored)
 
     def write(temp: Path) -> None:
@@ -162,6 +170,9 @@ def _relative_to_base(pruning: Mapping[str, Any], base: Mapping[str, Any]) -> di
     the export's own kept indices gives indices into the base network, which is what loading needs.
     """
     pruning = dict(pruning)
+    earlier_blocks = [str(name) for name in base.get("blocks") or []]
+    if earlier_blocks:  # blocks removed before stay removed; the new ones come after them
+        pruning["blocks"] = list(dict.fromkeys([*earlier_blocks, *(pruning.get("blocks") or [])]))
     base_kept = base.get("kept") or {}
     if not base_kept:
         return pruning
@@ -242,6 +253,7 @@ def load_exported(path: str | Path) -> LoadedModel:
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise ModelLoadError(f"{path}: the weights cannot be read, the file is damaged or truncated ({exc})") from None
     model = build_architecture(header.arch, header.arch_kwargs, path)
+    _replace_blocks(model, header.blocks, path)
     try:
         example = torch.zeros((1, *header.input_shape))
         if any(len(header.kept.get(name, ())) < header.units.get(name, 0) for name in header.groups):
@@ -267,6 +279,7 @@ def load_exported(path: str | Path) -> LoadedModel:
         threshold=settings.get("threshold"),
         compensation=settings.get("compensation"),
         input_shape=tuple(header.input_shape),
+        blocks=tuple(header.blocks),
     )
     rule = "fixed" if isinstance(getattr(model, "image_size", None), int) else "recorded"
     return LoadedModel(
@@ -303,6 +316,7 @@ class _Header:
     groups: list[str]
     units: dict[str, int]
     kept: dict[str, list[int]]
+    blocks: list[str]
     settings: dict[str, Any]
     raw: dict[str, Any]  # the whole header, with settings and metrics as objects
 
@@ -340,13 +354,16 @@ def _validated(path: Path, header: Mapping[str, Any]) -> _Header:
         name: read.integers(value, f"pruning.kept.{name}", high=MAX_UNITS - 1, longest=MAX_UNITS)
         for name, value in indices.items()
     }
+    listed = read.sequence(pruning.get("blocks"), "pruning.blocks", longest=MAX_GROUPS, optional=True)
+    blocks = [read.text(name, f"pruning.blocks[{index}]", longest=1000) for index, name in enumerate(listed)]
     settings = read.mapping(header.get("settings"), "settings", optional=True)
     read.optional_text(settings.get("ordering"), "settings.ordering", longest=100)
     read.optional_text(settings.get("compensation"), "settings.compensation", longest=100)
     read.optional_number(settings.get("threshold"), "settings.threshold")
     metrics = read.mapping(header.get("metrics"), "metrics", optional=True)
     raw = {**header, "settings": settings, "metrics": metrics}
-    return _Header(arch, kwargs, num_classes, (shape[0], shape[1], shape[2]), groups, units, kept, settings, raw)
+    shape3 = (shape[0], shape[1], shape[2])
+    return _Header(arch, kwargs, num_classes, shape3, groups, units, kept, blocks, settings, raw)
 
 
 def _check_argument(read: FieldReader, field: str, value: Any) -> None:
@@ -368,6 +385,16 @@ def _check_argument(read: FieldReader, field: str, value: Any) -> None:
         read.integer(value, field, low=-_MAX_ARGUMENT, high=_MAX_ARGUMENT)
     else:
         read.number(value, field)
+
+
+def _replace_blocks(model: nn.Module, names: Sequence[str], path: Path) -> None:
+    """Replace the recorded residual blocks by the identity, as when the file was written."""
+    for name in names:
+        try:
+            replace_blocks(model, [name])
+        except (AttributeError, ValueError):
+            where = f"{path}: removed block '{shorten(name)}'"
+            raise ModelLoadError(f"{where} is not a module of the base architecture") from None
 
 
 def _remove_complement(

@@ -4,6 +4,8 @@ exported and reloaded."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,10 +14,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision.models.resnet import BasicBlock
 
-from snp_engine import io
+from snp_engine import api, io
 from snp_engine.architectures import DemoResNet
 from snp_engine.blocks import least_important, remove_blocks, score_blocks, unexplained_share
-from snp_engine.errors import SnpError
+from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.residual import find_blocks, replace_blocks
 from snp_engine.results import PruningRecord
 from snp_engine.statistics import Moments
@@ -161,10 +163,10 @@ def test_an_export_with_removed_blocks_reloads_with_equal_logits(tmp_path):
     model = _randomised(DemoResNet())
     data = TensorDataset(torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,)))
     removal = remove_blocks(model, ["layer1.0"], data)
-    analysis = io.analyze(removal.model, data)
+    analysis = api.analyze(removal.model, data)
     plan = analysis.plan(flops_reduction=0.3)
-    pruned = io.prune(removal.model, analysis, plan, data=data)
-    record = PruningRecord(**{**pruned.record.__dict__, "blocks": removal.removed})
+    pruned = api.prune(removal.model, analysis, plan, data=data)
+    record = dataclasses.replace(pruned.record, blocks=removal.removed)
     path = io.export_model(
         pruned.model,
         tmp_path / "small.safetensors",
@@ -173,9 +175,45 @@ def test_an_export_with_removed_blocks_reloads_with_equal_logits(tmp_path):
         input_shape=(1, 8, 8),
         pruning=record,
     )
-    loaded = io.load_model(str(path))
+    loaded = io.load_exported(path)
     assert isinstance(loaded.model.layer1[0], nn.Identity)
     assert loaded.pruning.blocks == ("layer1.0",)
     assert io.read_metadata(path)["pruning"]["blocks"] == ["layer1.0"]
     images = TensorDataset(data.tensors[0][:8])
     torch.testing.assert_close(_logits(loaded.model, images), _logits(pruned.model, images))
+
+
+def test_removed_blocks_survive_a_second_export_and_crafted_names_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = _randomised(DemoResNet())
+    data = TensorDataset(torch.randn(24, 1, 8, 8), torch.randint(0, 10, (24,)))
+    removal = remove_blocks(model, ["layer1.0"], data)
+    record = PruningRecord(kept={}, units={}, groups=(), blocks=removal.removed)
+    first = io.export_model(
+        removal.model,
+        tmp_path / "a.safetensors",
+        arch="demo-resnet",
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        pruning=record,
+    )
+    loaded = io.load_exported(first)
+    second = io.export_model(
+        loaded.model,
+        tmp_path / "b.safetensors",
+        arch="demo-resnet",
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        base=loaded.metadata,
+    )
+    assert io.read_metadata(second)["pruning"]["blocks"] == ["layer1.0"]
+    for name in ("layer9.0", ""):
+        meta = io.read_metadata(first)
+        meta["pruning"]["blocks"] = [name]
+        crafted = tmp_path / "crafted.safetensors"
+        raw = {"snp_format": "2", "snp": json.dumps(meta), "format": "pt"}
+        save_file(load_file(str(first)), str(crafted), metadata=raw)
+        with pytest.raises(ModelLoadError, match=r"removed block .* is not a module of the base architecture"):
+            io.load_exported(crafted)

@@ -239,7 +239,7 @@ def test_plain_safetensors_without_snp_metadata_is_refused(tmp_path):
 
 def test_newer_format_is_refused(vgg_file, tmp_path):
     path = tmp_path / "future.safetensors"
-    _header_replaced(vgg_file, path, snp_format="2")
+    _header_replaced(vgg_file, path, snp_format=str(io.FORMAT_VERSION + 1))
     with pytest.raises(ModelLoadError, match=f"{path}.*newer snp"):
         io.load_exported(path)
     with pytest.raises(ModelLoadError, match="newer snp"):
