@@ -1,8 +1,10 @@
-"""Per-layer table of the plan: units, kept units (editable), explained variance and cost of each group.
+"""Per-layer table of the plan: units, kept units (editable), explained variance and cost of each group,
+and the layer's constraints: a lock (the global threshold does not move it), a minimum and a round-to.
 
 Layers the engine cannot prune are listed greyed at the bottom, with the reason as a tooltip. A kept
-count outside ``1 … units`` is clamped, and ``notice`` says so (the window shows it in the status bar
-and as a tooltip at the cell).
+count outside ``1 … units``, under the layer's minimum or off its rounding is fitted, and ``notice``
+says so (the window shows it in the status bar and as a tooltip at the cell); a minimum or round-to
+the layer cannot have is refused the same way.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from snp_engine.ratios import Constraints, GroupConstraint
 from snp_gui.summary import DASH, human_count
 
 __all__ = ["LayerTable", "LayerTableModel"]
 
-COLUMNS = ("Layer", "Type", "Units", "Kept", "Ratio", "Explained", "Params", "FLOPs")
-LAYER, TYPE, UNITS, KEPT, RATIO, EXPLAINED, PARAMS, FLOPS = range(len(COLUMNS))
+NO_RULES = GroupConstraint()
+
+COLUMNS = ("Layer", "Type", "Units", "Kept", "Ratio", "Explained", "Params", "FLOPs", "Lock", "Min", "Round to")
+LAYER, TYPE, UNITS, KEPT, RATIO, EXPLAINED, PARAMS, FLOPS, LOCK, MIN, ROUND = range(len(COLUMNS))
+CONSTRAINT_FIELDS = {MIN: "min_units", ROUND: "round_to"}
 HEADER_TIPS = (
     "Unit group (a layer, or layers that must keep the same units)",
     "Kind of layer",
@@ -46,6 +52,9 @@ HEADER_TIPS = (
     "Share of the layer's activation variance that the kept units still explain",
     "Parameters of the layer with the kept units",
     "Multiply-accumulates per image of the layer with the kept units",
+    "Locked: the global threshold or budget does not move this layer (editing its Kept count moves the lock)",
+    "The fewest units this layer may keep; double-click to edit",
+    "This layer keeps a multiple of this many units (or all of them); double-click to edit",
 )
 Index = QModelIndex | QPersistentModelIndex
 
@@ -62,6 +71,7 @@ class _Row:
     excluded_reason: str | None = None
     order: int = 0  # position in network order, to undo sorting
     warning: str | None = None  # e.g. fewer calibration samples than units: shown as ⚠ with its reason
+    rule: GroupConstraint = NO_RULES
 
     def values(self) -> tuple:
         """Comparable value of each column (for sorting)."""
@@ -75,10 +85,17 @@ class _Row:
             explained,
             self.params,
             self.flops,
+            self.rule.locked is not None,
+            self.rule.min_units or 1,
+            self.rule.round_to or 1,
         )
 
 
 def _display(row: _Row, column: int) -> str:
+    if column >= LOCK:
+        if row.excluded_reason is not None or column == LOCK:
+            return ""
+        return str((row.rule.min_units if column == MIN else row.rule.round_to) or 1)
     if column == RATIO:
         return f"{100.0 * row.kept / max(row.units, 1):.1f} %"
     if column == EXPLAINED:
@@ -94,6 +111,8 @@ class LayerTableModel(QAbstractTableModel):
     """Rows of the plan; prunable groups first, excluded layers after them."""
 
     keepEdited = Signal(str, int)
+    lockEdited = Signal(str, bool)
+    constraintEdited = Signal(str, str, int)  # layer, "min_units" or "round_to", value
     notice = Signal(str)  # an edit was changed to fit: why
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -123,7 +142,11 @@ class LayerTableModel(QAbstractTableModel):
         row, column = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return _display(row, column)
+        if role == Qt.ItemDataRole.CheckStateRole and column == LOCK and row.excluded_reason is None:
+            return Qt.CheckState.Checked if row.rule.locked is not None else Qt.CheckState.Unchecked
         if role == Qt.ItemDataRole.EditRole:
+            if column in CONSTRAINT_FIELDS:
+                return row.values()[column]
             return row.kept if column == KEPT else _display(row, column)
         if role == Qt.ItemDataRole.TextAlignmentRole and column >= UNITS:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -133,7 +156,9 @@ class LayerTableModel(QAbstractTableModel):
             if role == Qt.ItemDataRole.ToolTipRole:
                 return f"Not pruned: {row.excluded_reason}"
         elif role == Qt.ItemDataRole.ToolTipRole and column == KEPT:
-            return f"Double-click to change (1 … {row.units})" + (f"\n\n⚠ {row.warning}" if row.warning else "")
+            return _kept_tip(row) + (f"\n\n⚠ {row.warning}" if row.warning else "")
+        elif role == Qt.ItemDataRole.ToolTipRole and column >= LOCK:
+            return HEADER_TIPS[column]
         elif role == Qt.ItemDataRole.ToolTipRole and row.warning:
             return f"⚠ {row.warning}"
         if role == Qt.ItemDataRole.UserRole:
@@ -147,27 +172,59 @@ class LayerTableModel(QAbstractTableModel):
         if row.excluded_reason is not None:
             return Qt.ItemFlag.ItemIsEnabled  # enabled so that its tooltip shows, but neither selectable nor editable
         flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        return flags | Qt.ItemFlag.ItemIsEditable if index.column() == KEPT else flags
+        if index.column() == LOCK:
+            return flags | Qt.ItemFlag.ItemIsUserCheckable
+        return flags | Qt.ItemFlag.ItemIsEditable if index.column() in (KEPT, MIN, ROUND) else flags
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
-        if not index.isValid() or role != Qt.ItemDataRole.EditRole or index.column() != KEPT:
+        if not index.isValid() or self._rows[index.row()].excluded_reason is not None:
             return False
-        row = self._rows[index.row()]
-        if row.excluded_reason is not None:
+        row, column = self._rows[index.row()], index.column()
+        if column == LOCK and role == Qt.ItemDataRole.CheckStateRole:
+            self.lockEdited.emit(row.name, Qt.CheckState(value) == Qt.CheckState.Checked)
+            return True
+        if role != Qt.ItemDataRole.EditRole or column not in (KEPT, MIN, ROUND):
             return False
         try:
             asked = round(float(value))
         except (TypeError, ValueError, OverflowError):
-            self.notice.emit(f"{row.name}: {value!r} is no unit count; it still keeps {row.kept}")
+            what = "unit count" if column == KEPT else "whole number"
+            self.notice.emit(f"{row.name}: {value!r} is no {what}; nothing changed")
             return False
-        kept = min(max(asked, 1), row.units)
+        if column != KEPT:
+            return self._set_rule(row, column, asked)
+        free = GroupConstraint(min_units=row.rule.min_units, round_to=row.rule.round_to)  # edits move a lock
+        kept = free.fit(asked, row.units)
         if kept != asked:
-            self.notice.emit(f"{row.name} has {row.units} units, so it keeps 1 … {row.units}: {asked} became {kept}")
+            self.notice.emit(f"{row.name}: {asked} became {kept}, {free.why(asked, kept, row.units)}")
         if kept != row.kept:
             row.kept = kept
             self.dataChanged.emit(self.index(index.row(), KEPT), self.index(index.row(), RATIO))
             self.keepEdited.emit(row.name, kept)
         return True
+
+    def _set_rule(self, row: _Row, column: int, asked: int) -> bool:
+        """A minimum or round-to typed into the table: refused with the reason when the layer cannot have it."""
+        label = "minimum" if column == MIN else "round-to"
+        if not 1 <= asked <= row.units:
+            self.notice.emit(f"{row.name} has {row.units} units, so its {label} is 1 … {row.units}: {asked} refused")
+            return False
+        if column == MIN and row.rule.locked is not None and asked > row.rule.locked:
+            self.notice.emit(
+                f"{row.name} is locked at {row.rule.locked}: a minimum of {asked} refused (unlock it first)"
+            )
+            return False
+        if asked != row.values()[column]:
+            self.constraintEdited.emit(row.name, CONSTRAINT_FIELDS[column], asked)
+        return True
+
+    def set_constraints(self, constraints: Constraints) -> None:
+        """Show each layer's lock, minimum and round-to."""
+        for position, row in enumerate(self._rows):
+            rule = constraints.of(row.name)
+            if row.excluded_reason is None and rule != row.rule:
+                row.rule = rule
+                self.dataChanged.emit(self.index(position, LOCK), self.index(position, ROUND))
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """Sort prunable rows by ``column`` (network order when ``column`` is -1); excluded rows stay last."""
@@ -250,6 +307,17 @@ class LayerTableModel(QAbstractTableModel):
         return self._rows[row].excluded_reason is not None
 
 
+def _kept_tip(row: _Row) -> str:
+    rule, parts = row.rule, []
+    if rule.locked is not None:
+        parts.append(f"locked at {rule.locked}: the threshold does not move it")
+    if rule.min_units:
+        parts.append(f"at least {rule.min_units}")
+    if rule.round_to:
+        parts.append(f"a multiple of {rule.round_to} (or all {row.units})")
+    return f"Double-click to change (1 … {row.units})" + (f"; {', '.join(parts)}" if parts else "")
+
+
 class KeptEditor(QSpinBox):
     """A spin box bounded by the layer's unit count that still lets any whole number be typed.
 
@@ -290,13 +358,14 @@ class KeptEditor(QSpinBox):
 
 
 class KeptDelegate(QStyledItemDelegate):
-    """Edits the Kept column with a spin box bounded by the layer's unit count."""
+    """Edits the Kept, Min and Round-to columns with a spin box bounded by the layer's unit count."""
 
     def createEditor(self, parent: QWidget, option: Any, index: Index) -> QWidget:
         editor = KeptEditor(parent)
         units = max(int(index.data(Qt.ItemDataRole.UserRole) or 1), 1)
         editor.setRange(1, units)
-        editor.setToolTip(f"Units this layer keeps: 1 … {units}")
+        what = {MIN: "The fewest units this layer may keep", ROUND: "This layer keeps a multiple of"}
+        editor.setToolTip(f"{what.get(index.column(), 'Units this layer keeps')}: 1 … {units}")
         editor.setKeyboardTracking(False)
         return editor
 
@@ -313,6 +382,8 @@ class LayerTable(QTableView):
     """Table view over :class:`LayerTableModel` with row selection and a spin box for the Kept column."""
 
     keepEdited = Signal(str, int)
+    lockEdited = Signal(str, bool)
+    constraintEdited = Signal(str, str, int)  # layer, "min_units" or "round_to", value
     layerSelected = Signal(str)
     notice = Signal(str)  # an edit was clamped to the layer's units: why
 
@@ -321,9 +392,12 @@ class LayerTable(QTableView):
         self._model = LayerTableModel(self)
         self.setModel(self._model)
         self._model.keepEdited.connect(self.keepEdited)
+        self._model.lockEdited.connect(self.lockEdited)
+        self._model.constraintEdited.connect(self.constraintEdited)
         self._model.notice.connect(self._show_notice)
         self.last_notice = ""
-        self.setItemDelegateForColumn(KEPT, KeptDelegate(self))
+        for column in (KEPT, MIN, ROUND):
+            self.setItemDelegateForColumn(column, KeptDelegate(self))
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(
@@ -344,6 +418,15 @@ class LayerTable(QTableView):
     @property
     def layer_model(self) -> LayerTableModel:
         return self._model
+
+    def show_notice(self, text: str) -> None:
+        """Why an edit was refused elsewhere (e.g. the session refused a constraint): at the cell, like a clamp."""
+        if text:
+            self._show_notice(text)
+
+    def set_constraints(self, constraints: Constraints) -> None:
+        """Show each layer's lock, minimum and round-to (see :meth:`LayerTableModel.set_constraints`)."""
+        self._model.set_constraints(constraints)
 
     def _show_notice(self, text: str) -> None:
         """At the edited cell, and for the window (``notice``)."""

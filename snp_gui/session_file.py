@@ -1,8 +1,11 @@
-"""Session files: the model, data, settings and keep counts of a piece of work, saved so it survives a restart.
+"""Session files: the model, data, settings, keep counts, per-layer constraints and named plans of a piece
+of work, saved so it survives a restart.
 
 A session is a small JSON file (``*.snpsession``); the analysis statistics go into a safetensors
 file beside it (``<name>.stats.safetensors``, written with ``Analysis.save``) so reopening skips
 the forward pass. Both are written atomically: a crash mid-save leaves the previous files intact.
+Constraints and plans are checked when read: one that is not valid (or does not fit the analysed
+layers) is left out with a note, the rest of the session opens.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 from snp_engine.api import Analysis
 from snp_engine.errors import SnpError
 from snp_engine.io import atomic_write, check_analysis_fits
+from snp_engine.ratios import Constraints
 from snp_gui.settings import Options
 from snp_gui.sources import SESSION_SUFFIX
 from snp_gui.workers import Task
@@ -37,6 +41,8 @@ class SessionData:
     keep: dict[str, int] = field(default_factory=dict)
     overridden: bool = False
     statistics: str | None = None  # file name beside the session file
+    constraints: dict = field(default_factory=dict)  # Constraints.to_dict(): locks, minimums, round-to
+    plans: list = field(default_factory=list)  # NamedPlan.to_dict() of each named plan
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=2, sort_keys=True)
@@ -81,6 +87,8 @@ def read_session(path: str | Path) -> SessionData:
             keep,
             bool(raw.get("overridden")),
             raw.get("statistics"),
+            raw.get("constraints") or {},  # checked when they are applied, entry by entry
+            raw.get("plans") or [],
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise SnpError(f"{path}: damaged session file ({exc})") from None
@@ -98,6 +106,8 @@ def capture(state: Session, model_kind: str | None) -> SessionData:
         options=asdict(state.options),
         keep=dict(state.keep),
         overridden=state.overridden,
+        constraints=state.constraints.to_dict(),
+        plans=[plan.to_dict() for plan in state.plans],
     )
 
 
@@ -143,4 +153,26 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
         return load
 
     keep = saved.keep if saved.overridden else None
-    state.runner.submit(Task("open session", prepare, on_finished=lambda a: state.set_analysis(a, keep)))
+    constraints = read_constraints(saved.constraints, notes := [])
+
+    def opened(analysis: Analysis) -> None:
+        state.set_analysis(analysis, keep, constraints)
+        state.set_plans(saved.plans, notes)
+        if notes:
+            state.message.emit(f"Session {Path(path).name}: {'; '.join(notes)}")
+
+    state.runner.submit(Task("open session", prepare, on_finished=opened))
+
+
+def read_constraints(raw: object, notes: list[str]) -> Constraints:
+    """Per-layer constraints from a session file; an entry that is not valid is left out with a note."""
+    if not isinstance(raw, dict):
+        notes.append("the saved layer constraints are damaged and were left out")
+        return Constraints()
+    kept = {}
+    for name, rule in raw.items():
+        try:
+            kept.update(Constraints.from_dict({name: rule}).groups)
+        except ValueError as exc:
+            notes.append(f"left out: {exc}")
+    return Constraints(kept)

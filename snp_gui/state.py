@@ -6,12 +6,16 @@ results. It runs all slow work on a :class:`~snp_gui.workers.TaskRunner`. Panels
 and follow its snake_case signals; they never talk to each other and never call the engine.
 Loading models and data, the data check and session files are in :mod:`snp_gui.opening`;
 evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs`, undo and redo of the plan in
-:mod:`snp_gui.undo` (all parts of Session).
+:mod:`snp_gui.undo`, named plans in :mod:`snp_gui.plans` (all parts of Session).
+
+Per-layer constraints (:class:`~snp_engine.ratios.Constraints`: locks, minimums, round-to) are held
+here too: threshold and budget plans respect them, and hand edits of a layer are fitted to its rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from PySide6.QtCore import QObject, Signal, SignalInstance
@@ -22,9 +26,11 @@ from snp_engine.data import DataBundle
 from snp_engine.errors import SnpError
 from snp_engine.metrics import Scores
 from snp_engine.models import LoadedModel
-from snp_engine.workflows import AnalysisOptions, Prepared
+from snp_engine.ratios import NO_CONSTRAINTS, Constraints
+from snp_engine.workflows import AnalysisOptions, PlanTarget, Prepared
 from snp_gui.layer_rows import layer_costs
 from snp_gui.opening import Opening
+from snp_gui.plans import NamedPlans
 from snp_gui.pruned_jobs import PrunedJobs
 from snp_gui.settings import Options, default_device, threshold_problem
 from snp_gui.undo import PlanHistory
@@ -33,7 +39,7 @@ from snp_gui.workers import FINISHED, Task, TaskRunner
 RESULT_VIEWS = ("all", "sweep", "history")  # what ``reset`` clears
 
 
-class Session(QObject, PrunedJobs, Opening, PlanHistory):
+class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
     """State plus actions; results arrive through signals in the GUI thread."""
 
     model_requested = Signal(str, str)  # spec, kind: about to be loaded (the model panel shows it)
@@ -46,6 +52,10 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
     keep_changed = Signal(dict, bool)  # keep counts, final (False while a marker is dragged)
     undo_changed = Signal(bool, bool)  # whether undo and redo can go anywhere
     threshold_note = Signal(str)  # why a threshold was refused, or a warning about its plan; "" when none
+    keep_note = Signal(str)  # why a hand edit of a layer was fitted to its constraints; "" when it was not
+    constraints_changed = Signal(object)  # Constraints: locks, minimums and round-to of the layers
+    constraint_note = Signal(str)  # why a constraint was refused; "" when the last one was taken
+    plans_changed = Signal(list)  # the named plans (NamedPlan), in the order they were kept
     selection_changed = Signal(str)  # the focused layer, "" when there is none
     options_changed = Signal(object)  # Options, after anything but the threshold changed them
     metrics_changed = Signal(dict)
@@ -74,7 +84,9 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
         self.threshold: float | None = None
         self.overridden = False  # keep counts were edited by hand after the last threshold change
         self._planned: dict[str, int] = {}  # the keep counts the threshold alone gives
+        self.constraints: Constraints = NO_CONSTRAINTS
         self._init_history()
+        self._init_plans()
         self.selected: str | None = None
         self.metrics: dict = {}
         self.stale = False
@@ -117,12 +129,16 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
             return ""
         return f"{asked} calibration images asked for, but {self.data.name} has {have}: all {have} are used"
 
-    def set_analysis(self, analysis: Analysis, keep: dict[str, int] | None = None) -> None:
-        """Show a new analysis: curves and rows first, then the keep counts, then the selected layer."""
+    def set_analysis(
+        self, analysis: Analysis, keep: dict[str, int] | None = None, constraints: Constraints | None = None
+    ) -> None:
+        """Show a new analysis: curves and rows first, then the constraints and keep counts, then the
+        selected layer. Constraints (the current ones unless given) that do not fit its layers are dropped."""
         self.analysis, self._pruned = analysis, None
         self.options.ordering, self.options.curve = analysis.ordering, analysis.curve_kind
         self.options_changed.emit(self.options)
         self.analysis_changed.emit(analysis)
+        self._set_constraints(self._fitting(constraints if constraints is not None else self.constraints))
         self._planned = {}
         if keep is not None:
             self._planned = self._threshold_plan() or {}
@@ -155,6 +171,8 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
     def _reset_analysis(self) -> None:
         self.analysis, self.keep, self.selected, self._pruned, self._baseline = None, {}, None, None, None
         self._planned = {}
+        self._set_constraints(NO_CONSTRAINTS)  # they name the layers of another network
+        self.clear_plans()
         self.clear_history()
         self.analysis_changed.emit(None)
         self.selection_changed.emit("")
@@ -179,13 +197,13 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
         plan = None
         if problem is None and self.analysis is not None:
             try:
-                plan = self.analysis.plan(**{_PLAN_KEYS[mode]: float(value)})
+                plan = self._plan_from(mode, value, self.constraints)
             except SnpError as exc:
                 problem = str(exc)
         if problem is not None:
+            self.options_changed.emit(self.options)  # the controls go back to the value in use, then say why
             self.threshold_note.emit(problem)
             self.message.emit(f"Threshold not changed: {problem}")
-            self.options_changed.emit(self.options)  # the controls go back to the value in use
             return
         self._begin_edit()
         self.options.threshold_mode, self.options.threshold_value = mode, float(value)
@@ -204,10 +222,14 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
             return None
         try:
             return dict(
-                self.analysis.plan(**{_PLAN_KEYS[self.options.threshold_mode]: self.options.threshold_value}).keep
+                self._plan_from(self.options.threshold_mode, self.options.threshold_value, self.constraints).keep
             )
         except SnpError:
             return None
+
+    def _plan_from(self, mode: str, value: float, constraints: Constraints) -> Plan:
+        """The plan one global setting gives within ``constraints`` (the same path as the command line)."""
+        return workflows.make_plan(self.analysis, PlanTarget(mode, float(value)), constraints=constraints)
 
     def _plan_warning(self) -> str:
         """A warning when the plan is surely not what anyone wants (every layer cut to a single unit)."""
@@ -221,17 +243,95 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
         return bool(self.keep) and self.keep != self._planned
 
     def set_layer_keep(self, name: str, count: int, final: bool = True) -> None:
-        """One layer overridden by hand (a marker drag or a table edit); one undo step per drag or edit."""
+        """One layer overridden by hand (a marker drag or a table edit); one undo step per drag or edit.
+
+        The count is fitted to the layer's minimum and round-to (``keep_note`` says why when it was); a
+        locked layer's lock moves with it (only the global threshold cannot move a locked layer).
+        """
         if self.analysis is None or name not in self.keep:
             return
-        count = max(1, min(int(count), self.analysis.units[name]))
+        units, rule = self.analysis.units[name], self.constraints.of(name)
+        free = replace(rule, locked=None)
+        asked = int(count)
+        count = free.fit(asked, units)
+        reason = free.why(asked, count, units)
+        self.keep_note.emit(f"{name}: {asked} became {count}, {reason}" if reason else "")
         if count == self.keep[name] and not final:
             return
         self._begin_edit()
         self.overridden = True
+        if rule.locked is not None and rule.locked != count:
+            self._set_constraints(self.constraints.with_group(name, locked=count))
         self._apply_keep({**self.keep, name: count}, final)
         if final:
             self._end_edit()
+
+    # -- per-layer constraints --------------------------------------------------------------------
+    def lock_layer(self, name: str, locked: bool) -> bool:
+        """Lock a layer at the units it keeps now (the threshold no longer moves it), or unlock it."""
+        if self.analysis is None or name not in self.keep:
+            return False
+        return self.set_constraint(name, locked=self.keep[name] if locked else None)
+
+    def set_constraint(self, name: str, **changes: int | None) -> bool:
+        """Change a layer's ``locked``, ``min_units`` or ``round_to`` (``None`` or 1 clears a minimum or
+        rounding); one undo step. A plan from the threshold is made again within the new rules; a hand-edited
+        plan keeps its counts, fitted to them. Refused (``constraint_note`` says why, nothing changes) when
+        the rule does not fit the layer or the threshold's target can no longer be met."""
+        if self.analysis is None or name not in self.analysis.units:
+            return False
+        changes = {key: (None if key != "locked" and value == 1 else value) for key, value in changes.items()}
+        try:
+            new = self.constraints.with_group(name, **changes).check(self.analysis.units)
+        except (ValueError, TypeError) as exc:
+            return self._refuse_constraint(str(exc))
+        if new == self.constraints:
+            self.constraint_note.emit("")
+            return True
+        planned = None
+        if not self.overridden:
+            try:
+                planned = dict(self._plan_from(self.options.threshold_mode, self.options.threshold_value, new).keep)
+            except SnpError as exc:
+                return self._refuse_constraint(str(exc))
+        self._begin_edit()
+        self._set_constraints(new)
+        if planned is not None:
+            self._planned = planned
+            self._apply_keep(planned, final=True)
+        else:
+            units = self.analysis.units
+            fitted = {n: new.of(n).fit(k, units[n]) for n, k in self.keep.items()}
+            self._planned = self._threshold_plan() or {}
+            self._apply_keep(fitted, final=True)
+        self._end_edit()
+        self.constraint_note.emit("")
+        return True
+
+    def _refuse_constraint(self, reason: str) -> bool:
+        self.constraint_note.emit(reason)
+        self.message.emit(f"Constraint not changed: {reason}")
+        self.constraints_changed.emit(self.constraints)  # the controls go back to the rules in use
+        return False
+
+    def _set_constraints(self, constraints: Constraints) -> None:
+        if constraints != self.constraints:
+            self.constraints = constraints
+            self.constraints_changed.emit(constraints)
+
+    def _fitting(self, constraints: Constraints) -> Constraints:
+        """The rules of ``constraints`` that fit the current analysis's layers (others are dropped)."""
+        if self.analysis is None:
+            return NO_CONSTRAINTS
+        units, kept = self.analysis.units, {}
+        for name in constraints:
+            try:
+                Constraints({name: constraints.of(name)}).check(units)
+            except ValueError as exc:
+                self.message.emit(f"Constraint dropped: {exc}")
+                continue
+            kept[name] = constraints.of(name)
+        return Constraints(kept)
 
     def set_keep(self, keep: dict[str, int], final: bool = True) -> None:
         """Load keep counts for every layer (a saved plan); layers missing from ``keep`` keep every unit."""
@@ -326,6 +426,3 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory):
         else:
             self.message.emit(f"{name.capitalize()} failed: {text}")
             self.error_occurred.emit(name, text)
-
-
-_PLAN_KEYS = {"variance": "variance", "flops": "flops_reduction", "params": "params_reduction"}

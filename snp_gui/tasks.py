@@ -79,6 +79,21 @@ def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: Pruned | None,
     return {"pruned": pruned, "baseline": comparison.before, "metrics": metrics, "keys": (job.key, job.baseline_key)}
 
 
+def measure_plans(jobs: list[tuple[str, PruneJob]], baseline: Scores | None, reporter: Reporter) -> tuple:
+    """Evaluate each named plan in turn (as :func:`evaluate_plan`); each plan's numbers are handed over as
+    ``(name, keep counts, metrics)`` as soon as they are measured. Gives the original network's scores
+    with their key, so that later evaluations reuse them."""
+    key = None
+    for index, (name, job) in enumerate(jobs):
+        reporter.check()
+        part = Scaled(reporter, index / len(jobs), (index + 1) / len(jobs))
+        part.update(0.0, f"plan '{name}' ({index + 1} of {len(jobs)})")
+        result = evaluate_plan(job, baseline, None, part)
+        baseline, key = result["baseline"], result["keys"][1]
+        reporter.partial((name, dict(job.plan.keep), result["metrics"]))
+    return key, baseline
+
+
 def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
     """Top-1 against FLOPs reduction for the current ordering and a baseline ordering.
 

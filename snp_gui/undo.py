@@ -1,4 +1,5 @@
-"""Undo and redo of the plan: keep-count edits, marker drags (one step per drag), threshold moves and plan loads.
+"""Undo and redo of the plan: keep-count edits, marker drags (one step per drag), threshold moves, plan loads
+and per-layer constraints (locks, minimums, round-to).
 
 :class:`PlanHistory` is part of :class:`~snp_gui.state.Session` (which defines the state and the
 ``undo_changed`` signal). An edit starts with :meth:`_begin_edit` (the state before it is noted once,
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 
 if TYPE_CHECKING:
     from snp_gui.state import Session
@@ -27,6 +30,7 @@ class PlanStep:
     threshold: float | None
     overridden: bool
     planned: tuple[tuple[str, int], ...]  # what the threshold alone gives (to tell a custom plan)
+    constraints: Constraints = NO_CONSTRAINTS
 
 
 class PlanHistory:
@@ -66,6 +70,7 @@ class PlanHistory:
             self.threshold,
             self.overridden,
             tuple(self._planned.items()),
+            self.constraints,
         )
 
     def _begin_edit(self: Session) -> None:
@@ -77,7 +82,12 @@ class PlanHistory:
         if before is None or not before.keep:  # nothing was planned before: no step to go back to
             return
         now = self._snapshot()
-        if (before.keep, before.mode, before.value) == (now.keep, now.mode, now.value):
+        if (before.keep, before.mode, before.value, before.constraints) == (
+            now.keep,
+            now.mode,
+            now.value,
+            now.constraints,
+        ):
             return
         if {name for name, _ in before.keep} != {name for name, _ in now.keep}:
             return  # another set of layers: the old plan does not apply to this one
@@ -94,6 +104,7 @@ class PlanHistory:
         step = source.pop()
         self.options.threshold_mode, self.options.threshold_value = step.mode, step.value
         self.threshold, self.overridden, self._planned = step.threshold, step.overridden, dict(step.planned)
+        self._set_constraints(step.constraints)
         self.options_changed.emit(self.options)
         self._apply_keep(dict(step.keep), final=True)
         self.undo_changed.emit(bool(self._undo), bool(self._redo))

@@ -106,8 +106,10 @@ def bind_curves(curves: CurvesWidget, session: Session) -> None:
     curves.keepChanged.connect(lambda name, k: session.set_layer_keep(name, k, final=False))
     curves.keepChangeFinished.connect(lambda name, k: session.set_layer_keep(name, k, final=True))
     curves.layerSelected.connect(session.select_layer)
+    session.keep_note.connect(curves.show_note)
 
     def show_analysis(analysis) -> None:
+        curves.show_note("")
         if analysis is None:
             curves.clear()
         else:
@@ -126,10 +128,15 @@ def bind_table(table: LayerTable, session: Session) -> None:
     table.keepEdited.connect(lambda name, k: session.set_layer_keep(name, k, final=True))
     table.layerSelected.connect(session.select_layer)
     table.notice.connect(session.message)  # why an edit was clamped, in the status bar too
+    table.lockEdited.connect(session.lock_layer)
+    table.constraintEdited.connect(lambda name, key, value: session.set_constraint(name, **{key: value}))
+    session.constraint_note.connect(table.show_notice)
+    session.constraints_changed.connect(table.set_constraints)
 
     def show_analysis(analysis) -> None:
         model = session.model.model if session.model else None
         table.set_rows([] if analysis is None else layer_rows(analysis, model))
+        table.set_constraints(session.constraints)
 
     def show_keep(keep: dict[str, int], _final: bool) -> None:
         table.update_keep(keep, session.explained(), *session.layer_costs())

@@ -26,6 +26,7 @@ HINT = "Hover to read a curve · drag a marker or press ←/→ to change the un
 LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
 DIM_ALPHA = 70  # curves and markers of the layers that are not selected, when there are many
 FEW_ALPHA, FEW = 160, 8  # a handful of layers stay apart by colour: dim them less
+WARNING_COLOUR = "#d9534f"  # the threshold's and table's warning red
 NUDGE_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Down: -1, Qt.Key.Key_Right: 1, Qt.Key.Key_Up: 1}
 
 
@@ -65,9 +66,13 @@ class CurvesWidget(QWidget):
         self.legend_box = QCheckBox("Legend")
         self.legend_box.setToolTip("Show the colour of each layer")
         self.legend_box.toggled.connect(self._show_legend)
+        self.note = QLabel()  # why a marker was put elsewhere than dragged to (a layer's minimum, round-to)
+        self.note.setStyleSheet(f"color: {WARNING_COLOUR}")
+        self.note.setVisible(False)
         self._controls = QHBoxLayout()
         for widget in (QLabel("x axis:"), self.x_axis, self.legend_box):
             self._controls.addWidget(widget)
+        self._controls.addWidget(self.note)
         self._controls.addStretch(1)
 
     def _build_plots(self) -> None:
@@ -167,6 +172,12 @@ class CurvesWidget(QWidget):
             self.focus_marker.set_scale(series.n, self._fraction)
         self._place(name, self._keep[name])
         self.focus.getPlotItem().enableAutoRange(axis="x")
+
+    def show_note(self, text: str) -> None:
+        """Say beside the controls why a marker went elsewhere than it was dragged to; empty hides it."""
+        self.note.setText(f"⚠ {text}" if text else "")
+        self.note.setToolTip(text)
+        self.note.setVisible(bool(text))
 
     def set_threshold(self, value: float | None) -> None:
         """Draw the global explained-variance threshold in both plots, or hide it with ``None``."""
