@@ -27,6 +27,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     found = workflows.inspect(prepared, device=device, reporter=reporter)
     groups, excluded, params, flops, warnings = found.groups, found.excluded, found.params, found.flops, found.warnings
     pruning = loaded.pruning.to_dict() if loaded.pruning is not None else None
+    blocks = workflows.removable_blocks(prepared, device=device)
     plumbing.say(args, warnings, "warning")
     result = {
         "model": args.model,
@@ -51,6 +52,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
             for g in groups
         ],
         "excluded": [{"name": e.name, "units": e.units, "reason": e.reason} for e in excluded],
+        "blocks": [{"name": b.name, "units": b.units, "layout": b.layout} for b in blocks],
         "warnings": list(warnings),
     }
     if pruning:
@@ -59,6 +61,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
             "units": pruning["units"],
             "ordering": pruning.get("ordering"),
             "compensation": pruning.get("compensation"),
+            "blocks": pruning.get("blocks", []),
         }
     lines = [
         f"model        {args.model} ({loaded.arch}, {loaded.source})",
@@ -75,6 +78,10 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     if excluded:
         lines.append(f"not pruned ({len(excluded)}):")
         lines += [f"  {e.name:<28} {e.units:>6} units  {e.reason}" for e in excluded]
+    if blocks:
+        lines.append(f"removable residual blocks ({len(blocks)}): " + ", ".join(b.name for b in blocks))
+    if pruning and pruning.get("blocks"):
+        lines.append("blocks removed by snp: " + ", ".join(pruning["blocks"]))
     if pruning:
         lines.append(
             "pruned by snp: "
@@ -186,11 +193,28 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         raise SnpError(f"--method {args.method} is the '{args.method}' ordering; do not combine it with --ordering")
     ordering = (args.ordering or DEFAULT_ORDERING) if args.method == "snp" else args.method
     compensation = _compensation(args)  # conflicting flags are refused before any work
+    _check_remove_blocks(args)
     plumbing.check_output(args.out, args.torchscript, args.onnx)
     prepared, device = plumbing.prepare(args, require_labels=True)
     io.check_exportable(prepared.model.arch)
     warnings = [*prepared.warnings, *prepared.notes]
     dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
+    original, removed = prepared, None
+    if args.remove_blocks:
+
+        def remove_on(on: torch.device):
+            return workflows.remove_blocks(
+                original,
+                args.remove_blocks,
+                compensation=compensation,
+                batch_size=args.batch_size,
+                samples=args.samples,
+                device=on,
+                reporter=Scaled(reporter, 0.0, 0.1),
+            )
+
+        removed, device = plumbing.with_cpu_fallback(args, device, remove_on, warnings)
+        prepared = removed.prepared  # the channels of what remains are analysed and pruned
 
     if args.stats:
         analysis = io.load_analysis(args.stats, reporter=Scaled(reporter, 0.0, 0.1))
@@ -213,7 +237,8 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     plumbing.say(args, singular, "warning")
     warnings += singular
     target = _target(args, analysis)
-    plan = workflows.make_plan(analysis, target, round_to=args.round_to, allocation=args.allocation)
+    channels = workflows.channel_target(target, removed) if removed is not None else target
+    plan = workflows.make_plan(analysis, channels, round_to=args.round_to, allocation=args.allocation)
 
     def prune_on(on: torch.device):
         return workflows.prune(
@@ -229,6 +254,9 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         )
 
     pruned, device = plumbing.with_cpu_fallback(args, device, prune_on, warnings)
+    if removed is not None:
+        pruned = workflows.with_blocks(pruned, removed)
+    prepared = original  # compared with, and exported as, the network with all its blocks
     comparison = workflows.compare(prepared, pruned, device=device, reporter=Scaled(reporter, 0.7, 0.9))
     metrics = comparison.metrics()
     settings = {
@@ -241,6 +269,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "data": args.data,
         "target": {"keep": list(args.keep)} if args.keep else target.to_dict(),
         "round_to": args.round_to,
+        **({"remove_blocks": args.remove_blocks} if args.remove_blocks else {}),
         "base_model": args.model,
         "input_shape": list(prepared.input_shape),
     }
@@ -275,6 +304,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "threshold": plan.threshold,
         "compensation": compensation.value,
         "fits": {name: dict(fit) for name, fit in pruned.record.fits.items()},
+        "blocks": removed.to_dict() if removed is not None else {"removed": []},
         "warnings": warnings,
     }
     lines = [
@@ -285,12 +315,39 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"  top-1        {comparison.before.top1:.2f}% -> {comparison.after.top1:.2f}%   "
         f"(unpruned -> pruned, on {comparison.evaluation}, {comparison.after.samples} images)",
         f"  fidelity     {comparison.fidelity:.4f} relative logit error",
+        *_block_lines(removed),
         "  kept units:",
         *(f"    {name:<28} {k:>6} / {analysis.units[name]}" for name, k in keep_counts.items()),
         f"written to {out}",
         *(f"{kind} written to {path}" for kind, path in extra.items()),
     ]
     return result, lines
+
+
+def _check_remove_blocks(args: argparse.Namespace) -> None:
+    """Refuse a bad --remove-blocks before any work."""
+    if args.remove_blocks < 0:
+        raise SnpError(f"--remove-blocks must be 0 or more, got {args.remove_blocks}")
+    if args.remove_blocks and args.stats:
+        raise SnpError(
+            "--stats holds statistics of the network with all its blocks; do not combine it with --remove-blocks"
+        )
+    if args.remove_blocks and args.distributed:
+        raise SnpError("--remove-blocks does not run under --distributed")
+
+
+def _block_lines(removed: workflows.BlocksRemoved | None) -> list[str]:
+    if removed is None:
+        return []
+    how = f"{len(removed.removal.refitted)} later layers refitted" if removed.removal.compensated else "not compensated"
+    scores = {s.name: s for s in removed.scores}
+    return [
+        f"  blocks       removed {len(removed.removed)} of {len(removed.scores)} ({how}):",
+        *(
+            f"    {name:<28} unexplained {scores[name].unexplained:.4f}  branch {scores[name].branch:.4f}"
+            for name in removed.removed
+        ),
+    ]
 
 
 def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:

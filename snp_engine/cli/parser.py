@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=ALLOCATIONS[0],
         help="how a FLOPs/parameter target is split across layers: greedy (default) or one global threshold",
     )
+    prune.add_argument(
+        "--remove-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first remove the N residual blocks that add least beyond a linear map of their input, refitting "
+        "the later layers (unless --no-compensation), then prune channels of what remains; a FLOPs/parameter "
+        "reduction counts from the network with its blocks (default: 0)",
+    )
     prune.add_argument("--stats", metavar="FILE", help="statistics from 'snp analyze' instead of a new analysis")
     prune.add_argument(
         "--eval-data",

@@ -4,6 +4,7 @@
     analysis = analyse(prepared, AnalysisOptions())
     plan = make_plan(analysis, PlanTarget.parse("flops", 0.5))
     pruned = prune(prepared, analysis, plan)
+    # or first remove_blocks(prepared, N), then the same on its .prepared (see blockjobs)
     result = compare(prepared, pruned)                                   # top-1/5, fidelity, params, FLOPs
     export(prepared, pruned, "small.safetensors", settings={...}, metrics=result.metrics())
 
@@ -15,6 +16,7 @@ from training, which is said loudly before any long work. Jobs take a
 """
 
 from snp_engine.results import Pruned, PruningRecord
+from snp_engine.workflows.blockjobs import BlocksRemoved, channel_target, removable_blocks, remove_blocks, with_blocks
 from snp_engine.workflows.choices import (
     ALLOCATIONS,
     COMPENSATION_HELP,
@@ -61,6 +63,7 @@ __all__ = [
     "DENSE_CHECK_SAMPLES",
     "TARGET_KINDS",
     "AnalysisOptions",
+    "BlocksRemoved",
     "Comparison",
     "Compensation",
     "DenseCheck",
@@ -71,6 +74,7 @@ __all__ = [
     "Pruned",
     "PruningRecord",
     "analyse",
+    "channel_target",
     "check_dense",
     "check_runs",
     "class_warnings",
@@ -89,7 +93,10 @@ __all__ = [
     "open_data",
     "prepare",
     "prune",
+    "removable_blocks",
+    "remove_blocks",
     "score",
     "sharded",
     "sweep",
+    "with_blocks",
 ]

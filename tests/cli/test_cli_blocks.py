@@ -1,0 +1,87 @@
+"""``snp prune --remove-blocks N`` and the residual blocks ``snp info`` lists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snp_engine import io
+from tests.cli.test_cli import assert_one_line_error, run, run_json
+
+
+def test_info_lists_the_removable_blocks(capsys):
+    result = run_json(capsys, "info", "--model", "demo-resnet")
+    assert result["blocks"] == [{"name": "layer1.0", "units": 32, "layout": "conv"}]
+    code, out, _ = run(capsys, "info", "--model", "torchvision:resnet18", "--input-size", "32")
+    assert code == 0 and "removable residual blocks (5): layer1.0, layer1.1, layer2.1, layer3.1, layer4.1" in out
+
+
+def test_prune_removes_a_block_then_channels_and_the_export_reloads(tmp_path, capsys):
+    out = tmp_path / "small.safetensors"
+    result = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-resnet",
+        "--data",
+        "digits",
+        "--samples",
+        "128",
+        "--remove-blocks",
+        "1",
+        "--flops-reduction",
+        "0.5",
+        "--out",
+        str(out),
+    )
+    blocks = result["blocks"]
+    assert blocks["removed"] == ["layer1.0"] and blocks["compensated"] and "fc" in blocks["refitted"]
+    assert [s["name"] for s in blocks["scores"]] == ["layer1.0"] and 0 <= blocks["scores"][0]["unexplained"] <= 1
+    assert blocks["flops_after"] < blocks["flops_before"]
+    assert abs(result["flops_after"] / result["flops_before"] - 0.5) < 0.05  # the target counts from the dense network
+    assert not any(name.startswith("layer1.0.") for name in result["keep"])  # the block's channels are gone
+    loaded = io.load_exported(out)
+    assert isinstance(loaded.model.layer1[0], torch.nn.Identity) and loaded.pruning.blocks == ("layer1.0",)
+    assert io.read_metadata(out)["settings"]["remove_blocks"] == 1
+    info = run_json(capsys, "info", "--model", str(out))
+    assert info["pruning"]["blocks"] == ["layer1.0"] and info["blocks"] == []
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        ("-1", "--remove-blocks must be 0 or more, got -1"),
+        ("2", "cannot remove 2 blocks: the network has 1 removable blocks (layer1.0)"),
+    ],
+)
+def test_bad_block_counts_are_one_line_errors(count, message, tmp_path, capsys):
+    code, out, err = run(
+        capsys,
+        "prune",
+        "--model",
+        "demo-resnet",
+        "--data",
+        "digits",
+        "--samples",
+        "32",
+        "--remove-blocks",
+        count,
+        "--variance",
+        "0.99",
+        "--out",
+        str(tmp_path / "x.safetensors"),
+        "--quiet",
+    )
+    assert_one_line_error(code, out, err, message)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_network_without_blocks_and_statistics_files_are_refused(tmp_path, capsys):
+    common = ["--data", "digits", "--samples", "32", "--variance", "0.99", "--out", str(tmp_path / "x.safetensors")]
+    code, out, err = run(capsys, "prune", "--model", "demo-vgg", "--remove-blocks", "1", *common, "--quiet")
+    assert_one_line_error(code, out, err, "cannot remove 1 blocks: the network has 0 removable blocks")
+    stats = tmp_path / "s.safetensors"
+    code, out, err = run(
+        capsys, "prune", "--model", "demo-resnet", "--remove-blocks", "1", "--stats", str(stats), *common
+    )
+    assert_one_line_error(code, out, err, "do not combine it with --remove-blocks")
