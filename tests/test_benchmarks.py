@@ -156,3 +156,18 @@ def test_streams_quick(tmp_path):
             row = model["methods"][method]["0.8"]
             assert 0 <= row["top1"]["mean"] <= 100 and row["fidelity"]["mean"] >= 0
             assert abs(row["flops_reduction"]["mean"] - 0.8) < 0.03
+
+
+def test_blocks_quick(tmp_path):
+    from benchmarks import blocks
+
+    blocks.main(_args(tmp_path, "blocks"))
+    data = _check(tmp_path / "blocks.json", ("models",))
+    model = data["models"]["demo-resnet"]
+    assert [b["name"] for b in model["blocks"]] == ["layer1.0"]
+    row = model["by_count"]["1"]
+    assert row["removed"] == ["layer1.0"] and set(blocks.VARIANTS) <= set(row)
+    for variant in blocks.VARIANTS:
+        assert 0 <= row[variant]["top1"] <= 100 and row[variant]["ms_batch1"] > 0
+    assert abs(row["channels"]["flops_reduction"] - row["compensated"]["flops_reduction"]) < 0.03
+    assert row["compensated"]["fidelity"] < row["dropped"]["fidelity"]
