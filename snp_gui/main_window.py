@@ -25,6 +25,7 @@ from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
+from snp_gui.panels.plans_panel import PlansPanel
 from snp_gui.panels.status import ProgressStatus
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.settings import Settings, load_options, save_options
@@ -112,8 +113,10 @@ class MainWindow(QMainWindow):
         self.table = LayerTable()
         self.evaluate_panel = EvaluatePanel()
         self.finetune_panel = FinetunePanel()
+        self.plans_panel = PlansPanel()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.table, "Layers")
+        self.tabs.addTab(self.plans_panel, "Plans")
         self.tabs.addTab(self.evaluate_panel, "Evaluate && sweep")
         self.tabs.addTab(self.finetune_panel, "Fine-tune")
         top = QWidget()
@@ -172,6 +175,7 @@ class MainWindow(QMainWindow):
         binding.bind_summary(self.summary, s)
         binding.bind_evaluate_panel(self.evaluate_panel, s)
         binding.bind_finetune_panel(self.finetune_panel, s)
+        binding.bind_plans_panel(self.plans_panel, s)
         binding.bind_progress(self.progress, s)
         bind_actions(self.actions, s)
         bind_recent(self.menus, self.settings, s)

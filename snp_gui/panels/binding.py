@@ -16,6 +16,7 @@ from snp_gui.panels.common import select_data
 from snp_gui.panels.data_panel import DataPanel, show_samples_note
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
+from snp_gui.panels.plans_panel import PlansPanel
 from snp_gui.panels.status import ProgressStatus
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.settings import Options
@@ -178,6 +179,7 @@ def bind_evaluate_panel(panel: EvaluatePanel, session: Session) -> None:
     show(session.options)
     session.metrics_changed.connect(panel.show_metrics)
     session.sweep_point.connect(lambda name, xs, ys: panel.sweep_plot.set_series(name, [100 * x for x in xs], ys))
+    session.plans_changed.connect(lambda plans: panel.sweep_plot.set_plans(plan_points(plans)))
     session.reset.connect(lambda view: panel.sweep_plot.clear() if view in ("all", "sweep") else None)
 
     def enable() -> None:
@@ -202,6 +204,25 @@ def bind_finetune_panel(panel: FinetunePanel, session: Session) -> None:
     session.history_point.connect(panel.history.add_point)
     session.reset.connect(lambda view: panel.history.clear() if view in ("all", "history") else None)
     on_state_change(session, lambda: panel.start_button.setEnabled(not session.busy and session.analysis is not None))
+
+
+def plan_points(plans: list) -> list[tuple[str, float, float]]:
+    """The measured named plans as (name, FLOPs reduction in %, top-1 in %) for the sweep plot."""
+    return [
+        (plan.name, 100 * plan.flops_reduction(), float(plan.metrics["top1_after"]))
+        for plan in plans
+        if isinstance(plan.metrics.get("top1_after"), (int, float))
+    ]
+
+
+def bind_plans_panel(panel: PlansPanel, session: Session) -> None:
+    panel.keepRequested.connect(lambda name: panel.show_note(session.keep_plan(name)))
+    panel.switchRequested.connect(session.load_plan)
+    panel.removeRequested.connect(session.remove_plan)
+    panel.measureRequested.connect(lambda: session.measure_plans())
+    session.plans_changed.connect(lambda plans: panel.set_plans(plans, session.current_plan_name()))
+    session.keep_changed.connect(lambda _keep, _final: panel.mark_current(session.current_plan_name()))
+    on_state_change(session, lambda: panel.set_ready(not session.busy and session.analysis is not None))
 
 
 def bind_progress(progress: ProgressStatus, session: Session) -> None:

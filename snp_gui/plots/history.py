@@ -1,6 +1,7 @@
 """Live fine-tuning curves (loss and accuracy per epoch) and the accuracy-versus-FLOPs sweep plot.
 
-Their legends are a line of text above the plots, so they never cover a point.
+Their legends are a line of text above the plots, so they never cover a point. The sweep plot also
+shows the measured named plans as labelled points.
 """
 
 from __future__ import annotations
@@ -125,12 +126,46 @@ class HistoryPlot(_Plots):
 
 
 class SweepPlot(_Plots):
-    """Accuracy against FLOPs reduction, one line per pruning method (e.g. "SNP" and "L1")."""
+    """Accuracy against FLOPs reduction, one line per pruning method (e.g. "SNP" and "L1"), and the
+    measured named plans as labelled points."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         self.plot = make_plot("", "FLOPs reduction (%)", "top-1 accuracy (%)")
-        self.plot.setToolTip("Accuracy of each method at each FLOPs reduction it was pruned to")
+        self.plot.setToolTip("Accuracy of each method at each FLOPs reduction it was pruned to, and of each named plan")
         super().__init__([(self.plot, (10, -10))], parent)  # accuracy falls to the right
+        self.plan_dots = pg.ScatterPlotItem(size=11, symbol="d", pen=None)
+        self._plan_labels: list[pg.TextItem] = []
+        self._plan_points: list[tuple[str, float, float]] = []
+        self._add_plan_items()
+
+    def set_plans(self, points: list[tuple[str, float, float]]) -> None:
+        """Show named plans as labelled points: (name, FLOPs reduction in %, top-1 in %) each."""
+        self._plan_points = [(str(n), float(x), float(y)) for n, x, y in points]
+        for label in self._plan_labels:
+            self.plot.removeItem(label)
+        self._plan_labels = []
+        colour = self.palette().color(self.palette().ColorRole.Text)
+        self.plan_dots.setData(
+            [x for _n, x, _y in self._plan_points], [y for _n, _x, y in self._plan_points], brush=pg.mkBrush(colour)
+        )
+        for name, x, y in self._plan_points:
+            label = pg.TextItem(name, color=colour, anchor=(0, 1))
+            label.setPos(x, y)
+            self.plot.addItem(label)
+            self._plan_labels.append(label)
+
+    def plan_labels(self) -> list[str]:
+        """The names shown beside the plan points."""
+        return [label.textItem.toPlainText() for label in self._plan_labels]
+
+    def _repaint(self) -> None:
+        super()._repaint()
+        if hasattr(self, "plan_dots"):  # the labels in the new text colour
+            self.set_plans(self._plan_points)
+
+    def _add_plan_items(self) -> None:
+        self.plot.addItem(self.plan_dots)
+        self.set_plans(self._plan_points)
 
     def set_series(self, name: str, xs: list[float], ys: list[float]) -> None:
         """Show (or replace) the points of method ``name``; they are joined in order of increasing x."""
@@ -146,5 +181,7 @@ class SweepPlot(_Plots):
         return list(self._lines)
 
     def clear(self) -> None:
-        """Remove every series."""
+        """Remove every series (the plan points stay: they belong to the plans, not the sweep)."""
         self._clear_lines()
+        self._plan_labels = []  # the plot's items are gone
+        self._add_plan_items()
