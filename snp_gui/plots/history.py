@@ -148,15 +148,18 @@ class SweepPlot(_Plots):
         self.plan_dots.setData(
             [x for _n, x, _y in self._plan_points], [y for _n, _x, y in self._plan_points], brush=pg.mkBrush(colour)
         )
+        xs = [x for _n, x, _y in self._plan_points]
+        middle = (min(xs) + max(xs)) / 2 if xs else 0.0
         for name, x, y in self._plan_points:
-            label = pg.TextItem(name, color=colour, anchor=(0, 1))
+            right = x > middle  # labels on the right half go left of their point, so they stay in view
+            label = pg.TextItem(f"{name} " if right else f" {name}", color=colour, anchor=(1 if right else 0, 0.5))
             label.setPos(x, y)
             self.plot.addItem(label)
             self._plan_labels.append(label)
 
     def plan_labels(self) -> list[str]:
         """The names shown beside the plan points."""
-        return [label.textItem.toPlainText() for label in self._plan_labels]
+        return [label.textItem.toPlainText().strip() for label in self._plan_labels]
 
     def _repaint(self) -> None:
         super()._repaint()
