@@ -84,13 +84,17 @@ class GroupConstraint:
             return self.locked
         return _round_up(0, units, self.round_to or round_to, max(min_units, self.min_units or 1))
 
-    def fit(self, k: int, units: int, min_units: int = 1, round_to: int = 1) -> int:
-        """The allowed count nearest to ``k`` from above: at least the minimum, on the rounding, at most
-        ``units``. A locked group gives its locked count."""
+    def fit(self, k: int, units: int, min_units: int = 1, round_to: int = 1, *, down: bool = False) -> int:
+        """The allowed count nearest to ``k`` from above (from below with ``down``, for a count being
+        lowered): at least the minimum, on the rounding, at most ``units``. A locked group gives its
+        locked count."""
         if self.locked is not None:
             return self.locked
         k = min(max(int(k), 1), units)
-        return _round_up(k, units, self.round_to or round_to, max(min_units, self.min_units or 1))
+        step = self.round_to or round_to
+        if down and step > 1 and k < units:
+            k = max(k // step * step, self.lowest(units, min_units, round_to))
+        return _round_up(k, units, step, max(min_units, self.min_units or 1))
 
     def why(self, asked: int, fitted: int, units: int) -> str:
         """Why ``asked`` became ``fitted`` (for messages beside the control); "" when it did not change."""

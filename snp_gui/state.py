@@ -85,6 +85,7 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
         self.overridden = False  # keep counts were edited by hand after the last threshold change
         self._planned: dict[str, int] = {}  # the keep counts the threshold alone gives
         self.constraints: Constraints = NO_CONSTRAINTS
+        self._fitted: tuple[str, int, int] = ("", 0, 0)  # the last hand edit: layer, asked, given (a drag's end)
         self._init_history()
         self._init_plans()
         self.selected: str | None = None
@@ -253,7 +254,11 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
         units, rule = self.analysis.units[name], self.constraints.of(name)
         free = replace(rule, locked=None)
         asked = int(count)
-        count = free.fit(asked, units)
+        if self._fitted[:2] == (name, asked):  # the end of a drag repeats its last position: fitted already
+            count = self._fitted[2]
+        else:
+            count = free.fit(asked, units, down=asked < self.keep[name])  # a lowered count rounds down
+        self._fitted = (name, asked, count) if not final else ("", 0, 0)
         reason = free.why(asked, count, units)
         self.keep_note.emit(f"{name}: {asked} became {count}, {reason}" if reason else "")
         if count == self.keep[name] and not final:

@@ -237,6 +237,7 @@ def test_fit_and_why():
     assert "at least 4" in rule.why(3, 8, 20) and "multiple of 8" in rule.why(9, 16, 20)
     assert rule.why(16, 16, 20) == ""
     assert GroupConstraint(locked=5).fit(2, 20) == 5 and "locked at 5" in GroupConstraint(locked=5).why(2, 5, 20)
+    assert rule.fit(15, 20, down=True) == 8 and rule.fit(7, 20, down=True) == 8 and rule.fit(20, 20, down=True) == 20
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5, 0.99])

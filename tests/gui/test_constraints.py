@@ -139,12 +139,18 @@ def test_a_marker_drag_is_fitted_visibly_with_the_reason_beside_the_plot(qtbot, 
     s, curves = window.session, window.curves
     name = widest(window)
     s.set_constraint(name, round_to=4)
-    curves.keepChanged.emit(name, 5)
+    curves.keepChangeFinished.emit(name, 4)
+    curves.keepChanged.emit(name, 5)  # dragged up from 4: rounds up
     curves.keepChangeFinished.emit(name, 5)
     assert s.keep[name] == 8 and curves.keep()[name] == 8, "the marker is put where the plan is"
     assert not curves.note.isHidden() and "5 became 8" in curves.note.text() and "multiple of 4" in curves.note.text()
     curves.keepChangeFinished.emit(name, 12)
     assert s.keep[name] == 12 and curves.note.isHidden()
+    curves.set_selected(name)
+    curves.nudge(-1)  # the arrow key down goes to the multiple below, not back up to 12
+    assert s.keep[name] == 8 and curves.keep()[name] == 8
+    curves.nudge(+1)
+    assert s.keep[name] == 12
 
 
 def test_editing_a_locked_layer_moves_its_lock(qtbot, window):
