@@ -161,12 +161,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     seconds = {key: statistics.median(values) for key, values in times.items()}
 
     new, old = variants["statistics"](), variants["statistics_float64"]()
-    differences = {}  # keyed as collect_moments keys its statistics
-    for key in new:
-        a, b = new[key].covariance().cpu(), old[key].covariance().cpu()
+    differences = {}  # keyed by reader: the consumer's name (a group's own slice behind a concatenation)
+    for group_key in new:
+        key = group_key[1]
+        a, b = new[group_key].covariance().cpu(), old[group_key].covariance().cpu()
         differences[key] = float(torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300))
     products = {}  # which precision each group's per-batch products took, and their size
-    for key, m in new.items():
+    for (_, key), m in new.items():
         rows = m.samples // len(batches)
         dtype = statistics_module._compute_dtype(torch.float32, rows, m.units)
         products[key] = {"units": m.units, "rows_per_batch": rows, "dtype": str(dtype).removeprefix("torch.")}

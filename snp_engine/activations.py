@@ -54,24 +54,26 @@ def collect_moments(
     max_positions: int | None = None,
     reporter: Reporter | None = None,
     seed: int = 0,
-) -> tuple[dict[str, Moments], dict[str, tuple[int, ...]]]:
-    """One pass over ``batches``: the moments of every reader's input, and that input's shape
-    (without the batch dimension, from the first batch), both keyed by the reader's module name
-    (a layer reads one group, so the name is unique)."""
+) -> tuple[dict[tuple[str, str], Moments], dict[str, tuple[int, ...]]]:
+    """One pass over ``batches``: the moments of every reader's input, keyed by (group name,
+    reader's module name) — a layer behind a concatenation reads several groups, each its own
+    slice — and each reader's input shape (without the batch dimension, from the first batch),
+    keyed by the reader's module name."""
     reporter = reporter or Reporter()
-    readers = [(reader, g.units) for g in groups for reader in g.readers]
-    moments = {reader.consumer: Moments.zeros(units, device) for reader, units in readers}
+    readers = [(g, reader) for g in groups for reader in g.readers]
+    moments = {(g.name, reader.consumer): Moments.zeros(g.units, device) for g, reader in readers}
     shapes: dict[str, tuple[int, ...]] = {}
     gen = torch.Generator().manual_seed(seed)
     handles = []
-    for reader, units in readers:
+    for group, reader in readers:
 
-        def hook(_module, inputs, reader=reader, units=units):
+        def hook(_module, inputs, reader=reader, group=group):
             x = inputs[0]
             name, layout = reader.consumer, reader.layout
             shapes.setdefault(name, tuple(x.shape[1:]))
-            samples = _subsample(to_samples(x, layout, units), layout, max_positions, x.shape[0], gen)
-            moments[name].update(samples, name)
+            samples = to_samples(x, layout, group.units, reader.start, reader.width)
+            samples = _subsample(samples, layout, max_positions, x.shape[0], gen)
+            moments[group.name, name].update(samples, name)
 
         handles.append(model.get_submodule(reader.consumer).register_forward_pre_hook(hook))
     try:
@@ -127,7 +129,7 @@ def collect_joint_folds(
 
     def capture(key):
         def hook(_module, inputs):
-            captured[key] = to_samples(inputs[0], reader.layout, units)
+            captured[key] = to_samples(inputs[0], reader.layout, units, reader.start, reader.width)
             raise _StopForward
 
         return hook

@@ -43,7 +43,7 @@ from snp_engine.runtime import (
 )
 from snp_engine.statsfile import StoredAnalysis, read_statistics, write_statistics
 from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, explained_curve, order_units, subspace_curve
-from snp_engine.surgery import producer_l1, weight_taps
+from snp_engine.surgery import producer_l1, reader_taps
 from snp_engine.version import __version__
 
 # curve kind -> (short label, one-line explanation), for help texts and the app's chooser
@@ -335,7 +335,7 @@ def analyze(
             raise AnalysisError(f"no prunable layers found: {reasons}")
         readers = [r.consumer for g in groups for r in g.readers]
         norms = following_norms(model, readers, example)
-        costs = build_cost_model(model, groups, example)
+        costs = build_cost_model(model, groups, example, norms)
         moments, shapes = collect_moments(
             model,
             groups,
@@ -358,11 +358,10 @@ def analyze(
                 coverage = tap_coverage(
                     consumer.kernel_size, shape[1:], consumer.stride, consumer.padding, consumer.dilation
                 )
-            taps = weight_taps(consumer, reader.layout, group.units)
+            taps = reader_taps(model, reader, group.units)
             metric = consumer_metric(taps, coverage).cpu()
-            return ReaderStatistics(
-                reader, moments[reader.consumer].to("cpu"), shape, metric, norms.get(reader.consumer), coverage
-            )
+            own = moments[group.name, reader.consumer].to("cpu")
+            return ReaderStatistics(reader, own, shape, metric, norms.get(reader.consumer), coverage)
 
         analysed = []
         for group in groups:

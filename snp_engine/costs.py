@@ -3,7 +3,9 @@
 One forward pass with hooks records, per conv / linear / BatchNorm layer, its MACs and parameter
 count. A plan changes a layer's cost by simple ratios: a conv or linear layer's MACs and weights
 scale with (kept inputs / inputs) · (kept outputs / outputs); a BatchNorm or depthwise conv inside
-a group scales with that group's kept fraction; biases scale with the kept outputs. This is exact
+a group scales with that group's kept fraction; biases scale with the kept outputs. Behind a
+concatenation a layer's inputs (or a BatchNorm's channels) are several groups side by side, perhaps
+with channels of no group: the kept fraction is (fixed channels + Σ_g kept_g) / width. This is exact
 for these layers, so plans can be costed in microseconds while the user drags a marker. Parameters
 of other layers (embeddings, attention, layer norms) and the FLOPs torch's counter attributes to
 other operations (attention matmuls, …) are carried as a constant.
@@ -14,7 +16,7 @@ torch-pruning's counter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,13 +30,55 @@ _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 @dataclass(frozen=True)
 class LayerCost:
+    """One layer's MACs and parameters, and the groups its inputs, outputs and channels belong to.
+
+    ``in_groups`` are the groups the layer's input channels belong to (several behind a
+    concatenation), ``in_width`` the layer's input channels in all (0: the groups' units, no
+    other channels); ``channel_groups`` / ``channel_width`` likewise for a BatchNorm or a
+    depthwise conv carried along by groups."""
+
     name: str
     macs: float
     weight_params: int
     bias_params: int
-    in_group: str | None = None
+    in_groups: tuple[str, ...] = ()
     out_group: str | None = None
-    channel_group: str | None = None
+    channel_groups: tuple[str, ...] = ()
+    in_width: int = 0
+    channel_width: int = 0
+    new_bias: int = 0  # bias entries compensation adds (a reader with no bias and no BatchNorm after it)
+
+    @property
+    def in_group(self) -> str | None:
+        """The first input group (None if the input belongs to no group)."""
+        return self.in_groups[0] if self.in_groups else None
+
+    @property
+    def channel_group(self) -> str | None:
+        """The first group of a channel-wise layer's channels (None if it is none's)."""
+        return self.channel_groups[0] if self.channel_groups else None
+
+    def groups(self) -> set[str]:
+        """Every group whose kept count changes this layer's cost."""
+        return {*self.in_groups, *self.channel_groups} | ({self.out_group} if self.out_group else set())
+
+    def cost(self, kept: Callable[[str], int], units: Mapping[str, int]) -> tuple[float, float]:
+        """(parameters, MACs) when group g keeps ``kept(g)`` of its ``units[g]`` units."""
+
+        def fraction(groups: tuple[str, ...], width: int) -> float:
+            if not groups:
+                return 1.0
+            total = sum(units[g] for g in groups)
+            width = width or total
+            return (width - total + sum(kept(g) for g in groups)) / width
+
+        r_in = fraction(self.in_groups, self.in_width)
+        r_out = fraction((self.out_group,), 0) if self.out_group else 1.0
+        r_ch = fraction(self.channel_groups, self.channel_width)
+        scale, bias = r_in * r_out * r_ch, self.bias_params
+        if self.new_bias and r_in < 1.0:
+            bias += self.new_bias
+        return self.weight_params * scale + bias * r_out * r_ch, self.macs * scale
 
 
 @dataclass(frozen=True)
@@ -49,18 +93,16 @@ class CostModel:
     def evaluate(self, keep: Mapping[str, int] | None = None) -> tuple[int, float]:
         """(parameters, MACs) when every group g keeps ``keep[g]`` units (all units if absent)."""
         keep = keep or {}
+        units = self.units
 
-        def fraction(group: str | None) -> float:
-            if group is None:
-                return 1.0
-            return keep.get(group, self.units[group]) / self.units[group]
+        def kept(group: str) -> int:
+            return keep.get(group, units[group])
 
         params, macs = float(self.other_params), self.other_macs
         for layer in self.layers:
-            r_in, r_out, r_ch = fraction(layer.in_group), fraction(layer.out_group), fraction(layer.channel_group)
-            scale = r_in * r_out * r_ch
-            macs += layer.macs * scale
-            params += layer.weight_params * scale + layer.bias_params * r_out * r_ch
+            layer_params, layer_macs = layer.cost(kept, units)
+            params += layer_params
+            macs += layer_macs
         return round(params), macs
 
     def saving(self, keep: Mapping[str, int], group: str, new_k: int) -> tuple[float, float]:
@@ -68,19 +110,18 @@ class CostModel:
         only the layers that touch the group are visited, so greedy allocation stays fast."""
         units = self.units
 
-        def fraction(name: str | None, moved: bool) -> float:
-            if name is None:
-                return 1.0
-            return (new_k if moved else keep.get(name, units[name])) / units[name]
+        def before(name: str) -> int:
+            return keep.get(name, units[name])
+
+        def after(name: str) -> int:
+            return new_k if name == group else keep.get(name, units[name])
 
         params = macs = 0.0
         for layer in self._layers_of().get(group, ()):
-            for sign, moved in ((1.0, False), (-1.0, True)):
-                r_in = fraction(layer.in_group, moved and layer.in_group == group)
-                r_out = fraction(layer.out_group, moved and layer.out_group == group)
-                r_ch = fraction(layer.channel_group, moved and layer.channel_group == group)
-                macs += sign * layer.macs * r_in * r_out * r_ch
-                params += sign * (layer.weight_params * r_in * r_out * r_ch + layer.bias_params * r_out * r_ch)
+            for sign, kept in ((1.0, before), (-1.0, after)):
+                layer_params, layer_macs = layer.cost(kept, units)
+                params += sign * layer_params
+                macs += sign * layer_macs
         return params, macs
 
     def _layers_of(self) -> dict[str, list[LayerCost]]:
@@ -88,7 +129,7 @@ class CostModel:
         if index is None:
             index = {}
             for layer in self.layers:
-                for group in {layer.in_group, layer.out_group, layer.channel_group} - {None}:
+                for group in layer.groups():
                     index.setdefault(group, []).append(layer)
             object.__setattr__(self, "_index", index)  # a cache on a frozen dataclass
         return index
@@ -100,6 +141,15 @@ class CostModel:
     @property
     def macs(self) -> float:
         return self.evaluate()[1]
+
+
+def _units_of(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _channels(module: nn.Module) -> int:
+    """The channels of a BatchNorm or depthwise conv."""
+    return module.num_features if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) else module.out_channels
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> float:
@@ -117,16 +167,30 @@ def total_macs(model: nn.Module, example_input: torch.Tensor) -> float:
     return flops.total_macs(model, example_input)
 
 
-def build_cost_model(model: nn.Module, groups: Sequence[UnitGroup], example_input: torch.Tensor) -> CostModel:
-    """Measure per-layer costs of ``model`` for one input sample."""
-    role: dict[str, dict[str, str]] = {}
+def build_cost_model(
+    model: nn.Module,
+    groups: Sequence[UnitGroup],
+    example_input: torch.Tensor,
+    norms: Mapping[str, str] | None = None,
+) -> CostModel:
+    """Measure per-layer costs of ``model`` for one input sample. ``norms`` (reader → the BatchNorm
+    after it, :func:`snp_engine.activations.following_norms`) tells which readers compensation gives
+    a new bias: those with neither a bias nor a BatchNorm to fold the constant into."""
+    role: dict[str, dict] = {}
     for group in groups:
         for producer in group.all_producers:
             role.setdefault(producer, {})["out_group"] = group.name
         for reader in group.readers:
-            role.setdefault(reader.consumer, {})["in_group"] = group.name
+            entry = role.setdefault(reader.consumer, {})
+            entry["in_groups"] = (*entry.get("in_groups", ()), group.name)
+            entry["in_width"] = reader.width
+            consumer = model.get_submodule(reader.consumer)
+            if norms is not None and consumer.bias is None and reader.consumer not in norms:
+                entry["new_bias"] = _units_of(consumer)
         for name in group.channelwise:
-            role.setdefault(name, {})["channel_group"] = group.name
+            entry = role.setdefault(name, {})
+            entry["channel_groups"] = (*entry.get("channel_groups", ()), group.name)
+            entry["channel_width"] = _channels(model.get_submodule(name))
 
     costs: dict[str, LayerCost] = {}
     handles = []

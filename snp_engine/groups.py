@@ -15,7 +15,10 @@ The simple case is one producer and one reader (a VGG layer, a ResNet block's in
   classifier; removing channel i removes it from every x_b at once;
 - a squeeze-excitation gate x ⊙ σ(W₂ δ(W₁ pool(x))): the gate's expand layer W₂ is a producer of
   the gated channels, the reduce layer W₁ one of their readers;
-- channels read by several layers (the branches of an inception block).
+- channels read by several layers (the branches of an inception block);
+- a concatenation (DenseNet, SqueezeNet's fire modules, GoogLeNet/Inception): a branch's units are
+  a contiguous slice of each reader's input, channels ``start`` to ``start + units`` of ``width``;
+  the reader's other input channels belong to other groups (or to none) and stay as they are.
 
 Each reader r sees its own tensor x_r (the stream after a different number of blocks), so the
 statistics, the least-squares compensation x_r ≈ c_r + A_r x_{r,K} and the consumer metric M_r
@@ -24,7 +27,7 @@ are per reader; the ordering and the curve combine the readers (see :mod:`snp_en
 torch-pruning's dependency graph (DepGraph) tells which layers are coupled by a channel
 dimension. Groups it reports that do not fit the pattern are listed as *excluded* with a reason:
 the network output, or channels that pass through an operation that mixes channels (attention,
-layer norm, concatenation, …) or a layer snp cannot compensate (a grouped convolution).
+layer norm, a split, …) or a layer snp cannot compensate (a grouped convolution).
 """
 
 from __future__ import annotations
@@ -77,10 +80,17 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 class Reader:
     """A layer that reads a group's units, and how its input is laid out: ``"conv"`` (a conv
     reader), ``"linear"`` (a linear reader, any leading dims) or ``"flatten"`` (a linear reader of a
-    flattened map)."""
+    flattened map). Behind a concatenation the units are input channels ``start`` … ``start + units
+    − 1`` of ``width`` channels (``width`` 0: the input is the group's units alone)."""
 
     consumer: str
     layout: str
+    start: int = 0
+    width: int = 0
+
+    def span(self, units: int) -> tuple[int, int]:
+        """(first channel, channels in all) of this reader's input for a group of ``units``."""
+        return self.start, self.width or units
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class UnitGroup:
     channelwise: tuple[str, ...] = ()  # BatchNorm / depthwise conv modules carried along
     more_readers: tuple[Reader, ...] = ()
     producers: tuple[str, ...] = ()  # every producing layer, ``name`` first; empty means (name,)
+    start: int = 0  # the first reader's slice of its input (see Reader)
+    width: int = 0
 
     @property
     def producer(self) -> str:
@@ -103,7 +115,7 @@ class UnitGroup:
     @property
     def readers(self) -> tuple[Reader, ...]:
         """Every reader, the first (``consumer``) first."""
-        return (Reader(self.consumer, self.layout), *self.more_readers)
+        return (Reader(self.consumer, self.layout, self.start, self.width), *self.more_readers)
 
     @property
     def all_producers(self) -> tuple[str, ...]:
@@ -179,22 +191,27 @@ def tracing(model: nn.Module) -> Iterator[None]:
         ) from None
 
 
-def _classify(dependencies, names: dict[nn.Module, str], graph_units: int):
-    producers, consumers, channelwise, blockers = [], [], [], []
-    for dep, _ in dependencies:
+def _classify(dependencies, names: dict[nn.Module, str]):
+    """Split torch-pruning's dependencies of one group into producers, readers (with the input
+    columns each reads), channel-wise modules and blockers."""
+    producers, consumers, channelwise, blockers = [], {}, [], []
+    for dep, idxs in dependencies:
         module, handler = dep.target.module, dep.handler.__name__
         name = names.get(module)
         if isinstance(module, _BATCHNORM) or _is_depthwise(module):
             if name not in channelwise:
                 channelwise.append(name)
         elif _is_prunable_linear_op(module):
-            (producers if handler.endswith("out_channels") else consumers).append(name)
+            if handler.endswith("out_channels"):
+                producers.append(name)
+            else:
+                consumers.setdefault(name, [int(i) for i in idxs])
         elif type(module).__name__ == "_ElementWiseOp":
             op = dep.target.grad_fn.name() if dep.target.grad_fn is not None else "unknown"
             if not any(key in op for key in _CHANNELWISE_OPS):
                 blockers.append(op.replace("Backward0", "").replace("Backward1", ""))
-        elif type(module).__name__ in ("_ReshapeOp", "_FlattenOp"):
-            continue
+        elif type(module).__name__ in ("_ReshapeOp", "_FlattenOp", "_ConcatOp"):
+            continue  # a concatenation only moves the units to a slice of the readers' input
         elif isinstance(module, nn.Conv2d):
             blockers.append(f"{name} (grouped convolution)")
         else:
@@ -206,11 +223,26 @@ def _units_of(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
-def _layout(model: nn.Module, consumer: str, units: int) -> str:
+def _reader(model: nn.Module, consumer: str, columns: list[int], units: int) -> Reader | str:
+    """The reader ``consumer`` of a group of ``units`` whose units it reads as input ``columns``
+    (torch-pruning's indices), or what stops it, in words."""
     module = model.get_submodule(consumer)
+    first, count = min(columns, default=0), len(columns)
+    if sorted(columns) != list(range(first, first + count)) or count == 0 or count % units:
+        return f"{consumer} (channel reordering)"
+    taps = count // units
     if isinstance(module, nn.Conv2d):
-        return "conv"
-    return "linear" if module.in_features == units else "flatten"
+        if taps != 1:
+            return f"{consumer} (channel reordering)"
+        layout, start, width = "conv", first, module.in_channels
+    else:
+        if first % taps or module.in_features % taps:
+            return f"{consumer} (channel reordering)"
+        layout = "linear" if taps == 1 else "flatten"
+        start, width = first // taps, module.in_features // taps
+    if width == units:
+        start, width = 0, 0  # the reader reads the group's units alone
+    return Reader(consumer, layout, start, width)
 
 
 # what stops a group, in words a user knows: (substring of torch-pruning's op or grad_fn name, words)
@@ -220,6 +252,7 @@ _BLOCKER_WORDS = (
     ("GroupNorm", "a group norm"),
     ("Concat", "a concatenation"),
     ("Cat", "a concatenation"),
+    ("reordering", "a channel reordering"),
     ("Split", "a channel split"),
     ("Unbind", "a channel split"),
     ("Slice", "a channel slice"),
@@ -275,18 +308,20 @@ def find_groups(
     names = {module: name for name, module in model.named_modules()}
     groups, excluded, seen = [], [], set()
     for group in found:
-        producers, consumers, channelwise, blockers = _classify(group, names, 0)
+        producers, columns, channelwise, blockers = _classify(group, names)
         producers = sorted(
             (p for p in dict.fromkeys(producers) if p is not None), key=lambda p: calls.get(p, len(calls))
         )
-        consumers = sorted(
-            (c for c in dict.fromkeys(consumers) if c is not None), key=lambda c: calls.get(c, len(calls))
-        )
+        consumers = sorted((c for c in columns if c is not None), key=lambda c: calls.get(c, len(calls)))
         if not producers or producers[0] in seen:
             continue
         seen.update(producers)
         units = _units_of(model.get_submodule(producers[0]))
         label = producers[0]
+        readers = [_reader(model, c, columns[c], units) for c in consumers]
+        blockers += [r for r in readers if isinstance(r, str)]
+        # a producer whose output is only a slice of the group (concatenated, then summed with a stream)
+        blockers += [f"{p} (Concatenation)" for p in producers if _units_of(model.get_submodule(p)) != units]
         reaches_output = any("_OutputOp" in b for b in blockers)
         blockers = [b for b in blockers if "_OutputOp" not in b]
         if reaches_output and not blockers:
@@ -301,16 +336,18 @@ def find_groups(
         elif not coupled and len(consumers) > 1:
             excluded.append(ExcludedGroup(label, units, f"read by several layers ({', '.join(consumers)})"))
         else:
-            readers = [Reader(c, _layout(model, c, units)) for c in consumers]
+            first = readers[0]
             groups.append(
                 UnitGroup(
                     label,
-                    readers[0].consumer,
+                    first.consumer,
                     units,
-                    readers[0].layout,
+                    first.layout,
                     tuple(c for c in channelwise if c),
                     tuple(readers[1:]),
                     tuple(producers) if len(producers) > 1 else (),
+                    first.start,
+                    first.width,
                 )
             )
     groups.sort(key=lambda g: calls.get(g.consumer, len(calls)))  # front to back, as execution_order

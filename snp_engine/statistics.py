@@ -30,13 +30,21 @@ import torch
 from snp_engine.errors import AnalysisError
 
 
-def to_samples(x: torch.Tensor, layout: str, channels: int) -> torch.Tensor:
+def to_samples(x: torch.Tensor, layout: str, channels: int, start: int = 0, width: int = 0) -> torch.Tensor:
     """Reshape a consumer's input into a (samples, units) matrix.
 
     ``layout`` is ``"conv"`` (B, C, H, W): every (image, position) pair is a sample;
     ``"linear"`` (B, C); ``"tokens"`` (B, ..., C): every token is a sample;
     ``"flatten"`` (B, C·S): a flattened C-channel map whose S positions are samples.
+    With ``width`` > 0 the input holds ``width`` channels (a concatenation) and the units are
+    channels ``start`` … ``start + channels − 1`` of them.
     """
+    if width and layout == "conv":
+        x = x[:, start : start + channels]
+    elif width and layout in ("linear", "tokens"):
+        x = x[..., start : start + channels]
+    elif width and layout == "flatten":
+        x = x.reshape(x.shape[0], width, -1)[:, start : start + channels]
     if layout == "conv":
         return x.transpose(0, 1).reshape(channels, -1).T
     if layout == "linear" or layout == "tokens":

@@ -71,6 +71,8 @@ def write_statistics(stored: StoredAnalysis, path: str | Path) -> Path:
             {
                 "consumer": r.consumer,
                 "layout": r.reader.layout,
+                "start": r.reader.start,
+                "width": r.reader.width,
                 "input_shape": list(r.input_shape),
                 "norm": r.norm,
                 "coverage": r.coverage is not None,
@@ -209,6 +211,8 @@ class _Reader:
             tuple(read.text(name, f"{where}channelwise[{i}]") for i, name in enumerate(channelwise)),
             tuple(r.reader for r in more),
             tuple(read.text(name, f"{where}producers[{i}]") for i, name in enumerate(producers)),
+            first.reader.start,
+            first.reader.width,
         )
         return GroupAnalysis(
             unit,
@@ -229,6 +233,11 @@ class _Reader:
         if layout not in LAYOUTS:
             raise read.fail(where + "layout", f"is '{layout}', not one of {', '.join(LAYOUTS)}")
         consumer = read.text(self.get(entry, "consumer", where), where + "consumer")
+        # a slice of a concatenated input (files written before concatenations: the whole input)
+        width = read.integer(entry.get("width", 0), where + "width", high=_MAX_UNITS)
+        start = read.integer(entry.get("start", 0), where + "start", high=max(width - units, 0))
+        if width and width < units:
+            raise read.fail(where + "width", f"is {width}, fewer channels than the group's {units} units")
         state = {
             "count": self.tensor(prefix + "count", (1,)).reshape(()),
             "total": self.tensor(prefix + "total", (units,)),
@@ -248,7 +257,7 @@ class _Reader:
             self.get(entry, "input_shape", where), where + "input_shape", low=1, high=1 << 20, longest=4
         )
         return ReaderStatistics(
-            Reader(consumer, layout),
+            Reader(consumer, layout, start, width),
             moments,
             tuple(shape),
             self.tensor(prefix + "metric", (units, units)),
@@ -267,6 +276,31 @@ class _Reader:
             raise self.read.fail(key, "must hold finite floating-point numbers")
         return value.double()
 
+    def cost_groups(self, entry: Mapping[str, Any], where: str, units: Mapping[str, int]) -> dict[str, Any]:
+        """A cost layer's groups: its output group, its input and channel groups with their widths."""
+        read = self.read
+
+        def group_name(value: Any, key: str) -> str | None:
+            name = read.optional_text(value, where + key)
+            if name is not None and name not in units:
+                raise read.fail(where + key, f"names '{name[:60]}', which has no unit count in costs.units")
+            return name
+
+        groups: dict[str, Any] = {"out_group": group_name(entry.get("out_group"), "out_group")}
+        for kind in ("in", "channel"):
+            if f"{kind}_groups" in entry:
+                listed = read.sequence(entry[f"{kind}_groups"], where + f"{kind}_groups", longest=_MAX_GROUPS)
+                names = [group_name(n, f"{kind}_groups[{i}]") for i, n in enumerate(listed)]
+            else:  # files written before concatenations: one group or none
+                names = [group_name(entry.get(f"{kind}_group"), f"{kind}_group")]
+            groups[f"{kind}_groups"] = tuple(n for n in names if n is not None)
+            width = read.integer(entry.get(f"{kind}_width", 0), where + f"{kind}_width", high=_MAX_UNITS)
+            if width and width < sum(units[n] for n in groups[f"{kind}_groups"]):
+                raise read.fail(where + f"{kind}_width", "is smaller than its groups' units")
+            groups[f"{kind}_width"] = width
+        groups["new_bias"] = read.integer(entry.get("new_bias", 0), where + "new_bias", high=_MAX_UNITS)
+        return groups
+
     def costs(self, cost: Mapping[str, Any]) -> CostModel:
         read = self.read
         units = {
@@ -278,12 +312,7 @@ class _Reader:
         for index, entry in enumerate(entries):
             where = f"costs.layers[{index}]."
             entry = read.mapping(entry, where[:-1])
-            groups = {}
-            for key in ("in_group", "out_group", "channel_group"):
-                name = read.optional_text(entry.get(key), where + key)
-                if name is not None and name not in units:
-                    raise read.fail(where + key, f"names '{name[:60]}', which has no unit count in costs.units")
-                groups[key] = name
+            groups = self.cost_groups(entry, where, units)
             macs = self.get(entry, "macs", where)
             read.number(macs, where + "macs")
             layers.append(

@@ -20,20 +20,47 @@ from snp_engine.compensation import compensated_weight, constant_response
 from snp_engine.groups import Reader, UnitGroup, build_dependency_graph, tracing
 
 
-def weight_taps(consumer: nn.Module, layout: str, units: int) -> torch.Tensor:
-    """A reader's weight as (out, units, taps): conv taps are kernel positions, a flatten→linear
-    layer has one tap per position of the flattened map, a plain linear layer one tap."""
-    weight = consumer.weight.detach()
+def weight_view(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
+    """A view (out, units, taps) of the reader's weight columns that read the group's units: conv
+    taps are kernel positions, a flatten→linear layer has one tap per position of the flattened
+    map, a plain linear layer one tap. Behind a concatenation (``width`` > 0) only the columns of
+    input channels ``start`` … ``start + units − 1`` are in the view."""
+    weight = consumer.weight
+    channels = width or units
     if layout == "conv":
-        return weight.reshape(weight.shape[0], weight.shape[1], -1)
+        columns = weight[:, start : start + units] if width else weight
+        return columns.view(weight.shape[0], units, -1)
     if layout == "flatten":
-        return weight.reshape(weight.shape[0], units, -1)
-    return weight.unsqueeze(-1)
+        return weight.view(weight.shape[0], channels, -1)[:, start : start + units]
+    return (weight[:, start : start + units] if width else weight).unsqueeze(-1)
 
 
-def write_weight_taps(consumer: nn.Module, taps: torch.Tensor) -> None:
+def weight_taps(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
+    """The reader's weight for the group's units as (out, units, taps), see :func:`weight_view`."""
+    return weight_view(consumer, layout, units, start, width).detach()
+
+
+def write_weight_taps(
+    consumer: nn.Module, taps: torch.Tensor, layout: str = "conv", start: int = 0, width: int = 0
+) -> None:
+    """Write ``taps`` (out, units, taps) back: the whole weight, or behind a concatenation
+    (``width`` > 0) the columns of the group's units only."""
     with torch.no_grad():
-        consumer.weight.copy_(taps.reshape(consumer.weight.shape).to(consumer.weight.dtype))
+        if not width:
+            consumer.weight.copy_(taps.reshape(consumer.weight.shape).to(consumer.weight.dtype))
+            return
+        view = weight_view(consumer, layout, taps.shape[1], start, width)
+        view.copy_(taps.reshape(view.shape).to(view.dtype))
+
+
+def reader_taps(model: nn.Module, reader: Reader, units: int) -> torch.Tensor:
+    """:func:`weight_taps` of one reader of a group of ``units``."""
+    return weight_taps(model.get_submodule(reader.consumer), reader.layout, units, reader.start, reader.width)
+
+
+def write_reader_taps(model: nn.Module, reader: Reader, taps: torch.Tensor) -> None:
+    """:func:`write_weight_taps` of one reader."""
+    write_weight_taps(model.get_submodule(reader.consumer), taps, reader.layout, reader.start, reader.width)
 
 
 def fold_constant(model: nn.Module, consumer_name: str, delta: torch.Tensor, norm_name: str | None) -> None:
@@ -47,7 +74,7 @@ def fold_constant(model: nn.Module, consumer_name: str, delta: torch.Tensor, nor
         elif norm_name is not None:
             norm = model.get_submodule(norm_name)
             norm.running_mean -= delta.to(norm.running_mean)
-        else:
+        elif bool(delta.any()):  # a new bias only where there is a constant to hold
             weight = consumer.weight
             consumer.bias = nn.Parameter(delta.to(device=weight.device, dtype=weight.dtype).clone())
 
@@ -63,22 +90,20 @@ def apply_reconstruction(
     norm_name: str | None,
 ) -> None:
     """Rewrite the reader for x ≈ c + A x_K: columns K ← W A, other columns 0, constant folded."""
-    consumer = model.get_submodule(reader.consumer)
-    taps = weight_taps(consumer, reader.layout, units).double()
+    taps = reader_taps(model, reader, units).double()
     new_taps = torch.zeros_like(taps)
     new_taps[:, kept.to(taps.device)] = compensated_weight(taps, mapping.to(taps.device))
     delta = constant_response(taps, offset.to(taps.device), coverage)
-    write_weight_taps(consumer, new_taps)
+    write_reader_taps(model, reader, new_taps)
     fold_constant(model, reader.consumer, delta, norm_name)
 
 
 def drop_columns(model: nn.Module, reader: Reader, units: int, kept: torch.Tensor) -> None:
     """Prune without compensation: the reader simply stops reading the other units."""
-    consumer = model.get_submodule(reader.consumer)
-    taps = weight_taps(consumer, reader.layout, units)
+    taps = reader_taps(model, reader, units)
     mask = torch.zeros(units, dtype=torch.bool, device=taps.device)
     mask[kept.to(taps.device)] = True
-    write_weight_taps(consumer, taps * mask[None, :, None])
+    write_reader_taps(model, reader, taps * mask[None, :, None])
 
 
 def remove_units(

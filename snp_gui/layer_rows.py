@@ -61,16 +61,15 @@ def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[s
     model = analysis.costs
     owners = set(model.units) | {e.name for e in analysis.excluded}
 
-    def kept(group: str | None) -> float:
-        return 1.0 if group is None else keep.get(group, model.units[group]) / model.units[group]
+    def kept(group: str) -> int:
+        return keep.get(group, model.units[group])
 
     for layer in model.layers:
         # a coupled group's further producers (a residual stream's block outputs) count for its row
         owner = layer.channel_group or (layer.name if layer.name in owners else layer.out_group)
         if owner is None:
             continue
-        scale = kept(layer.in_group) * kept(layer.out_group) * kept(layer.channel_group)
-        bias = kept(layer.out_group) * kept(layer.channel_group)
-        params[owner] = params.get(owner, 0) + round(layer.weight_params * scale + layer.bias_params * bias)
-        flops[owner] = flops.get(owner, 0.0) + layer.macs * scale
+        layer_params, layer_macs = layer.cost(kept, model.units)
+        params[owner] = params.get(owner, 0) + round(layer_params)
+        flops[owner] = flops.get(owner, 0.0) + layer_macs
     return params, flops

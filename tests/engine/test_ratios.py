@@ -133,10 +133,10 @@ def test_greedy_saving_callback_gives_the_same_plan_as_full_costing():
     model = CostModel(
         (
             LayerCost("a", 100.0, 80, 8, out_group="a"),
-            LayerCost("b", 400.0, 8 * 16 * 9, 16, in_group="a", out_group="b"),
-            LayerCost("bn", 0.0, 16, 16, channel_group="b"),
-            LayerCost("c", 300.0, 16 * 4, 4, in_group="b", out_group="c"),
-            LayerCost("head", 50.0, 40, 10, in_group="c"),
+            LayerCost("b", 400.0, 8 * 16 * 9, 16, in_groups=("a",), out_group="b"),
+            LayerCost("bn", 0.0, 16, 16, channel_groups=("b",)),
+            LayerCost("c", 300.0, 16 * 4, 4, in_groups=("b",), out_group="c"),
+            LayerCost("head", 50.0, 40, 10, in_groups=("c",)),
         ),
         7,
         3.0,
