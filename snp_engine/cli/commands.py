@@ -14,6 +14,7 @@ from snp_engine import distributed, io, workflows
 from snp_engine.cli import plumbing
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
+from snp_engine.ratios import Constraints
 from snp_engine.subspace import DEFAULT_ORDERING
 from snp_engine.workflows import AnalysisOptions, Compensation, PlanTarget
 
@@ -167,6 +168,54 @@ def _parse_keep(items: Sequence[str], analysis) -> dict[str, int]:
     return keep
 
 
+# per-layer constraint flag: (argparse attribute, flag, GroupConstraint field)
+CONSTRAINT_FLAGS = (
+    ("lock", "--lock", "locked"),
+    ("min_units", "--min-units", "min_units"),
+    ("layer_round_to", "--layer-round-to", "round_to"),
+)
+
+
+def _constraint_rules(args: argparse.Namespace) -> dict[str, dict[str, tuple[str, int]]]:
+    """``{layer: {field: (flag, N)}}`` from --lock, --min-units and --layer-round-to; their syntax is
+    checked before any work (the layer names once the layers are known, see :func:`_constraints`)."""
+    rules: dict[str, dict[str, tuple[str, int]]] = {}
+    for attr, flag, key in CONSTRAINT_FLAGS:
+        for item in getattr(args, attr, None) or []:
+            name, sep, value = item.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise SnpError(f"{flag} expects LAYER=N, got '{item}'")
+            try:
+                number = int(value)
+            except ValueError:
+                raise SnpError(f"{flag} {item}: N must be a whole number, got '{value}'") from None
+            if number < 1:
+                raise SnpError(f"{flag} {item}: N must be at least 1")
+            layer = rules.setdefault(name, {})
+            if key in layer and layer[key][1] != number:
+                raise SnpError(f"{flag} {name}= given twice ({layer[key][1]} and {number})")
+            layer[key] = (flag, number)
+    return rules
+
+
+def _constraints(rules: dict[str, dict[str, tuple[str, int]]], analysis) -> Constraints:
+    """The per-layer rules checked against the analysed layers; a bad one is a one-line error naming its flag."""
+    excluded = {e.name: e.reason for e in analysis.excluded}
+    for name, fields in rules.items():
+        flag, number = next(iter(fields.values()))
+        if name in excluded:
+            raise SnpError(f"{flag} {name}={number}: layer '{name}' cannot be pruned ({excluded[name]})")
+        if name not in analysis.units:
+            known = ", ".join(analysis.names[:8]) + (", …" if len(analysis.names) > 8 else "")
+            raise SnpError(f"{flag} {name}={number}: '{name}' is not a prunable layer; prunable layers: {known}")
+    try:
+        plain = {name: {key: number for key, (_flag, number) in fields.items()} for name, fields in rules.items()}
+        return Constraints.from_dict(plain).check(analysis.units)
+    except ValueError as exc:
+        raise SnpError(str(exc)) from None
+
+
 def _target(args: argparse.Namespace, analysis) -> PlanTarget:
     if args.keep:
         return PlanTarget.parse("keep", _parse_keep(args.keep, analysis))
@@ -194,6 +243,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     ordering = (args.ordering or DEFAULT_ORDERING) if args.method == "snp" else args.method
     compensation = _compensation(args)  # conflicting flags are refused before any work
     _check_remove_blocks(args)
+    rules = _constraint_rules(args)
     plumbing.check_output(args.out, args.torchscript, args.onnx)
     prepared, device = plumbing.prepare(args, require_labels=True)
     io.check_exportable(prepared.model.arch)
@@ -238,7 +288,10 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     warnings += singular
     target = _target(args, analysis)
     channels = workflows.channel_target(target, removed) if removed is not None else target
-    plan = workflows.make_plan(analysis, channels, round_to=args.round_to, allocation=args.allocation)
+    constraints = _constraints(rules, analysis)
+    plan = workflows.make_plan(
+        analysis, channels, round_to=args.round_to, allocation=args.allocation, constraints=constraints
+    )
 
     def prune_on(on: torch.device):
         return workflows.prune(
@@ -269,6 +322,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "data": args.data,
         "target": {"keep": list(args.keep)} if args.keep else target.to_dict(),
         "round_to": args.round_to,
+        **({"constraints": constraints.to_dict()} if constraints else {}),
         **({"remove_blocks": args.remove_blocks} if args.remove_blocks else {}),
         "base_model": args.model,
         "input_shape": list(prepared.input_shape),
@@ -303,6 +357,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "method": args.method,
         "threshold": plan.threshold,
         "compensation": compensation.value,
+        "constraints": constraints.to_dict(),
         "fits": {name: dict(fit) for name, fit in pruned.record.fits.items()},
         "blocks": removed.to_dict() if removed is not None else {"removed": []},
         "warnings": warnings,

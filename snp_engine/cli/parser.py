@@ -100,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
     prune.add_argument("--one-shot", action="store_true", help="the same as --compensation one-shot")
     prune.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round keep counts up to N")
+    layers = prune.add_argument_group(
+        "per-layer constraints",
+        "rules for single layers (LAYER is a prunable layer's name, see 'snp info'); repeatable",
+    )
+    layers.add_argument(
+        "--lock",
+        action="append",
+        metavar="LAYER=K",
+        help="LAYER keeps exactly K units whatever the target says (the target is met by the other layers)",
+    )
+    layers.add_argument("--min-units", action="append", metavar="LAYER=N", help="LAYER keeps at least N units")
+    layers.add_argument(
+        "--layer-round-to",
+        action="append",
+        metavar="LAYER=N",
+        help="LAYER keeps a multiple of N units (or all of them); overrides --round-to for that layer",
+    )
     prune.add_argument(
         "--allocation",
         choices=ALLOCATIONS,
