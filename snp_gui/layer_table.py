@@ -1,5 +1,7 @@
 """Per-layer table of the plan: units, kept units (editable), explained variance and cost of each group,
 and the layer's constraints: a lock (the global threshold does not move it), a minimum and a round-to.
+Once measured, each layer's sensitivity (top-1 and output error with only that layer pruned) is a column
+too, greyed when the plan no longer gives the layer the count it was measured at.
 
 Layers the engine cannot prune are listed greyed at the bottom, with the reason as a tooltip. A kept
 count outside ``1 … units``, under the layer's minimum or off its rounding is fitted, and ``notice``
@@ -9,6 +11,7 @@ the layer cannot have is refused the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +37,28 @@ from PySide6.QtWidgets import (
 )
 
 from snp_engine.ratios import Constraints, GroupConstraint
+from snp_engine.workflows.sensitivity import LayerSensitivity
 from snp_gui.summary import DASH, human_count
 
 __all__ = ["LayerTable", "LayerTableModel"]
 
 NO_RULES = GroupConstraint()
 
-COLUMNS = ("Layer", "Type", "Units", "Kept", "Ratio", "Explained", "Params", "FLOPs", "Lock", "Min", "Round to")
-LAYER, TYPE, UNITS, KEPT, RATIO, EXPLAINED, PARAMS, FLOPS, LOCK, MIN, ROUND = range(len(COLUMNS))
+COLUMNS = (
+    "Layer",
+    "Type",
+    "Units",
+    "Kept",
+    "Ratio",
+    "Explained",
+    "Params",
+    "FLOPs",
+    "Alone: top-1 / error",
+    "Lock",
+    "Min",
+    "Round to",
+)
+LAYER, TYPE, UNITS, KEPT, RATIO, EXPLAINED, PARAMS, FLOPS, ALONE, LOCK, MIN, ROUND = range(len(COLUMNS))
 CONSTRAINT_FIELDS = {MIN: "min_units", ROUND: "round_to"}
 HEADER_TIPS = (
     "Unit group (a layer, or layers that must keep the same units)",
@@ -52,6 +69,8 @@ HEADER_TIPS = (
     "Share of the layer's activation variance that the kept units still explain",
     "Parameters of the layer with the kept units",
     "Multiply-accumulates per image of the layer with the kept units",
+    "Sensitivity: top-1 and output (logit) error when only this layer is pruned to its kept units "
+    "(Sensitivity tab; greyed: measured at another count)",
     "Locked: the global threshold or budget does not move this layer (editing its Kept count moves the lock)",
     "The fewest units this layer may keep; double-click to edit",
     "This layer keeps a multiple of this many units (or all of them); double-click to edit",
@@ -72,6 +91,11 @@ class _Row:
     order: int = 0  # position in network order, to undo sorting
     warning: str | None = None  # e.g. fewer calibration samples than units: shown as ⚠ with its reason
     rule: GroupConstraint = NO_RULES
+    alone: LayerSensitivity | None = None  # this layer pruned alone (measured at alone.keep units)
+
+    @property
+    def alone_stale(self) -> bool:
+        return self.alone is not None and self.alone.keep != self.kept
 
     def values(self) -> tuple:
         """Comparable value of each column (for sorting)."""
@@ -85,6 +109,7 @@ class _Row:
             explained,
             self.params,
             self.flops,
+            (-1.0, -1.0) if self.alone is None else self.alone.rank_key,
             self.rule.locked is not None,
             self.rule.min_units or 1,
             self.rule.round_to or 1,
@@ -100,6 +125,10 @@ def _display(row: _Row, column: int) -> str:
         return f"{100.0 * row.kept / max(row.units, 1):.1f} %"
     if column == EXPLAINED:
         return DASH if row.explained is None else f"{100.0 * row.explained:.1f} %"
+    if column == ALONE:
+        if row.alone is None:
+            return DASH if row.excluded_reason is None else ""
+        return f"{row.alone.top1:.1f} % / {100.0 * row.alone.error:.1f} %"
     if column in (PARAMS, FLOPS):
         return human_count(row.params if column == PARAMS else row.flops)
     if column == LAYER and row.warning:
@@ -155,6 +184,11 @@ class LayerTableModel(QAbstractTableModel):
                 return QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
             if role == Qt.ItemDataRole.ToolTipRole:
                 return f"Not pruned: {row.excluded_reason}"
+        elif column == ALONE and row.alone is not None and role == Qt.ItemDataRole.ForegroundRole:
+            if row.alone_stale:
+                return QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
+        elif column == ALONE and role == Qt.ItemDataRole.ToolTipRole:
+            return _alone_tip(row)
         elif role == Qt.ItemDataRole.ToolTipRole and column == KEPT:
             return _kept_tip(row) + (f"\n\n⚠ {row.warning}" if row.warning else "")
         elif role == Qt.ItemDataRole.ToolTipRole and column >= LOCK:
@@ -226,6 +260,15 @@ class LayerTableModel(QAbstractTableModel):
                 row.rule = rule
                 self.dataChanged.emit(self.index(position, LOCK), self.index(position, ROUND))
 
+    def set_sensitivity(self, layers: Mapping[str, LayerSensitivity]) -> None:
+        """Show each layer's sensitivity (the layers not in ``layers`` show a dash)."""
+        for position, row in enumerate(self._rows):
+            alone = layers.get(row.name)
+            if row.excluded_reason is None and alone != row.alone:
+                row.alone = alone
+                index = self.index(position, ALONE)
+                self.dataChanged.emit(index, index)
+
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """Sort prunable rows by ``column`` (network order when ``column`` is -1); excluded rows stay last."""
         self.layoutAboutToBeChanged.emit()
@@ -289,6 +332,8 @@ class LayerTableModel(QAbstractTableModel):
             row.params = int(params.get(name, row.params))
             row.flops = float(flops.get(name, row.flops))
             changed = [column for column, (a, b) in enumerate(zip(before, row.values(), strict=True)) if a != b]
+            if row.alone is not None and KEPT in changed:  # its sensitivity turns stale (or fresh again)
+                changed = sorted({*changed, ALONE})
             if changed:  # one notification spanning the changed cells of this row
                 self.dataChanged.emit(
                     self.index(position, changed[0]),
@@ -305,6 +350,19 @@ class LayerTableModel(QAbstractTableModel):
 
     def is_excluded(self, row: int) -> bool:
         return self._rows[row].excluded_reason is not None
+
+
+def _alone_tip(row: _Row) -> str:
+    alone = row.alone
+    if alone is None:
+        return HEADER_TIPS[ALONE] + ": not measured yet"
+    text = (
+        f"{row.name} pruned alone to {alone.keep} of {alone.units} units: top-1 {alone.top1:.2f} % "
+        f"({-alone.drop:+.2f} points), output error {100 * alone.error:.2f} %"
+    )
+    if row.alone_stale:
+        text += f"\nMeasured at {alone.keep} units; the plan now keeps {row.kept}: measure again"
+    return text
 
 
 def _kept_tip(row: _Row) -> str:
@@ -427,6 +485,10 @@ class LayerTable(QTableView):
     def set_constraints(self, constraints: Constraints) -> None:
         """Show each layer's lock, minimum and round-to (see :meth:`LayerTableModel.set_constraints`)."""
         self._model.set_constraints(constraints)
+
+    def set_sensitivity(self, layers: Mapping[str, LayerSensitivity]) -> None:
+        """Show each layer's sensitivity (see :meth:`LayerTableModel.set_sensitivity`)."""
+        self._model.set_sensitivity(layers)
 
     def _show_notice(self, text: str) -> None:
         """At the edited cell, and for the window (``notice``)."""

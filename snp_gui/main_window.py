@@ -26,6 +26,7 @@ from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
 from snp_gui.panels.plans_panel import PlansPanel
+from snp_gui.panels.sensitivity_panel import SensitivityPanel
 from snp_gui.panels.status import ProgressStatus
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.settings import Settings, load_options, save_options
@@ -114,9 +115,11 @@ class MainWindow(QMainWindow):
         self.evaluate_panel = EvaluatePanel()
         self.finetune_panel = FinetunePanel()
         self.plans_panel = PlansPanel()
+        self.sensitivity_panel = SensitivityPanel()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.table, "Layers")
         self.tabs.addTab(self.plans_panel, "Plans")
+        self.tabs.addTab(self.sensitivity_panel, "Sensitivity")
         self.tabs.addTab(self.evaluate_panel, "Evaluate && sweep")
         self.tabs.addTab(self.finetune_panel, "Fine-tune")
         top = QWidget()
@@ -176,6 +179,7 @@ class MainWindow(QMainWindow):
         binding.bind_evaluate_panel(self.evaluate_panel, s)
         binding.bind_finetune_panel(self.finetune_panel, s)
         binding.bind_plans_panel(self.plans_panel, s)
+        binding.bind_sensitivity_panel(self.sensitivity_panel, s)
         binding.bind_progress(self.progress, s)
         bind_actions(self.actions, s)
         bind_recent(self.menus, self.settings, s)

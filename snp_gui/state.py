@@ -6,7 +6,9 @@ results. It runs all slow work on a :class:`~snp_gui.workers.TaskRunner`. Panels
 and follow its snake_case signals; they never talk to each other and never call the engine.
 Loading models and data, the data check and session files are in :mod:`snp_gui.opening`;
 evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs`, undo and redo of the plan in
-:mod:`snp_gui.undo`, named plans in :mod:`snp_gui.plans` (all parts of Session).
+:mod:`snp_gui.undo`, named plans in :mod:`snp_gui.plans`, per-layer sensitivity in
+:mod:`snp_gui.sensitivity_jobs` and the architecture graph in :mod:`snp_gui.architecture_jobs` (all
+parts of Session).
 
 Per-layer constraints (:class:`~snp_engine.ratios.Constraints`: locks, minimums, round-to) are held
 here too: threshold and budget plans respect them, and hand edits of a layer are fitted to its rules.
@@ -28,10 +30,12 @@ from snp_engine.metrics import Scores
 from snp_engine.models import LoadedModel
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.workflows import AnalysisOptions, PlanTarget, Prepared
+from snp_gui.architecture_jobs import ArchitectureJobs
 from snp_gui.layer_rows import layer_costs
 from snp_gui.opening import Opening
 from snp_gui.plans import NamedPlans
 from snp_gui.pruned_jobs import PrunedJobs
+from snp_gui.sensitivity_jobs import SensitivityJobs
 from snp_gui.settings import Options, default_device, threshold_problem
 from snp_gui.undo import PlanHistory
 from snp_gui.workers import FINISHED, Task, TaskRunner
@@ -39,7 +43,7 @@ from snp_gui.workers import FINISHED, Task, TaskRunner
 RESULT_VIEWS = ("all", "sweep", "history")  # what ``reset`` clears
 
 
-class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
+class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, SensitivityJobs, ArchitectureJobs):
     """State plus actions; results arrive through signals in the GUI thread."""
 
     model_requested = Signal(str, str)  # spec, kind: about to be loaded (the model panel shows it)
@@ -57,6 +61,9 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
     constraint_note = Signal(str)  # why a constraint was refused; "" when the last one was taken
     plans_changed = Signal(list)  # the named plans (NamedPlan), in the order they were kept
     selection_changed = Signal(str)  # the focused layer, "" when there is none
+    sensitivity_changed = Signal(dict, set)  # LayerSensitivity by layer (measured so far), the stale layers
+    sensitivity_note = Signal(str)  # why relaxing was refused; "" when it was done
+    architecture_changed = Signal(object)  # Architecture of the analysed network, or None
     options_changed = Signal(object)  # Options, after anything but the threshold changed them
     metrics_changed = Signal(dict)
     stale_changed = Signal(bool)
@@ -88,6 +95,8 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
         self._fitted: tuple[str, int, int] = ("", 0, 0)  # the last hand edit: layer, asked, given (a drag's end)
         self._init_history()
         self._init_plans()
+        self._init_sensitivity()
+        self._init_architecture()
         self.selected: str | None = None
         self.metrics: dict = {}
         self.stale = False
@@ -251,7 +260,8 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans):
         """
         if self.analysis is None or name not in self.keep:
             return
-        units, rule = self.analysis.units[name], self.constraints.of(name)
+        # the user's rules and what the network demands (grouped convs keep multiples of their groups)
+        units, rule = self.analysis.units[name], self.analysis.structural(self.constraints).of(name)
         free = replace(rule, locked=None)
         asked = int(count)
         if self._fitted[:2] == (name, asked):  # the end of a drag repeats its last position: fitted already

@@ -17,6 +17,7 @@ from snp_gui.panels.data_panel import DataPanel, show_samples_note
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
 from snp_gui.panels.plans_panel import PlansPanel
+from snp_gui.panels.sensitivity_panel import SensitivityPanel
 from snp_gui.panels.status import ProgressStatus
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.settings import Options
@@ -145,6 +146,7 @@ def bind_table(table: LayerTable, session: Session) -> None:
     session.analysis_changed.connect(show_analysis)
     session.keep_changed.connect(show_keep)
     session.selection_changed.connect(lambda name: table.select(name) if name else table.clearSelection())
+    session.sensitivity_changed.connect(lambda layers, _stale: table.set_sensitivity(layers))
 
 
 def bind_summary(bar: SummaryBar, session: Session) -> None:
@@ -222,6 +224,27 @@ def bind_plans_panel(panel: PlansPanel, session: Session) -> None:
     panel.measureRequested.connect(lambda: session.measure_plans())
     session.plans_changed.connect(lambda plans: panel.set_plans(plans, session.current_plan_name()))
     session.keep_changed.connect(lambda _keep, _final: panel.mark_current(session.current_plan_name()))
+    on_state_change(session, lambda: panel.set_ready(not session.busy and session.analysis is not None))
+
+
+def bind_sensitivity_panel(panel: SensitivityPanel, session: Session) -> None:
+    panel.measureRequested.connect(session.measure_sensitivity)
+    panel.relaxRequested.connect(session.relax_sensitive)
+    panel.plot.layerSelected.connect(session.select_layer)
+    session.sensitivity_note.connect(panel.show_note)
+
+    def show_relax() -> None:
+        panel.plot.set_relax(session.relax_preview(panel.count.value()))
+
+    def show_values(layers: dict, stale: set) -> None:
+        panel.set_values(layers, stale)
+        show_relax()
+
+    panel.countChanged.connect(lambda _count: show_relax())
+    session.sensitivity_changed.connect(show_values)
+    session.constraints_changed.connect(lambda _constraints: show_relax())
+    session.analysis_changed.connect(lambda analysis: panel.set_layers(analysis.names if analysis else []))
+    session.selection_changed.connect(panel.plot.set_selected)
     on_state_change(session, lambda: panel.set_ready(not session.busy and session.analysis is not None))
 
 
