@@ -127,7 +127,11 @@ class SensitivityPlot(QWidget):
         ):
             # empty lists trip pyqtgraph's BarGraphItem: no bars take no per-bar pens or brushes
             bars.setOpts(
-                x=xs, height=np.asarray(heights, dtype=float), width=BAR_WIDTH, brushes=brushes or None, pens=pens or None
+                x=xs,
+                height=np.asarray(heights, dtype=float),
+                width=BAR_WIDTH,
+                brushes=brushes or None,
+                pens=pens or None,
             )
         span = max(len(self._names), 1)
         for plot, _bars in self._bars:
