@@ -22,6 +22,7 @@ from snp_gui.layer_table import LayerTable
 from snp_gui.panels import binding
 from snp_gui.panels.actions import apply_icons, bind_actions, bind_recent, build_actions
 from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
+from snp_gui.panels.architecture_panel import ArchitecturePanel
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
@@ -116,10 +117,12 @@ class MainWindow(QMainWindow):
         self.finetune_panel = FinetunePanel()
         self.plans_panel = PlansPanel()
         self.sensitivity_panel = SensitivityPanel()
+        self.architecture_panel = ArchitecturePanel()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.table, "Layers")
         self.tabs.addTab(self.plans_panel, "Plans")
         self.tabs.addTab(self.sensitivity_panel, "Sensitivity")
+        self.tabs.addTab(self.architecture_panel, "Architecture")
         self.tabs.addTab(self.evaluate_panel, "Evaluate && sweep")
         self.tabs.addTab(self.finetune_panel, "Fine-tune")
         top = QWidget()
@@ -180,6 +183,7 @@ class MainWindow(QMainWindow):
         binding.bind_finetune_panel(self.finetune_panel, s)
         binding.bind_plans_panel(self.plans_panel, s)
         binding.bind_sensitivity_panel(self.sensitivity_panel, s)
+        binding.bind_architecture_panel(self.architecture_panel, s)
         binding.bind_progress(self.progress, s)
         bind_actions(self.actions, s)
         bind_recent(self.menus, self.settings, s)

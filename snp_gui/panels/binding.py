@@ -12,6 +12,7 @@ from collections.abc import Callable
 from snp_gui.layer_rows import layer_rows
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels.analysis_panel import AnalysisPanel
+from snp_gui.panels.architecture_panel import ArchitecturePanel
 from snp_gui.panels.common import select_data
 from snp_gui.panels.data_panel import DataPanel, show_samples_note
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
@@ -246,6 +247,28 @@ def bind_sensitivity_panel(panel: SensitivityPanel, session: Session) -> None:
     session.analysis_changed.connect(lambda analysis: panel.set_layers(analysis.names if analysis else []))
     session.selection_changed.connect(panel.plot.set_selected)
     on_state_change(session, lambda: panel.set_ready(not session.busy and session.analysis is not None))
+
+
+def bind_architecture_panel(panel: ArchitecturePanel, session: Session) -> None:
+    """The graph is traced when the panel is in view and there is none for the current analysis."""
+
+    def want() -> None:
+        if panel.isVisible() and session.architecture is None and session.analysis is not None:
+            session.build_architecture()
+            panel.set_graph(None, waiting=True)
+
+    def show_graph(graph) -> None:
+        panel.set_graph(graph, session.keep)
+        panel.view.set_selected(session.selected or "")
+        if graph is None:
+            want()
+
+    panel.shown.connect(want)
+    panel.view.layerSelected.connect(session.select_layer)
+    session.architecture_changed.connect(show_graph)
+    session.analysis_changed.connect(lambda analysis: None if analysis else panel.set_graph(None))
+    session.keep_changed.connect(lambda keep, _final: panel.view.set_keep(keep))
+    session.selection_changed.connect(panel.view.set_selected)
 
 
 def bind_progress(progress: ProgressStatus, session: Session) -> None:
