@@ -85,6 +85,7 @@ class SensitivityPlot(QWidget):
     def set_relax(self, names: Collection[str]) -> None:
         """The layers the Relax button would give units back to (drawn in the warning colour)."""
         self._relax = set(names)
+        self.readout.setText(HINT if not self._layers else self._summary())
         self._redraw()
 
     def set_selected(self, name: str) -> None:
