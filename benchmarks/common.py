@@ -39,6 +39,10 @@ MODELS = ("demo-vgg", "demo-resnet", TRAINED_RESNET)
 RESNET_EPOCHS = 15
 RESNET_LR = 0.05
 RESNET_SEED = 0
+# "vgg11_bn-32": torchvision's vgg11_bn (4,096-wide classifier layers) trained the same way.
+TRAINED_VGG = "vgg11_bn-32"
+VGG_EPOCHS = 25
+VGG_LR = 0.02
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,35 +251,50 @@ def random_subset(dataset: TensorDataset, samples: int, seed: int) -> TensorData
 # Models
 
 
-def trained_resnet18(
-    splits: dict[str, TensorDataset], *, epochs: int = RESNET_EPOCHS, device: str = "cpu"
+def _trained_torchvision(
+    arch: str, splits: dict[str, TensorDataset], *, epochs: int, lr: float, device: str = "cpu"
 ) -> nn.Module:
-    """torchvision resnet18 (10 classes) trained on the 3x32x32 digits train split; cached on disk."""
+    """torchvision ``arch`` (10 classes) trained on the 3x32x32 digits train split; cached on disk."""
     import torchvision
     from safetensors.torch import load_file, save_file
 
     from snp_engine.training import train
 
-    path = CACHE_DIR / f"resnet18_digits32_e{epochs}_s{RESNET_SEED}.safetensors"
+    path = CACHE_DIR / f"{arch}_digits32_e{epochs}_s{RESNET_SEED}.safetensors"
     torch.manual_seed(RESNET_SEED)
-    model = torchvision.models.resnet18(num_classes=10)
+    model = getattr(torchvision.models, arch)(num_classes=10)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    log(f"training resnet18 on 3x32x32 digits for {epochs} epochs (cached afterwards in {path})")
+    log(f"training {arch} on 3x32x32 digits for {epochs} epochs (cached afterwards in {path})")
     loader = DataLoader(
         splits["train"], batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(RESNET_SEED)
     )
-    train(model, loader, epochs=epochs, lr=RESNET_LR, device=device, label_smoothing=0.1)
+    train(model, loader, epochs=epochs, lr=lr, device=device, label_smoothing=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.cpu().eval()
 
 
+def trained_resnet18(
+    splits: dict[str, TensorDataset], *, epochs: int = RESNET_EPOCHS, device: str = "cpu"
+) -> nn.Module:
+    """torchvision resnet18 (10 classes) trained on the 3x32x32 digits train split; cached on disk."""
+    return _trained_torchvision("resnet18", splits, epochs=epochs, lr=RESNET_LR, device=device)
+
+
+def trained_vgg11_bn(splits: dict[str, TensorDataset], *, epochs: int = VGG_EPOCHS, device: str = "cpu") -> nn.Module:
+    """torchvision vgg11_bn (10 classes, dropout in the classifier as built) trained on the 3x32x32
+    digits train split; cached on disk."""
+    return _trained_torchvision("vgg11_bn", splits, epochs=epochs, lr=VGG_LR, device=device)
+
+
 def benchmark_model(name: str, splits: dict[str, TensorDataset] | None = None, device: str = "cpu") -> nn.Module:
-    """A trained model by benchmark name: the bundled demo networks or the digits-trained resnet18."""
+    """A trained model by benchmark name: the bundled demo networks or the digits-trained resnet18 / vgg11_bn."""
     if name == TRAINED_RESNET:
         return trained_resnet18(splits if splits is not None else digits_for(name), device=device)
+    if name == TRAINED_VGG:
+        return trained_vgg11_bn(splits if splits is not None else digits_for(name), device=device)
     return load_model(name).model
 
 

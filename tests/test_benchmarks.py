@@ -117,6 +117,18 @@ def test_holdout_quick(tmp_path):
     assert sum(cell["heldout_fits"].values()) >= 1
 
 
+def test_calibration_quick(tmp_path):
+    from benchmarks import calibration
+
+    calibration.main(_args(tmp_path, "calibration"))
+    data = _check(tmp_path / "calibration.json", ("models",))
+    cell = data["models"]["demo-vgg"]["by_samples"]["32"]["0.5"]
+    assert {"one-shot", "sequential", "default", "flops_reduction", "keep", "default_fits"} <= set(cell)
+    for variant in ("one-shot", "sequential", "default"):
+        assert 0 <= cell[variant]["top1"]["mean"] <= 100 and cell[variant]["fidelity"]["mean"] >= 0
+    assert abs(cell["flops_reduction"]["mean"] - 0.5) < 0.05 and sum(cell["default_fits"].values()) >= 1
+
+
 def test_distributed_cli_quick(tmp_path):
     from benchmarks import distributed_cli
 
