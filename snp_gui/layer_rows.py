@@ -5,6 +5,9 @@ Plain functions without Qt, so they are cheap to call on every keep change and e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from snp_engine.api import Analysis
@@ -73,3 +76,31 @@ def layer_costs(analysis: Analysis | None, keep: dict[str, int]) -> tuple[dict[s
         params[owner] = params.get(owner, 0) + round(layer_params)
         flops[owner] = flops.get(owner, 0.0) + layer_macs
     return params, flops
+
+
+def fit_texts(fits: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """How each group's consumer was fitted, from a pruning record's ``fits``: one line per group.
+
+    ``fits`` maps a group name (``group:consumer`` for the further readers of a coupled group) to
+    :meth:`snp_engine.holdout.FitChoice.to_dict`; the text names the fit kind and its ridge
+    (relative to the mean variance of the fitted inputs) and the held-out errors behind the
+    choice, e.g. ``"sequential, ridge 1e-04 (held-out error: sequential 12.3 %, one-shot 15.0 %)"``.
+    A coupled group's readers are joined with "; ". Groups without an entry (fixed-ridge or
+    one-shot pruning, or nothing pruned) have none.
+    """
+    texts: dict[str, list[str]] = {}
+    for key, fit in fits.items():
+        group, _, consumer = str(key).partition(":")
+        try:
+            kind = str(fit["fit"])
+            ridge = float(fit["relative_ridge"])
+            sequential = float(fit["heldout_error_sequential"])
+            one_shot = float(fit["heldout_error_one_shot"])
+        except (KeyError, TypeError, ValueError):
+            continue  # a record from elsewhere with another shape: show nothing rather than guess
+        where = f"at {consumer}: " if consumer else ""
+        texts.setdefault(group, []).append(
+            f"{where}{kind}, ridge {ridge:.0e} "
+            f"(held-out error: sequential {100 * sequential:.1f} %, one-shot {100 * one_shot:.1f} %)"
+        )
+    return {group: "; ".join(lines) for group, lines in texts.items()}

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from PySide6.QtCore import (
     QAbstractItemModel,
     QAbstractTableModel,
+    QEvent,
     QItemSelection,
     QModelIndex,
     QPersistentModelIndex,
@@ -534,3 +536,30 @@ class LayerTable(QTableView):
         indexes = selected.indexes()
         if indexes:
             self.layerSelected.emit(self._model.name_at(indexes[0].row()))
+
+    # -- how the last pruning fitted each layer (the Layer cell's tooltip)
+
+    _fits: Mapping[str, str] = MappingProxyType({})
+
+    def set_fits(self, fits: Mapping[str, str]) -> None:
+        """One line per layer on how the last pruning fitted its consumer (kind, ridge and held-out
+        errors, :func:`snp_gui.layer_rows.fit_texts`), shown in the Layer cell's tooltip; ``{}`` clears."""
+        self._fits = MappingProxyType(dict(fits))
+
+    def fit_tip(self, index: Index) -> str | None:
+        """The Layer cell's tooltip with the layer's fit added; None where there is no fit to show."""
+        if not index.isValid() or index.column() != LAYER:
+            return None
+        fit = self._fits.get(self._model.name_at(index.row()))
+        if not fit:
+            return None
+        base = self._model.data(index, Qt.ItemDataRole.ToolTipRole)
+        return (f"{base}\n\n" if base else "") + f"Fit of its consumer: {fit}"
+
+    def viewportEvent(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ToolTip:
+            tip = self.fit_tip(self.indexAt(event.pos()))
+            if tip is not None:
+                QToolTip.showText(event.globalPos(), tip, self.viewport())
+                return True
+        return super().viewportEvent(event)

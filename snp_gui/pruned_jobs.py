@@ -128,6 +128,14 @@ class PrunedJobs:
             raise SnpError("run an analysis first")
         return tasks.PruneJob(self.prepared(), self.analysis, self.plan(), self.options.copy())
 
+    def pruning_fits(self: Session) -> dict:
+        """Each group's fit (:attr:`~snp_engine.results.PruningRecord.fits`) in the network pruned for
+        the measured metrics; ``{}`` when there is none or the plan changed since."""
+        if self._pruned is None or self.stale:
+            return {}
+        record = getattr(self._pruned[1], "record", None)
+        return dict(record.fits) if record is not None else {}
+
     def _cached(self: Session, job: tasks.PruneJob) -> tuple[torch.nn.Module | None, int]:
         """The network pruned (and maybe fine-tuned) for exactly this job, if there is one."""
         if self._pruned is not None and self._pruned[0] == job.key:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from snp_gui.layer_rows import layer_rows
+from snp_gui.layer_rows import fit_texts, layer_rows
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels.analysis_panel import AnalysisPanel
 from snp_gui.panels.architecture_panel import ArchitecturePanel
@@ -140,12 +140,18 @@ def bind_table(table: LayerTable, session: Session) -> None:
         model = session.model.model if session.model else None
         table.set_rows([] if analysis is None else layer_rows(analysis, model))
         table.set_constraints(session.constraints)
+        show_fits()
 
     def show_keep(keep: dict[str, int], _final: bool) -> None:
         table.update_keep(keep, session.explained(), *session.layer_costs())
 
+    def show_fits(*_changed) -> None:  # how the last pruning fitted each layer, while its metrics are current
+        table.set_fits(fit_texts(session.pruning_fits()))
+
     session.analysis_changed.connect(show_analysis)
     session.keep_changed.connect(show_keep)
+    session.metrics_changed.connect(show_fits)
+    session.stale_changed.connect(show_fits)
     session.selection_changed.connect(lambda name: table.select(name) if name else table.clearSelection())
     session.sensitivity_changed.connect(lambda layers, _stale: table.set_sensitivity(layers))
 
