@@ -42,7 +42,7 @@ from snp_engine.runtime import (
     resolve_device,
 )
 from snp_engine.statsfile import StoredAnalysis, read_statistics, write_statistics
-from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, explained_curve, order_units, subspace_curve
+from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, balanced, explained_curve, order_units, subspace_curve
 from snp_engine.surgery import producer_l1, reader_taps
 from snp_engine.version import __version__
 
@@ -64,7 +64,7 @@ def _ordered(
         reporter.check()
         reporter.update(index / max(len(groups), 1), f"ordering {g.name} ({g.units} units)")
         inputs = g.inputs(seed)
-        order = order_units(ordering, inputs)
+        order = balanced(order_units(ordering, inputs), g.group.parts)
         if curve_kind == "subspace":
             curve = subspace_curve(inputs.covariance, order, more=[c for c, _ in inputs.more])
         else:
@@ -199,7 +199,7 @@ class Analysis:
         threshold = None
         curves = self.curves
         try:
-            rules = (constraints or NO_CONSTRAINTS).check(self.units)
+            rules = self.structural(constraints or NO_CONSTRAINTS, round_to).check(self.units)
             if variance is not None:
                 if not 0 < variance <= 1:
                     raise SnpError(f"variance threshold must be in (0, 1], got {variance}")
@@ -226,9 +226,27 @@ class Analysis:
             raise SnpError(str(exc)) from None
         return self.plan_for(counts, threshold)
 
+    def structural(self, constraints: Constraints, round_to: int = 1) -> Constraints:
+        """``constraints`` with what the network itself demands: a group read or produced by grouped
+        convolutions keeps a multiple of its ``parts`` (the same number in every conv group)."""
+        for g in self.groups:
+            parts = g.group.parts
+            if parts > 1:
+                rule = constraints.of(g.name)
+                step = math.lcm(rule.round_to or round_to, parts)
+                constraints = constraints.with_group(g.name, min_units=max(rule.min_units or 1, parts), round_to=step)
+        return constraints
+
     def plan_for(self, counts: Mapping[str, int], threshold: float | None = None) -> Plan:
         """A :class:`Plan` for explicit per-group counts (the first ``k`` units of each ordering)."""
         counts = {name: int(counts.get(name, units)) for name, units in self.units.items()}
+        for g in self.groups:
+            if g.group.parts > 1 and counts[g.name] % g.group.parts:
+                raise SnpError(
+                    f"'{g.name}' is read or produced by grouped convolutions with {g.group.parts} groups: "
+                    f"it keeps a multiple of {g.group.parts} units (the same number in every group), "
+                    f"not {counts[g.name]}"
+                )
         kept = {g.name: tuple(sorted(int(i) for i in g.order[: counts[g.name]].tolist())) for g in self.groups}
         params_before, flops_before = self.cost()
         params_after, flops_after = self.cost(counts)

@@ -63,6 +63,23 @@ def consumer_metric(weight_taps: torch.Tensor, coverage: torch.Tensor | None = N
     return rows.T @ rows
 
 
+def within_groups(cov: torch.Tensor, groups: int, copies: int = 1) -> torch.Tensor:
+    """C with every covariance between units of different conv groups set to zero.
+
+    A grouped conv reader (``groups`` equal parts of the n units) can only be rewritten within each
+    part: its weight is block-diagonal, and so must W A be. With the cross-part covariances zero,
+    the least-squares map A = C_{x,x̃K} C_{x̃K x̃K}⁻¹ decouples into one map per part, each the best
+    that part can have from its own kept units; the ordering and the curve then measure what those
+    maps explain. ``copies`` > 1 handles the joint covariance of [x̃; x] (each n units, same parts).
+    """
+    if groups <= 1:
+        return cov
+    n = cov.shape[0] // copies
+    part = torch.arange(n, device=cov.device) // (n // groups)
+    part = part.repeat(copies)
+    return cov * (part[:, None] == part[None, :]).to(cov.dtype)
+
+
 def compensation_ridge(cov: torch.Tensor, kept: int, samples: int, relative: float = 1e-6) -> float:
     """Ridge for the least-squares fit: r = max(relative, (2k/N − 1)₊²) · tr(C)/n.
 

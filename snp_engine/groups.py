@@ -16,6 +16,9 @@ The simple case is one producer and one reader (a VGG layer, a ResNet block's in
 - a squeeze-excitation gate x ⊙ σ(W₂ δ(W₁ pool(x))): the gate's expand layer W₂ is a producer of
   the gated channels, the reduce layer W₁ one of their readers;
 - channels read by several layers (the branches of an inception block);
+- grouped convolutions (ResNeXt, RegNet): a grouped conv reads (or produces) the units in equal
+  parts, one per conv group; every part keeps the same number of units (``parts``), and a grouped
+  reader is compensated within each of its groups (its weights stay block-diagonal);
 - a concatenation (DenseNet, SqueezeNet's fire modules, GoogLeNet/Inception): a branch's units are
   a contiguous slice of each reader's input, channels ``start`` to ``start + units`` of ``width``;
   the reader's other input channels belong to other groups (or to none) and stay as they are.
@@ -27,12 +30,13 @@ are per reader; the ordering and the curve combine the readers (see :mod:`snp_en
 torch-pruning's dependency graph (DepGraph) tells which layers are coupled by a channel
 dimension. Groups it reports that do not fit the pattern are listed as *excluded* with a reason:
 the network output, or channels that pass through an operation that mixes channels (attention,
-layer norm, a split, …) or a layer snp cannot compensate (a grouped convolution).
+layer norm, a split, …).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -81,12 +85,14 @@ class Reader:
     """A layer that reads a group's units, and how its input is laid out: ``"conv"`` (a conv
     reader), ``"linear"`` (a linear reader, any leading dims) or ``"flatten"`` (a linear reader of a
     flattened map). Behind a concatenation the units are input channels ``start`` … ``start + units
-    − 1`` of ``width`` channels (``width`` 0: the input is the group's units alone)."""
+    − 1`` of ``width`` channels (``width`` 0: the input is the group's units alone). A grouped
+    convolution reads its input in ``groups`` equal parts, each output from one part only."""
 
     consumer: str
     layout: str
     start: int = 0
     width: int = 0
+    groups: int = 1  # a grouped conv reader: its least-squares maps stay within each of its groups
 
     def span(self, units: int) -> tuple[int, int]:
         """(first channel, channels in all) of this reader's input for a group of ``units``."""
@@ -107,6 +113,8 @@ class UnitGroup:
     producers: tuple[str, ...] = ()  # every producing layer, ``name`` first; empty means (name,)
     start: int = 0  # the first reader's slice of its input (see Reader)
     width: int = 0
+    groups: int = 1  # the first reader's conv groups (see Reader)
+    parts: int = 1  # grouped convs read or produce the units in this many equal parts: each keeps as many
 
     @property
     def producer(self) -> str:
@@ -115,7 +123,7 @@ class UnitGroup:
     @property
     def readers(self) -> tuple[Reader, ...]:
         """Every reader, the first (``consumer``) first."""
-        return (Reader(self.consumer, self.layout, self.start, self.width), *self.more_readers)
+        return (Reader(self.consumer, self.layout, self.start, self.width, self.groups), *self.more_readers)
 
     @property
     def all_producers(self) -> tuple[str, ...]:
@@ -201,7 +209,7 @@ def _classify(dependencies, names: dict[nn.Module, str]):
         if isinstance(module, _BATCHNORM) or _is_depthwise(module):
             if name not in channelwise:
                 channelwise.append(name)
-        elif _is_prunable_linear_op(module):
+        elif _is_prunable_linear_op(module) or isinstance(module, nn.Conv2d):  # grouped convs too
             if handler.endswith("out_channels"):
                 producers.append(name)
             else:
@@ -212,11 +220,14 @@ def _classify(dependencies, names: dict[nn.Module, str]):
                 blockers.append(op.replace("Backward0", "").replace("Backward1", ""))
         elif type(module).__name__ in ("_ReshapeOp", "_FlattenOp", "_ConcatOp"):
             continue  # a concatenation only moves the units to a slice of the readers' input
-        elif isinstance(module, nn.Conv2d):
-            blockers.append(f"{name} (grouped convolution)")
         else:
             blockers.append(type(module).__name__ if name is None else f"{name} ({type(module).__name__})")
     return producers, consumers, channelwise, blockers
+
+
+def _conv_groups(module: nn.Module) -> int:
+    """A producer's conv groups (1 for a linear layer or an ordinary conv)."""
+    return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
 def _units_of(module: nn.Module) -> int:
@@ -235,6 +246,10 @@ def _reader(model: nn.Module, consumer: str, columns: list[int], units: int) -> 
         if taps != 1:
             return f"{consumer} (channel reordering)"
         layout, start, width = "conv", first, module.in_channels
+        if module.groups > 1 and (width != units or units % module.groups):
+            return f"{consumer} (grouped convolution reading a concatenation)"
+        if module.groups > 1:
+            return Reader(consumer, layout, 0, 0, module.groups)
     else:
         if first % taps or module.in_features % taps:
             return f"{consumer} (channel reordering)"
@@ -301,7 +316,8 @@ def find_groups(
     model.eval()
     if isinstance(model, torch.jit.ScriptModule):
         return [], []  # compiled: nothing to trace (the workflows say why, see no_groups_reason)
-    calls = call_order(model, [name for name, m in model.named_modules() if _is_prunable_linear_op(m)], example_input)
+    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    calls = call_order(model, layers, example_input)
     with tracing(model):
         graph = build_dependency_graph(model, example_input)
         found = list(graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]))
@@ -337,6 +353,7 @@ def find_groups(
             excluded.append(ExcludedGroup(label, units, f"read by several layers ({', '.join(consumers)})"))
         else:
             first = readers[0]
+            grouped = [r.groups for r in readers] + [_conv_groups(model.get_submodule(p)) for p in producers]
             groups.append(
                 UnitGroup(
                     label,
@@ -348,6 +365,8 @@ def find_groups(
                     tuple(producers) if len(producers) > 1 else (),
                     first.start,
                     first.width,
+                    first.groups,
+                    math.lcm(*grouped),
                 )
             )
     groups.sort(key=lambda g: calls.get(g.consumer, len(calls)))  # front to back, as execution_order

@@ -17,7 +17,7 @@ from torch import nn
 
 from snp_engine.activations import collect_joint_folds, model_dtype
 from snp_engine.analysis import Analysis
-from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction
+from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction, within_groups
 from snp_engine.distributed import all_reduce, position
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
@@ -27,7 +27,7 @@ from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
 from snp_engine.statistics import Moments
-from snp_engine.subspace import OrderingInputs, order_units
+from snp_engine.subspace import OrderingInputs, balanced, order_units
 from snp_engine.surgery import apply_reconstruction, drop_columns, remove_units
 
 
@@ -104,7 +104,7 @@ def prune(
                     fits[key] = choice.to_dict()
             elif k < g.units:
                 if compensate:
-                    cov, mean = reader.moments.covariance(), reader.moments.mean()
+                    cov, mean = within_groups(reader.moments.covariance(), reader.reader.groups), reader.moments.mean()
                     ridge = compensation_ridge(cov, len(kept), reader.moments.samples)
                     mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge)
                     apply_reconstruction(
@@ -184,9 +184,9 @@ def _fit_sequential(
     parts = [part.to("cpu") for part in parts]
     if isinstance(kept, int):
         n = g.units
-        own_cov = Moments.union(parts).covariance()[:n, :n]
+        own_cov = within_groups(Moments.union(parts).covariance()[:n, :n], reader.reader.groups)
         inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed)
-        kept = torch.sort(order_units(analysis.ordering, inputs)[:kept]).values
+        kept = torch.sort(balanced(order_units(analysis.ordering, inputs), g.group.parts)[:kept]).values
     choice = fit_reader(pruned, reader.reader, g.units, kept, parts, reader.metric, reader.coverage, reader.norm)
     return kept, choice
 
@@ -211,12 +211,13 @@ def fit_reader(
     """
     joint = Moments.union(parts)
     n = units
-    cov, mean = joint.covariance().cpu(), joint.mean().cpu()
+    cov, mean = within_groups(joint.covariance().cpu(), reader.groups, copies=2), joint.mean().cpu()
     own_cov, cross = cov[:n, :n], cov[n:, :n]
     k = kept.shape[0]
     formula = compensation_ridge(own_cov, k, joint.samples)
-    folds = len(parts)
-    choice = choose_fit(parts, metric, kept, formula) if folds > 1 and all(p.samples for p in parts) else None
+    # the held-out check works on whole covariances; a grouped conv reader keeps the formula's ridge
+    checked = len(parts) > 1 and all(p.samples for p in parts) and reader.groups == 1
+    choice = choose_fit(parts, metric, kept, formula) if checked else None
     if choice is not None and choice.kind == ONE_SHOT:
         mapping, offset = one_shot_reconstruction(cov[n:, n:], mean[n:], kept, choice.ridge)
     else:

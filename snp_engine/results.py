@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from snp_engine.compensation import within_groups
 from snp_engine.groups import Reader, UnitGroup
 from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs
@@ -96,8 +97,15 @@ class GroupAnalysis:
         return False
 
     def inputs(self, seed: int = 0) -> OrderingInputs:
-        more = tuple((r.moments.covariance(), r.metric) for r in self.more)
-        return OrderingInputs(self.moments.covariance(), self.metric, self.weight_l1, seed, more)
+        """The ordering's inputs: each reader's covariance (within its conv groups, for a grouped
+        conv reader: :func:`~snp_engine.compensation.within_groups`) and consumer metric."""
+        first, *others = self.group.readers
+        more = tuple(
+            (within_groups(r.moments.covariance(), reader.groups), r.metric)
+            for r, reader in zip(self.more, others, strict=True)
+        )
+        own = within_groups(self.moments.covariance(), first.groups)
+        return OrderingInputs(own, self.metric, self.weight_l1, seed, more)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ def write_statistics(stored: StoredAnalysis, path: str | Path) -> Path:
                 "layout": r.reader.layout,
                 "start": r.reader.start,
                 "width": r.reader.width,
+                "groups": r.reader.groups,
                 "input_shape": list(r.input_shape),
                 "norm": r.norm,
                 "coverage": r.coverage is not None,
@@ -213,6 +214,8 @@ class _Reader:
             tuple(read.text(name, f"{where}producers[{i}]") for i, name in enumerate(producers)),
             first.reader.start,
             first.reader.width,
+            first.reader.groups,
+            self.parts(entry, where, units),
         )
         return GroupAnalysis(
             unit,
@@ -224,6 +227,13 @@ class _Reader:
             first.coverage,
             more=more,
         )
+
+    def parts(self, entry: Mapping[str, Any], where: str, units: int) -> int:
+        """The equal parts a group keeps as many units of (1 in files written before grouped convs)."""
+        parts = self.read.integer(entry.get("parts", 1), where + "parts", low=1, high=units)
+        if units % parts:
+            raise self.read.fail(where + "parts", f"is {parts}, which does not divide the group's {units} units")
+        return parts
 
     def reader(self, entry: Mapping[str, Any], where: str, prefix: str, units: int) -> ReaderStatistics:
         """One reader's statistics: ``entry`` names it (consumer, layout, input shape, norm, whether
@@ -238,6 +248,9 @@ class _Reader:
         start = read.integer(entry.get("start", 0), where + "start", high=max(width - units, 0))
         if width and width < units:
             raise read.fail(where + "width", f"is {width}, fewer channels than the group's {units} units")
+        groups = read.integer(entry.get("groups", 1), where + "groups", low=1, high=units)
+        if units % groups:
+            raise read.fail(where + "groups", f"is {groups}, which does not divide the group's {units} units")
         state = {
             "count": self.tensor(prefix + "count", (1,)).reshape(()),
             "total": self.tensor(prefix + "total", (units,)),
@@ -257,7 +270,7 @@ class _Reader:
             self.get(entry, "input_shape", where), where + "input_shape", low=1, high=1 << 20, longest=4
         )
         return ReaderStatistics(
-            Reader(consumer, layout, start, width),
+            Reader(consumer, layout, start, width, groups),
             moments,
             tuple(shape),
             self.tensor(prefix + "metric", (units, units)),

@@ -340,6 +340,24 @@ ORDERING_HELP = {
 DEFAULT_ORDERING = "output"
 
 
+def balanced(order: torch.Tensor, parts: int) -> torch.Tensor:
+    """``order`` rearranged so that every prefix of length m·``parts`` holds m units of each of the
+    ``parts`` equal, consecutive parts of the units (a grouped conv keeps the same number of channels
+    in every group): unit u goes to round r(u) = how many units of its part come before it in
+    ``order``, and the units are sorted by round, then by their place in ``order``."""
+    if parts <= 1:
+        return order
+    n = order.numel()
+    part = order // (n // parts)
+    rounds = torch.zeros_like(order)
+    seen = torch.zeros(parts, dtype=torch.long, device=order.device)
+    for position, p in enumerate(part.tolist()):
+        rounds[position] = seen[p]
+        seen[p] += 1
+    key = rounds * n + torch.arange(n, device=order.device)
+    return order[torch.argsort(key)]
+
+
 def order_units(name: str, inputs: OrderingInputs) -> torch.Tensor:
     """Apply the ordering registered as ``name``."""
     try:

@@ -35,8 +35,25 @@ def weight_view(consumer: nn.Module, layout: str, units: int, start: int = 0, wi
     return (weight[:, start : start + units] if width else weight).unsqueeze(-1)
 
 
+def _is_grouped(consumer: nn.Module) -> bool:
+    return isinstance(consumer, nn.Conv2d) and consumer.groups > 1
+
+
 def weight_taps(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
-    """The reader's weight for the group's units as (out, units, taps), see :func:`weight_view`."""
+    """The reader's weight for the group's units as (out, units, taps), see :func:`weight_view`.
+
+    A grouped conv's weight is given as the equivalent dense one: output o of conv group g reads
+    only the input channels of group g, every other entry is zero (a block-diagonal matrix)."""
+    if _is_grouped(consumer):
+        weight = consumer.weight.detach()
+        groups, (out, per_group) = consumer.groups, weight.shape[:2]
+        dense = weight.new_zeros(out, per_group * groups, weight[0, 0].numel())
+        rows = out // groups
+        for g in range(groups):
+            dense[g * rows : (g + 1) * rows, g * per_group : (g + 1) * per_group] = weight[
+                g * rows : (g + 1) * rows
+            ].reshape(rows, per_group, -1)
+        return dense
     return weight_view(consumer, layout, units, start, width).detach()
 
 
@@ -44,8 +61,18 @@ def write_weight_taps(
     consumer: nn.Module, taps: torch.Tensor, layout: str = "conv", start: int = 0, width: int = 0
 ) -> None:
     """Write ``taps`` (out, units, taps) back: the whole weight, or behind a concatenation
-    (``width`` > 0) the columns of the group's units only."""
+    (``width`` > 0) the columns of the group's units only. For a grouped conv ``taps`` is the
+    dense equivalent (see :func:`weight_taps`), which must still be block-diagonal."""
     with torch.no_grad():
+        if _is_grouped(consumer):
+            weight, groups = consumer.weight, consumer.groups
+            rows, per_group = weight.shape[0] // groups, weight.shape[1]
+            blocks = [taps[g * rows : (g + 1) * rows, g * per_group : (g + 1) * per_group] for g in range(groups)]
+            outside = taps.abs().sum() - sum(b.abs().sum() for b in blocks)
+            if float(outside) > 1e-6 * float(taps.abs().sum()):
+                raise ValueError(f"a grouped convolution's weights must stay within its {groups} groups")
+            weight.copy_(torch.cat(blocks).reshape(weight.shape).to(weight.dtype))
+            return
         if not width:
             consumer.weight.copy_(taps.reshape(consumer.weight.shape).to(consumer.weight.dtype))
             return
@@ -113,6 +140,7 @@ def remove_units(
     example_input: torch.Tensor,
 ) -> nn.Module:
     """Physically delete ``removed[group]`` units of each group (in place) and return the model."""
+    grouped = _grouped_inputs(model, groups, removed)
     with tracing(model):
         graph = build_dependency_graph(model, example_input)
         for group in groups:
@@ -123,7 +151,41 @@ def remove_units(
             handler = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
             pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
             pruning_group.prune()
+    _restore_grouped_inputs(model, groups, removed, grouped)
     return model
+
+
+def _grouped_inputs(
+    model: nn.Module, groups: Sequence[UnitGroup], removed: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[torch.Tensor, list[int]]]:
+    """Each grouped conv reader that loses inputs: its weight before removal and its kept inputs."""
+    found = {}
+    for group in groups:
+        lost = set(int(i) for i in removed.get(group.name, ()))
+        for reader in group.readers:
+            if reader.groups > 1 and lost:
+                weight = model.get_submodule(reader.consumer).weight.detach().clone()
+                found[reader.consumer] = (weight, [i for i in range(group.units) if i not in lost])
+    return found
+
+
+def _restore_grouped_inputs(
+    model: nn.Module,
+    groups: Sequence[UnitGroup],
+    removed: Mapping[str, Sequence[int]],
+    grouped: Mapping[str, tuple[torch.Tensor, list[int]]],
+) -> None:
+    """torch-pruning removes the same input positions from every group of a grouped conv (those of
+    the first group); rebuild each such weight from its kept rows and each group's own kept inputs."""
+    lost_rows = {p: set(int(i) for i in removed.get(g.name, ())) for g in groups for p in g.all_producers}
+    for name, (weight, kept) in grouped.items():
+        conv = model.get_submodule(name)
+        groups_, rows, per_group = conv.groups, weight.shape[0] // conv.groups, weight.shape[1]
+        columns = [[i - g * per_group for i in kept if i // per_group == g] for g in range(groups_)]
+        new = torch.stack([weight[o, columns[o // rows]] for o in range(weight.shape[0])])
+        keep_rows = [o for o in range(weight.shape[0]) if o not in lost_rows.get(name, set())]
+        with torch.no_grad():
+            conv.weight.copy_(new[keep_rows].to(conv.weight))
 
 
 def producer_l1(model: nn.Module, group: UnitGroup) -> torch.Tensor:
