@@ -183,6 +183,11 @@ class SweepPlot(_Plots):
     def names(self) -> list[str]:
         return list(self._lines)
 
+    def series(self, name: str) -> tuple[list[float], list[float]]:
+        """The points shown for method ``name``, in order of increasing x."""
+        xs, ys = self._lines[name][0].getData()
+        return [float(x) for x in xs], [float(y) for y in ys]
+
     def clear(self) -> None:
         """Remove every series (the plan points stay: they belong to the plans, not the sweep)."""
         self._clear_lines()

@@ -369,8 +369,7 @@ def test_history_and_sweep_plots(qtbot):
     sweep.set_series("L1", [10, 30, 50], [69, 62, 40])
     sweep.set_series("SNP", [10, 30, 50, 70], [70, 66, 60, 45])
     assert sweep.names() == ["SNP", "L1"]
-    x, y = sweep.plot.getPlotItem().listDataItems()[0].getData()
-    assert list(x) == [10, 30, 50, 70] and list(y) == [70, 66, 60, 45]
+    assert sweep.series("SNP") == ([10, 30, 50, 70], [70, 66, 60, 45])
     with pytest.raises(ValueError):
         sweep.set_series("bad", [1, 2], [1])
     sweep.clear()
