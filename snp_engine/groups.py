@@ -73,6 +73,8 @@ _CHANNELWISE_OPS = (
     "Addmm",
     "View",
     "Hardsigmoid",
+    # a batch norm inside another module (timm's BatchNormAct2d: batch norm, then activation)
+    "BatchNorm",
     # a skip connection's sum and a squeeze-excitation gate's product combine channel i with channel i
     "Add",
     "Mul",
@@ -279,7 +281,6 @@ _BLOCKER_WORDS = (
     ("Select", "a reshape"),
     ("Squeeze", "a reshape"),
     ("AsStrided", "a reshape"),
-    ("NativeBatchNorm", "a batch norm inside another layer (such as timm's BatchNormAct2d)"),
 )
 
 

@@ -65,12 +65,13 @@ def sniff_format(path: Path) -> str:
         return "zip"
     if head[:6] == b"\x93NUMPY":
         return "numpy"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
+    # safetensors before pickle: a header length such as 0x0380 also starts with a pickle's 0x80 0x03
     if len(head) >= 9 and head[8:9] == b"{":
         header_size = int.from_bytes(head[:8], "little")
         if 2 <= header_size <= size - 8:
             return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
     return "unknown"
 
 

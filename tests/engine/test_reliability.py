@@ -208,6 +208,25 @@ def test_pickle_behind_a_safetensors_name_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("header_size", [0x0280, 0x0380, 0x0580])
+def test_safetensors_whose_header_length_looks_like_a_pickle_is_still_safetensors(tmp_path, header_size):
+    from safetensors.torch import save_file
+
+    # pad the metadata until the JSON header has the given length (low bytes 0x80 0x02..0x05 are
+    # also the first bytes of a pickle)
+    path = tmp_path / "x.safetensors"
+    for pad in range(header_size):
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"p": "x" * pad})
+        if int.from_bytes(path.read_bytes()[:8], "little") >= header_size - 7:
+            break
+    head = path.read_bytes()[:2]
+    assert head[0] == 0x80 and head[1] == header_size >> 8  # the bytes a pickle starts with
+    assert sniff_format(path) == "safetensors"
+    pickled = tmp_path / "x.pt"
+    torch.save({"w": torch.zeros(2)}, str(pickled), _use_new_zipfile_serialization=False)
+    assert sniff_format(pickled) == "pickle"
+
+
 @pytest.fixture(scope="module")
 def torchscript_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ts") / "vgg.pt"

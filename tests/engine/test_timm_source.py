@@ -247,8 +247,7 @@ FAMILIES = {
     "rexnet_100": (
         r"tracing the layers of RexNet (did not finish within \d+ s|used more than .* of memory); snp cannot trace"
     ),
-    # every layer's output passes through a BatchNormAct2d (see the xfail below); torchvision's prunes
-    "densenet121": r"no prunable layers found: classifier: network output; .*a batch norm inside another layer",
+    "densenet121": None,  # concatenations and BatchNormAct2d
 }
 SLOW = {"rexnet_100", "densenet121"}
 TRACE_SECONDS = 10  # instead of the default 120 s bound: RexNet is refused either way
@@ -314,16 +313,12 @@ def test_a_vit_prunes_its_mlps_at_its_fixed_size_and_reloads(tmp_path):
     assert torch.equal(_logits(io.load_exported(path).model, data), _logits(run.model, data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="timm's BatchNormAct2d (batch norm and activation in one module) is traced as an unknown "
-    "NativeBatchNorm operation, so the layers it follows are excluded "
-    "(efficientnet_b0: 17 of 40 candidate groups)",
-)
 def test_layers_followed_by_timms_batchnorm_with_activation_are_prunable():
     from snp_engine.groups import find_groups
 
     model = load_model("timm:efficientnet_b0").model
     groups, excluded = find_groups(model, torch.zeros(1, *SHAPE))
     assert "blocks.1.0.conv_pw" in {g.name for g in groups}
-    assert not [e for e in excluded if "batch norm inside another layer" in e.reason]
+    assert [e.reason for e in excluded] == ["network output"] and len(groups) == 40
+    (norm,) = next(g for g in groups if g.name == "blocks.1.0.conv_pw").channelwise[:1]
+    assert type(model.get_submodule(norm)).__name__ == "BatchNormAct2d"
