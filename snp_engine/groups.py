@@ -133,16 +133,24 @@ class UnitGroup:
 
     @property
     def coupling(self) -> str:
-        """In words, what couples the group ('' for one producer and one reader)."""
+        """In words, what couples the group ('' for one producer and one reader of its units alone)."""
         producers, readers = len(self.all_producers), len(self.readers)
+        words = []
         if producers > 1:
-            return f"produced by {producers} layers, read by {readers}"
-        return f"read by {readers} layers" if readers > 1 else ""
+            words.append(f"produced by {producers} layers, read by {readers}")
+        elif readers > 1:
+            words.append(f"read by {readers} layers")
+        if any(r.width for r in self.readers):
+            words.append("a slice of a concatenation")
+        if self.parts > 1:
+            words.append(f"kept evenly over {self.parts} conv groups")
+        return ", ".join(words)
 
     @property
     def coupled(self) -> bool:
-        """True for a group with several producers or readers (a residual stream, a gate, …)."""
-        return bool(self.more_readers) or len(self.all_producers) > 1
+        """True for a group with several producers or readers (a residual stream, a gate, …), read
+        as a slice of a concatenation or split over conv groups."""
+        return bool(self.more_readers) or len(self.all_producers) > 1 or bool(self.coupling)
 
 
 @dataclass(frozen=True)

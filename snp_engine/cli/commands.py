@@ -49,6 +49,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
                     if g.coupled
                     else {}
                 ),
+                **({"parts": g.parts} if g.parts > 1 else {}),
             }
             for g in groups
         ],

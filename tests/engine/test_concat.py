@@ -83,6 +83,8 @@ def test_branches_are_groups_reading_their_slice_of_the_concatenation():
     stem = [(r.consumer, r.start, r.width) for r in by_name["stem"].readers]
     assert stem == [("left", 0, 0), ("right", 0, 0), ("mix", 0, 12)]
     assert "joint_bn" in by_name["left"].channelwise and "joint_bn" in by_name["stem"].channelwise
+    assert by_name["left"].coupling == "a slice of a concatenation"
+    assert by_name["stem"].coupling == "read by 3 layers, a slice of a concatenation"
 
 
 def test_slices_of_samples_and_weights():

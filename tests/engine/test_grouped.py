@@ -111,6 +111,7 @@ def test_grouped_layers_are_groups_with_parts_and_balanced_orders():
     assert set(groups) == {"stem", "a", "b", "c"} and not analysis.excluded[1:]
     assert groups["a"].group.parts == 3 and groups["a"].group.readers[0].groups == 3  # read by the grouped conv
     assert groups["b"].group.parts == 3 and groups["b"].group.readers[0].groups == 1  # produced by it
+    assert groups["a"].group.coupling == "kept evenly over 3 conv groups" and groups["a"].group.coupled
     for name in ("a", "b"):
         assert _balanced_prefixes(groups[name].order, 3)
     with pytest.raises(SnpError, match="keeps a multiple of 3 units"):
