@@ -2,8 +2,11 @@
 
 Every process reads a disjoint shard of the calibration images (image i goes to process
 i mod world, so no image is read twice or left out); the statistics are sums, so adding them over
-processes (all-reduce) gives exactly the statistics of all images. Collectives time out (default
-10 minutes) so a failed process ends the others with a clear error instead of a hang.
+processes (all-reduce) gives exactly the statistics of all images. Evaluation is sharded the same
+way (:func:`own_shard`) and its counts and sums are added (:func:`sums`), so accuracies, losses and
+logit errors are those of the whole evaluation set. Collectives time out (default 10 minutes,
+``SNP_DISTRIBUTED_TIMEOUT`` seconds in the environment) so a failed process ends the others with a
+clear error instead of a hang.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from snp_engine.errors import SnpError
 from snp_engine.statistics import Moments
 
 DEFAULT_TIMEOUT_S = 600
+TIMEOUT_VARIABLE = "SNP_DISTRIBUTED_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,11 @@ class Context:
         return self.rank == 0
 
 
-def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
+def start(device: str = "auto", timeout_s: float | None = None) -> Context:
     """Join the process group torchrun set up (RANK, WORLD_SIZE, MASTER_ADDR, … in the environment):
-    gloo on the CPU, NCCL on CUDA (each process on GPU LOCAL_RANK)."""
+    gloo on the CPU, NCCL on CUDA (each process on GPU LOCAL_RANK). Collectives time out after
+    ``timeout_s`` (default: ``SNP_DISTRIBUTED_TIMEOUT`` from the environment, else 10 minutes)."""
+    timeout_s = timeout() if timeout_s is None else timeout_s
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise SnpError(
@@ -60,6 +66,20 @@ def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Context
     return Context(dist.get_rank(), dist.get_world_size(), where)
 
 
+def timeout() -> float:
+    """Seconds a collective waits for the other processes: ``SNP_DISTRIBUTED_TIMEOUT`` or 10 minutes."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise SnpError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds, got '{text}'")
+    return value
+
+
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -74,6 +94,29 @@ def shard(dataset: Dataset, rank: int, world: int) -> Subset:
     return Subset(dataset, range(rank, len(dataset), world))  # type: ignore[arg-type]
 
 
+def own_shard(dataset: Dataset, what: str = "evaluation") -> Dataset:
+    """This process's :func:`shard` of ``dataset`` inside a process group, else ``dataset`` itself.
+
+    Every process must hold at least one image (each process checks the same length, so all of
+    them refuse alike)."""
+    rank, world = position()
+    if world == 1:
+        return dataset
+    size = len(dataset)  # type: ignore[arg-type]
+    if size < world:
+        raise SnpError(f"{size} {what} image(s) cannot be shared by {world} processes")
+    return shard(dataset, rank, world)
+
+
+def sums(values: Sequence[float]) -> list[float]:
+    """Each value summed over all processes (in float64; the values themselves outside a process group)."""
+    if not active():
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return [float(v) for v in tensor.tolist()]
+
+
 def all_reduce(parts: Sequence[Moments]) -> None:
     """Sum each part's statistics over all processes, in place."""
     for part in parts:
@@ -84,9 +127,16 @@ def total(count: int) -> int:
     """The sum of ``count`` over all processes (``count`` itself outside a process group)."""
     if not active():
         return count
-    value = torch.tensor([count], dtype=torch.float64)
+    value = torch.tensor([count], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(value)
     return int(value.item())
+
+
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective live: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def position() -> tuple[int, int]:
@@ -94,4 +144,18 @@ def position() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Context", "active", "all_reduce", "position", "shard", "start", "stop", "total"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "TIMEOUT_VARIABLE",
+    "Context",
+    "active",
+    "all_reduce",
+    "own_shard",
+    "position",
+    "shard",
+    "start",
+    "stop",
+    "sums",
+    "timeout",
+    "total",
+]

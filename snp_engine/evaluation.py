@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from snp_engine.activations import images_of, model_dtype
+from snp_engine.distributed import own_shard, sums
 from snp_engine.metrics import check_labels, scores
 from snp_engine.progress import Reporter
 from snp_engine.runtime import batches_of, check_forward, first_example, out_of_memory_as_error, resolve_device
@@ -43,9 +44,15 @@ def fidelity(
     *,
     batch_size: int = 256,
     device: str | torch.device | None = "cpu",
+    distributed: bool = False,
 ) -> float:
-    """Relative logit error ‖f̃(x) − f(x)‖ / ‖f(x)‖ over a dataset (0 = identical outputs)."""
+    """Relative logit error ‖f̃(x) − f(x)‖ / ‖f(x)‖ over a dataset (0 = identical outputs).
+
+    With ``distributed`` each ``torch.distributed`` process measures its shard of the dataset (image
+    i on process i mod N) and both sums of squares are added over the processes."""
     data = getattr(data, "test", data)
+    if distributed:
+        data = own_shard(data)
     loader = batches_of(data, batch_size=batch_size)
     device = resolve_device(device)
     reference, candidate = reference.to(device).eval(), candidate.to(device).eval()
@@ -57,6 +64,8 @@ def fidelity(
             b = candidate(images.to(model_dtype(candidate))).double()
             error += float(((a - b) ** 2).sum())
             norm += float((a**2).sum())
+    if distributed:
+        error, norm = sums([error, norm])
     return (error / norm) ** 0.5 if norm > 0 else 0.0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snp_engine.distributed import sums
 from snp_engine.errors import DataError
 from snp_engine.progress import Reporter
 
@@ -57,11 +58,13 @@ def scores(
     limit: int | None = None,
     reporter: Reporter | None = None,
     total: int | None = None,
+    distributed: bool = False,
 ) -> Scores:
     """Top-1/top-5 (%) and mean cross-entropy of ``model`` over ``(images, labels)`` batches.
 
     Images are cast to the model's floating dtype; ``limit`` stops after that many samples. The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. With ``distributed`` the loader holds this
+    process's shard and the hits, loss sum and sample count are summed over all processes first.
     """
     reporter = reporter or Reporter()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -86,6 +89,8 @@ def scores(
                     reporter.update((index + 1) / total, "evaluating")
     finally:
         model.train(was_training)
+    if distributed:
+        hits[1], hits[5], loss, seen = sums([hits[1], hits[5], loss, seen])
     if seen == 0:
         raise DataError("no samples to evaluate on")
-    return Scores(100.0 * hits[1] / seen, 100.0 * hits[5] / seen, loss / seen, seen)
+    return Scores(100.0 * hits[1] / seen, 100.0 * hits[5] / seen, loss / seen, int(seen))

@@ -311,7 +311,9 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     if removed is not None:
         pruned = workflows.with_blocks(pruned, removed)
     prepared = original  # compared with, and exported as, the network with all its blocks
-    comparison = workflows.compare(prepared, pruned, device=device, reporter=Scaled(reporter, 0.7, 0.9))
+    comparison = workflows.compare(
+        prepared, pruned, device=device, reporter=Scaled(reporter, 0.7, 0.9), distributed=args.distributed
+    )
     metrics = comparison.metrics()
     settings = {
         "method": args.method,
@@ -411,7 +413,12 @@ def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> Result:
     prepared, device = plumbing.prepare(args, require_labels=True)
     evaluation = prepared.evaluation
     found = workflows.score(
-        prepared.model.model, evaluation, device=device, batch_size=args.batch_size, reporter=reporter
+        prepared.model.model,
+        evaluation,
+        device=device,
+        batch_size=args.batch_size,
+        reporter=reporter,
+        distributed=args.distributed,
     )
     params, flops = workflows.cost(prepared.model.model, prepared.input_shape, device)
     result = {

@@ -1,4 +1,8 @@
-"""Measuring networks: accuracy, cost, latency, and the dense and pruned network side by side."""
+"""Measuring networks: accuracy, cost, latency, and the dense and pruned network side by side.
+
+With ``distributed=True`` (inside a ``torch.distributed`` job) each process scores its shard of the
+evaluation set (image i on process i mod N) and the counts and sums are added over the processes,
+so every process gets the numbers of the whole set, each image measured once."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from snp_engine import api
 from snp_engine.activations import model_dtype
 from snp_engine.costs import count
 from snp_engine.data import DataBundle, make_loader
+from snp_engine.distributed import own_shard
 from snp_engine.latency import measure_latency
 from snp_engine.metrics import Scores, scores
 from snp_engine.progress import Reporter, Scaled
@@ -31,14 +36,16 @@ def score(
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> Scores:
-    """Top-1/top-5 and loss of ``model`` on the bundle's evaluation part (its test split)."""
+    """Top-1/top-5 and loss of ``model`` on the bundle's evaluation part (its test split); with
+    ``distributed``, this process's shard of it, summed over the processes."""
     device = resolve_device(device)
-    loader = make_loader(bundle.test, batch_size)
+    loader = make_loader(own_shard(bundle.test) if distributed else bundle.test, batch_size)
     model = model.to(device)
     with out_of_memory_as_error("the evaluation", device, batch_size):
         check_forward(model, first_example(loader, device, model_dtype(model)))
-        return scores(model, loader, device, reporter=reporter, total=len(loader))
+        return scores(model, loader, device, reporter=reporter, total=len(loader), distributed=distributed)
 
 
 def cost(model: nn.Module, shape: Sequence[int], device: str | torch.device = "cpu") -> tuple[int, float]:
@@ -110,9 +117,16 @@ class Comparison:
         return values
 
 
-def fidelity(dense: nn.Module, pruned: nn.Module, bundle: DataBundle, *, device: str | torch.device = "cpu") -> float:
+def fidelity(
+    dense: nn.Module,
+    pruned: nn.Module,
+    bundle: DataBundle,
+    *,
+    device: str | torch.device = "cpu",
+    distributed: bool = False,
+) -> float:
     """Relative logit error of ``pruned`` against ``dense`` on the bundle's evaluation part."""
-    return api.fidelity(dense, pruned, bundle.test, device=device)
+    return api.fidelity(dense, pruned, bundle.test, device=device, distributed=distributed)
 
 
 def compare(
@@ -124,20 +138,22 @@ def compare(
     with_fidelity: bool = True,
     latency: Mapping[str, int] | None = None,
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> Comparison:
     """Accuracy (dense ``baseline`` reused when given), logit fidelity, parameters, FLOPs and,
-    with ``latency={"batch_size": B, "repeats": R}``, measured latency of both networks."""
+    with ``latency={"batch_size": B, "repeats": R}``, measured latency of both networks.
+    ``distributed`` shares the evaluation images over the processes (latency is each process's own)."""
     reporter = reporter or Reporter()
     pruned = pruned.model if isinstance(pruned, Pruned) else pruned
     evaluation = prepared.evaluation or prepared.require_data()
     dense = prepared.model.model
     if baseline is None:
         reporter.update(0.0, "scoring the original network")
-        baseline = score(dense, evaluation, device=device, reporter=Scaled(reporter, 0.0, 0.3))
+        baseline = score(dense, evaluation, device=device, reporter=Scaled(reporter, 0.0, 0.3), distributed=distributed)
     reporter.update(0.3, "scoring the pruned network")
-    after = score(pruned, evaluation, device=device, reporter=Scaled(reporter, 0.3, 0.6))
+    after = score(pruned, evaluation, device=device, reporter=Scaled(reporter, 0.3, 0.6), distributed=distributed)
     reporter.check()
-    error = fidelity(dense, pruned, evaluation, device=device) if with_fidelity else None
+    error = fidelity(dense, pruned, evaluation, device=device, distributed=distributed) if with_fidelity else None
     params_before, flops_before = cost(dense, prepared.input_shape, device)
     params_after, flops_after = cost(pruned, prepared.input_shape, device)
     times: tuple[float | None, float | None] = (None, None)

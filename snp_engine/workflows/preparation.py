@@ -208,7 +208,8 @@ def prepare(
 
 def sharded(prepared: Prepared, rank: int, world: int, samples: int | None = None) -> Prepared:
     """This process's shard of the calibration images: the first ``samples`` of them (all by
-    default), then every ``world``-th from ``rank`` on. The evaluation data stays whole."""
+    default), then every ``world``-th from ``rank`` on. The evaluation data stays whole here: the
+    measuring functions shard it themselves when told ``distributed`` (and sum what they count)."""
     data = prepared.require_data()
     calibration = data.calibration
     if samples is not None:
@@ -216,7 +217,7 @@ def sharded(prepared: Prepared, rank: int, world: int, samples: int | None = Non
     part = shard(calibration, rank, world)
     if len(part) == 0:
         raise SnpError(f"{len(calibration)} calibration image(s) cannot be shared by {world} processes")
-    shared = dataclasses.replace(data, calibration=part)  # .test (what accuracies use) stays whole
+    shared = dataclasses.replace(data, calibration=part)  # .test: see the docstring
     evaluation = shared if prepared.evaluation is data else prepared.evaluation
     return dataclasses.replace(prepared, data=shared, evaluation=evaluation)
 

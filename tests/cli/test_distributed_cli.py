@@ -1,5 +1,6 @@
 """``torchrun … -m snp_engine.cli … --distributed`` equals one process: same kept units, exported
-weights within 1e-8 relative, for sequential and one-shot pruning and for saved statistics."""
+weights within 1e-8 relative, for sequential and one-shot pruning and for saved statistics; the
+evaluation set is shared over the processes (each image once) and its numbers summed."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
 from snp_engine import io
+from snp_engine.cli import main
+from snp_engine.data import load_data
 from snp_engine.statsfile import read_statistics
 
 pytestmark = pytest.mark.skipif(
@@ -62,6 +66,37 @@ def test_distributed_prune_equals_one_process(tmp_path, mode):
         assert split["fits"][name]["fit"] == fit["fit"] and split["fits"][name]["folds"] == fit["folds"]
         assert split["fits"][name]["heldout_error"] == pytest.approx(fit["heldout_error"], rel=1e-5)
     _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+    _same_metrics(single, split)
+
+
+def _same_metrics(single: dict, split: dict) -> None:
+    """The evaluation numbers of the whole set: each process scored its shard, the sums were added."""
+    assert split["eval_samples"] == single["eval_samples"] == len(load_data("digits").test)
+    for key in ("top1_before", "top1_after", "top5_before", "top5_after", "fidelity"):
+        assert split[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+def _in_process(capsys, *argv: str) -> dict:
+    """One process, run inside the test (no second interpreter start-up)."""
+    capsys.readouterr()
+    assert main([*argv, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("data", ["digits", "npz"])
+def test_distributed_eval_shares_the_set_and_equals_one_process(tmp_path, capsys, data):
+    if data == "npz":  # an odd number of images, no test split: evaluated on all of them
+        digits = load_data("digits").test
+        images = torch.stack([digits[i][0] for i in range(101)]).numpy()
+        np.savez(tmp_path / "part.npz", x=images, y=np.array([digits[i][1] for i in range(101)]))
+        data = f"npz:{tmp_path / 'part.npz'}"
+    argv = ("eval", "--model", "demo-vgg", "--data", data, "--batch-size", "1")
+    single = _in_process(capsys, *argv)
+    split = _snp(*argv, "--json", "--quiet", world=2)
+    assert split["samples"] == single["samples"] == (101 if data.startswith("npz") else 497)  # each image once
+    assert split["top1"] == single["top1"] and split["top5"] == single["top5"]
+    assert split["loss"] == pytest.approx(single["loss"], rel=1e-12)  # the same sums, added in another order
+    assert split["eval_data"] == single["eval_data"]
 
 
 def test_distributed_statistics_file_equals_one_process(tmp_path):

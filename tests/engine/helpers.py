@@ -186,6 +186,38 @@ def shared_orders_worker(rank: int, world: int, init_method: str, model_name: st
         dist.destroy_process_group()
 
 
+def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` with every floating parameter moved by ``scale`` relative noise (seeded)."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=generator))
+    return other.eval()
+
+
+def scoring_worker(rank: int, world: int, init_method: str, model_name: str, out_dir: str) -> None:
+    """Which of 7 items this rank's evaluation shard holds, and the distributed scores and fidelity."""
+    import torch.distributed as dist
+
+    from snp_engine.distributed import own_shard
+    from snp_engine.evaluation import fidelity
+    from snp_engine.workflows.measuring import score
+
+    _init_process_group(rank, world, init_method)
+    try:
+        shard = own_shard(list(range(7)))
+        model = demo_model(model_name)
+        found = score(model, digits(), batch_size=1, distributed=True)
+        error = fidelity(model, perturbed(model), digits(), batch_size=1, distributed=True)
+        torch.save(
+            {"items": [shard[i] for i in range(len(shard))], "scores": found.to_dict(), "fidelity": error},
+            f"{out_dir}/scores{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
 def rewrite_safetensors(source, target, *, tensors=None, **metadata):
     """Copy a safetensors file, replacing some tensors and/or metadata values (to forge bad files)."""
     from safetensors import safe_open

@@ -1,4 +1,4 @@
-"""Statistics summed over torch.distributed processes equal one process over all the data."""
+"""Statistics and evaluation summed over torch.distributed processes equal one process over all the data."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from snp_engine import api
+from snp_engine.evaluation import fidelity
 from snp_engine.statistics import Moments
+from snp_engine.workflows.measuring import score
 from tests.engine.helpers import (
     analyze_worker,
     correlated_samples,
     demo_model,
     digits,
     moments_worker,
+    perturbed,
+    scoring_worker,
     shared_orders_worker,
 )
 
@@ -76,3 +80,17 @@ def test_process_zero_alone_orders_and_shares_the_result(tmp_path):
         for g in single.groups:
             assert torch.equal(result[g.name]["order"], g.order)
             np.testing.assert_allclose(result[g.name]["curve"].numpy(), g.curve, rtol=1e-6, atol=1e-8)
+
+
+def test_distributed_evaluation_shards_the_set_and_sums_to_one_process(tmp_path):
+    _spawn(scoring_worker, tmp_path, "demo-vgg")
+    model = demo_model("demo-vgg")
+    single = score(model, digits(), batch_size=1)
+    error = fidelity(model, perturbed(model), digits(), batch_size=1)
+    results = [torch.load(tmp_path / f"scores{rank}.pt") for rank in range(WORLD)]
+    assert [r["items"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]  # image i on process i mod N
+    for result in results:  # every process holds the numbers of the whole set, each image counted once
+        assert result["scores"]["samples"] == single.samples == len(digits().test)
+        assert result["scores"]["top1"] == single.top1 and result["scores"]["top5"] == single.top5
+        assert result["scores"]["loss"] == pytest.approx(single.loss, rel=1e-12)
+        assert result["fidelity"] == pytest.approx(error, rel=1e-12)
