@@ -6,14 +6,19 @@ processes (all-reduce) gives exactly the statistics of all images. Evaluation is
 way (:func:`own_shard`) and its counts and sums are added (:func:`sums`), so accuracies, losses and
 logit errors are those of the whole evaluation set. Collectives time out (default 10 minutes,
 ``SNP_DISTRIBUTED_TIMEOUT`` seconds in the environment) so a failed process ends the others with a
-clear error instead of a hang.
+clear error instead of a hang; torchrun's SIGTERM to the remaining processes becomes
+:class:`Stopped` (:func:`stopped_by_sigterm`), so they too end with one line and leave no
+temporary file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +30,10 @@ from snp_engine.statistics import Moments
 
 DEFAULT_TIMEOUT_S = 600
 TIMEOUT_VARIABLE = "SNP_DISTRIBUTED_TIMEOUT"
+
+
+class Stopped(SnpError):
+    """torchrun (or anyone) sent this process SIGTERM: the job is being ended."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,28 @@ def timeout() -> float:
     if not value > 0:
         raise SnpError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds, got '{text}'")
     return value
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Stopped` (in the main thread, where Python runs signal
+    handlers), so the work unwinds: atomic writes remove their temporary file and the error is one line.
+    torchrun sends SIGTERM to every other process when one of them fails."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame) -> None:
+        raise Stopped(
+            f"stopped by {signal.Signals(signum).name}: torchrun ends every process of the job when one of "
+            "them fails (its summary names which)"
+        )
+
+    earlier = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
 
 
 def stop() -> None:
@@ -148,6 +179,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "TIMEOUT_VARIABLE",
     "Context",
+    "Stopped",
     "active",
     "all_reduce",
     "own_shard",
@@ -155,6 +187,7 @@ __all__ = [
     "shard",
     "start",
     "stop",
+    "stopped_by_sigterm",
     "sums",
     "timeout",
     "total",

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout = sys.stdout if os.environ.get("RANK", "0") == "0" or not getattr(args, "distributed", False) else None
     try:
         # Libraries that print would corrupt the JSON on stdout, so their chatter goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
+        ending = distributed.stopped_by_sigterm() if getattr(args, "distributed", False) else contextlib.nullcontext()
+        with contextlib.redirect_stdout(sys.stderr), ending:
             result, lines = args.handler(args, reporter)
     except (KeyboardInterrupt, Cancelled):
         return _fail(args, "cancelled", EXIT_CANCELLED, stdout, prefix="")

@@ -175,18 +175,63 @@ def _workers_of(launcher_pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers through /proc")
 def test_a_killed_process_ends_the_job_without_an_output_file(tmp_path):
     import signal
-    import time
 
     out = tmp_path / "never.safetensors"
     argv = ["prune", "--model", "demo-resnet", "--data", "digits", "--batch-size", "1", "--flops-reduction", "0.7"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command = [*launcher, "-m", "snp_engine.cli", *argv, "--out", str(out), "--quiet", "--distributed"]
+    command = [*launcher, "-m", "snp_engine.cli", *argv, "--out", str(out), "--distributed"]
     job = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(workers := _workers_of(job.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert job.stderr is not None
+    err = b""
+    while b"%] " not in err:  # process 0's progress: the job is under way, past start-up
+        chunk = os.read(job.stderr.fileno(), 4096)
+        assert chunk, "the job ended before it reported progress"
+        err += chunk
+    workers = _workers_of(job.pid)
     assert len(workers) == 2, "torchrun did not start two processes"
     os.kill(max(workers), signal.SIGKILL)
-    _, err = job.communicate(timeout=300)
+    err += job.communicate(timeout=300)[1]
     assert job.returncode != 0 and b"SIGKILL" in err  # torchrun ends the other process and says which one died
+    # the survivor says why in one line: its peer closed the connection, or torchrun's SIGTERM stopped it
+    assert b"snp: error: another process of the distributed job failed" in err or b"snp: error: stopped by" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial or temporary file
+
+
+def _faulty(mode: str, tmp_path: Path, timeout_s: str = "600") -> tuple[subprocess.CompletedProcess, float]:
+    """torchrun with process 1 failing or hanging where it would sum its statistics (tests/cli/faulty_rank.py)."""
+    import time
+
+    out = tmp_path / "never.safetensors"
+    argv = ["prune", "--model", "demo-vgg", "--data", "digits", "--flops-reduction", "0.5", "--out", str(out)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "tests.cli.faulty_rank", mode, *argv, "--quiet", "--distributed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SNP_DISTRIBUTED_TIMEOUT": timeout_s}
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - start
+
+
+def test_a_failing_process_ends_every_process_with_one_line_each(tmp_path):
+    done, _ = _faulty("fail", tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("snp: error:")]
+    assert done.returncode != 0
+    assert "snp: error: process 1 could not read its shard (injected)" in errors  # the failing process says why
+    assert any("another process of the distributed job failed" in line for line in errors)  # the other one too
+    assert list(tmp_path.iterdir()) == []  # no partial or temporary file
+
+
+def test_a_hanging_process_times_out_instead_of_hanging_the_job(tmp_path):
+    done, seconds = _faulty("hang", tmp_path, timeout_s="3")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("snp: error:")]
+    assert done.returncode != 0 and seconds < 120  # the hang sleeps an hour
+    assert any("failed or timed out" in line and "Timed out" in line for line in errors)  # process 0 waited 3 s
+    assert any(line.startswith("snp: error: stopped by SIGTERM: torchrun ends") for line in errors)  # process 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_collective_timeout_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("SNP_DISTRIBUTED_TIMEOUT", "soon")
+    assert main(["eval", "--model", "demo-vgg", "--data", "digits", "--distributed"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "snp: error: SNP_DISTRIBUTED_TIMEOUT must be a positive number of seconds, got 'soon'"
+    )
