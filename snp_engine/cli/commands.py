@@ -268,10 +268,11 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         prepared = removed.prepared  # the channels of what remains are analysed and pruned
 
     if args.stats:
-        analysis = io.load_analysis(args.stats, reporter=Scaled(reporter, 0.0, 0.1))
+        # ordered once, in the ordering asked for; under torchrun by process 0 alone, then broadcast
+        analysis = io.load_analysis(
+            args.stats, ordering=ordering, reporter=Scaled(reporter, 0.0, 0.2), share=args.distributed
+        )
         io.check_analysis_fits(analysis, dense, prepared.input_shape)
-        if analysis.ordering != ordering:
-            analysis = analysis.reorder(ordering, reporter=Scaled(reporter, 0.1, 0.2))
     else:
 
         def analyse_on(on: torch.device):

@@ -140,6 +140,27 @@ def test_distributed_statistics_file_equals_one_process(tmp_path):
     _same_export(tmp_path / "p1.safetensors", tmp_path / "p2.safetensors")
 
 
+def test_orderings_are_computed_by_process_zero_alone(tmp_path, capsys):
+    """analyze, and prune from saved statistics in another ordering, with process 1 unable to order."""
+    stats = tmp_path / "stats.safetensors"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    jobs = (
+        ["analyze", *COMMON, "--out", str(stats)],
+        ["prune", *COMMON, "--stats", str(stats), "--ordering", "greedy", "--one-shot", "--flops-reduction", "0.5"],
+    )
+    found = []
+    for argv in jobs:
+        out = [] if argv[0] == "analyze" else ["--out", str(tmp_path / "two.safetensors")]
+        command = [*launcher, "-m", "tests.cli.faulty_rank", "order-on-0", *argv, *out, "--distributed"]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        found.append(json.loads(done.stdout))
+    single = _in_process(capsys, *jobs[1], "--out", str(tmp_path / "one.safetensors"))
+    assert found[1]["keep"] == single["keep"] and found[1]["ordering"] == "greedy"
+    _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+
+
 def test_distributed_without_torchrun_is_one_clear_error():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     command = [
