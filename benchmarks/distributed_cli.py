@@ -1,9 +1,11 @@
-"""``snp prune`` (sequential calibration, the default) under torchrun with 1 and 2 processes.
+"""The command line under torchrun with 1 and 2 processes: ``snp prune`` (sequential calibration, the
+default, and one-shot), ``snp analyze`` and ``snp eval``.
 
 Each run is the real command line, ``python -m torch.distributed.run --standalone
---nproc_per_node N -m snp_engine.cli prune … --distributed``, timed from the outside (start-up
-included), and every exported file is compared with the one-process file: the same kept units,
-and the largest relative difference of any weight tensor.
+--nproc_per_node N -m snp_engine.cli … --distributed``, timed from the outside (start-up
+included). Every exported file is compared with the one-process file (the same kept units, and the
+largest relative difference of any weight tensor), and every reported number (top-1/top-5 before and
+after, loss, fidelity, images evaluated) with the one-process number.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/distributed_cli.py      # writes docs/benchmarks/distributed_cli.json
 """
@@ -23,20 +25,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as ``pyth
 from benchmarks.common import CACHE_DIR, add_run_args, default_out, log, run_header, write_json
 from snp_engine import io
 
+JOBS = ("prune-sequential", "prune-one-shot", "analyze", "eval")
+QUICK_JOBS = ("prune-sequential", "eval")
+# what each job reports that one and several processes must agree on
+REPORTED = {
+    "prune-sequential": ("top1_before", "top1_after", "top5_after", "fidelity", "eval_samples"),
+    "prune-one-shot": ("top1_before", "top1_after", "top5_after", "fidelity", "eval_samples"),
+    "analyze": ("samples",),
+    "eval": ("top1", "top5", "loss", "samples"),
+}
 
-def run_prune(nprocs: int, threads: int, model: str, samples: int, batch_size: int, out: Path) -> dict:
-    """One timed ``snp prune`` with ``nprocs`` processes sharing ``threads`` threads."""
+
+def job_argv(job: str, model: str, samples: int, batch_size: int, out: Path) -> list[str]:
+    """The ``snp`` arguments of one job (``out``: the file it writes, if any)."""
+    data = ["--model", model, "--data", "digits", "--batch-size", str(batch_size)]
+    if job == "eval":
+        return ["eval", *data]
+    data += ["--samples", str(samples)]
+    if job == "analyze":
+        return ["analyze", *data, "--out", str(out)]
+    mode = ["--one-shot"] if job == "prune-one-shot" else []
+    return ["prune", *data, "--flops-reduction", "0.5", *mode, "--out", str(out)]
+
+
+def run_job(job: str, nprocs: int, threads: int, model: str, samples: int, batch_size: int, out: Path) -> dict:
+    """One timed job with ``nprocs`` processes sharing ``threads`` threads."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nprocs)), "OMP_WAIT_POLICY": "PASSIVE"}
-    argv = ["prune", "--model", model, "--data", "digits", "--samples", str(samples), "--batch-size", str(batch_size)]
-    argv += ["--flops-reduction", "0.5", "--out", str(out), "--json", "--quiet", "--distributed"]
+    argv = [*job_argv(job, model, samples, batch_size, out), "--json", "--quiet", "--distributed"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
     start = time.perf_counter()
     done = subprocess.run([*launcher, "-m", "snp_engine.cli", *argv], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"snp prune with {nprocs} process(es) failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"snp {job} with {nprocs} process(es) failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout)
-    return {"seconds": seconds, "keep": result["keep"], "top1_after": result["top1_after"]}
+    row = {"seconds": seconds, "reported": {key: result[key] for key in REPORTED[job]}}
+    if "keep" in result:
+        row["keep"] = result["keep"]
+    return row
 
 
 def max_relative_difference(a: Path, b: Path) -> float:
@@ -57,28 +83,39 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=1, help="1: every process computes image by image alike")
     parser.add_argument("--nprocs", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.nprocs = 64, [1, 2]
+        args.samples, args.nprocs, args.jobs = 64, [1, 2], list(QUICK_JOBS)
     default_out(args, "distributed_cli")
     work = CACHE_DIR / "distributed_cli"
     work.mkdir(parents=True, exist_ok=True)
     data = run_header("distributed_cli", args, "cpu")
-    runs = {}
-    for n in args.nprocs:
-        out = work / f"pruned{n}.safetensors"
-        runs[str(n)] = run_prune(n, args.threads, args.model, args.samples, args.batch_size, out)
-        log(f"{n} process(es): {runs[str(n)]['seconds']:.1f} s")
-    first = work / f"pruned{args.nprocs[0]}.safetensors"
-    for n in args.nprocs:
-        path = work / f"pruned{n}.safetensors"
-        runs[str(n)]["same_kept_units"] = io.read_metadata(path)["pruning"] == io.read_metadata(first)["pruning"]
-        runs[str(n)]["max_relative_weight_difference"] = max_relative_difference(first, path)
-        runs[str(n)]["speedup"] = runs[str(args.nprocs[0])]["seconds"] / runs[str(n)]["seconds"]
+    runs: dict[str, dict[str, dict]] = {}
+    for job in args.jobs:
+        rows = runs.setdefault(job, {})
+        for n in args.nprocs:
+            out = work / f"{job}{n}.safetensors"
+            rows[str(n)] = run_job(job, n, args.threads, args.model, args.samples, args.batch_size, out)
+            log(f"{job}, {n} process(es): {rows[str(n)]['seconds']:.1f} s")
+        first = rows[str(args.nprocs[0])]
+        for n in args.nprocs:
+            row = rows[str(n)]
+            row["speedup"] = first["seconds"] / row["seconds"]
+            row["same_reported"] = _same_numbers(first["reported"], row["reported"])
+            if job.startswith("prune"):
+                a, b = work / f"{job}{args.nprocs[0]}.safetensors", work / f"{job}{n}.safetensors"
+                row["same_kept_units"] = io.read_metadata(a)["pruning"] == io.read_metadata(b)["pruning"]
+                row["max_relative_weight_difference"] = max_relative_difference(a, b)
     data["runs"] = runs
     write_json(args.out, data)
     log(f"written {args.out}")
     return data
+
+
+def _same_numbers(a: dict, b: dict, rel: float = 1e-9) -> bool:
+    """Equal counts, and equal values to float round-off."""
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= rel * max(abs(a[k]), 1e-30) for k in a)
 
 
 if __name__ == "__main__":

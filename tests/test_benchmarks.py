@@ -134,9 +134,10 @@ def test_distributed_cli_quick(tmp_path):
 
     distributed_cli.main(_args(tmp_path, "distributed_cli"))
     data = _check(tmp_path / "distributed_cli.json", ("runs",))
-    two = data["runs"]["2"]
-    assert two["same_kept_units"] and two["max_relative_weight_difference"] < 1e-8
-    assert two["seconds"] > 0 and two["keep"] == data["runs"]["1"]["keep"]
+    two = data["runs"]["prune-sequential"]["2"]
+    assert two["same_kept_units"] and two["max_relative_weight_difference"] < 1e-8 and two["same_reported"]
+    assert two["seconds"] > 0 and two["keep"] == data["runs"]["prune-sequential"]["1"]["keep"]
+    assert data["runs"]["eval"]["2"]["same_reported"] and data["runs"]["eval"]["2"]["reported"]["samples"] == 497
 
 
 def test_statistics_cost_quick(tmp_path):
