@@ -149,6 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.exec()
 
 
+def collect_garbage_in_gui_thread(app) -> None:
+    """Run Python's cyclic garbage collector only in the GUI thread, on a timer (pyqtgraph's
+    GarbageCollector). Left automatic, a collection runs in whichever thread allocates past the
+    threshold, a worker included, and may destroy GUI-thread Qt objects caught in reference cycles
+    from there, which can hang or crash Qt. Idempotent: one collector per application."""
+    if getattr(app, "_snp_garbage_collector", None) is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        app._snp_garbage_collector = GarbageCollector(interval=1.0)
+
+
 def _application(color_scheme: str = "system"):
     """The QApplication, set up for high-DPI screens and a consistent look on every platform."""
     from PySide6.QtCore import Qt
@@ -158,6 +169,7 @@ def _application(color_scheme: str = "system"):
     # fractional scale factors (125 %, 150 %) render crisply instead of being rounded
     QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    collect_garbage_in_gui_thread(app)
     app.setApplicationName("snp-gui")
     app.setOrganizationName("snp")
     app.setApplicationDisplayName("snp")

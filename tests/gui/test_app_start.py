@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -69,3 +70,39 @@ def test_no_check_where_no_x11_window_opens(monkeypatch):
     monkeypatch.delenv("QT_QPA_PLATFORM")
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
     assert app.check_system_libraries() is None
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees; records the thread its finaliser ran in."""
+
+    freed_in: ClassVar[list[str]] = []
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        import threading
+
+        _Cycle.freed_in.append(threading.current_thread().name)
+
+
+def test_garbage_is_collected_in_the_gui_thread_not_in_workers(qapp, qtbot):
+    import gc
+    import threading
+
+    app.collect_garbage_in_gui_thread(qapp)
+    assert not gc.isenabled()  # no automatic collection, in any thread
+    _Cycle.freed_in.clear()
+    _Cycle()  # unreachable at once, but in a cycle
+
+    held: list[list] = []
+
+    def allocate() -> None:  # far past the collector's thresholds, in a worker thread
+        held.extend([] for _ in range(50_000))
+
+    worker = threading.Thread(target=allocate, name="worker")
+    worker.start()
+    worker.join()
+    assert _Cycle.freed_in == []
+    qtbot.waitUntil(lambda: bool(_Cycle.freed_in), timeout=5000)  # the GUI thread's timer collects it
+    assert _Cycle.freed_in == [threading.main_thread().name] and len(held) == 50_000
