@@ -42,7 +42,15 @@ from snp_engine.runtime import (
     resolve_device,
 )
 from snp_engine.statsfile import StoredAnalysis, read_statistics, write_statistics
-from snp_engine.subspace import DEFAULT_ORDERING, ORDERINGS, balanced, explained_curve, order_units, subspace_curve
+from snp_engine.subspace import (
+    DEFAULT_ORDERING,
+    ORDERINGS,
+    balanced,
+    explained_curve,
+    order_units,
+    subspace_curve,
+    trusted_curve,
+)
 from snp_engine.surgery import producer_l1, reader_taps
 from snp_engine.version import __version__
 
@@ -58,7 +66,13 @@ CURVES = tuple(CURVE_HELP)
 def _ordered(
     groups: list[GroupAnalysis], ordering: str, curve_kind: str, seed: int, reporter: Reporter
 ) -> list[GroupAnalysis]:
-    """Each group with its unit order and explained-variance curve (new records; inputs untouched)."""
+    """Each group with its unit order and explained-variance curve (new records; inputs untouched).
+
+    A group with no more samples than units (its covariance rank is below its width) gets the
+    :func:`~snp_engine.subspace.trusted_curve` of its curve: explained shares corrected for what a fit
+    from so few samples predicts on new ones, and every unit past that point counted as equally
+    unexplained, so thresholds and budgets do not remove its unmeasured tail for free. Groups with
+    more samples than units keep the measured curve."""
     ordered = []
     for index, g in enumerate(groups):
         reporter.check()
@@ -71,6 +85,8 @@ def _ordered(
             output = curve_kind == "output"
             more = [(c, m if output else None) for c, m in inputs.more]
             curve = explained_curve(inputs.covariance, order, g.metric if output else None, more=more)
+        if g.samples <= g.units:  # rank below the width: the tail of the curve is not measured
+            curve = trusted_curve(curve, g.samples)
         ordered.append(replace(g, order=order, curve=curve.cpu().numpy()))
     reporter.update(1.0, "orderings done")
     return ordered

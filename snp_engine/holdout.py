@@ -80,20 +80,72 @@ def _sym(matrix: torch.Tensor) -> torch.Tensor:
     return (matrix + matrix.T) / 2
 
 
+@dataclass(frozen=True)
+class _Blocks:
+    """What the fits of x from the kept units need of one set of samples: its count, the means of
+    x̃_K and x, and the covariance blocks C_{x̃K x̃K} (k×k), C_{x x̃K} (n×k) and C_xx (n×n) — not the
+    whole 2n×2n covariance, which for a wide layer costs far more to form and to pool."""
+
+    samples: float
+    mean_kept: torch.Tensor
+    mean_x: torch.Tensor
+    kk: torch.Tensor
+    xk: torch.Tensor
+    xx: torch.Tensor
+
+    @classmethod
+    def of(cls, moments: Moments, kept: torch.Tensor) -> _Blocks:
+        cov, mean = moments.covariance(), moments.mean()
+        n = cov.shape[0] // 2
+        return cls(
+            float(moments.samples),
+            mean[:n][kept],
+            mean[n:],
+            cov[kept][:, kept],
+            cov[n:, :n][:, kept],
+            cov[n:, n:].clone(),
+        )
+
+    @staticmethod
+    def pooled(parts: Sequence[_Blocks]) -> _Blocks:
+        """The blocks of the union of ``parts``: μ = Σ nᵢμᵢ/N, C = Σ nᵢ(Cᵢ + (μᵢ − μ)(μᵢ − μ)ᵀ)/N."""
+        total = sum(p.samples for p in parts)
+        weights = [p.samples / total for p in parts]
+        mean_kept = sum(w * p.mean_kept for w, p in zip(weights, parts, strict=True))
+        mean_x = sum(w * p.mean_x for w, p in zip(weights, parts, strict=True))
+        kk = torch.zeros_like(parts[0].kk)
+        xk = torch.zeros_like(parts[0].xk)
+        xx = torch.zeros_like(parts[0].xx)
+        for w, p in zip(weights, parts, strict=True):
+            dk, dx = p.mean_kept - mean_kept, p.mean_x - mean_x
+            kk += w * (p.kk + torch.outer(dk, dk))
+            xk += w * (p.xk + torch.outer(dx, dk))
+            xx += w * (p.xx + torch.outer(dx, dx))
+        return _Blocks(total, mean_kept, mean_x, kk, xk, xx)
+
+    def inputs(self, kept: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(C_{x,K}, C_KK, μ_x, μ_K) of the ``kind`` fit, as :func:`fit_inputs`."""
+        if kind == SEQUENTIAL:
+            return self.xk, self.kk, self.mean_x, self.mean_kept
+        return self.xx[:, kept], self.xx[kept][:, kept], self.mean_x, self.mean_x[kept]
+
+
 def heldout_errors(
     fit: Moments, held: Moments, metric: torch.Tensor, kept: torch.Tensor, kind: str, ridges: Sequence[float]
 ) -> torch.Tensor:
     """E(r) of the ``kind`` fit made on ``fit`` and scored on ``held``, for every ridge r (absolute)."""
+    return _errors(_Blocks.of(fit, kept), _Blocks.of(held, kept), metric, kept, kind, ridges)
+
+
+def _errors(
+    fit: _Blocks, held: _Blocks, metric: torch.Tensor, kept: torch.Tensor, kind: str, ridges: Sequence[float]
+) -> torch.Tensor:
     n = metric.shape[0]
     k = kept.shape[0]
-    cov_f, mean_f = fit.covariance(), fit.mean()
-    cross, kept_cov, target_mean, kept_mean = fit_inputs(cov_f, mean_f, kept, kind)
-    cov_h, mean_h = held.covariance(), held.mean()
-    h_kk = cov_h[:n, :n][kept][:, kept]  # the fitted map is always applied to x̃_K
-    h_xk = cov_h[n:, :n][:, kept]
-    h_xx = cov_h[n:, n:]
-    d_x = mean_h[n:] - target_mean
-    d_k = mean_h[:n][kept] - kept_mean
+    cross, kept_cov, target_mean, kept_mean = fit.inputs(kept, kind)
+    h_kk, h_xk, h_xx = held.kk, held.xk, held.xx  # the fitted map is always applied to x̃_K
+    d_x = held.mean_x - target_mean
+    d_k = held.mean_kept - kept_mean
 
     lam, vec = torch.linalg.eigh(_sym(kept_cov))
     lam = lam.clamp_min(0)
@@ -137,27 +189,27 @@ def choose_fit(
     is better by more than the standard error of the paired per-fold differences: held-out errors
     from a handful of folds are noisy, and a change that the folds cannot tell apart from noise is
     not made. Among the candidates, ties favour the sequential fit and the smaller ridge (so exactly
-    dependent units are still removed exactly).
+    dependent units are still removed exactly). Each fold's covariance is formed once; the fits on
+    the other folds pool the blocks they need (:class:`_Blocks`).
     """
-    total = Moments.union(folds)
-    n = metric.shape[0]
-    cov = total.covariance()
-    energy = max(float((metric * cov[n:, n:]).sum()), 1e-300)
-    weights = torch.tensor([part.samples for part in folds], dtype=torch.float64) / total.samples
+    parts = [_Blocks.of(part, kept) for part in folds]
+    total = _Blocks.pooled(parts)
+    energy = max(float((metric * total.xx).sum()), 1e-300)
+    weights = torch.tensor([part.samples for part in parts], dtype=torch.float64) / total.samples
     candidates: list[tuple[str, float, float]] = []  # (kind, ridge, ridge relative to the inputs' variance)
     for kind in (SEQUENTIAL, ONE_SHOT):
-        _, kept_cov, _, _ = fit_inputs(cov, total.mean(), kept, kind)
+        _, kept_cov, _, _ = total.inputs(kept, kind)
         scale = max(float(torch.diagonal(kept_cov).mean()), 1e-300)
         if kind == SEQUENTIAL:
             candidates.append((SEQUENTIAL, baseline_ridge, baseline_ridge / scale))  # the fixed formula: index 0
         candidates += [(kind, scale * rel, rel) for rel in relative_ridges]
     # per-fold errors (relative to the output energy) of every candidate: (candidates, folds)
-    errors = torch.zeros(len(candidates), len(folds), dtype=torch.float64)
-    for index, held in enumerate(folds):
-        fit = Moments.union([f for j, f in enumerate(folds) if j != index])
+    errors = torch.zeros(len(candidates), len(parts), dtype=torch.float64)
+    for index, held in enumerate(parts):
+        fit = _Blocks.pooled([f for j, f in enumerate(parts) if j != index])
         for kind in (SEQUENTIAL, ONE_SHOT):
             rows = [i for i, c in enumerate(candidates) if c[0] == kind]
-            found = heldout_errors(fit, held, metric, kept, kind, [candidates[i][1] for i in rows])
+            found = _errors(fit, held, metric, kept, kind, [candidates[i][1] for i in rows])
             errors[rows, index] = found / energy
     mean = (errors * weights).sum(1)
     best = int(torch.argmin(mean[1:])) + 1

@@ -117,6 +117,39 @@ def _cumulative_fraction(gains: torch.Tensor) -> torch.Tensor:
     return (cumulative / total).clamp(0, 1)
 
 
+def trusted_curve(curve: torch.Tensor, samples: int) -> torch.Tensor:
+    """The explained curve of a group measured on ``samples`` ≤ n samples, as far as it can be trusted.
+
+    With s samples the covariance has rank at most s − 1: the first s − 1 units of any order
+    explain every measured sample exactly, and the in-sample curve E(k) reaches 1 long before k = n,
+    so the tail looks free to remove although nothing was measured about it. This curve instead
+    takes the unexplained share U(k) = 1 − E(k) of a least-squares fit from k units to new samples,
+    corrected for the degrees of freedom the fit used,
+
+        U_h(k) = min(1, U(k) · (s + k) / (s − k − 1)),   k ≤ s − 2
+
+    (in-sample residual variance σ²(s − k − 1)/s, prediction error σ²(1 + k/s)), keeps its running
+    maximum E_h(k) = 1 − U_h(k) up to the k* where it peaks, and treats every unit beyond k* as
+    equally unexplained: E'(k) = E_h(k*) + (1 − E_h(k*)) · (k − k*)/(n − k*). So E'(0) = 0,
+    E'(n) = 1 (keeping every unit stays exact), E' is monotone, and the budget allocator prices each
+    tail unit at the share of the unexplained variance an average unit would carry instead of zero.
+    """
+    curve = curve.to(torch.float64)
+    n = curve.shape[0] - 1
+    s = int(samples)
+    top = min(s - 2, n)
+    if top < 1:
+        return torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    k = torch.arange(top + 1, dtype=torch.float64)
+    unexplained = (1 - curve[: top + 1]).clamp_min(0) * (s + k) / (s - k - 1)
+    head = torch.cummax(1 - unexplained.clamp(max=1.0), 0).values
+    peak = int(torch.argmax(head))
+    if peak >= n:
+        return curve.clamp(0, 1)
+    tail = head[peak] + (1 - head[peak]) * torch.arange(1, n - peak + 1, dtype=torch.float64) / (n - peak)
+    return torch.cat([head[: peak + 1], tail]).clamp(0, 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Orderings: each returns a permutation of the units, most important first.
 

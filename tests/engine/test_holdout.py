@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from snp_engine import api
 from snp_engine.compensation import one_shot_reconstruction, reconstruction
@@ -11,6 +13,7 @@ from snp_engine.data import load_data
 from snp_engine.holdout import ONE_SHOT, SEQUENTIAL, choose_fit, fit_inputs, heldout_errors
 from snp_engine.models import load_model
 from snp_engine.statistics import Moments
+from snp_engine.subspace import explained_curve, trusted_curve
 
 
 def _moments(samples: torch.Tensor) -> Moments:
@@ -100,3 +103,51 @@ def test_a_clearly_better_fit_replaces_the_formula_and_noise_does_not():
     assert poor.error == pytest.approx(min(poor.sequential_error, poor.one_shot_error))  # the best one
     good = choose_fit(folds, metric, kept, baseline_ridge=1e-6 * scale)
     assert good.kind == SEQUENTIAL and good.ridge == pytest.approx(1e-6 * scale)  # the formula stays
+
+
+def test_the_trusted_curve_of_a_rank_deficient_group():
+    n, s = 40, 12
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(s, n, generator=gen, dtype=torch.float64) @ torch.randn(n, n, generator=gen, dtype=torch.float64)
+    measured = explained_curve(x.T.cov(correction=0), torch.arange(n))
+    assert float(measured[s - 1]) > 1 - 1e-3  # the in-sample curve: everything explained by s − 1 units
+    curve = trusted_curve(measured, s)
+    assert float(curve[0]) == 0 and float(curve[-1]) == pytest.approx(1.0)  # keep-all stays exact
+    assert bool((curve[1:] >= curve[:-1] - 1e-12).all())  # monotone
+    assert bool((curve <= measured + 1e-12).all())  # never more explained than measured
+    # beyond where it can be trusted (fewer than s − 1 units), every unit adds the same share
+    steps = (curve[1:] - curve[:-1])[s - 2 :]
+    assert torch.allclose(steps, steps[-1].expand_as(steps))
+    assert float(steps[-1]) > 0.5 / n  # the tail is not free: about an average unit's share each
+    assert torch.equal(trusted_curve(measured, 1), torch.linspace(0, 1, n + 1, dtype=torch.float64))
+
+
+def test_the_plan_does_not_remove_an_unmeasured_tail_for_free():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).double()
+    images = torch.randn(24, 6, dtype=torch.float64)
+    data = TensorDataset(images, torch.zeros(24, dtype=torch.long))
+    analysis = api.analyze(model, data)
+    for g in analysis.groups:
+        assert g.samples == 24 < g.units
+        curve = torch.as_tensor(g.curve)
+        assert float(curve[23]) < 0.99 and float(curve[-1]) == pytest.approx(1.0)  # not "explained" at the rank
+    plan = analysis.plan(flops_reduction=0.3)
+    assert all(k > 23 for k in plan.keep.values())  # 30 % fewer FLOPs without dropping to the rank
+    # more samples than units: the measured curve, as before
+    more = TensorDataset(torch.randn(400, 6, dtype=torch.float64), torch.zeros(400, dtype=torch.long))
+    wide = api.analyze(model, more)
+    for g in wide.groups:
+        assert torch.allclose(torch.as_tensor(g.curve), explained_curve(g.inputs(0).covariance, g.order).cpu())
+
+
+def test_pooled_fold_blocks_equal_the_union_of_the_folds():
+    from snp_engine.holdout import _Blocks
+
+    samples, kept = _joint(6, 90, 7), torch.tensor([1, 2, 4])
+    folds = [_moments(samples[i::4] * (1 + i)) for i in range(4)]  # folds of different spread and mean
+    pooled = _Blocks.pooled([_Blocks.of(f, kept) for f in folds])
+    union = _Blocks.of(Moments.union(folds), kept)
+    for name in ("mean_kept", "mean_x", "kk", "xk", "xx"):
+        assert torch.allclose(getattr(pooled, name), getattr(union, name), atol=1e-10), name
+    assert pooled.samples == union.samples == 90
