@@ -18,7 +18,8 @@ kept the one-shot fit. Models: torchvision vgg11_bn and resnet18 trained here on
     OMP_WAIT_POLICY=PASSIVE python benchmarks/calibration.py          # docs/benchmarks/calibration.json
     OMP_WAIT_POLICY=PASSIVE python benchmarks/calibration.py --models vgg11_bn-32 --seeds 0 --merge
 
-``--merge`` adds the models of this run to an existing results file (so slow models can run alone).
+``--merge`` adds this run's models and calibration sizes to an existing results file (so slow cells
+can run alone, with fewer seeds); each size records its seeds, machine and settings.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def run_model(name: str, sizes: list[int], seeds: list[int], reductions: list[fl
     dense_logits = logits_of(model, splits["test"].tensors[0], device)
     dense_top1 = score(model, splits["test"], dense_logits, device)["top1"]
     log(f"{name}: dense top-1 {dense_top1:.1f} %")
-    results: dict = {"dense_top1": dense_top1, "seeds": seeds, "by_samples": {}}
+    results: dict = {"dense_top1": dense_top1, "by_samples": {}}
     for samples in sizes:
         runs = {r: {v: {"top1": [], "fidelity": [], "seconds": []} for v in VARIANTS} for r in reductions}
         extra: dict = {
@@ -98,6 +99,7 @@ def run_model(name: str, sizes: list[int], seeds: list[int], reductions: list[fl
                     + ", ".join(f"{v} {runs[reduction][v]['top1'][-1]:.1f} %" for v in VARIANTS)
                 )
         results["by_samples"][str(samples)] = {
+            "seeds": seeds,
             "warnings": warnings,
             **{
                 str(r): {
@@ -132,10 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
         data["models"] = earlier.get("models", {})
     for name in args.models:
         start = time.perf_counter()
-        data["models"][name] = run_model(name, args.samples, args.seeds, args.reductions, args.device)
-        data["models"][name]["seconds"] = time.perf_counter() - start
-        data["models"][name]["machine"] = data["machine"]
-        data["models"][name]["settings"] = data["settings"]
+        found = run_model(name, args.samples, args.seeds, args.reductions, args.device)
+        found["seconds"] = time.perf_counter() - start
+        for entry in found["by_samples"].values():  # where and how each calibration size was run
+            entry["machine"], entry["settings"] = data["machine"], data["settings"]
+        if name in data["models"]:  # --merge: this run's calibration sizes replace the earlier ones
+            earlier = data["models"][name]
+            found["by_samples"] = {**earlier["by_samples"], **found["by_samples"]}
+            found["seconds"] += earlier.get("seconds", 0.0)
+        found["by_samples"] = dict(sorted(found["by_samples"].items(), key=lambda item: int(item[0])))
+        data["models"][name] = found
         write_json(args.out, data)  # after each model, so a long run keeps what it finished
     log(f"written {args.out}")
     return data
