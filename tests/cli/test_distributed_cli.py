@@ -43,15 +43,22 @@ def _snp(*argv: str, world: int = 1) -> dict:
     return json.loads("\n".join(lines))  # one JSON object: process 0 alone prints
 
 
-def _same_export(a: Path, b: Path) -> None:
+def _same_export(a: Path, b: Path, rel: float = 1e-8) -> None:
+    """The same kept units, and every weight tensor within ``rel`` (relative norm of the difference)."""
     assert io.read_metadata(a)["pruning"] == io.read_metadata(b)["pruning"]
     one, two = load_file(str(a)), load_file(str(b))
     assert one.keys() == two.keys()
     for key in one:
         x, y = one[key].double(), two[key].double()
         assert x.shape == y.shape, key
-        # statistics come from float32 products on differently composed batches: float32 round-off
-        assert float((x - y).norm()) <= 1e-5 * max(float(x.norm()), 1e-30), key
+        assert float((x - y).norm()) <= rel * max(float(x.norm()), 1e-30), key
+
+
+# One-shot fits solve with the analysis' statistics, whose float64 sums are added in another order
+# (and around another shift) over two processes; the solve amplifies that 1e-16 round-off to about
+# 7e-8-9e-8 relative on the demo networks. Sequential fits sum fold by fold, and with 2 processes
+# each of the 4 folds (image i in fold i mod 4) lies on one process, so they are bit-identical.
+ONE_SHOT_REL = 1e-6
 
 
 @pytest.mark.parametrize("mode", [(), ("--one-shot",)], ids=["sequential", "one-shot"])
@@ -65,7 +72,7 @@ def test_distributed_prune_equals_one_process(tmp_path, mode):
     for name, fit in single["fits"].items():  # the same held-out choice: folds are by image, not by process
         assert split["fits"][name]["fit"] == fit["fit"] and split["fits"][name]["folds"] == fit["folds"]
         assert split["fits"][name]["heldout_error"] == pytest.approx(fit["heldout_error"], rel=1e-5)
-    _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+    _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors", ONE_SHOT_REL if mode else 1e-8)
     _same_metrics(single, split)
 
 
