@@ -114,6 +114,38 @@ def run_model(name: str, sizes: list[int], seeds: list[int], reductions: list[fl
     return results
 
 
+def combine(earlier: dict, later: dict) -> dict:
+    """One calibration size's results over the seeds of two runs (a seed run twice counts once, from ``later``)."""
+    if earlier is later:
+        return later
+    keep = [i for i, seed in enumerate(earlier["seeds"]) if seed not in later["seeds"]]
+    merged = {**later, "seeds": [earlier["seeds"][i] for i in keep] + later["seeds"]}
+    merged["warnings"] = [earlier["warnings"][i] for i in keep] + later["warnings"]
+    for reduction, cell in later.items():
+        if not isinstance(cell, dict) or "default" not in cell or reduction not in earlier:
+            continue
+        before = earlier[reduction]
+        joined = {
+            v: {
+                key: mean_std([before[v][key]["values"][i] for i in keep] + stats["values"]) for key, stats in r.items()
+            }
+            for v, r in cell.items()
+            if v in VARIANTS
+        }
+        old_flops = [before["flops_reduction"]["values"][i] for i in keep]
+        merged[reduction] = {
+            **joined,
+            "flops_reduction": mean_std(old_flops + cell["flops_reduction"]["values"]),
+            "keep": [before["keep"][i] for i in keep] + cell["keep"],
+            # fit kinds are counted per run; a seed run again replaces nothing here, so only disjoint seeds add up
+            "default_fits": {
+                kind: count + (before["default_fits"][kind] if len(keep) == len(earlier["seeds"]) else 0)
+                for kind, count in cell["default_fits"].items()
+            },
+        }
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_args(parser)
@@ -138,9 +170,12 @@ def main(argv: list[str] | None = None) -> dict:
         found["seconds"] = time.perf_counter() - start
         for entry in found["by_samples"].values():  # where and how each calibration size was run
             entry["machine"], entry["settings"] = data["machine"], data["settings"]
-        if name in data["models"]:  # --merge: this run's calibration sizes replace the earlier ones
+        if name in data["models"]:  # --merge: this run's seeds join the earlier ones of each size
             earlier = data["models"][name]
-            found["by_samples"] = {**earlier["by_samples"], **found["by_samples"]}
+            found["by_samples"] = {
+                size: combine(earlier["by_samples"][size], entry) if size in earlier["by_samples"] else entry
+                for size, entry in {**earlier["by_samples"], **found["by_samples"]}.items()
+            }
             found["seconds"] += earlier.get("seconds", 0.0)
         found["by_samples"] = dict(sorted(found["by_samples"].items(), key=lambda item: int(item[0])))
         data["models"][name] = found
