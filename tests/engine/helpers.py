@@ -229,3 +229,37 @@ def rewrite_safetensors(source, target, *, tensors=None, **metadata):
     state.update(tensors or {})
     save_file(state, str(target), metadata=meta)
     return target
+
+
+def randomised_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` in eval mode with random BatchNorm statistics and affine terms, so no norm is the
+    identity (a fresh BatchNorm is, and would hide mistakes in folding and removal)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+    return model.eval()
+
+
+def random_images(count: int = 48, shape=(3, 8, 8), seed: int = 1):
+    """A TensorDataset of ``count`` Gaussian images of ``shape`` with label 0."""
+    from torch.utils.data import TensorDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(count, *shape, generator=gen), torch.zeros(count, dtype=torch.long))
+
+
+def logits_of(model: torch.nn.Module, data) -> torch.Tensor:
+    """The model's outputs on every image of a TensorDataset."""
+    with torch.no_grad():
+        return model(data.tensors[0])
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖."""
+    return float((a - b).norm() / b.norm())

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from snp_engine import api, io
 from snp_engine.costs import count
 from snp_engine.groups import find_groups
 from snp_engine.statistics import to_samples
 from snp_engine.surgery import weight_taps, write_weight_taps
+from tests.engine.helpers import logits_of, random_images, randomised_norms, relative_error
 
 
 class _Fire(nn.Module):
@@ -41,36 +41,9 @@ class _Fire(nn.Module):
         return self.fc(torch.relu(self.mix(joint)).mean((2, 3)))
 
 
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model.eval()
-
-
 def _fire(seed: int = 0) -> _Fire:
     torch.manual_seed(seed)
-    return _randomised(_Fire(), seed)
-
-
-def _data(count_: int = 48, shape=(3, 8, 8), seed: int = 1) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(count_, *shape, generator=gen), torch.zeros(count_, dtype=torch.long))
-
-
-def _logits(model: nn.Module, data: TensorDataset) -> torch.Tensor:
-    with torch.no_grad():
-        return model(data.tensors[0])
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return randomised_norms(_Fire(), seed)
 
 
 def test_branches_are_groups_reading_their_slice_of_the_concatenation():
@@ -107,10 +80,10 @@ def test_slices_of_samples_and_weights():
 @pytest.mark.parametrize("sequential", [False, True])
 def test_keep_all_reproduces_the_dense_network_exactly(sequential):
     model = _fire()
-    data = _data()
+    data = random_images()
     analysis = api.analyze(model, data)
     run = api.prune(model, analysis, analysis.plan(keep={}), data=data, sequential=sequential)
-    assert torch.equal(_logits(run.model, data), _logits(model, data))
+    assert torch.equal(logits_of(run.model, data), logits_of(model, data))
 
 
 @pytest.mark.parametrize("sequential", [False, True])
@@ -121,7 +94,7 @@ def test_duplicated_branch_channel_is_removed_with_no_output_change(sequential):
         for norm, index in ((model.right_bn, 0), (model.joint_bn, 9)):
             for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
                 tensor[index + 2] = tensor[index]
-    data = _data()
+    data = random_images()
     analysis = api.analyze(model, data)
     right = next(g for g in analysis.groups if g.name == "right")
     assert right.order[-1].item() in (0, 2) and right.curve[-2] == pytest.approx(1.0, abs=1e-6)
@@ -129,14 +102,14 @@ def test_duplicated_branch_channel_is_removed_with_no_output_change(sequential):
     run = api.prune(model, analysis, plan, data=data, sequential=sequential)
     assert run.model.right.out_channels == 2 and run.model.joint_bn.num_features == 11
     assert run.model.mix.in_channels == 11 and run.model.left.out_channels == 4
-    assert _relative(_logits(run.model, data), _logits(model, data)) < 1e-5
+    assert relative_error(logits_of(run.model, data), logits_of(model, data)) < 1e-5
     dropped = api.prune(model, analysis, plan, compensate=False)
-    assert _relative(_logits(dropped.model, data), _logits(model, data)) > 1e-3
+    assert relative_error(logits_of(dropped.model, data), logits_of(model, data)) > 1e-3
 
 
 def test_every_slice_pruned_is_costed_exactly_and_removed_as_planned():
     model = _fire()
-    data = _data()
+    data = random_images()
     analysis = api.analyze(model, data)
     plan = analysis.plan(keep={"stem": 3, "left": 2, "right": 1, "mix": 4})
     run = api.prune(model, analysis, plan, data=data, sequential=False)
@@ -144,17 +117,17 @@ def test_every_slice_pruned_is_costed_exactly_and_removed_as_planned():
     params, macs = count(run.model, torch.zeros(1, 3, 8, 8))
     assert params == plan.params_after and macs == pytest.approx(plan.flops_after, rel=1e-12)
     functional = api.prune(model, analysis, plan, sequential=False, physical=False)
-    torch.testing.assert_close(_logits(run.model, data), _logits(functional.model, data), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_of(run.model, data), logits_of(functional.model, data), rtol=1e-5, atol=1e-6)
 
 
-def test_squeezenet_prunes_its_fire_modules_and_reloads_with_equal_logits(tmp_path):
+def test_squeezenet_prunes_its_fire_modules_and_reloads_with_equallogits_of(tmp_path):
     torch.manual_seed(0)
-    model = _randomised(torchvision.models.squeezenet1_1(num_classes=10), seed=2)
-    data = _data(16, (3, 32, 32))
+    model = randomised_norms(torchvision.models.squeezenet1_1(num_classes=10), seed=2)
+    data = random_images(16, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=16)
     assert len(analysis.groups) == 25  # the stem and 8 fire modules of 3 convs; the classifier is the output
     exact = api.prune(model, analysis, analysis.plan(keep={}), sequential=False)
-    assert torch.equal(_logits(exact.model, data), _logits(model, data))
+    assert torch.equal(logits_of(exact.model, data), logits_of(model, data))
     plan = analysis.plan(flops_reduction=0.4)
     run = api.prune(model, analysis, plan, data=data)
     params, macs = count(run.model, torch.zeros(1, 3, 32, 32))
@@ -163,7 +136,7 @@ def test_squeezenet_prunes_its_fire_modules_and_reloads_with_equal_logits(tmp_pa
         run, tmp_path / "squeeze.safetensors", arch="torchvision:squeezenet1_1", num_classes=10, input_shape=(3, 32, 32)
     )
     again = io.load_exported(path)
-    assert torch.equal(_logits(again.model, data), _logits(run.model, data))
+    assert torch.equal(logits_of(again.model, data), logits_of(run.model, data))
 
 
 @pytest.mark.slow
@@ -171,12 +144,12 @@ def test_squeezenet_prunes_its_fire_modules_and_reloads_with_equal_logits(tmp_pa
 def test_densenet_and_googlenet_prune_exactly_costed(arch):
     torch.manual_seed(0)
     extra = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
-    model = _randomised(getattr(torchvision.models, arch)(num_classes=10, **extra), seed=5)
-    data = _data(8, (3, 32, 32))
+    model = randomised_norms(getattr(torchvision.models, arch)(num_classes=10, **extra), seed=5)
+    data = random_images(8, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=8)
     assert not [e for e in analysis.excluded if "concatenation" in e.reason]
     exact = api.prune(model, analysis, analysis.plan(keep={}), sequential=False)
-    assert torch.equal(_logits(exact.model, data), _logits(model, data))
+    assert torch.equal(logits_of(exact.model, data), logits_of(model, data))
     plan = analysis.plan(flops_reduction=0.3)
     run = api.prune(model, analysis, plan, sequential=False)
     params, macs = count(run.model, torch.zeros(1, 3, 32, 32))

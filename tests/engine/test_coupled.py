@@ -10,12 +10,19 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from snp_engine import api, io
 from snp_engine.costs import count
 from snp_engine.subspace import OrderingInputs, explained_curve, forward_greedy, order_units, subspace_curve
-from tests.engine.helpers import conditional_covariance, random_covariance, random_metric
+from tests.engine.helpers import (
+    conditional_covariance,
+    logits_of,
+    random_covariance,
+    random_images,
+    random_metric,
+    randomised_norms,
+    relative_error,
+)
 
 
 class _Block(nn.Module):
@@ -47,20 +54,6 @@ class _TinyResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms, so no layer is the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model.eval()
-
-
 def _with_duplicate_channel(model: _TinyResNet, copy: int, of: int) -> _TinyResNet:
     """Make stream channel ``copy`` an exact copy of channel ``of`` in every tensor of the stream:
     every producer's row and BatchNorm entry, and every block's skip sum."""
@@ -76,28 +69,14 @@ def _with_duplicate_channel(model: _TinyResNet, copy: int, of: int) -> _TinyResN
     return model
 
 
-def _data(count_: int = 48, shape=(3, 8, 8), seed: int = 1) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(count_, *shape, generator=gen), torch.zeros(count_, dtype=torch.long))
-
-
-def _logits(model: nn.Module, data: TensorDataset) -> torch.Tensor:
-    with torch.no_grad():
-        return model(data.tensors[0])
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 def _stream(analysis):
     (stream,) = [g for g in analysis.groups if g.group.coupled]
     return stream
 
 
 def test_tiny_resnet_stream_is_one_group_with_all_readers_and_producers():
-    model = _randomised(_TinyResNet())
-    analysis = api.analyze(model, _data())
+    model = randomised_norms(_TinyResNet())
+    analysis = api.analyze(model, random_images())
     stream = _stream(analysis)
     assert stream.name == "stem" and stream.units == 6
     assert [r.consumer for r in stream.group.readers] == ["block1.conv1", "block2.conv1", "fc"]
@@ -111,17 +90,17 @@ def test_tiny_resnet_stream_is_one_group_with_all_readers_and_producers():
 
 @pytest.mark.parametrize("sequential", [False, True])
 def test_keep_all_reproduces_the_dense_network_exactly(sequential):
-    model = _randomised(_TinyResNet())
-    data = _data()
+    model = randomised_norms(_TinyResNet())
+    data = random_images()
     analysis = api.analyze(model, data)
     run = api.prune(model, analysis, analysis.plan(keep={}), data=data, sequential=sequential)
-    assert torch.equal(_logits(run.model, data), _logits(model, data))
+    assert torch.equal(logits_of(run.model, data), logits_of(model, data))
 
 
 @pytest.mark.parametrize("sequential", [False, True])
 def test_duplicated_stream_channel_is_removed_with_no_output_change(sequential):
-    model = _with_duplicate_channel(_randomised(_TinyResNet()), copy=4, of=1)
-    data = _data()
+    model = _with_duplicate_channel(randomised_norms(_TinyResNet()), copy=4, of=1)
+    data = random_images()
     analysis = api.analyze(model, data)
     stream = _stream(analysis)
     assert stream.order[-1].item() in (1, 4)  # the copy explains nothing the original does not
@@ -133,15 +112,15 @@ def test_duplicated_stream_channel_is_removed_with_no_output_change(sequential):
     run = api.prune(model, analysis, plan, data=data, sequential=sequential)
     assert run.model.stem.out_channels == 5 and run.model.fc.in_features == 5
     assert run.model.block1.conv1.in_channels == run.model.block2.conv2.out_channels == 5
-    assert _relative(_logits(run.model, data), _logits(model, data)) < 1e-5
+    assert relative_error(logits_of(run.model, data), logits_of(model, data)) < 1e-5
     # without compensation the readers simply lose the channel: a real change
     dropped = api.prune(model, analysis, plan, compensate=False)
-    assert _relative(_logits(dropped.model, data), _logits(model, data)) > 1e-3
+    assert relative_error(logits_of(dropped.model, data), logits_of(model, data)) > 1e-3
 
 
 def test_streams_can_be_left_alone():
-    model = _randomised(_TinyResNet())
-    analysis = api.analyze(model, _data(), coupled=False)
+    model = randomised_norms(_TinyResNet())
+    analysis = api.analyze(model, random_images(), coupled=False)
     assert not any(g.group.coupled for g in analysis.groups)
     reasons = {e.name: e.reason for e in analysis.excluded}
     assert reasons["stem"].startswith("coupled across 3 layers")
@@ -209,12 +188,12 @@ def test_brute_force_best_pair_is_found_by_the_summed_objective_on_two_readers()
 
 def _torchvision_resnet18() -> nn.Module:
     torch.manual_seed(0)
-    return _randomised(torchvision.models.resnet18(num_classes=10), seed=3)
+    return randomised_norms(torchvision.models.resnet18(num_classes=10), seed=3)
 
 
 def test_resnet18_deep_reduction_is_reachable_and_costed_exactly():
     model = _torchvision_resnet18()
-    data = _data(16, (3, 32, 32))
+    data = random_images(16, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=16)
     assert sum(g.group.coupled for g in analysis.groups) == 4
     plan = analysis.plan(flops_reduction=0.8)
@@ -225,13 +204,13 @@ def test_resnet18_deep_reduction_is_reachable_and_costed_exactly():
     assert params == plan.params_after
     assert macs == pytest.approx(plan.flops_after, rel=1e-9)
     functional = api.prune(model, analysis, plan, sequential=False, physical=False)
-    torch.testing.assert_close(_logits(run.model, data), _logits(functional.model, data), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits_of(run.model, data), logits_of(functional.model, data), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_resnet18_with_pruned_streams_exports_and_reloads_with_equal_logits(tmp_path):
+def test_resnet18_with_pruned_streams_exports_and_reloads_with_equallogits_of(tmp_path):
     model = _torchvision_resnet18()
-    data = _data(16, (3, 32, 32))
+    data = random_images(16, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=16)
     run = api.prune(model, analysis, analysis.plan(flops_reduction=0.6), data=data)
     path = io.export_model(
@@ -239,17 +218,17 @@ def test_resnet18_with_pruned_streams_exports_and_reloads_with_equal_logits(tmp_
     )
     again = io.load_exported(path)
     assert again.model.conv1.out_channels == run.model.conv1.out_channels < 64
-    assert torch.equal(_logits(again.model, data), _logits(run.model, data))
+    assert torch.equal(logits_of(again.model, data), logits_of(run.model, data))
 
 
 def test_mobilenet_v2_streams_prune_and_keep_all_is_exact():
     torch.manual_seed(0)
-    model = _randomised(torchvision.models.mobilenet_v2(num_classes=10), seed=4)
-    data = _data(8, (3, 32, 32))
+    model = randomised_norms(torchvision.models.mobilenet_v2(num_classes=10), seed=4)
+    data = random_images(8, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=8)
     assert sum(g.group.coupled for g in analysis.groups) == 5
     exact = api.prune(model, analysis, analysis.plan(keep={}), sequential=False)
-    assert torch.equal(_logits(exact.model, data), _logits(model, data))
+    assert torch.equal(logits_of(exact.model, data), logits_of(model, data))
     run = api.prune(model, analysis, analysis.plan(flops_reduction=0.4), data=data)
-    assert torch.isfinite(_logits(run.model, data)).all()
+    assert torch.isfinite(logits_of(run.model, data)).all()
     assert count(run.model, torch.zeros(1, 3, 32, 32))[0] == analysis.plan(flops_reduction=0.4).params_after

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from snp_engine import api, io
 from snp_engine.compensation import within_groups
@@ -16,6 +15,7 @@ from snp_engine.costs import count
 from snp_engine.errors import SnpError
 from snp_engine.subspace import balanced
 from snp_engine.surgery import weight_taps, write_weight_taps
+from tests.engine.helpers import logits_of, random_images, randomised_norms, relative_error
 
 
 class _NeXt(nn.Module):
@@ -39,36 +39,9 @@ class _NeXt(nn.Module):
         return self.fc(torch.relu(self.c(x)).mean((2, 3)))
 
 
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model.eval()
-
-
 def _next(seed: int = 0) -> _NeXt:
     torch.manual_seed(seed)
-    return _randomised(_NeXt(), seed)
-
-
-def _data(count_: int = 64, shape=(3, 8, 8), seed: int = 1) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(count_, *shape, generator=gen), torch.zeros(count_, dtype=torch.long))
-
-
-def _logits(model: nn.Module, data: TensorDataset) -> torch.Tensor:
-    with torch.no_grad():
-        return model(data.tensors[0])
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return randomised_norms(_NeXt(), seed)
 
 
 def _balanced_prefixes(order: torch.Tensor, parts: int) -> bool:
@@ -106,7 +79,7 @@ def test_grouped_conv_weights_as_dense_taps_and_back():
 
 
 def test_grouped_layers_are_groups_with_parts_and_balanced_orders():
-    analysis = api.analyze(_next(), _data())
+    analysis = api.analyze(_next(), random_images(64))
     groups = {g.name: g for g in analysis.groups}
     assert set(groups) == {"stem", "a", "b", "c"} and not analysis.excluded[1:]
     assert groups["a"].group.parts == 3 and groups["a"].group.readers[0].groups == 3  # read by the grouped conv
@@ -123,10 +96,10 @@ def test_grouped_layers_are_groups_with_parts_and_balanced_orders():
 @pytest.mark.parametrize("sequential", [False, True])
 def test_keep_all_reproduces_the_dense_network_exactly(sequential):
     model = _next()
-    data = _data()
+    data = random_images(64)
     analysis = api.analyze(model, data)
     run = api.prune(model, analysis, analysis.plan(keep={}), data=data, sequential=sequential)
-    assert torch.equal(_logits(run.model, data), _logits(model, data))
+    assert torch.equal(logits_of(run.model, data), logits_of(model, data))
 
 
 @pytest.mark.parametrize("sequential", [False, True])
@@ -138,7 +111,7 @@ def test_a_duplicated_channel_in_every_conv_group_is_removed_with_no_output_chan
             model.a.weight[copy] = model.a.weight[of]
             for tensor in (model.bn1.weight, model.bn1.bias, model.bn1.running_mean, model.bn1.running_var):
                 tensor[copy] = tensor[of]
-    data = _data()
+    data = random_images(64)
     analysis = api.analyze(model, data)
     a = analysis.group("a")
     assert a.curve[9] == pytest.approx(1.0, abs=1e-6)
@@ -146,15 +119,15 @@ def test_a_duplicated_channel_in_every_conv_group_is_removed_with_no_output_chan
     assert all(len(set(plan.kept["a"]) & {4 * part, 4 * part + 3}) == 1 for part in range(3))
     run = api.prune(model, analysis, plan, data=data, sequential=sequential)
     assert run.model.a.out_channels == 9 and run.model.b.weight.shape == (12, 3, 3, 3)
-    assert _relative(_logits(run.model, data), _logits(model, data)) < 1e-5
+    assert relative_error(logits_of(run.model, data), logits_of(model, data)) < 1e-5
     dropped = api.prune(model, analysis, plan, compensate=False)
-    assert _relative(_logits(dropped.model, data), _logits(model, data)) > 1e-3
+    assert relative_error(logits_of(dropped.model, data), logits_of(model, data)) > 1e-3
 
 
 @pytest.mark.parametrize("sequential", [False, True])
 def test_pruned_grouped_network_is_costed_exactly_and_physical_equals_functional(sequential):
     model = _next()
-    data = _data()
+    data = random_images(64)
     analysis = api.analyze(model, data)
     plan = analysis.plan(keep={"a": 6, "b": 9, "stem": 5})
     run = api.prune(model, analysis, plan, data=data, sequential=sequential)
@@ -162,11 +135,11 @@ def test_pruned_grouped_network_is_costed_exactly_and_physical_equals_functional
     params, macs = count(run.model, torch.zeros(1, 3, 8, 8))
     assert params == plan.params_after and macs == pytest.approx(plan.flops_after, rel=1e-12)
     functional = api.prune(model, analysis, plan, data=data, sequential=sequential, physical=False)
-    torch.testing.assert_close(_logits(run.model, data), _logits(functional.model, data), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_of(run.model, data), logits_of(functional.model, data), rtol=1e-5, atol=1e-6)
 
 
 def test_statistics_files_keep_the_groups_and_parts(tmp_path):
-    analysis = api.analyze(_next(), _data())
+    analysis = api.analyze(_next(), random_images(64))
     path = tmp_path / "next.stats.safetensors"
     analysis.save(path)
     again = io.load_analysis(path)
@@ -174,10 +147,10 @@ def test_statistics_files_keep_the_groups_and_parts(tmp_path):
     assert torch.equal(again.group("a").order, analysis.group("a").order)
 
 
-def test_regnet_y_prunes_its_grouped_convs_and_reloads_with_equal_logits(tmp_path):
+def test_regnet_y_prunes_its_grouped_convs_and_reloads_with_equallogits_of(tmp_path):
     torch.manual_seed(0)
-    model = _randomised(torchvision.models.regnet_y_400mf(num_classes=10), seed=2)
-    data = _data(8, (3, 32, 32))
+    model = randomised_norms(torchvision.models.regnet_y_400mf(num_classes=10), seed=2)
+    data = random_images(8, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=8)
     assert sum(g.group.parts > 1 for g in analysis.groups) >= 16
     assert not [e for e in analysis.excluded if "grouped" in e.reason]
@@ -189,18 +162,18 @@ def test_regnet_y_prunes_its_grouped_convs_and_reloads_with_equal_logits(tmp_pat
         run, tmp_path / "regnet.safetensors", arch="torchvision:regnet_y_400mf", num_classes=10, input_shape=(3, 32, 32)
     )
     again = io.load_exported(path)
-    assert torch.equal(_logits(again.model, data), _logits(run.model, data))
+    assert torch.equal(logits_of(again.model, data), logits_of(run.model, data))
 
 
 @pytest.mark.slow
 def test_resnext50_prunes_with_exact_costs():
     torch.manual_seed(0)
-    model = _randomised(torchvision.models.resnext50_32x4d(num_classes=10), seed=3)
-    data = _data(8, (3, 32, 32))
+    model = randomised_norms(torchvision.models.resnext50_32x4d(num_classes=10), seed=3)
+    data = random_images(8, (3, 32, 32))
     analysis = api.analyze(model, data, max_positions=8)
     assert len(analysis.groups) == 37 and len(analysis.excluded) == 1
     exact = api.prune(model, analysis, analysis.plan(keep={}), sequential=False)
-    assert torch.equal(_logits(exact.model, data), _logits(model, data))
+    assert torch.equal(logits_of(exact.model, data), logits_of(model, data))
     plan = analysis.plan(flops_reduction=0.5)
     run = api.prune(model, analysis, plan, sequential=False)
     params, macs = count(run.model, torch.zeros(1, 3, 32, 32))
