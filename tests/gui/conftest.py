@@ -1,4 +1,6 @@
-"""Fixtures shared by the app's tests.
+"""Fixtures shared by the app's tests: one torch thread (the demo network is tiny: on a shared
+two-core machine extra intra-op threads only contend), a fresh settings file per test, and garbage
+collection in the GUI thread.
 
 The cyclic garbage collector runs in the GUI thread only, on a timer, as in the app
 (:func:`snp_gui.app.collect_garbage_in_gui_thread`): a collection in a worker thread can destroy
@@ -10,6 +12,25 @@ from __future__ import annotations
 import gc
 
 import pytest
+import torch
+
+from snp_gui.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """A settings file of the test's own, also named in SNP_GUI_SETTINGS for windows made without one."""
+    path = tmp_path / "settings.ini"
+    monkeypatch.setenv("SNP_GUI_SETTINGS", str(path))
+    return Settings(path)
 
 
 @pytest.fixture(autouse=True)

@@ -8,31 +8,15 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-import torch
 from PySide6.QtWidgets import QGraphicsPathItem
 
 from snp_gui.main_window import MainWindow
 from snp_gui.plots.architecture import kept_colour
 from snp_gui.settings import Settings
 from snp_gui.workers import FINISHED
+from tests.gui.helpers import run
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(qtbot, window: MainWindow, name: str, start) -> str:
-    with qtbot.waitSignal(
-        window.session.runner.ended, timeout=TIMEOUT, check_params_cb=lambda task, *_: task == name
-    ) as blocker:
-        start()
-    return blocker.args[1]
 
 
 @pytest.fixture
@@ -44,9 +28,9 @@ def window(qtbot, tmp_path, monkeypatch) -> MainWindow:
     window.session.update_options(device="cpu", samples=64, batch_size=16)
     window.session.open_demo(model="demo-resnet")
     qtbot.waitUntil(lambda: window.session.data is not None and not window.session.busy, timeout=TIMEOUT)
-    assert run(qtbot, window, "analysis", window.session.analyse) == FINISHED
+    assert run(qtbot, window, "analysis", window.session.analyse)[0] == FINISHED
     window.show()
-    assert run(qtbot, window, "architecture", lambda: window.tabs.setCurrentWidget(window.architecture_panel)) == (
+    assert run(qtbot, window, "architecture", lambda: window.tabs.setCurrentWidget(window.architecture_panel))[0] == (
         FINISHED
     )
     yield window

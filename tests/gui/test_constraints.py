@@ -10,7 +10,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 
 from snp_engine.ratios import Constraints, GroupConstraint
@@ -18,31 +17,9 @@ from snp_gui.layer_table import KEPT, LOCK, MIN, ROUND
 from snp_gui.main_window import MainWindow
 from snp_gui.settings import Settings
 from snp_gui.workers import FINISHED
+from tests.gui.helpers import run
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(qtbot, window: MainWindow, name: str, start) -> tuple[str, str]:
-    with qtbot.waitSignal(
-        window.session.runner.ended, timeout=TIMEOUT, check_params_cb=lambda task, *_: task == name
-    ) as blocker:
-        start()
-    return blocker.args[1], blocker.args[2]
-
-
-@pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
-    path = tmp_path / "settings.ini"
-    monkeypatch.setenv("SNP_GUI_SETTINGS", str(path))
-    return Settings(path)
 
 
 def make_window(qtbot, settings: Settings, demo: bool = True) -> MainWindow:

@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-import torch
 from PySide6.QtGui import QImage, QPainter
 
 from snp_gui.app import _dark_palette
@@ -22,14 +21,6 @@ from snp_gui.settings import Settings
 from snp_gui.workers import FINISHED
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

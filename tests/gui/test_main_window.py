@@ -19,24 +19,9 @@ from snp_engine.models import DemoVGG
 from snp_gui.main_window import MainWindow
 from snp_gui.settings import Settings
 from snp_gui.workers import CANCELLED, FAILED, FINISHED
+from tests.gui.helpers import run
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The demo network is tiny: on a shared two-core machine, extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
-    path = tmp_path / "settings.ini"
-    monkeypatch.setenv("SNP_GUI_SETTINGS", str(path))
-    return Settings(path)
 
 
 def make_window(qtbot, settings: Settings, demo: bool = True) -> MainWindow:
@@ -57,15 +42,6 @@ def window(qtbot, settings) -> MainWindow:
     window = make_window(qtbot, settings)
     yield window
     window.session.shutdown()
-
-
-def run(qtbot, window: MainWindow, name: str, start, timeout: int = TIMEOUT) -> tuple[str, str]:
-    """Start a task and wait for its one ``ended`` signal; returns (outcome, message)."""
-    with qtbot.waitSignal(
-        window.session.runner.ended, timeout=timeout, check_params_cb=lambda task, *_: task == name
-    ) as blocker:
-        start()
-    return blocker.args[1], blocker.args[2]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
@@ -19,31 +18,9 @@ from snp_gui.settings import Options, Settings, load_options, save_options, thre
 from snp_gui.state import Session
 from snp_gui.threshold import ThresholdControl
 from snp_gui.workers import FINISHED
+from tests.gui.helpers import run
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(qtbot, session: Session, name: str, start) -> tuple[str, str]:
-    with qtbot.waitSignal(
-        session.runner.ended, timeout=TIMEOUT, check_params_cb=lambda task, *_: task == name
-    ) as blocker:
-        start()
-    return blocker.args[1], blocker.args[2]
-
-
-@pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
-    path = tmp_path / "settings.ini"
-    monkeypatch.setenv("SNP_GUI_SETTINGS", str(path))
-    return Settings(path)
 
 
 @pytest.fixture

@@ -21,26 +21,9 @@ from snp_gui.panels.data_panel import DataPanel
 from snp_gui.plots.curves import CurvesWidget
 from snp_gui.state import Session
 from snp_gui.workers import FINISHED
+from tests.gui.helpers import run
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The demo network is tiny: on a shared two-core machine, extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(qtbot, session: Session, name: str, start, timeout: int = TIMEOUT) -> tuple[str, str]:
-    """Start a task and wait for its one ``ended`` signal on the runner; returns (outcome, message)."""
-    with qtbot.waitSignal(
-        session.runner.ended, timeout=timeout, check_params_cb=lambda task, *_: task == name
-    ) as blocker:
-        start()
-    return blocker.args[1], blocker.args[2]
 
 
 def record(signal) -> list[tuple]:
