@@ -241,6 +241,14 @@ def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
 
 
 EXACT_GREEDY_UNITS = 512
+# Wider layers (see _blocked_greedy): picks between two updates of the full matrices, the
+# candidate pool as a multiple of that, the residual variance S_jj / (C_jj + r) below which a
+# unit counts as explained (float32 round-off on S is about 1e-6 of C_jj), and the margin over
+# the best gain outside the pool below which a round stops.
+GREEDY_BLOCK = 128
+GREEDY_CANDIDATES = 2
+EXPLAINED_FLOOR = 1e-4
+GREEDY_MARGIN = 1.05
 
 
 def forward_greedy(
@@ -251,7 +259,7 @@ def forward_greedy(
 ) -> torch.Tensor:
     """Greedy forward selection minimising E(K) = tr(M S|K), S|K the residual covariance given K.
 
-    Keeping unit j lowers E by s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
+    Keeping unit j lowers E by g_j = s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
     S ← S − s_j s_jᵀ / S_jj and G = M S ← G − (M s_j) s_jᵀ / S_jj. O(n²) per step, O(n³) in all.
     With M = I it keeps the unit that explains most of the remaining total variance.
 
@@ -260,24 +268,52 @@ def forward_greedy(
     energy, summed — the gain of unit j is the weighted sum of its gains at the readers, and each
     reader's S_r, G_r is updated as above. O(R n²) per step.
 
-    Rows and columns of kept units are zero in S (their residual is nil), so the matrices are
-    compacted to the still-available units from time to time. Layers wider than
-    ``EXACT_GREEDY_UNITS`` take the ``block`` best mutually uncorrelated units per step (default
-    n / 128, rounded up) with one block update S ← S − S₋B S_BB⁻¹ S_B₋, which keeps thousands of
-    units tractable; on redundant synthetic layers of 1,024 units the curve moved by < 1e-4.
+    Up to ``EXACT_GREEDY_UNITS`` units (or with ``block=1``) every step updates S and G in float64.
+    Wider layers take :func:`_blocked_greedy`: every pick is still the greedy step among the best
+    candidates, re-scored exactly, but S and G are updated only every ``block`` picks (default
+    ``GREEDY_BLOCK``), as one float32 matrix product.
     """
-    residuals, weighteds, scales = [], [], []
-    for c, m in [(cov, metric), *more]:
-        residual = regularised(c, ridge_for(c))
-        weighted = residual.clone() if m is None else m.to(residual) @ residual
-        residuals.append(residual)
-        weighteds.append(weighted)
-        scales.append(1.0 if not more else 1.0 / max(float(torch.diagonal(weighted).sum()), 1e-300))
-    n = residuals[0].shape[0]
+    n = cov.shape[0]
     if block is None:
-        block = 1 if n <= EXACT_GREEDY_UNITS else -(-n // 128)
-    remaining = torch.arange(n, device=cov.device)  # original index of each row
-    available = torch.ones(n, dtype=torch.bool, device=cov.device)
+        block = 1 if n <= EXACT_GREEDY_UNITS else GREEDY_BLOCK
+    readers = [(cov, metric), *more]
+    if block > 1 and n > 1 and all(bool(torch.isfinite(c).all()) for c, _ in readers):
+        return _blocked_greedy(readers, block)
+    return _exact_greedy(readers)
+
+
+def _reader_scales(weighteds: Sequence[torch.Tensor], several: bool) -> list[float]:
+    """1 / tr(M_r C_r) per reader when there are several (every reader's share counts), else 1."""
+    return [1.0 / max(float(torch.diagonal(w).sum()), 1e-300) if several else 1.0 for w in weighteds]
+
+
+def _column_dots(a: torch.Tensor, b: torch.Tensor, rows: int = 512) -> torch.Tensor:
+    """Σ_i A_ij B_ij for every column j, a band of rows at a time (no n×n temporary), the bands'
+    sums added in float64."""
+    total = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+    for start in range(0, a.shape[0], rows):
+        total += (a[start : start + rows] * b[start : start + rows]).sum(0).double()
+    return total
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor, rows: int = 512) -> torch.Tensor:
+    """Σ_j A_ij B_ij for every row i, a band of rows at a time, in float64."""
+    return torch.cat([(a[i : i + rows] * b[i : i + rows]).sum(1).double() for i in range(0, a.shape[0], rows)])
+
+
+def _exact_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """:func:`forward_greedy` one unit per step, float64: g_j = Σ_r w_r (S_r ∘ G_r)₋ⱼ·1 / (S_r)_jj,
+    then the rank-one updates S ← S − s sᵀ / S_jj, G ← G − (M s) sᵀ / S_jj in place."""
+    residuals, weighteds = [], []
+    for c, m in readers:
+        residual = regularised(c, ridge_for(c))
+        residuals.append(residual)
+        weighteds.append(residual.clone() if m is None else m.to(residual) @ residual)
+    scales = _reader_scales(weighteds, len(readers) > 1)
+    n = residuals[0].shape[0]
+    device = residuals[0].device
+    remaining = torch.arange(n, device=device)  # original index of each row
+    available = torch.ones(n, dtype=torch.bool, device=device)
     order: list[int] = []
     while available.any():
         if (~available).sum() * 4 > available.numel():
@@ -286,55 +322,199 @@ def forward_greedy(
             weighteds = [w[keep][:, keep] for w in weighteds]
             remaining, available = remaining[keep], available[keep]
         gains = sum(
-            scale * (r * w).sum(0) / torch.diagonal(r).clamp_min(1e-300)
+            scale * _column_dots(r, w) / torch.diagonal(r).clamp_min(1e-300)
             for r, w, scale in zip(residuals, weighteds, scales, strict=True)
         )
         gains = gains.masked_fill(~available, -torch.inf)
-        chosen = _diverse_top(gains, residuals[0], min(block, int(available.sum())))
-        if chosen.numel() == 0:  # no finite gain left (round-off on a singular covariance): keep index order
-            chosen = available.nonzero().squeeze(1)[:1]
-        order.extend(int(i) for i in remaining[chosen])
-        available[chosen] = False
+        if not bool(torch.isfinite(gains).any()):  # round-off on a singular covariance: keep index order
+            j = int(available.nonzero()[0])
+        else:
+            j = int(torch.argmax(torch.nan_to_num(gains, nan=-torch.inf)))
+        order.append(int(remaining[j]))
+        available[j] = False
         for r, w in zip(residuals, weighteds, strict=True):
-            _condition_on(r, w, chosen)
-    return torch.tensor(order, device=cov.device)
+            _condition_on(r, w, j)
+    return torch.tensor(order, device=device)
 
 
-def _diverse_top(gains: torch.Tensor, residual: torch.Tensor, count: int, max_correlation: float = 0.3) -> torch.Tensor:
-    """The best ``count`` candidates by gain, skipping any whose residual correlates with one already
-    taken in this block — two copies of a redundant pair have the top gains together, and taking
-    both at once is exactly the mistake a one-shot ranking makes."""
-    candidates = torch.topk(gains, min(4 * count, int(torch.isfinite(gains).sum()))).indices
-    if count == 1:
-        return candidates[:1]
-    scale = torch.diagonal(residual).clamp_min(1e-300).sqrt()
-    correlation = (residual[candidates][:, candidates] / scale[candidates, None] / scale[None, candidates]).abs()
-    taken: list[int] = []
-    for position in range(len(candidates)):
-        if all(correlation[position, other] < max_correlation for other in taken):
-            taken.append(position)
-            if len(taken) == count:
-                break
-    return candidates[taken]
+def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, j: int) -> None:
+    """In place: S ← S − s_j s_jᵀ / S_jj and G ← G − G₋ⱼ s_jᵀ / S_jj (rank one, no n×n temporary)."""
+    column, weighted_column = residual[:, j].clone(), weighted[:, j].clone()
+    alpha = -1.0 / float(column[j].clamp_min(1e-300))
+    weighted.addr_(weighted_column, column, alpha=alpha)
+    residual.addr_(column, column, alpha=alpha)
 
 
-def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, chosen: torch.Tensor) -> None:
-    """In place: S ← S − S₋B S_BB⁻¹ S_B₋ and G ← G − G₋B S_BB⁻¹ S_B₋ (rank-|B| Schur update)."""
-    pivot = residual[chosen][:, chosen]
-    if chosen.numel() == 1:
-        # rank-one, in place: no n×n temporaries (a large share of the time on wide layers)
-        column, weighted_column = residual[:, chosen[0]].clone(), weighted[:, chosen[0]].clone()
-        alpha = -1.0 / float(pivot.clamp_min(1e-300))
-        weighted.addr_(weighted_column, column, alpha=alpha)
-        residual.addr_(column, column, alpha=alpha)
-        return
-    else:
-        pivot = pivot + 1e-12 * torch.diagonal(pivot).mean() * torch.eye(
-            len(chosen), dtype=pivot.dtype, device=pivot.device
+@dataclass
+class _Reader:
+    """One reader's matrices in :func:`_blocked_greedy`: S as of the last update (``residual``),
+    Gᵀ = S M (``weighted``, the same tensor when M = I; stored transposed so that the columns of G
+    that a round reads are rows), the explained floor per unit and the
+    reader's weight in the summed gain."""
+
+    residual: torch.Tensor
+    weighted: torch.Tensor
+    floor: torch.Tensor
+    scale: float
+    identity: bool
+
+
+def _blocked_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]], block: int) -> torch.Tensor:
+    """:func:`forward_greedy` with the updates of S and G delayed and applied ``block`` at a time.
+
+    With S₀, G₀ the matrices at the last update and U = [u₁ … u_p], V = [M u₁ … M u_p] the
+    columns picked since (u = s_j / √S_jj, s_j the current residual column), the current matrices
+    are S = S₀ − U Uᵀ and G = G₀ − V Uᵀ. Each round scores every unit exactly from S₀, G₀ and
+    takes the ``GREEDY_CANDIDATES``·``block`` best as candidates Q. For each pick, the candidates'
+    gains g_q = N_q / S_qq are kept current in O(n |Q|): after picking u,
+
+        N_q ← N_q − 2 u_q (M u)ᵀ s_q + u_q² uᵀ M u,   S_qq ← S_qq − u_q²,
+
+    with (M u)ᵀ s_q = (M u)ᵀ S₀[:, q] − ((M u)ᵀ U) U_qᵀ, and s_j, M s_j read off S₀, G₀, U, V.
+    The round ends after ``block`` picks, or earlier when the best candidate's gain falls below
+    ``GREEDY_MARGIN`` times the best gain outside Q at the start of the round (with diminishing
+    gains nothing outside Q can then be better: every pick is the exact greedy one; the margin
+    covers gains that grow, which output metrics allow). Then S₀ ← S₀ − U Uᵀ, G₀ ← G₀ − V Uᵀ as
+    two matrix products, in float32 (on a GPU too); gains and the candidates' updates are summed
+    in float64. Units whose residual variance has fallen below ``EXPLAINED_FLOOR`` of their own
+    (round-off level in float32) count as explained and gain nothing; once every unit left is
+    explained they follow in descending residual variance. Rows and columns of picked units are
+    dropped from S₀, G₀ from time to time.
+    """
+    dtype = torch.float32
+    several = len(readers) > 1
+    states: list[_Reader] = []
+    for c, m in readers:
+        residual = regularised(c, ridge_for(c)).to(dtype)
+        weighted = residual if m is None else residual @ m.to(device=c.device, dtype=dtype)
+        states.append(_Reader(residual, weighted, EXPLAINED_FLOOR * torch.diagonal(residual).double(), 0.0, m is None))
+    for state, scale in zip(states, _reader_scales([s.weighted for s in states], several), strict=True):
+        state.scale = scale
+    n = states[0].residual.shape[0]
+    device = states[0].residual.device
+    remaining = torch.arange(n, device=device)  # original index of each row
+    available = torch.ones(n, dtype=torch.bool, device=device)
+    dropped = 0  # picked units still in the matrices
+    order: list[torch.Tensor] = []
+    while True:
+        m = remaining.numel()
+        if dropped * 8 > m:
+            keep = available.nonzero().squeeze(1)
+            for state in states:
+                state.residual = state.residual[keep][:, keep]
+                state.weighted = state.residual if state.identity else state.weighted[keep][:, keep]
+                state.floor = state.floor[keep]
+            remaining, available, dropped = remaining[keep], available[keep], 0
+            m = remaining.numel()
+        if not bool(available.any()):
+            break
+        numerators, denominators = [], []
+        gains = torch.zeros(m, dtype=torch.float64, device=device)
+        for state in states:
+            numerator = _row_dots(state.residual, state.weighted)  # (S ∘ G)ᵀ1 = (S ∘ Gᵀ)1
+            denominator = torch.diagonal(state.residual).double()
+            gains += state.scale * _gain(numerator, denominator, state.floor)
+            numerators.append(numerator)
+            denominators.append(denominator)
+        gains = gains.masked_fill(~available, -torch.inf)
+        if not bool((gains > 0).any()):  # everything left is explained
+            left = available.nonzero().squeeze(1)
+            rest = torch.argsort(torch.diagonal(states[0].residual)[left], descending=True, stable=True)
+            order.append(remaining[left[rest]])
+            break
+        count = min(GREEDY_CANDIDATES * block + 1, m)
+        values, positions = torch.topk(gains, count)
+        if count < m:
+            outside = float(values[-1])
+            candidates = positions[:-1]
+        else:
+            outside = -float("inf")
+            candidates = positions
+        candidates = candidates[values[: candidates.numel()] > 0]
+        picked = _picks(states, candidates, numerators, denominators, block, outside)
+        chosen = candidates[picked]
+        order.append(remaining[chosen])
+        available[chosen] = False
+        dropped += chosen.numel()
+    return torch.cat(order)
+
+
+def _gain(numerator: torch.Tensor, denominator: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """g_j = N_j / S_jj, zero for units explained to within ``floor``."""
+    return torch.where(denominator > floor, numerator / denominator.clamp_min(1e-300), 0.0).clamp_min(0)
+
+
+def _picks(
+    states: list[_Reader],
+    candidates: torch.Tensor,
+    numerators: list[torch.Tensor],
+    denominators: list[torch.Tensor],
+    block: int,
+    outside: float,
+) -> torch.Tensor:
+    """One round of :func:`_blocked_greedy`: up to ``block`` greedy picks among ``candidates``
+    (positions in the matrices), then the delayed update of every reader's S and G. Returns the
+    positions in ``candidates`` of the picks, in order."""
+    count = candidates.numel()
+    m = states[0].residual.shape[0]
+    device = candidates.device
+    rounds = []
+    for state, numerator, denominator in zip(states, numerators, denominators, strict=True):
+        columns = state.residual[candidates]  # S₀[:, Q]ᵀ (S₀ symmetric)
+        weighted_columns = columns if state.identity else state.weighted[candidates]  # G₀[:, Q]ᵀ
+        update = torch.empty(m, block, dtype=columns.dtype, device=device)
+        weighted_update = update if state.identity else torch.empty_like(update)
+        update_rows = torch.empty(count, block, dtype=columns.dtype, device=device)  # U_Q
+        rounds.append(
+            (
+                columns,
+                weighted_columns,
+                update,
+                weighted_update,
+                update_rows,
+                numerator[candidates].clone(),
+                denominator[candidates].clone(),
+                state.floor[candidates],
+            )
         )
-        update = torch.linalg.solve(pivot, residual[chosen])
-    weighted.sub_(weighted[:, chosen] @ update)
-    residual.sub_(residual[:, chosen] @ update)
+    alive = torch.ones(count, dtype=torch.bool, device=device)
+    picked: list[int] = []
+    for p in range(min(block, count)):
+        gains = sum(
+            state.scale * _gain(num, den, floor)
+            for state, (_, _, _, _, _, num, den, floor) in zip(states, rounds, strict=True)
+        )
+        gains = gains.masked_fill(~alive, -torch.inf)
+        best = int(torch.argmax(gains))
+        value = float(gains[best])
+        if value <= 0 or (p > 0 and value < GREEDY_MARGIN * outside):
+            break
+        for columns, weighted_columns, update, weighted_update, update_rows, num, den, _ in rounds:
+            coefficients = update_rows[best, :p]
+            s = columns[best] - update[:, :p] @ coefficients
+            pivot = float(den[best]) if float(den[best]) > 0 else 1e-300
+            u = s / pivot**0.5
+            if weighted_update is update:
+                mu = u
+            else:
+                mu = (weighted_columns[best] - weighted_update[:, :p] @ coefficients) / pivot**0.5
+            uq = u[candidates]
+            cross = (columns @ mu - update_rows[:, :p] @ (mu @ update[:, :p])).double()
+            update_rows[:, p] = uq
+            uq = uq.double()
+            num -= 2 * uq * cross - uq**2 * float(torch.dot(u, mu))
+            den -= uq**2
+            update[:, p] = u
+            if weighted_update is not update:
+                weighted_update[:, p] = mu
+        alive[best] = False
+        picked.append(best)
+    p = len(picked)
+    for state, (_, _, update, weighted_update, _, _, _, _) in zip(states, rounds, strict=True):
+        if not state.identity:
+            state.weighted.addmm_(update[:, :p], weighted_update[:, :p].T, alpha=-1.0)  # Gᵀ ← Gᵀ − U Vᵀ
+        state.residual.addmm_(update[:, :p], update[:, :p].T, alpha=-1.0)
+    return torch.tensor(picked, dtype=torch.long, device=device)
 
 
 def order_greedy(inputs: OrderingInputs) -> torch.Tensor:

@@ -286,3 +286,86 @@ def test_forward_greedy_finishes_when_no_gain_is_finite():
     cov = torch.full((6, 6), float("nan"), dtype=torch.float64)
     order = forward_greedy(cov)
     assert sorted(order.tolist()) == list(range(6))
+
+
+# ------------------------------------------------------------------------------ blocked greedy (wide layers)
+
+
+def _low_rank_covariance(n: int, seed: int, rank: int | None = None) -> torch.Tensor:
+    """C = F Fᵀ + noise, F with a decaying spectrum (the shape of real layers' covariances)."""
+    gen = torch.Generator().manual_seed(seed)
+    rank = rank or max(n // 4, 1)
+    factor = torch.randn(n, rank, generator=gen, dtype=torch.float64)
+    factor *= torch.arange(1, rank + 1, dtype=torch.float64) ** -0.5
+    noise = 0.01 * (torch.rand(n, generator=gen, dtype=torch.float64) + 0.1)
+    return factor @ factor.T + torch.diag(noise)
+
+
+def _consumer_metric(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(max(n // 4, 1), n, generator=gen, dtype=torch.float64)
+    return weight.T @ weight
+
+
+def _curve_gap(cov, metric, first, second, more=()) -> float:
+    plain = [(c, None) for c, _ in more]
+    gaps = [explained_curve(cov, first, more=plain) - explained_curve(cov, second, more=plain)]
+    if metric is not None:
+        gaps.append(explained_curve(cov, first, metric, more=more) - explained_curve(cov, second, metric, more=more))
+    return max(float(g.abs().max()) for g in gaps)
+
+
+@pytest.mark.parametrize("n", [64, 256, 1024])
+@pytest.mark.parametrize("kind", ["random", "low-rank"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_blocked_greedy_curve_stays_on_the_exact_greedy_curve(n, kind, weighted):
+    if n == 1024 and kind == "random":
+        pytest.skip("the low-rank case covers this width")
+    cov = random_covariance(n, seed=n + 1, samples=3 * n) if kind == "random" else _low_rank_covariance(n, seed=n)
+    metric = _consumer_metric(n, seed=n + 2) if weighted else None
+    exact = forward_greedy(cov, metric, block=1)
+    blocked = forward_greedy(cov, metric, block=16)
+    assert is_permutation(blocked, n)
+    assert _curve_gap(cov, metric, exact, blocked) < 0.005
+
+
+def test_blocked_greedy_puts_duplicated_units_last():
+    n, copies = 300, 60
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(n, 4 * n, generator=gen, dtype=torch.float64)
+    x[n - copies :] = x[:copies]  # the last units duplicate the first ones
+    cov = x @ x.T / x.shape[1]
+    for metric in (None, _consumer_metric(n, seed=8)):
+        order = forward_greedy(cov, metric, block=16).tolist()
+        assert sorted(order) == list(range(n))
+        tail = order[n - copies :]
+        # the tail holds exactly one copy of every duplicated pair, and no unit without a twin
+        assert all(i < copies or i >= n - copies for i in tail)
+        assert sorted(i % (n - copies) for i in tail) == list(range(copies))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_blocked_greedy_with_several_readers_follows_the_exact_one(weighted):
+    n = 200
+    covs = [_low_rank_covariance(n, seed=s) * scale for s, scale in ((11, 1.0), (12, 30.0))]
+    metrics = [_consumer_metric(n, seed=s) if weighted else None for s in (13, 14)]
+    more = [(covs[1], metrics[1])]
+    exact = forward_greedy(covs[0], metrics[0], block=1, more=more)
+    blocked = forward_greedy(covs[0], metrics[0], block=16, more=more)
+    assert is_permutation(blocked, n)
+    # the curve of the objective it minimises within 0.005; the variance curve (a side view when the
+    # order follows the readers' metrics) within 0.01
+    for curve_more, metric, tolerance in (([(covs[1], None)], None, 0.01), (more, metrics[0], 0.005)):
+        gap = explained_curve(covs[0], exact, metric, more=curve_more) - explained_curve(
+            covs[0], blocked, metric, more=curve_more
+        )
+        assert float(gap.abs().max()) < (tolerance if weighted else 0.005)
+
+
+def test_blocked_greedy_keeps_all_units_of_a_tiny_layer_in_a_permutation():
+    for n in (2, 3, 17):
+        cov = random_covariance(n, seed=n)
+        assert is_permutation(forward_greedy(cov, block=16), n)
+        assert is_permutation(forward_greedy(cov, _consumer_metric(n, seed=1), block=4), n)
+    zero = torch.zeros(40, 40, dtype=torch.float64)
+    assert is_permutation(forward_greedy(zero, block=8), 40)
