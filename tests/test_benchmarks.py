@@ -184,3 +184,13 @@ def test_blocks_quick(tmp_path):
         assert 0 <= row[variant]["top1"] <= 100 and row[variant]["ms_batch1"] > 0
     assert abs(row["channels"]["flops_reduction"] - row["compensated"]["flops_reduction"]) < 0.03
     assert row["compensated"]["fidelity"] < row["dropped"]["fidelity"]
+
+
+def test_ordering_cost_quick(tmp_path):
+    from benchmarks import ordering_cost
+
+    ordering_cost.main(_args(tmp_path, "ordering_cost"))
+    data = _check(tmp_path / "ordering_cost.json", ("widths",))
+    row = data["widths"]["600"]
+    assert {"new", "old", "exact"} <= set(row) and row["ratio_old_over_new"] > 0
+    assert row["gap_reference"] == "exact" and 0 <= row["max_curve_gap"]["variance"] < 0.005
