@@ -21,7 +21,8 @@ def prepare(
     """Device first (a missing CUDA is reported before any slow loading), then model, data and checks.
 
     With ``--distributed`` this process joins torchrun's process group and keeps its shard of the
-    calibration images (``--samples`` counts images over all processes).
+    calibration images (``--samples`` counts images over all processes); the dense check on the
+    first calibration images is shared the same way.
     """
     context = distributed.start(args.device) if getattr(args, "distributed", False) else None
     device = context.device if context is not None else resolve_device(args.device)
@@ -35,6 +36,7 @@ def prepare(
         seed=getattr(args, "seed", 0),
         require_labels=require_labels,
         device=device,
+        distributed=context is not None,
     )
     if context is not None and prepared.data is not None:
         prepared = workflows.sharded(prepared, context.rank, context.world, getattr(args, "samples", None))

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 
 from snp_engine.activations import model_dtype
 from snp_engine.data import DataBundle, load_data, make_loader
-from snp_engine.distributed import shard
+from snp_engine.distributed import own_shard, shard
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.inputs import FittedData, fit_data, resolve_input_shape
 from snp_engine.metrics import scores
@@ -144,15 +144,26 @@ def class_warnings(loaded: LoadedModel, bundle: DataBundle, *, require: bool) ->
 
 
 def check_dense(
-    model: nn.Module, bundle: DataBundle, *, device: str | torch.device = "cpu", limit: int = DENSE_CHECK_SAMPLES
+    model: nn.Module,
+    bundle: DataBundle,
+    *,
+    device: str | torch.device = "cpu",
+    limit: int = DENSE_CHECK_SAMPLES,
+    distributed: bool = False,
 ) -> DenseCheck | None:
-    """Top-1 of the dense model on the first ``limit`` calibration images (``None`` without labels)."""
+    """Top-1 of the dense model on the first ``limit`` calibration images (``None`` without labels);
+    with ``distributed``, each process scores its shard of them and the counts are summed."""
     if bundle.num_classes is None or bundle.num_classes < 2:
         return None
     device = resolve_device(device)
     model = model.to(device)
-    loader = make_loader(bundle.calibration, min(limit, 64), limit=limit)
-    found = scores(model, loader, device, limit=limit)
+    if distributed:
+        first = Subset(bundle.calibration, range(min(limit, len(bundle.calibration))))  # type: ignore[arg-type]
+        loader = make_loader(own_shard(first, "calibration"), min(limit, 64))
+        found = scores(model, loader, device, distributed=True)
+    else:
+        loader = make_loader(bundle.calibration, min(limit, 64), limit=limit)
+        found = scores(model, loader, device, limit=limit)
     return DenseCheck(found.top1, found.samples, max(bundle.num_classes, 2))
 
 
@@ -168,11 +179,13 @@ def prepare(
     dense_check: bool = True,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> Prepared:
     """Load (or take) the model and data, fit the data to the model's input, check both.
 
     ``require_labels``: accuracies or training follow, so labels the model cannot predict are an
-    error (before any long work) rather than a warning.
+    error (before any long work) rather than a warning. ``distributed``: the dense check's images
+    are shared over the ``torch.distributed`` processes.
     """
     reporter = reporter or Reporter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model, trust=trust, reporter=reporter)
@@ -199,7 +212,7 @@ def prepare(
     dense = None
     if dense_check and not (fitted.bundle.num_classes or 0) > loaded.num_classes:
         reporter.update(0.6, "checking the unpruned model on the data")
-        dense = check_dense(loaded.model, fitted.bundle, device=device)
+        dense = check_dense(loaded.model, fitted.bundle, device=device, distributed=distributed)
         if dense is not None and dense.warning():
             warnings.append(dense.warning())
     reporter.update(1.0, "ready")

@@ -196,13 +196,31 @@ def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> tor
     return other.eval()
 
 
+class Recording(torch.utils.data.Dataset):
+    """A dataset that notes which indices were read."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.read = dataset, []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.read.append(int(index))
+        return self.dataset[index]
+
+
 def scoring_worker(rank: int, world: int, init_method: str, model_name: str, out_dir: str) -> None:
-    """Which of 7 items this rank's evaluation shard holds, and the distributed scores and fidelity."""
+    """Which of 7 items this rank's evaluation shard holds, the distributed scores and fidelity, and
+    which calibration images the dense check read."""
+    import dataclasses
+
     import torch.distributed as dist
 
     from snp_engine.distributed import own_shard
     from snp_engine.evaluation import fidelity
     from snp_engine.workflows.measuring import score
+    from snp_engine.workflows.preparation import check_dense
 
     _init_process_group(rank, world, init_method)
     try:
@@ -210,8 +228,16 @@ def scoring_worker(rank: int, world: int, init_method: str, model_name: str, out
         model = demo_model(model_name)
         found = score(model, digits(), batch_size=1, distributed=True)
         error = fidelity(model, perturbed(model), digits(), batch_size=1, distributed=True)
+        calibration = Recording(digits().calibration)
+        dense = check_dense(model, dataclasses.replace(digits(), calibration=calibration), distributed=True)
         torch.save(
-            {"items": [shard[i] for i in range(len(shard))], "scores": found.to_dict(), "fidelity": error},
+            {
+                "items": [shard[i] for i in range(len(shard))],
+                "scores": found.to_dict(),
+                "fidelity": error,
+                "dense": (dense.top1, dense.samples) if dense is not None else None,
+                "dense_read": sorted(calibration.read),
+            },
             f"{out_dir}/scores{rank}.pt",
         )
     finally:

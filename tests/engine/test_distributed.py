@@ -12,6 +12,7 @@ from snp_engine import api
 from snp_engine.evaluation import fidelity
 from snp_engine.statistics import Moments
 from snp_engine.workflows.measuring import score
+from snp_engine.workflows.preparation import check_dense
 from tests.engine.helpers import (
     analyze_worker,
     correlated_samples,
@@ -94,3 +95,7 @@ def test_distributed_evaluation_shards_the_set_and_sums_to_one_process(tmp_path)
         assert result["scores"]["top1"] == single.top1 and result["scores"]["top5"] == single.top5
         assert result["scores"]["loss"] == pytest.approx(single.loss, rel=1e-12)
         assert result["fidelity"] == pytest.approx(error, rel=1e-12)
+    dense = check_dense(model, digits())  # the first 256 calibration images, shared: i on process i mod 2
+    assert [r["dense_read"] for r in results] == [list(range(0, 256, 2)), list(range(1, 256, 2))]
+    for result in results:
+        assert result["dense"][1] == dense.samples == 256 and result["dense"][0] == pytest.approx(dense.top1)
