@@ -104,6 +104,8 @@ def test_distributed_eval_shares_the_set_and_equals_one_process(tmp_path, capsys
     assert split["top1"] == single["top1"] and split["top5"] == single["top5"]
     assert split["loss"] == pytest.approx(single["loss"], rel=1e-12)  # the same sums, added in another order
     assert split["eval_data"] == single["eval_data"]
+    assert split["dense_check"]["samples"] == single["dense_check"]["samples"]  # shared too, each image once
+    assert split["dense_check"]["top1"] == pytest.approx(single["dense_check"]["top1"], rel=1e-12)
 
 
 def test_distributed_statistics_file_equals_one_process(tmp_path):
