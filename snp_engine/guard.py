@@ -3,23 +3,27 @@
 Tracing a network's channel couplings (torch-pruning's dependency graph) is exact on the
 architectures it knows and can, on others, recurse for minutes while its memory grows until the
 operating system kills the process (torchvision's Swin grew past 19 GB). :func:`bounded` stops such
-a block with a clear :class:`~snp_engine.errors.AnalysisError` instead: a profile hook on the
-current thread looks at the clock and, every few thousand calls, at the process' resident memory.
-Only the current thread is watched, so the app's event loop and other workers run on untouched.
+a block with a clear :class:`~snp_engine.errors.AnalysisError` instead: a watchdog thread looks at
+the clock and the process' resident memory every few milliseconds and, past a limit, raises an
+exception in the watched thread (``PyThreadState_SetAsyncExc``), which arrives at its next Python
+instruction. The watched code runs at full speed (a profile hook on every call made torch-pruning's
+pure-Python tracing several times slower), and only that thread is stopped, so the app's event loop
+and other workers run on untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-import sys
+import threading
 import time
 from collections.abc import Iterator
 
 from snp_engine.errors import AnalysisError
 
 DEFAULT_SECONDS = 120.0
-_CHECK_EVERY = 4096  # profile events between memory checks
+_POLL_SECONDS = 0.02  # how often the watchdog looks
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -70,26 +74,47 @@ def bounded(
         memory_bytes = default_memory_limit()
     start_memory = resident_bytes()
     deadline = None if seconds is None else time.monotonic() + seconds
-    events = 0
     reason: list[str] = []
+    target = threading.get_ident()
+    finished = threading.Event()
+    lock = threading.Lock()  # the stop is sent only while the block still runs
 
-    def watch(_frame, _event, _arg):
-        nonlocal events
-        events += 1
-        if deadline is not None and events % 64 == 0 and time.monotonic() > deadline:
-            reason.append(f"did not finish within {seconds:.0f} s")
-            raise _Exceeded
-        if memory_bytes is not None and start_memory is not None and events % _CHECK_EVERY == 0:
+    def over_limit() -> str:
+        if deadline is not None and time.monotonic() > deadline:
+            return f"did not finish within {seconds:.0f} s"
+        if memory_bytes is not None and start_memory is not None:
             now = resident_bytes()
             if now is not None and now - start_memory > memory_bytes:
-                reason.append(f"used more than {memory_bytes / (1 << 30):.1f} GiB of memory")
-                raise _Exceeded
+                return f"used more than {memory_bytes / (1 << 30):.1f} GiB of memory"
+        return ""
 
-    previous = sys.getprofile()
-    sys.setprofile(watch)
+    def watch() -> None:
+        while not finished.wait(_POLL_SECONDS):
+            why = over_limit()
+            if why:
+                with lock:
+                    if not finished.is_set():
+                        reason.append(why)
+                        _raise_in(target, _Exceeded)
+                return
+
+    watchdog = threading.Thread(target=watch, name=f"bounds of {what}"[:60], daemon=True)
+    watchdog.start()
     try:
-        yield
+        try:
+            yield
+        finally:
+            with lock:
+                finished.set()
+            watchdog.join()
+            if reason:  # a stop was sent as the block ended: where it has not arrived yet, it arrives here
+                with contextlib.suppress(_Exceeded):
+                    for _ in range(10_000):
+                        pass
     except _Exceeded:
         raise AnalysisError(f"{what} {reason[0] if reason else 'was stopped'}; {hint}".rstrip("; ")) from None
-    finally:
-        sys.setprofile(previous)
+
+
+def _raise_in(thread_id: int, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in thread ``thread_id`` at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))

@@ -61,6 +61,27 @@ def test_memory_limit_stops_a_growing_block():
     kept.clear()
 
 
+def test_the_watched_code_runs_without_a_hook_and_another_thread_can_be_watched():
+    import threading
+
+    with bounded("quick work", seconds=10):
+        assert sys.getprofile() is None and sys.gettrace() is None  # full speed: nothing per call
+    stopped: list[str] = []
+
+    def worker() -> None:
+        try:
+            with bounded("a worker's loop", seconds=0.2, memory_bytes=None):
+                _spin(30)
+        except AnalysisError as exc:
+            stopped.append(str(exc))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert _spin(0.5) > 0  # this thread is not stopped
+    thread.join(timeout=10)
+    assert stopped == ["a worker's loop did not finish within 0 s"]
+
+
 def test_a_block_within_bounds_runs_normally_and_restores_the_previous_profile():
     def previous(*_args):
         return None
