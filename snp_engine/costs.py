@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from snp_engine import flops
-from snp_engine.groups import UnitGroup
+from snp_engine.groups import UnitGroup, units_of
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -143,10 +143,6 @@ class CostModel:
         return self.evaluate()[1]
 
 
-def _units_of(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-
-
 def _channels(module: nn.Module) -> int:
     """The channels of a BatchNorm or depthwise conv."""
     return module.num_features if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) else module.out_channels
@@ -186,7 +182,7 @@ def build_cost_model(
             entry["in_width"] = reader.width
             consumer = model.get_submodule(reader.consumer)
             if norms is not None and consumer.bias is None and reader.consumer not in norms:
-                entry["new_bias"] = _units_of(consumer)
+                entry["new_bias"] = units_of(consumer)
         for name in group.channelwise:
             entry = role.setdefault(name, {})
             entry["channel_groups"] = (*entry.get("channel_groups", ()), group.name)

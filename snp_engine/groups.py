@@ -240,7 +240,8 @@ def _conv_groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
-def _units_of(module: nn.Module) -> int:
+def units_of(module: nn.Module) -> int:
+    """The output units of a conv (channels) or linear layer (features)."""
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
@@ -341,12 +342,12 @@ def find_groups(
         if not producers or producers[0] in seen:
             continue
         seen.update(producers)
-        units = _units_of(model.get_submodule(producers[0]))
+        units = units_of(model.get_submodule(producers[0]))
         label = producers[0]
         readers = [_reader(model, c, columns[c], units) for c in consumers]
         blockers += [r for r in readers if isinstance(r, str)]
         # a producer whose output is only a slice of the group (concatenated, then summed with a stream)
-        blockers += [f"{p} (Concatenation)" for p in producers if _units_of(model.get_submodule(p)) != units]
+        blockers += [f"{p} (Concatenation)" for p in producers if units_of(model.get_submodule(p)) != units]
         reaches_output = any("_OutputOp" in b for b in blockers)
         blockers = [b for b in blockers if "_OutputOp" not in b]
         if reaches_output and not blockers:
