@@ -252,9 +252,16 @@ def random_subset(dataset: TensorDataset, samples: int, seed: int) -> TensorData
 
 
 def _trained_torchvision(
-    arch: str, splits: dict[str, TensorDataset], *, epochs: int, lr: float, device: str = "cpu"
+    arch: str,
+    splits: dict[str, TensorDataset],
+    *,
+    epochs: int,
+    lr: float,
+    device: str = "cpu",
+    kwargs: dict | None = None,
 ) -> nn.Module:
-    """torchvision ``arch`` (10 classes) trained on the 3x32x32 digits train split; cached on disk."""
+    """torchvision ``arch`` (10 classes, constructor ``kwargs``) trained on the 3x32x32 digits train
+    split; cached on disk."""
     import torchvision
     from safetensors.torch import load_file, save_file
 
@@ -262,7 +269,7 @@ def _trained_torchvision(
 
     path = CACHE_DIR / f"{arch}_digits32_e{epochs}_s{RESNET_SEED}.safetensors"
     torch.manual_seed(RESNET_SEED)
-    model = getattr(torchvision.models, arch)(num_classes=10)
+    model = getattr(torchvision.models, arch)(num_classes=10, **(kwargs or {}))
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
@@ -299,8 +306,10 @@ def benchmark_model(name: str, splits: dict[str, TensorDataset] | None = None, d
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The last Linear layer (the network output, never pruned)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    """The last Linear layer (the network output, never pruned); the last conv where there is no
+    Linear (SqueezeNet's classifier is a 1x1 conv)."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1] if linear else [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def example_input(dataset: TensorDataset, device: str = "cpu") -> torch.Tensor:

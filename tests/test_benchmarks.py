@@ -194,3 +194,19 @@ def test_ordering_cost_quick(tmp_path):
     row = data["widths"]["600"]
     assert {"new", "old", "exact"} <= set(row) and row["ratio_old_over_new"] > 0
     assert row["gap_reference"] == "exact" and 0 <= row["max_curve_gap"]["variance"] < 0.005
+
+
+def test_families_quick(tmp_path):
+    from benchmarks import families
+
+    families.main(_args(tmp_path, "families"))
+    data = _check(tmp_path / "families.json", ("models",))
+    model = data["models"]["squeezenet1_1"]
+    assert set(model["methods"]) == {families.SNP_METHOD, families.TP_METHOD}
+    for method in model["methods"].values():
+        row = method["0.5"]
+        assert 0 <= row["top1"]["mean"] <= 100 and row["fidelity"]["mean"] >= 0
+        assert abs(row["flops_reduction"]["mean"] - 0.5) < 0.03
+    assert model["reload"]["status"] == "reloaded" and model["reload"]["max_abs_diff"] < 1e-4
+    assert model["speed"]["batch1"]["snp"]["speedup"] > 0 and "batch8" in model["speed"]
+    assert families.table(data).count("\n") == 3
