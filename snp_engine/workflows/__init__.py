@@ -16,7 +16,18 @@ from training, which is said loudly before any long work. Jobs take a
 """
 
 from snp_engine.results import Pruned, PruningRecord
-from snp_engine.workflows.blockjobs import BlocksRemoved, channel_target, removable_blocks, remove_blocks, with_blocks
+from snp_engine.workflows.blockjobs import (
+    BlocksRemoved,
+    block_scores,
+    blocks_cost,
+    channel_target,
+    inner_groups,
+    plan_with_blocks,
+    prune_with_blocks,
+    removable_blocks,
+    remove_blocks,
+    with_blocks,
+)
 from snp_engine.workflows.choices import (
     ALLOCATIONS,
     COMPENSATION_HELP,
@@ -74,6 +85,8 @@ __all__ = [
     "Pruned",
     "PruningRecord",
     "analyse",
+    "block_scores",
+    "blocks_cost",
     "channel_target",
     "check_dense",
     "check_runs",
@@ -84,6 +97,7 @@ __all__ = [
     "fidelity",
     "finetune",
     "fit",
+    "inner_groups",
     "input_shape_of",
     "inspect",
     "latencies",
@@ -91,8 +105,10 @@ __all__ = [
     "make_plan",
     "no_groups_reason",
     "open_data",
+    "plan_with_blocks",
     "prepare",
     "prune",
+    "prune_with_blocks",
     "removable_blocks",
     "remove_blocks",
     "score",

@@ -5,24 +5,32 @@ rest to the usual channel analysis, plan and prune (the CLI and the app call the
     analysis = analyse(removal.prepared, options)        # the channels of what remains
     plan = make_plan(analysis, channel_target(target, removal))
     pruned = with_blocks(prune(removal.prepared, analysis, plan), removal)
+
+The app keeps one analysis of the network with all its blocks while blocks are ticked on and off:
+:func:`plan_with_blocks` plans its channels for a target that counts the ticked blocks as gone,
+:func:`blocks_cost` says what they cost, and :func:`prune_with_blocks` removes them (the same
+:func:`remove_blocks` as above), analyses what remains and prunes it to the plan's keep counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from snp_engine import blocks
+from snp_engine import api, blocks
 from snp_engine.activations import model_dtype
 from snp_engine.blocks import BlockRemoval, BlockScore
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
+from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.residual import Block, find_blocks
 from snp_engine.results import Pruned
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, resolve_device
-from snp_engine.workflows.choices import Compensation, PlanTarget
+from snp_engine.workflows.choices import AnalysisOptions, Compensation, PlanTarget
+from snp_engine.workflows.jobs import analyse, make_plan, prune
 from snp_engine.workflows.measuring import cost
 from snp_engine.workflows.preparation import Prepared
 
@@ -70,35 +78,73 @@ def removable_blocks(prepared: Prepared, *, device: str | torch.device = "cpu") 
         return ()
 
 
-def remove_blocks(
+def block_scores(
     prepared: Prepared,
-    count: int,
     *,
-    compensation: Compensation | str = Compensation.SEQUENTIAL,
     batch_size: int = DEFAULT_BATCH_SIZE,
     samples: int | None = None,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
-) -> BlocksRemoved:
-    """Score every removable block on the calibration data and remove the ``count`` that add least
-    beyond a linear map of their input; later layers are refitted unless ``compensation`` is none."""
-    reporter = reporter or Reporter()
+) -> tuple[BlockScore, ...]:
+    """The score of every removable block of the prepared model on its calibration data, in network
+    order (empty for a network without removable blocks)."""
     data = prepared.require_data()
     model = prepared.model.model
     if isinstance(model, torch.jit.ScriptModule):
         raise SnpError(f"{prepared.model.spec} is a TorchScript program: its blocks cannot be removed")
     found = removable_blocks(prepared, device=device)
-    blocks.check_block_count(count, [b.name for b in found])  # before any pass over the data
-    scores = blocks.score_blocks(
-        model,
-        data,
-        blocks=found,
-        batch_size=batch_size,
-        samples=samples,
-        device=device,
-        reporter=Scaled(reporter, 0.0, 0.3),
+    if not found:
+        return ()
+    return blocks.score_blocks(
+        model, data, blocks=found, batch_size=batch_size, samples=samples, device=device, reporter=reporter
     )
-    names = blocks.least_important(scores, count)
+
+
+def remove_blocks(
+    prepared: Prepared,
+    count: int | Sequence[str],
+    *,
+    compensation: Compensation | str = Compensation.SEQUENTIAL,
+    scores: Sequence[BlockScore] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int | None = None,
+    device: str | torch.device = "cpu",
+    reporter: Reporter | None = None,
+) -> BlocksRemoved:
+    """Remove the ``count`` removable blocks that add least beyond a linear map of their input, or
+    the blocks named in ``count``; later layers are refitted unless ``compensation`` is none.
+
+    The blocks are scored on the calibration data unless ``scores`` (from :func:`block_scores` on
+    the same network) are given.
+    """
+    reporter = reporter or Reporter()
+    data = prepared.require_data()
+    model = prepared.model.model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise SnpError(f"{prepared.model.spec} is a TorchScript program: its blocks cannot be removed")
+    if scores is None:
+        found = removable_blocks(prepared, device=device)
+        if isinstance(count, int):
+            blocks.check_block_count(count, [b.name for b in found])  # before any pass over the data
+        scores = blocks.score_blocks(
+            model,
+            data,
+            blocks=found,
+            batch_size=batch_size,
+            samples=samples,
+            device=device,
+            reporter=Scaled(reporter, 0.0, 0.3),
+        )
+    scores = tuple(scores)
+    if isinstance(count, int):
+        names = blocks.least_important(scores, count)
+    else:
+        known = [s.name for s in scores]
+        unknown = [name for name in count if name not in known]
+        if unknown:
+            listed = ", ".join(known[:8]) or "none"
+            raise SnpError(f"'{unknown[0]}' is not a removable block; removable blocks: {listed}")
+        names = tuple(name for name in known if name in set(count))  # network order
     removal = blocks.remove_blocks(
         model,
         names,
@@ -140,4 +186,148 @@ def with_blocks(pruned: Pruned, removed: BlocksRemoved) -> Pruned:
     return Pruned(pruned.model, record)
 
 
-__all__ = ["BlocksRemoved", "channel_target", "removable_blocks", "remove_blocks", "with_blocks"]
+def _inside(name: str, blocks_: Sequence[str]) -> bool:
+    return any(name == block or name.startswith(block + ".") for block in blocks_)
+
+
+def blocks_cost(
+    analysis: api.Analysis, names: Sequence[str], keep: Mapping[str, int] | None = None
+) -> tuple[int, float]:
+    """(parameters, MACs) of the layers inside the blocks ``names`` when the groups keep ``keep``
+    (all units where absent), from the analysis's cost model: what removing them saves."""
+    model, keep = analysis.costs, keep or {}
+    if not names:
+        return 0, 0.0
+    params, macs = 0.0, 0.0
+    for layer in model.layers:
+        if _inside(layer.name, names):
+            layer_params, layer_macs = layer.cost(lambda g: keep.get(g, model.units[g]), model.units)
+            params, macs = params + layer_params, macs + layer_macs
+    return round(params), macs
+
+
+def inner_groups(analysis: api.Analysis, names: Sequence[str]) -> tuple[str, ...]:
+    """The unit groups whose every producer lies inside one of the blocks ``names`` (gone with them)."""
+    return tuple(g.name for g in analysis.groups if all(_inside(p, names) for p in g.group.producers or (g.name,)))
+
+
+def plan_with_blocks(
+    analysis: api.Analysis,
+    target: PlanTarget,
+    names: Sequence[str],
+    *,
+    round_to: int = 1,
+    allocation: str = "greedy",
+    constraints: Constraints | None = None,
+) -> api.Plan:
+    """Keep counts for the channels of the network with all its blocks when the blocks ``names`` are
+    removed as well, for one ``target``.
+
+    The groups inside the removed blocks keep every unit (they go with the blocks). A FLOPs or
+    parameter reduction R counts from the whole network and the removed blocks count as saved: the
+    channels are asked for R' with (1 − R') · T = (1 − R) · T + B(keep), T the network's cost and B
+    the blocks' cost at the plan's keep counts (their inputs may be pruned), found by a few fixed-point
+    steps from B at full width; nothing more is cut when the blocks alone reach R. Other targets are
+    planned as they are.
+    """
+    constraints = constraints or NO_CONSTRAINTS
+    if not names:
+        return make_plan(analysis, target, round_to=round_to, allocation=allocation, constraints=constraints)
+    for name in inner_groups(analysis, names):
+        constraints = constraints.with_group(name, locked=analysis.units[name])
+
+    def plan(wanted: PlanTarget) -> api.Plan:
+        return make_plan(analysis, wanted, round_to=round_to, allocation=allocation, constraints=constraints)
+
+    if target.kind not in ("flops", "params") or target.value is None:
+        return plan(target)
+    index = 1 if target.kind == "flops" else 0
+    total = analysis.cost()[index]
+    saved = blocks_cost(analysis, names)[index]
+    found = None
+    for _ in range(4):
+        reduction = 1 - ((1 - float(target.value)) * total + saved) / total if total > 0 else 0.0
+        if reduction <= 0:
+            return plan(dataclasses.replace(target, value=0.0))
+        found = plan(dataclasses.replace(target, value=reduction))
+        now = blocks_cost(analysis, names, found.keep)[index]
+        if abs(now - saved) <= 1e-6 * max(total, 1.0):
+            break
+        saved = now
+    return found
+
+
+def prune_with_blocks(
+    prepared: Prepared,
+    analysis: api.Analysis,
+    plan: api.Plan,
+    names: Sequence[str],
+    *,
+    options: AnalysisOptions | None = None,
+    compensation: Compensation | str = Compensation.SEQUENTIAL,
+    scores: Sequence[BlockScore] | None = None,
+    physical: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int | None = None,
+    device: str | torch.device = "cpu",
+    reporter: Reporter | None = None,
+) -> Pruned:
+    """``prepared``'s network without the blocks ``names`` and with its channels pruned to ``plan``.
+
+    Without blocks this is :func:`~snp_engine.workflows.jobs.prune`. Otherwise the blocks are removed
+    and compensated (:func:`remove_blocks`), the network that remains is analysed again with ``options``
+    (its statistics changed with the blocks) and pruned to the keep counts ``plan`` gives its groups
+    (made for ``analysis``, of the network with its blocks); the record names the removed blocks.
+    """
+    reporter = reporter or Reporter()
+    if not names:
+        return prune(
+            prepared,
+            analysis,
+            plan,
+            compensation=compensation,
+            batch_size=batch_size,
+            samples=samples,
+            physical=physical,
+            device=device,
+            reporter=reporter,
+        )
+    removed = remove_blocks(
+        prepared,
+        list(names),
+        compensation=compensation,
+        scores=scores,
+        batch_size=batch_size,
+        samples=samples,
+        device=device,
+        reporter=Scaled(reporter, 0.0, 0.35),
+    )
+    options = options or AnalysisOptions(samples=samples, batch_size=batch_size, ordering=analysis.ordering)
+    again = analyse(removed.prepared, options, device=device, reporter=Scaled(reporter, 0.35, 0.6))
+    counts = {name: min(int(plan.keep.get(name, units)), units) for name, units in again.units.items()}
+    pruned = prune(
+        removed.prepared,
+        again,
+        again.plan_for(counts, plan.threshold),
+        compensation=compensation,
+        batch_size=batch_size,
+        samples=samples,
+        physical=physical,
+        device=device,
+        reporter=Scaled(reporter, 0.6, 1.0),
+    )
+    return with_blocks(pruned, removed)
+
+
+__all__ = [
+    "BlocksRemoved",
+    "block_scores",
+    "blocks_cost",
+    "channel_target",
+    "inner_groups",
+    "plan_with_blocks",
+    "prune_with_blocks",
+    "removable_blocks",
+    "remove_blocks",
+    "with_blocks",
+]
