@@ -23,6 +23,7 @@ from snp_gui.panels import binding
 from snp_gui.panels.actions import apply_icons, bind_actions, bind_recent, build_actions
 from snp_gui.panels.analysis_panel import AnalysisPanel, available_devices
 from snp_gui.panels.architecture_panel import ArchitecturePanel
+from snp_gui.panels.blocks_panel import BlocksPanel
 from snp_gui.panels.data_panel import DataPanel
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
 from snp_gui.panels.model_panel import ModelPanel
@@ -118,11 +119,13 @@ class MainWindow(QMainWindow):
         self.plans_panel = PlansPanel()
         self.sensitivity_panel = SensitivityPanel()
         self.architecture_panel = ArchitecturePanel()
+        self.blocks_panel = BlocksPanel()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.table, "Layers")
         self.tabs.addTab(self.plans_panel, "Plans")
         self.tabs.addTab(self.sensitivity_panel, "Sensitivity")
         self.tabs.addTab(self.architecture_panel, "Architecture")
+        self.tabs.addTab(self.blocks_panel, "Blocks")
         self.tabs.addTab(self.evaluate_panel, "Evaluate && sweep")
         self.tabs.addTab(self.finetune_panel, "Fine-tune")
         top = QWidget()
@@ -184,6 +187,7 @@ class MainWindow(QMainWindow):
         binding.bind_plans_panel(self.plans_panel, s)
         binding.bind_sensitivity_panel(self.sensitivity_panel, s)
         binding.bind_architecture_panel(self.architecture_panel, s)
+        binding.bind_blocks_panel(self.blocks_panel, s)
         binding.bind_progress(self.progress, s)
         bind_actions(self.actions, s)
         bind_recent(self.menus, self.settings, s)

@@ -126,7 +126,9 @@ class PrunedJobs:
         """A snapshot of everything a prune needs, taken in the GUI thread."""
         if self.analysis is None or self.model is None:
             raise SnpError("run an analysis first")
-        return tasks.PruneJob(self.prepared(), self.analysis, self.plan(), self.options.copy())
+        return tasks.PruneJob(
+            self.prepared(), self.analysis, self.plan(), self.options.copy(), self.removed_blocks, self.block_scores()
+        )
 
     def pruning_fits(self: Session) -> dict:
         """Each group's fit (:attr:`~snp_engine.results.PruningRecord.fits`) in the network pruned for

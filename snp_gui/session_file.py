@@ -1,11 +1,12 @@
-"""Session files: the model, data, settings, keep counts, per-layer constraints and named plans of a piece
-of work, saved so it survives a restart.
+"""Session files: the model, data, settings, keep counts, per-layer constraints, named plans and removed
+residual blocks of a piece of work, saved so it survives a restart.
 
 A session is a small JSON file (``*.snpsession``); the analysis statistics go into a safetensors
 file beside it (``<name>.stats.safetensors``, written with ``Analysis.save``) so reopening skips
 the forward pass. Both are written atomically: a crash mid-save leaves the previous files intact.
-Constraints and plans are checked when read: one that is not valid (or does not fit the analysed
-layers) is left out with a note, the rest of the session opens.
+Constraints, plans and removed blocks are checked when read: one that is not valid (or does not fit
+the analysed layers, or names no removable block of the network) is left out with a note, the rest
+of the session opens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snp_engine import workflows
 from snp_engine.api import Analysis
 from snp_engine.errors import SnpError
 from snp_engine.io import atomic_write, check_analysis_fits
@@ -43,6 +45,7 @@ class SessionData:
     statistics: str | None = None  # file name beside the session file
     constraints: dict = field(default_factory=dict)  # Constraints.to_dict(): locks, minimums, round-to
     plans: list = field(default_factory=list)  # NamedPlan.to_dict() of each named plan
+    removed_blocks: list = field(default_factory=list)  # names of the residual blocks removed
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=2, sort_keys=True)
@@ -89,6 +92,7 @@ def read_session(path: str | Path) -> SessionData:
             raw.get("statistics"),
             raw.get("constraints") or {},  # checked when they are applied, entry by entry
             raw.get("plans") or [],
+            raw.get("removed_blocks") or [],  # checked when they are applied, against the network's blocks
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise SnpError(f"{path}: damaged session file ({exc})") from None
@@ -108,6 +112,7 @@ def capture(state: Session, model_kind: str | None) -> SessionData:
         overridden=state.overridden,
         constraints=state.constraints.to_dict(),
         plans=[plan.to_dict() for plan in state.plans],
+        removed_blocks=list(state.removed_blocks),
     )
 
 
@@ -141,6 +146,10 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
         return
     stats = Path(path).with_name(saved.statistics)
 
+    keep = saved.keep if saved.overridden else None
+    constraints = read_constraints(saved.constraints, notes := [])
+    blocks = read_blocks(saved.removed_blocks, notes)
+
     def prepare():
         prepared, opts = state.prepared(), state.options
 
@@ -148,20 +157,37 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
             reporter.update(0.0, f"reading {stats.name}")
             analysis = Analysis.load(stats, ordering=opts.ordering, curve=opts.curve, reporter=reporter)
             check_analysis_fits(analysis, prepared.model.model, prepared.input_shape)
-            return analysis
+            # the saved blocks are checked against the ones the network has (one probe on a zero input)
+            found = workflows.removable_blocks(prepared, device=opts.device) if blocks else ()
+            return analysis, [(block.name, block.units) for block in found]
 
         return load
 
-    keep = saved.keep if saved.overridden else None
-    constraints = read_constraints(saved.constraints, notes := [])
-
-    def opened(analysis: Analysis) -> None:
+    def opened(result: tuple[Analysis, list[tuple[str, int]]]) -> None:
+        analysis, removable = result
         state.set_analysis(analysis, keep, constraints)
+        if blocks:
+            state.restore_blocks(blocks, removable, notes)
         state.set_plans(saved.plans, notes)
         if notes:
             state.message.emit(f"Session {Path(path).name}: {'; '.join(notes)}")
 
     state.runner.submit(Task("open session", prepare, on_finished=opened))
+
+
+def read_blocks(raw: object, notes: list[str]) -> list[str]:
+    """Names of removed residual blocks from a session file; an entry that is not a name is left out
+    with a note (whether a name is a block of the network is checked once the network is there)."""
+    if not isinstance(raw, list):
+        notes.append("the saved removed blocks are damaged and were left out")
+        return []
+    names = []
+    for name in raw:
+        if isinstance(name, str) and name:
+            names.append(name)
+        else:
+            notes.append(f"left out: {name!r} is not the name of a residual block")
+    return list(dict.fromkeys(names))
 
 
 def read_constraints(raw: object, notes: list[str]) -> Constraints:

@@ -7,8 +7,8 @@ and follow its snake_case signals; they never talk to each other and never call 
 Loading models and data, the data check and session files are in :mod:`snp_gui.opening`;
 evaluation, sweeps, fine-tuning and export in :mod:`snp_gui.pruned_jobs`, undo and redo of the plan in
 :mod:`snp_gui.undo`, named plans in :mod:`snp_gui.plans`, per-layer sensitivity in
-:mod:`snp_gui.sensitivity_jobs` and the architecture graph in :mod:`snp_gui.architecture_jobs` (all
-parts of Session).
+:mod:`snp_gui.sensitivity_jobs`, the architecture graph in :mod:`snp_gui.architecture_jobs` and whole
+residual blocks removed with the plan in :mod:`snp_gui.block_jobs` (all parts of Session).
 
 Per-layer constraints (:class:`~snp_engine.ratios.Constraints`: locks, minimums, round-to) are held
 here too: threshold and budget plans respect them, and hand edits of a layer are fitted to its rules.
@@ -31,6 +31,7 @@ from snp_engine.models import LoadedModel
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.workflows import AnalysisOptions, PlanTarget, Prepared
 from snp_gui.architecture_jobs import ArchitectureJobs
+from snp_gui.block_jobs import BlockJobs
 from snp_gui.layer_rows import layer_costs
 from snp_gui.opening import Opening
 from snp_gui.plans import NamedPlans
@@ -43,7 +44,7 @@ from snp_gui.workers import FINISHED, Task, TaskRunner
 RESULT_VIEWS = ("all", "sweep", "history")  # what ``reset`` clears
 
 
-class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, SensitivityJobs, ArchitectureJobs):
+class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, SensitivityJobs, ArchitectureJobs, BlockJobs):
     """State plus actions; results arrive through signals in the GUI thread."""
 
     model_requested = Signal(str, str)  # spec, kind: about to be loaded (the model panel shows it)
@@ -64,6 +65,8 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
     sensitivity_changed = Signal(dict, set)  # LayerSensitivity by layer (measured so far), the stale layers
     sensitivity_note = Signal(str)  # why relaxing was refused; "" when it was done
     architecture_changed = Signal(object)  # Architecture of the analysed network, or None
+    blocks_changed = Signal(list, list)  # BlockRow of each removable block, the names of those removed
+    blocks_note = Signal(str)  # why a block was not ticked or unticked; "" when it was
     options_changed = Signal(object)  # Options, after anything but the threshold changed them
     metrics_changed = Signal(dict)
     stale_changed = Signal(bool)
@@ -97,6 +100,7 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
         self._init_plans()
         self._init_sensitivity()
         self._init_architecture()
+        self._init_blocks()
         self.selected: str | None = None
         self.metrics: dict = {}
         self.stale = False
@@ -237,9 +241,16 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
         except SnpError:
             return None
 
-    def _plan_from(self, mode: str, value: float, constraints: Constraints) -> Plan:
-        """The plan one global setting gives within ``constraints`` (the same path as the command line)."""
-        return workflows.make_plan(self.analysis, PlanTarget(mode, float(value)), constraints=constraints)
+    def _plan_from(
+        self, mode: str, value: float, constraints: Constraints | None = None, blocks: tuple[str, ...] | None = None
+    ) -> Plan:
+        """The plan one global setting gives within ``constraints`` with the residual ``blocks`` removed
+        (the current ones unless given); without blocks the same path as the command line."""
+        constraints = self.constraints if constraints is None else constraints
+        blocks = self.removed_blocks if blocks is None else blocks
+        return workflows.plan_with_blocks(
+            self.analysis, PlanTarget(mode, float(value)), blocks, constraints=constraints
+        )
 
     def _plan_warning(self) -> str:
         """A warning when the plan is surely not what anyone wants (every layer cut to a single unit)."""
@@ -383,11 +394,13 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
         return {} if analysis is None else {n: float(analysis.group(n).curve[k]) for n, k in self.keep.items()}
 
     def costs(self) -> tuple[int, int, float, float]:
-        """Parameters and FLOPs before and after the current keep counts (microseconds to compute)."""
+        """Parameters and FLOPs before and after the current keep counts and removed residual blocks
+        (microseconds to compute)."""
         if self.analysis is None:
             return 0, 0, 0.0, 0.0
         (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(self.keep)
-        return params_before, params_after, flops_before, flops_after
+        params_saved, flops_saved = workflows.blocks_cost(self.analysis, self.removed_blocks, self.keep)
+        return params_before, params_after - params_saved, flops_before, flops_after - flops_saved
 
     def layer_costs(self) -> tuple[dict[str, int], dict[str, float]]:
         """Parameters and FLOPs of each layer under the current keep counts (for the table)."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from snp_engine import workflows
 from snp_engine.api import Analysis, Plan
+from snp_engine.blocks import BlockScore
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.workflows import Prepared, Pruned
@@ -27,6 +28,8 @@ class PruneJob:
     analysis: Analysis
     plan: Plan
     options: Options
+    blocks: tuple[str, ...] = ()  # residual blocks removed as well (compensated), in network order
+    scores: tuple[BlockScore, ...] = ()  # their scores, when known (saves scoring them again)
 
     @property
     def key(self) -> tuple:
@@ -40,6 +43,7 @@ class PruneJob:
             o.samples,
             o.batch_size,
             id(self.prepared.data.calibration),
+            self.blocks,
         )
 
     @property
@@ -50,12 +54,23 @@ class PruneJob:
 def prune_for(
     job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
 ) -> Pruned:
-    """The pruned copy of the job's model with the chosen compensation, and its record."""
+    """The pruned copy of the job's model with the chosen compensation, and its record; without the
+    job's residual blocks, if it removes any (the channels of what remains analysed again)."""
     o = job.options
-    return workflows.prune(
+    options = workflows.AnalysisOptions(
+        samples=o.samples,
+        batch_size=o.batch_size,
+        ordering=(analysis or job.analysis).ordering,
+        curve=o.curve,
+        coupled=o.coupled == "prune",
+    )
+    return workflows.prune_with_blocks(
         job.prepared,
         analysis or job.analysis,
         plan or job.plan,
+        job.blocks,
+        options=options,
+        scores=job.scores or None,
         compensation=o.compensation,
         physical=physical,
         batch_size=o.batch_size,
@@ -206,6 +221,7 @@ def export(
         "data": prepared.require_data().name,
         "threshold": job.plan.threshold,
         "input_shape": list(prepared.input_shape),
+        **({"removed_blocks": list(job.blocks)} if job.blocks else {}),
     }
     target = Path(path)
     written = workflows.export(

@@ -1,5 +1,5 @@
-"""Undo and redo of the plan: keep-count edits, marker drags (one step per drag), threshold moves, plan loads
-and per-layer constraints (locks, minimums, round-to).
+"""Undo and redo of the plan: keep-count edits, marker drags (one step per drag), threshold moves, plan loads,
+per-layer constraints (locks, minimums, round-to) and residual blocks ticked for removal.
 
 :class:`PlanHistory` is part of :class:`~snp_gui.state.Session` (which defines the state and the
 ``undo_changed`` signal). An edit starts with :meth:`_begin_edit` (the state before it is noted once,
@@ -31,6 +31,7 @@ class PlanStep:
     overridden: bool
     planned: tuple[tuple[str, int], ...]  # what the threshold alone gives (to tell a custom plan)
     constraints: Constraints = NO_CONSTRAINTS
+    blocks: tuple[str, ...] = ()  # residual blocks removed
 
 
 class PlanHistory:
@@ -71,6 +72,7 @@ class PlanHistory:
             self.overridden,
             tuple(self._planned.items()),
             self.constraints,
+            self.removed_blocks,
         )
 
     def _begin_edit(self: Session) -> None:
@@ -82,11 +84,12 @@ class PlanHistory:
         if before is None or not before.keep:  # nothing was planned before: no step to go back to
             return
         now = self._snapshot()
-        if (before.keep, before.mode, before.value, before.constraints) == (
+        if (before.keep, before.mode, before.value, before.constraints, before.blocks) == (
             now.keep,
             now.mode,
             now.value,
             now.constraints,
+            now.blocks,
         ):
             return
         if {name for name, _ in before.keep} != {name for name, _ in now.keep}:
@@ -105,6 +108,9 @@ class PlanHistory:
         self.options.threshold_mode, self.options.threshold_value = step.mode, step.value
         self.threshold, self.overridden, self._planned = step.threshold, step.overridden, dict(step.planned)
         self._set_constraints(step.constraints)
+        if step.blocks != self.removed_blocks:
+            self._set_removed(step.blocks)
+            self.mark_stale()
         self.options_changed.emit(self.options)
         self._apply_keep(dict(step.keep), final=True)
         self.undo_changed.emit(bool(self._undo), bool(self._redo))

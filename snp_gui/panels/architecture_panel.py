@@ -32,7 +32,8 @@ class ArchitecturePanel(QWidget):
         self.view = ArchitectureView()
         self.legend = QLabel(
             f"kept units: {_swatch(0.1, 'few')} {_swatch(0.5, 'half')} {_swatch(1.0, 'all')} · "
-            "grey: not pruned (hover for why) · dashed arc: layers sharing one unit group · "
+            "grey: not pruned (hover for why) · struck through: in a removed block · "
+            "dashed arc: layers sharing one unit group · "
             "click a layer to select it; Ctrl+wheel zooms"
         )
         self.legend.setWordWrap(True)

@@ -13,6 +13,7 @@ from snp_gui.layer_rows import fit_texts, layer_rows
 from snp_gui.layer_table import LayerTable
 from snp_gui.panels.analysis_panel import AnalysisPanel
 from snp_gui.panels.architecture_panel import ArchitecturePanel
+from snp_gui.panels.blocks_panel import BlocksPanel
 from snp_gui.panels.common import select_data
 from snp_gui.panels.data_panel import DataPanel, show_samples_note
 from snp_gui.panels.evaluate_panel import EvaluatePanel, FinetunePanel
@@ -265,6 +266,7 @@ def bind_architecture_panel(panel: ArchitecturePanel, session: Session) -> None:
 
     def show_graph(graph) -> None:
         panel.set_graph(graph, session.keep)
+        panel.view.set_removed(session.removed_blocks)
         panel.view.set_selected(session.selected or "")
         if graph is None:
             want()
@@ -274,7 +276,24 @@ def bind_architecture_panel(panel: ArchitecturePanel, session: Session) -> None:
     session.architecture_changed.connect(show_graph)
     session.analysis_changed.connect(lambda analysis: None if analysis else panel.set_graph(None))
     session.keep_changed.connect(lambda keep, _final: panel.view.set_keep(keep))
+    session.blocks_changed.connect(lambda _rows, removed: panel.view.set_removed(removed))
     session.selection_changed.connect(panel.view.set_selected)
+
+
+def bind_blocks_panel(panel: BlocksPanel, session: Session) -> None:
+    """Rows follow the session's blocks; a tick asks the session, which may refuse (the box goes back)."""
+    panel.scoreRequested.connect(session.score_blocks)
+    panel.removeToggled.connect(session.set_block_removed)
+    session.blocks_note.connect(panel.show_note)
+
+    def show(*_args) -> None:
+        panel.set_blocks(session.blocks, session.removed_blocks, session.block_flops())
+
+    session.blocks_changed.connect(show)
+    session.keep_changed.connect(lambda _keep, final: show() if final else None)
+    on_state_change(
+        session, lambda: panel.set_ready(not session.busy and session.model is not None and session.data is not None)
+    )
 
 
 def bind_progress(progress: ProgressStatus, session: Session) -> None:

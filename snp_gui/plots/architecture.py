@@ -5,14 +5,15 @@ after the latest of its inputs, branches (a downsample, an inception branch) sta
 produce or carry a prunable unit group are filled by the share of units the plan keeps (red: few, green:
 all), layers whose units are not pruned are grey with the reason as their tooltip, others are plain.
 Layers that share one unit group (a residual stream, a gate) are tied by a dashed arc under them.
-Blocks (a module's layers, e.g. ``layer1.0``) are framed. Clicking a node selects its unit group
+Blocks (a module's layers, e.g. ``layer1.0``) are framed; the layers of a residual block the plan
+removes are greyed and struck through, their frame dashed and labelled "removed". Clicking a node selects its unit group
 (``layerSelected``); the selected group's layers are outlined, the layers reading it dashed.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QMouseEvent, QPainter, QPainterPath, QPalette, QPen, QWheelEvent
@@ -34,6 +35,7 @@ __all__ = ["ArchitectureView", "kept_colour"]
 NODE_W, NODE_H, GAP_X, GAP_Y = 128.0, 56.0, 34.0, 26.0
 FRAME_PAD = 9.0
 SELECTED_COLOUR = "#1f77d0"
+REMOVED_COLOUR = "#d4d4d4"  # the fill of a layer whose residual block is removed
 
 
 def kept_colour(fraction: float) -> QColor:
@@ -74,6 +76,17 @@ class NodeItem(QGraphicsRectItem):
         for item in self.texts:
             item.setBrush(QBrush(colour))
 
+    def set_struck(self, struck: bool) -> None:
+        """Strike the texts through (a layer of a removed block) or not."""
+        for item in self.texts:
+            font = item.font()
+            if font.strikeOut() != struck:
+                font.setStrikeOut(struck)
+                item.setFont(font)
+
+    def struck(self) -> bool:
+        return bool(self.texts) and self.texts[0].font().strikeOut()
+
 
 class ArchitectureView(QGraphicsView):
     """The graph of :class:`~snp_engine.workflows.architecture.Architecture`; wheel with Ctrl zooms."""
@@ -89,6 +102,8 @@ class ArchitectureView(QGraphicsView):
         self.graph: Architecture | None = None
         self.items: dict[str, NodeItem] = {}
         self._keep: dict[str, int] = {}
+        self._removed: tuple[str, ...] = ()
+        self.frames: dict[str, tuple[QGraphicsRectItem, QGraphicsSimpleTextItem]] = {}
         self._selected = ""
         self._pressed: QPointF | None = None
 
@@ -97,7 +112,7 @@ class ArchitectureView(QGraphicsView):
         """Draw ``graph`` (nothing for None) with the kept shares of ``keep``."""
         scene = self.scene()
         scene.clear()
-        self.items = {}
+        self.items, self.frames = {}, {}
         self.graph = graph
         self.resetTransform()
         if graph is None:
@@ -160,6 +175,7 @@ class ArchitectureView(QGraphicsView):
             label.setPos(rect.left() - pad + 3, rect.top() - pad - 12)
             label.setZValue(0)
             self.scene().addItem(label)
+            self.frames[block] = (frame, label)
 
     def _draw_edges(self, graph: Architecture) -> None:
         pen = QPen(self.palette().color(QPalette.ColorRole.Text), 1.2)
@@ -194,8 +210,29 @@ class ArchitectureView(QGraphicsView):
                 tie.setToolTip(f"{links.name}: these layers share {links.units} units, pruned together")
                 self.scene().addItem(tie)
 
+    def removed_block(self, node: Node) -> str:
+        """The removed residual block ``node`` is a layer of, "" when there is none."""
+        for block in self._removed:
+            if node.module.startswith(block + "."):
+                return block
+        return ""
+
+    def set_removed(self, blocks: Sequence[str]) -> None:
+        """Grey and strike through the layers of the residual blocks ``blocks`` (removed by the plan)."""
+        self._removed = tuple(blocks)
+        if self.graph is None:
+            return
+        normal = QPen(muted(self.palette()), 1.0, Qt.PenStyle.SolidLine)
+        dashed = QPen(muted(self.palette()), 1.5, Qt.PenStyle.DashLine)
+        for block, (frame, label) in self.frames.items():
+            gone = block in self._removed
+            frame.setPen(dashed if gone else normal)
+            label.setText(f"{block} · removed" if gone else block)
+        self.set_keep(self._keep)
+
     def set_keep(self, keep: Mapping[str, int]) -> None:
-        """Fill each group's layers by the share of units it keeps (microseconds per node)."""
+        """Fill each group's layers by the share of units it keeps (microseconds per node); layers of
+        removed blocks grey and struck through."""
         self._keep = dict(keep)
         if self.graph is None:
             return
@@ -205,7 +242,12 @@ class ArchitectureView(QGraphicsView):
         for item in self.items.values():
             node = item.node
             links = self.graph.groups.get(node.group or "")
-            if links is not None:
+            gone = bool(self.removed_block(node))
+            item.set_struck(gone)
+            if gone:
+                item.setBrush(QBrush(QColor(REMOVED_COLOUR)))
+                item.set_text_colour(palette.color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text))
+            elif links is not None:
                 fraction = self._keep.get(links.name, links.units) / max(links.units, 1)
                 item.setBrush(QBrush(kept_colour(fraction)))
                 item.set_text_colour(dark_text)
@@ -252,6 +294,9 @@ class ArchitectureView(QGraphicsView):
 
     def _tooltip(self, node: Node) -> str:
         lines = [f"{node.module} ({node.type})"]
+        block = self.removed_block(node)
+        if block:
+            lines.append(f"Removed with the residual block {block} (replaced by its skip connection)")
         if node.id != INPUT:
             lines.append(f"{_shape(node.input_shape)} → {_shape(node.output_shape)}")
         links = self.graph.groups.get(node.group or "") if self.graph is not None else None
