@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from snp_engine.groups import Reader, UnitGroup
+from snp_engine.heads import explicit_attention
 from snp_engine.progress import Reporter
 from snp_engine.statistics import Moments, to_samples
 
@@ -61,7 +62,7 @@ def collect_moments(
     keyed by the reader's module name."""
     reporter = reporter or Reporter()
     readers = [(g, reader) for g in groups for reader in g.readers]
-    moments = {(g.name, reader.consumer): Moments.zeros(g.units, device) for g, reader in readers}
+    moments = {(g.name, reader.consumer): Moments.zeros(g.channels, device) for g, reader in readers}
     shapes: dict[str, tuple[int, ...]] = {}
     gen = torch.Generator().manual_seed(seed)
     handles = []
@@ -71,14 +72,14 @@ def collect_moments(
             x = inputs[0]
             name, layout = reader.consumer, reader.layout
             shapes.setdefault(name, tuple(x.shape[1:]))
-            samples = to_samples(x, layout, group.units, reader.start, reader.width)
+            samples = to_samples(x, layout, group.channels, reader.start, reader.width)
             samples = _subsample(samples, layout, max_positions, x.shape[0], gen)
             moments[group.name, name].update(samples, name)
 
         handles.append(model.get_submodule(reader.consumer).register_forward_pre_hook(hook))
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), explicit_attention(model):
             for index, batch in enumerate(batches):
                 reporter.check()
                 model(images_of(batch).to(device))
@@ -141,7 +142,7 @@ def collect_joint_folds(
     try:
         pruned.eval()
         dense.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), explicit_attention(pruned), explicit_attention(dense):
             for batch in batches:
                 reporter.check()
                 images = images_of(batch).to(device)
@@ -191,7 +192,7 @@ def following_norms(model: nn.Module, consumers: list[str], example_input: torch
             handles.append(module.register_forward_pre_hook(check))
     try:
         model.eval()
-        with torch.no_grad():  # not inference_mode: inference tensors have no version counter
+        with torch.no_grad(), explicit_attention(model):  # not inference_mode: no version counters there
             model(example_input)
     finally:
         for handle in handles:

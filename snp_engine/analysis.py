@@ -46,7 +46,9 @@ from snp_engine.subspace import (
     DEFAULT_ORDERING,
     ORDERINGS,
     balanced,
+    block_units,
     explained_curve,
+    order_blocks,
     order_units,
     subspace_curve,
     trusted_curve,
@@ -77,17 +79,21 @@ def _ordered(
     for index, g in enumerate(groups):
         reporter.check()
         reporter.update(index / max(len(groups), 1), f"ordering {g.name} ({g.units} units)")
-        inputs = g.inputs(seed)
-        order = balanced(order_units(ordering, inputs), g.group.parts)
+        inputs, block = g.inputs(seed), g.group.block
+        if block > 1:  # units of several channels (attention heads): ordered as whole blocks
+            order = order_blocks(ordering, inputs, block)
+        else:
+            order = balanced(order_units(ordering, inputs), g.group.parts)
+        channels = block_units(order, block)
         if curve_kind == "subspace":
-            curve = subspace_curve(inputs.covariance, order, more=[c for c, _ in inputs.more])
+            curve = subspace_curve(inputs.covariance, channels, more=[c for c, _ in inputs.more])
         else:
             output = curve_kind == "output"
             more = [(c, m if output else None) for c, m in inputs.more]
-            curve = explained_curve(inputs.covariance, order, g.metric if output else None, more=more)
-        if g.samples <= g.units:  # rank below the width: the tail of the curve is not measured
+            curve = explained_curve(inputs.covariance, channels, g.metric if output else None, more=more)
+        if g.samples <= g.channels:  # rank below the width: the tail of the curve is not measured
             curve = trusted_curve(curve, g.samples)
-        ordered.append(replace(g, order=order, curve=curve.cpu().numpy()))
+        ordered.append(replace(g, order=order, curve=curve[::block].cpu().numpy()))
     reporter.update(1.0, "orderings done")
     return ordered
 
@@ -288,14 +294,14 @@ class Analysis:
         for g in self.groups:
             if not g.regularised:
                 continue
-            if g.samples <= g.units:
-                why = f"{g.samples} calibration samples for {g.units} units"
+            if g.samples <= g.channels:
+                why = f"{g.samples} calibration samples for {g.channels} channels"
                 hint = "use more samples"
                 images = self.info.get("samples")
                 if isinstance(images, int) and images > 0:
                     # the fit needs samples >= 2·units to keep its ridge at the floor (compensation_ridge)
                     per_image = max(g.samples / images, 1e-9)
-                    hint = f"use at least {math.ceil(2 * g.units / per_image)} images (now {images})"
+                    hint = f"use at least {math.ceil(2 * g.channels / per_image)} images (now {images})"
             else:
                 why = "dead or duplicate units"
                 hint = "pruning them first is harmless"
@@ -314,6 +320,7 @@ class Analysis:
                     "name": g.name,
                     "consumer": g.group.consumer,
                     "units": g.units,
+                    "kind": g.group.kind,
                     "layout": g.group.layout,
                     "readers": [r.consumer for r in g.group.readers],
                     "producers": list(g.group.all_producers),
@@ -392,7 +399,7 @@ def analyze(
                 coverage = tap_coverage(
                     consumer.kernel_size, shape[1:], consumer.stride, consumer.padding, consumer.dilation
                 )
-            taps = reader_taps(model, reader, group.units)
+            taps = reader_taps(model, reader, group.channels)
             metric = consumer_metric(taps, coverage).cpu()
             own = moments[group.name, reader.consumer].to("cpu")
             return ReaderStatistics(reader, own, shape, metric, norms.get(reader.consumer), coverage)

@@ -6,9 +6,11 @@ scale with (kept inputs / inputs) · (kept outputs / outputs); a BatchNorm or de
 a group scales with that group's kept fraction; biases scale with the kept outputs. Behind a
 concatenation a layer's inputs (or a BatchNorm's channels) are several groups side by side, perhaps
 with channels of no group: the kept fraction is (fixed channels + Σ_g kept_g) / width. This is exact
-for these layers, so plans can be costed in microseconds while the user drags a marker. Parameters
-of other layers (embeddings, attention, layer norms) and the FLOPs torch's counter attributes to
-other operations (attention matmuls, …) are carried as a constant.
+for these layers, so plans can be costed in microseconds while the user drags a marker. An
+attention layer's heads add their q/k/v projection and the two attention products (q kᵀ and
+softmax(·) v), which scale with the kept heads like the output projection that reads them.
+Parameters of other layers (embeddings, layer norms) and the FLOPs torch's counter attributes to
+other operations are carried as a constant.
 
 FLOPs here are multiply–accumulates (MACs), the convention of most pruning papers and of
 torch-pruning's counter.
@@ -24,6 +26,7 @@ from torch import nn
 
 from snp_engine import flops
 from snp_engine.groups import UnitGroup, units_of
+from snp_engine.heads import explicit_attention, projection
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -163,6 +166,33 @@ def total_macs(model: nn.Module, example_input: torch.Tensor) -> float:
     return flops.total_macs(model, example_input)
 
 
+def _attention_costs(model: nn.Module, group: UnitGroup, costs: dict[str, LayerCost]) -> Callable:
+    """A pre-hook on an attention layer that adds what its heads cost beyond the linear layers that
+    forward hooks see: a torchvision layer's q/k/v projection (a bare parameter, 3·H·d·E MACs per
+    token) and, for every layer, the two attention products q kᵀ and softmax(·) v (2·T·S·H·d MACs
+    for T query and S key tokens). Both scale with the kept heads."""
+    qkv, params, hooked = projection(model, group.name)
+    width = group.channels
+
+    def hook(module, inputs, *_):
+        if f"{group.name}:attention" in costs:
+            return
+        tokens = inputs[0]
+        batch_first = getattr(module, "batch_first", True)
+        queries = tokens.shape[1] if batch_first and tokens.dim() == 3 else tokens.shape[0]
+        keys = inputs[1] if len(inputs) > 1 else tokens
+        sources = keys.shape[1] if batch_first and keys.dim() == 3 else keys.shape[0]
+        if not hooked:
+            bias = 3 * width if getattr(module, "in_proj_bias", None) is not None else 0
+            macs = float(queries * 3 * width * tokens.shape[-1])  # self-attention: queries = keys = values
+            costs[qkv] = LayerCost(qkv, macs, params - bias, bias, out_group=group.name)
+        costs[f"{group.name}:attention"] = LayerCost(
+            f"{group.name}:attention", float(2 * queries * sources * width), 0, 0, out_group=group.name
+        )
+
+    return hook
+
+
 def build_cost_model(
     model: nn.Module,
     groups: Sequence[UnitGroup],
@@ -188,26 +218,37 @@ def build_cost_model(
             entry["channel_groups"] = (*entry.get("channel_groups", ()), group.name)
             entry["channel_width"] = _channels(model.get_submodule(name))
 
+    heads = [g for g in groups if g.kind == "heads"]
+    for group in heads:
+        qkv, _, hooked = projection(model, group.name)
+        if hooked:  # timm's fused q/k/v layer: its output channels are the heads' channels
+            role.setdefault(qkv, {})["out_group"] = group.name
+
     costs: dict[str, LayerCost] = {}
     handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, _COUNTED):
+    model.eval()
+    with explicit_attention(model):  # torchvision attention calls its output projection as a module
+        for name, module in model.named_modules():
+            if isinstance(module, _COUNTED):
 
-            def hook(mod, _inputs, output, name=name):
-                if name in costs:
-                    return
-                weight = mod.weight.numel() if mod.weight is not None else 0
-                bias = mod.bias.numel() if mod.bias is not None else 0
-                costs[name] = LayerCost(name, _layer_macs(mod, output), weight, bias, **role.get(name, {}))
+                def hook(mod, _inputs, output, name=name):
+                    if name in costs:
+                        return
+                    weight = mod.weight.numel() if mod.weight is not None else 0
+                    bias = mod.bias.numel() if mod.bias is not None else 0
+                    costs[name] = LayerCost(name, _layer_macs(mod, output), weight, bias, **role.get(name, {}))
 
-            handles.append(module.register_forward_hook(hook))
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(example_input[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+                handles.append(module.register_forward_hook(hook))
+        for group in heads:
+            handles.append(
+                model.get_submodule(group.name).register_forward_pre_hook(_attention_costs(model, group, costs))
+            )
+        try:
+            with torch.inference_mode():
+                model(example_input[:1])
+        finally:
+            for handle in handles:
+                handle.remove()
     all_params = sum(p.numel() for p in model.parameters())
     counted_params = sum(c.weight_params + c.bias_params for c in costs.values())
     counted_macs = sum(c.macs for c in costs.values())

@@ -22,6 +22,9 @@ The simple case is one producer and one reader (a VGG layer, a ResNet block's in
 - a concatenation (DenseNet, SqueezeNet's fire modules, GoogLeNet/Inception): a branch's units are
   a contiguous slice of each reader's input, channels ``start`` to ``start + units`` of ``width``;
   the reader's other input channels belong to other groups (or to none) and stay as they are.
+- attention heads (torchvision and timm ViTs): the units of a *head group* are the heads of one
+  multi-head attention layer, each ``block`` = head-width channels of the output projection's input
+  (``kind == "heads"``, see :mod:`snp_engine.heads`).
 
 Each reader r sees its own tensor x_r (the stream after a different number of blocks), so the
 statistics, the least-squares compensation x_r ≈ c_r + A_r x_{r,K} and the consumer metric M_r
@@ -47,6 +50,8 @@ from torch import nn
 
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.guard import bounded
+from snp_engine.heads import attention_layers, explicit_attention
+from snp_engine.subspace import block_units
 
 # grad_fn names (substrings) of operations that act on each channel on its own.
 _CHANNELWISE_OPS = (
@@ -117,6 +122,17 @@ class UnitGroup:
     width: int = 0
     groups: int = 1  # the first reader's conv groups (see Reader)
     parts: int = 1  # grouped convs read or produce the units in this many equal parts: each keeps as many
+    block: int = 1  # channels per unit at the readers' input (an attention head: its width)
+    kind: str = "channels"  # or "heads": the units are the heads of attention layer ``name``
+
+    @property
+    def channels(self) -> int:
+        """The channels the units occupy at each reader's input (``units · block``)."""
+        return self.units * self.block
+
+    def channel_indices(self, kept: torch.Tensor) -> torch.Tensor:
+        """The reader-input channels of units ``kept`` (unit u is channels u·block … u·block + block − 1)."""
+        return block_units(torch.as_tensor(kept, dtype=torch.long), self.block)
 
     @property
     def producer(self) -> str:
@@ -145,6 +161,11 @@ class UnitGroup:
         if self.parts > 1:
             words.append(f"kept evenly over {self.parts} conv groups")
         return ", ".join(words)
+
+    @property
+    def unit_word(self) -> str:
+        """What one unit is called: 'heads' for attention heads, else 'units'."""
+        return "heads" if self.kind == "heads" else "units"
 
     @property
     def coupled(self) -> bool:
@@ -379,8 +400,25 @@ def find_groups(
                     math.lcm(*grouped),
                 )
             )
+    groups, excluded = _with_heads(model, groups, excluded)
     groups.sort(key=lambda g: calls.get(g.consumer, len(calls)))  # front to back, as execution_order
     return groups, excluded
+
+
+def _with_heads(
+    model: nn.Module, groups: list[UnitGroup], excluded: list[ExcludedGroup]
+) -> tuple[list[UnitGroup], list[ExcludedGroup]]:
+    """``groups`` plus one group of heads per multi-head attention layer (see
+    :mod:`snp_engine.heads`); the fused q/k/v layers they cover are no longer listed as excluded,
+    attention layers whose heads cannot be pruned are, with the reason."""
+    covered = set()
+    for layer in attention_layers(model):
+        if layer.refused is not None:
+            excluded.append(ExcludedGroup(layer.name, layer.heads, layer.refused))
+            continue
+        groups.append(UnitGroup(layer.name, layer.reader, layer.heads, "linear", block=layer.head_dim, kind="heads"))
+        covered.add(layer.qkv)
+    return groups, [e for e in excluded if e.name not in covered]
 
 
 def call_order(model: nn.Module, modules: Sequence[str], example_input: torch.Tensor) -> dict[str, int]:
@@ -395,7 +433,7 @@ def call_order(model: nn.Module, modules: Sequence[str], example_input: torch.Te
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), explicit_attention(model):
             model(example_input)
     finally:
         for handle in handles:

@@ -95,7 +95,7 @@ def prune(
             )
             if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
                 step = Scaled(reporter, index / len(steps), (index + 1) / len(steps))
-                select = k if reselect and not g.more else kept
+                select = k if reselect and not g.more and g.group.block == 1 else kept
                 kept, choice = _fit_sequential(
                     pruned, dense, g, reader, select, analysis, loader, device, step, heldout_folds, distributed
                 )
@@ -105,13 +105,14 @@ def prune(
             elif k < g.units:
                 if compensate:
                     cov, mean = within_groups(reader.moments.covariance(), reader.reader.groups), reader.moments.mean()
-                    ridge = compensation_ridge(cov, len(kept), reader.moments.samples)
-                    mapping, offset = one_shot_reconstruction(cov, mean, kept, ridge)
+                    ridge = compensation_ridge(cov, len(kept) * g.group.block, reader.moments.samples)
+                    channels = g.group.channel_indices(kept)
+                    mapping, offset = one_shot_reconstruction(cov, mean, channels, ridge)
                     apply_reconstruction(
-                        pruned, reader.reader, g.units, kept, mapping, offset, reader.coverage, reader.norm
+                        pruned, reader.reader, g.channels, channels, mapping, offset, reader.coverage, reader.norm
                     )
                 else:
-                    drop_columns(pruned, reader.reader, g.units, kept)
+                    drop_columns(pruned, reader.reader, g.channels, g.group.channel_indices(kept))
             kept_now[g.name] = tuple(int(i) for i in kept.tolist())
             upstream_pruned = upstream_pruned or k < g.units
         if physical:
@@ -171,7 +172,7 @@ def _fit_sequential(
         pruned,
         dense,
         reader.reader,
-        g.units,
+        g.channels,
         loader,
         folds=folds,
         first_image=rank,
@@ -187,7 +188,8 @@ def _fit_sequential(
         own_cov = within_groups(Moments.union(parts).covariance()[:n, :n], reader.reader.groups)
         inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed)
         kept = torch.sort(balanced(order_units(analysis.ordering, inputs), g.group.parts)[:kept]).values
-    choice = fit_reader(pruned, reader.reader, g.units, kept, parts, reader.metric, reader.coverage, reader.norm)
+    channels = g.group.channel_indices(kept)
+    choice = fit_reader(pruned, reader.reader, g.channels, channels, parts, reader.metric, reader.coverage, reader.norm)
     return kept, choice
 
 

@@ -69,6 +69,11 @@ class GroupAnalysis:
         return self.group.units
 
     @property
+    def channels(self) -> int:
+        """The width of the statistics: ``units`` times the channels of one unit (a head's width)."""
+        return self.group.channels
+
+    @property
     def readers(self) -> tuple[ReaderStatistics, ...]:
         """Every reader's statistics, the first reader's first."""
         first = ReaderStatistics(
@@ -85,7 +90,7 @@ class GroupAnalysis:
     def regularised(self) -> bool:
         """True where a covariance is singular (dead/duplicate units or fewer samples than units),
         so the ridge, not the data, decides part of the ordering."""
-        return self.samples <= self.units or bool(self.rank_deficient)
+        return self.samples <= self.channels or bool(self.rank_deficient)
 
     @functools.cached_property
     def rank_deficient(self) -> bool:

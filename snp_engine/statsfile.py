@@ -194,13 +194,19 @@ class _Reader:
         producers = read.sequence(entry.get("producers"), where + "producers", optional=True, longest=_MAX_LAYERS)
         extra = read.sequence(entry.get("more_readers"), where + "more_readers", optional=True, longest=_MAX_LAYERS)
         prefix = f"group.{index}."
-        first = self.reader(entry, where, prefix, units)
+        # units of several channels (attention heads; files written before heads: one channel each)
+        kind = read.text(entry.get("kind", "channels"), where + "kind", longest=20)
+        if kind not in ("channels", "heads"):
+            raise read.fail(where + "kind", f"is '{kind}', not 'channels' or 'heads'")
+        block = read.integer(entry.get("block", 1), where + "block", low=1, high=max(_MAX_UNITS // units, 1))
+        channels = units * block
+        first = self.reader(entry, where, prefix, channels)
         more = tuple(
             self.reader(
                 read.mapping(e, f"{where}more_readers[{j}]"),
                 f"{where}more_readers[{j}].",
                 f"{prefix}reader.{j + 1}.",
-                units,
+                channels,
             )
             for j, e in enumerate(extra)
         )
@@ -216,6 +222,8 @@ class _Reader:
             first.reader.width,
             first.reader.groups,
             self.parts(entry, where, units),
+            block,
+            kind,
         )
         return GroupAnalysis(
             unit,

@@ -5,7 +5,8 @@ Pruning happens in two steps. First every reader of a group is rewritten so that
 reads the pruned units (their weight columns become zero): the network is then functionally
 pruned, which is all that evaluation needs. Then :func:`remove_units` deletes the units for real —
 the rows of every producer, BatchNorm entries, depthwise channels and every reader's columns —
-through torch-pruning's dependency graph, which keeps every coupled layer consistent.
+through torch-pruning's dependency graph, which keeps every coupled layer consistent; attention
+heads are removed by :func:`snp_engine.heads.remove_heads`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from snp_engine.compensation import compensated_weight, constant_response
 from snp_engine.groups import Reader, UnitGroup, build_dependency_graph, tracing
+from snp_engine.heads import remove_heads, value_l1
 
 
 def weight_view(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
@@ -141,17 +143,21 @@ def remove_units(
 ) -> nn.Module:
     """Physically delete ``removed[group]`` units of each group (in place) and return the model."""
     grouped = _grouped_inputs(model, groups, removed)
+    heads = [g for g in groups if g.kind == "heads"]
     with tracing(model):
         graph = build_dependency_graph(model, example_input)
         for group in groups:
             indices = sorted(int(i) for i in removed.get(group.name, ()))
-            if not indices:
+            if not indices or group.kind == "heads":
                 continue
             producer = model.get_submodule(group.name)
             handler = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
             pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
             pruning_group.prune()
     _restore_grouped_inputs(model, groups, removed, grouped)
+    for group in heads:  # after torch-pruning: it traces attention layers as they were
+        if removed.get(group.name):
+            remove_heads(model, group.name, removed[group.name])
     return model
 
 
@@ -189,7 +195,10 @@ def _restore_grouped_inputs(
 
 
 def producer_l1(model: nn.Module, group: UnitGroup) -> torch.Tensor:
-    """L1 norm of each unit's producing filters (rows of the producers' weights, summed over them)."""
+    """L1 norm of each unit's producing filters (rows of the producers' weights, summed over them;
+    for attention heads, each head's value-projection rows)."""
+    if group.kind == "heads":
+        return value_l1(model, group.name)
     total = None
     for name in group.all_producers:
         weight = model.get_submodule(name).weight.detach()

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from snp_engine.api import Analysis
+from snp_engine.groups import UnitGroup
 
 
 def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
@@ -21,7 +22,7 @@ def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
     rows = [
         {
             "name": g.name,
-            "type": _layer_type(model, g.name, g.group.layout) + (f" · {g.group.coupling}" if g.group.coupled else ""),
+            "type": _layer_type(model, g.name, g.group.layout) + _group_words(g.group),
             "units": g.units,
             "kept": g.units,
             "explained": 1.0,
@@ -45,6 +46,14 @@ def layer_rows(analysis: Analysis, model: nn.Module | None) -> list[dict]:
         for e in analysis.excluded
     ]
     return rows
+
+
+def _group_words(group: UnitGroup) -> str:
+    """What the row's units are when they are not plain channels: attention heads (and their width),
+    or what couples the group."""
+    if group.kind == "heads":
+        return f" · heads of {group.block} channels"
+    return f" · {group.coupling}" if group.coupled else ""
 
 
 def _layer_type(model: nn.Module | None, name: str, fallback: str) -> str:

@@ -44,6 +44,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
                 "consumer": g.consumer,
                 "units": g.units,
                 "layout": g.layout,
+                **({"kind": g.kind, "head_dim": g.block} if g.kind == "heads" else {}),
                 **(
                     {"readers": [r.consumer for r in g.readers], "producers": list(g.all_producers)}
                     if g.coupled
@@ -73,7 +74,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"prunable layer groups ({len(groups)}):",
         *(
             f"  {g.name:<28} -> {g.consumer + (f' (+{len(g.more_readers)})' if g.more_readers else ''):<28} "
-            f"{g.units:>6} units" + (f"  {g.coupling}" if g.coupled else "")
+            f"{g.units:>6} {g.unit_word}" + (f"  {g.coupling}" if g.coupled else "")
             for g in groups
         ),
     ]
@@ -140,8 +141,8 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"({'x'.join(map(str, prepared.input_shape))})",
         *plumbing.dense_line(prepared),
         *(
-            f"  {g['name']:<28} {g['units']:>6} units  {g['samples']:>9} samples"
-            + ("  (regularised)" if g["regularised"] else "")
+            f"  {g['name']:<28} {g['units']:>6} {'heads' if g['kind'] == 'heads' else 'units'}  "
+            f"{g['samples']:>9} samples" + ("  (regularised)" if g["regularised"] else "")
             for g in summary["groups"]
         ),
         f"statistics written to {path}",
@@ -376,7 +377,10 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"  fidelity     {comparison.fidelity:.4f} relative logit error",
         *_block_lines(removed),
         "  kept units:",
-        *(f"    {name:<28} {k:>6} / {analysis.units[name]}" for name, k in keep_counts.items()),
+        *(
+            f"    {name:<28} {k:>6} / {analysis.units[name]} {analysis.group(name).group.unit_word}"
+            for name, k in keep_counts.items()
+        ),
         f"written to {out}",
         *(f"{kind} written to {path}" for kind, path in extra.items()),
     ]

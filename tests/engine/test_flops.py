@@ -21,6 +21,7 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 
 from snp_engine import costs, flops
 from snp_engine.groups import find_groups
+from snp_engine.heads import HeadAttention
 from snp_engine.surgery import remove_units
 
 # torchvision's documented GFLOPS at 224x224 (model docs / weights' meta "_ops")
@@ -48,7 +49,8 @@ def reference_macs(model: nn.Module, example: torch.Tensor) -> float:
     """Σ over modules of their MACs for one sample, from shapes seen by forward hooks:
     Conv2d out_elems·(C_in/groups)·kh·kw, Linear out_elems·in_features, nn.MultiheadAttention and
     Swin's window attention by the formulas above (their projections run as F.linear, so no
-    Linear hook fires for them), BatchNorm / LayerNorm / activations / pooling 0.
+    Linear hook fires for them), snp's pruned HeadAttention likewise but for its output
+    projection (a Linear called as a module), BatchNorm / LayerNorm / activations / pooling 0.
 
     The pass runs in training mode, where no module takes a fused inference path that would skip
     the hooks of its submodules."""
@@ -65,6 +67,10 @@ def reference_macs(model: nn.Module, example: torch.Tensor) -> float:
             query = kwargs.get("query", args[0] if args else None)
             key = kwargs.get("key", args[1] if len(args) > 1 else None)
             total += _mha_macs(module, query, key)
+        elif isinstance(module, HeadAttention):  # a pruned layer: its output projection is a Linear hooked above
+            query = args[0]
+            tokens, inner = query.shape[1], module.num_heads * module.head_dim
+            total += tokens * 3 * inner * module.embed_dim + 2 * tokens * tokens * inner
         elif isinstance(module, ShiftedWindowAttention):
             assert not isinstance(module, ShiftedWindowAttentionV2)  # V2 adds cosine attention
             total += _window_attention_macs(module, args[0])
@@ -72,7 +78,7 @@ def reference_macs(model: nn.Module, example: torch.Tensor) -> float:
     handles = [
         m.register_forward_hook(hook, with_kwargs=True)
         for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear, *attention))
+        if isinstance(m, (nn.Conv2d, nn.Linear, HeadAttention, *attention))
     ]
     was_training = model.training
     try:
@@ -253,18 +259,22 @@ def test_fast_path_setting_and_training_flags_are_restored(setting):
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def test_cost_model_carries_the_attention_as_other_macs_and_costs_a_pruned_vit_right():
-    """For a ViT the cost model's constant part is what no hooked conv / linear layer sees: the
-    attention projections (run as F.linear) and the attention products, so its totals are right,
-    for the dense network and for the physically pruned one."""
+def test_cost_model_counts_attention_by_heads_and_costs_a_pruned_vit_right():
+    """For a ViT every attention MAC belongs to a head group's layers: the q/k/v projection (run as
+    F.linear on a bare parameter), the attention products and the output projection, each scaling
+    with the kept heads; nothing is left as a constant, and the totals are right for the dense
+    network and for the physically pruned one (heads and MLP units removed)."""
     model = _small_vit()
     example = _image(32)
     groups, _ = find_groups(model, example[:1])
-    assert groups  # the MLP hidden units
+    assert {g.kind for g in groups} == {"heads", "channels"}  # the heads and the MLP hidden units
     cost = costs.build_cost_model(model, groups, example)
     tokens = torch.empty(1, 65, 32)
     attention = sum(_mha_macs(m, tokens, tokens) for m in model.modules() if isinstance(m, nn.MultiheadAttention))
-    assert cost.other_macs == pytest.approx(attention, rel=1e-9)
+    heads = {g.name for g in groups if g.kind == "heads"}
+    by_heads = sum(layer.macs for layer in cost.layers if heads & layer.groups())
+    assert by_heads == pytest.approx(attention, rel=1e-9)
+    assert cost.other_macs == pytest.approx(0.0, abs=1e-6)
     assert cost.evaluate() == pytest.approx(flops.count(model, example), rel=1e-9)
 
     keep = {g.name: g.units // 2 for g in groups}

@@ -101,8 +101,18 @@ EXPECTED_GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "features.18.0": ("classifier.1", "linear"),
     },
     "vit_b_16": {
-        f"encoder.layers.encoder_layer_{i}.mlp.0": (f"encoder.layers.encoder_layer_{i}.mlp.3", "linear")
-        for i in range(12)
+        **{
+            f"encoder.layers.encoder_layer_{i}.mlp.0": (f"encoder.layers.encoder_layer_{i}.mlp.3", "linear")
+            for i in range(12)
+        },
+        # attention heads: the units are heads, read by the output projection
+        **{
+            f"encoder.layers.encoder_layer_{i}.self_attention": (
+                f"encoder.layers.encoder_layer_{i}.self_attention.out_proj",
+                "linear",
+            )
+            for i in range(12)
+        },
     },
 }
 
@@ -229,6 +239,10 @@ def test_find_groups(name, coupled):
     found = {g.name: ([r.consumer for r in g.readers], set(g.all_producers)) for g in groups if g.coupled}
     assert found == (EXPECTED_COUPLED[name] if coupled else {})
     for g in groups:
+        if g.kind == "heads":
+            attention = model.get_submodule(g.name)
+            assert (g.units, g.block) == (attention.num_heads, attention.head_dim)
+            continue
         for producer_name in g.all_producers:
             producer = model.get_submodule(producer_name)
             assert g.units == (producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features)
@@ -286,7 +300,10 @@ def test_prune_forty_percent_flops(name):
     assert macs == pytest.approx(plan.flops_after, rel=0.01)
     for g in analysis.groups:
         producer = pruned.get_submodule(g.name)
-        width = producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
+        if g.group.kind == "heads":
+            width = producer.num_heads
+        else:
+            width = producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
         assert width == plan.keep[g.name] == len(run.record.kept[g.name])
     # the original model is left untouched
     after = model.state_dict()

@@ -301,11 +301,13 @@ def test_timm_family_prunes_exports_and_reloads_or_is_refused_in_one_line(name, 
 
 
 @pytest.mark.slow
-def test_a_vit_prunes_its_mlps_at_its_fixed_size_and_reloads(tmp_path):
+def test_a_vit_prunes_its_mlps_and_heads_at_its_fixed_size_and_reloads(tmp_path):
     loaded = load_model("timm:vit_tiny_patch16_224")
     data = _images(8, loaded.input_shape)
     analysis = api.analyze(loaded.model, data, max_positions=16)
-    assert all(".mlp.fc1" in g.name for g in analysis.groups)
+    kinds = {g.name: g.group.kind for g in analysis.groups}
+    assert {n for n, k in kinds.items() if k == "channels"} == {f"blocks.{i}.mlp.fc1" for i in range(12)}
+    assert {n for n, k in kinds.items() if k == "heads"} == {f"blocks.{i}.attn" for i in range(12)}
     run = api.prune(loaded.model, analysis, analysis.plan(flops_reduction=0.3), sequential=False)
     path = io.export_model(
         run, tmp_path / "vit.safetensors", arch=loaded.arch, num_classes=1000, input_shape=loaded.input_shape

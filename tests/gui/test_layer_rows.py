@@ -26,3 +26,22 @@ def test_stream_row_says_what_couples_it_and_owns_every_producer():
     assert rows["conv1"]["params"] == own
     params, _ = layer_costs(analysis, {"conv1": 16})
     assert params["conv1"] < own
+
+
+def test_attention_heads_are_rows_of_their_own_counted_in_heads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    import torchvision
+
+    model = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=4, num_layers=1, num_heads=4, hidden_dim=32, mlp_dim=48, num_classes=5
+    ).eval()
+    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    analysis = api.analyze(model, TensorDataset(images, torch.zeros(24, dtype=torch.long)))
+    rows = {r["name"]: r for r in layer_rows(analysis, model)}
+    heads = rows["encoder.layers.encoder_layer_0.self_attention"]
+    assert heads["type"] == "MultiheadAttention · heads of 8 channels" and heads["units"] == 4
+    # the row owns the q/k/v projection (3·32·32 weights + 3·32 biases) and the attention products
+    assert heads["params"] == 3 * 32 * 32 + 3 * 32 and heads["flops"] > 0
+    params, flops = layer_costs(analysis, {heads["name"]: 2})
+    assert params[heads["name"]] == heads["params"] // 2 and flops[heads["name"]] == heads["flops"] / 2
