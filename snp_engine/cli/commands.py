@@ -251,8 +251,9 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     io.check_exportable(prepared.model.arch)
     warnings = [*prepared.warnings, *prepared.notes]
     dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
-    original, removed = prepared, None
-    if args.remove_blocks:
+    original, removed, chosen = prepared, None, None
+    auto = args.remove_blocks == "auto"  # the target chooses how many blocks go
+    if args.remove_blocks and not auto:
 
         def remove_on(on: torch.device):
             return workflows.remove_blocks(
@@ -292,24 +293,45 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     target = _target(args, analysis)
     channels = workflows.channel_target(target, removed) if removed is not None else target
     constraints = _constraints(rules, analysis)
-    plan = workflows.make_plan(
-        analysis, channels, round_to=args.round_to, allocation=args.allocation, constraints=constraints
-    )
+    if auto:
 
-    def prune_on(on: torch.device):
-        return workflows.prune(
-            prepared,
-            analysis,
-            plan,
-            compensation=compensation,
-            batch_size=args.batch_size,
-            samples=args.samples,
-            device=on,
-            reporter=Scaled(reporter, 0.2, 0.7),
-            distributed=args.distributed,
+        def choose_on(on: torch.device):
+            return workflows.choose_blocks(
+                prepared,
+                analysis,
+                target,
+                options=_options(args, ordering),
+                compensation=compensation,
+                constraints=constraints,
+                round_to=args.round_to,
+                allocation=args.allocation,
+                batch_size=args.batch_size,
+                samples=args.samples,
+                device=on,
+                reporter=Scaled(reporter, 0.2, 0.7),
+            )
+
+        chosen, device = plumbing.with_cpu_fallback(args, device, choose_on, warnings)
+        plan, pruned = chosen.plan, chosen.pruned
+    else:
+        plan = workflows.make_plan(
+            analysis, channels, round_to=args.round_to, allocation=args.allocation, constraints=constraints
         )
 
-    pruned, device = plumbing.with_cpu_fallback(args, device, prune_on, warnings)
+        def prune_on(on: torch.device):
+            return workflows.prune(
+                prepared,
+                analysis,
+                plan,
+                compensation=compensation,
+                batch_size=args.batch_size,
+                samples=args.samples,
+                device=on,
+                reporter=Scaled(reporter, 0.2, 0.7),
+                distributed=args.distributed,
+            )
+
+        pruned, device = plumbing.with_cpu_fallback(args, device, prune_on, warnings)
     if removed is not None:
         pruned = workflows.with_blocks(pruned, removed)
     prepared = original  # compared with, and exported as, the network with all its blocks
@@ -329,6 +351,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "round_to": args.round_to,
         **({"constraints": constraints.to_dict()} if constraints else {}),
         **({"remove_blocks": args.remove_blocks} if args.remove_blocks else {}),
+        **({"removed_blocks": list(chosen.blocks)} if chosen is not None else {}),
         "base_model": args.model,
         "input_shape": list(prepared.input_shape),
     }
@@ -348,7 +371,8 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     out = written.pop("snp")
     extra = {kind: str(path) for kind, path in written.items()}
     reporter.update(1.0, "done")
-    keep_counts = {name: plan.keep[name] for name in analysis.names}
+    gone = set(workflows.inner_groups(analysis, chosen.blocks)) if chosen else set()  # went with the blocks
+    keep_counts = {name: plan.keep[name] for name in analysis.names if name not in gone}
     result = {
         "model": args.model,
         "data": args.data,
@@ -364,7 +388,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "compensation": compensation.value,
         "constraints": constraints.to_dict(),
         "fits": {name: dict(fit) for name, fit in pruned.record.fits.items()},
-        "blocks": removed.to_dict() if removed is not None else {"removed": []},
+        "blocks": chosen.to_dict() if chosen else removed.to_dict() if removed else {"removed": []},
         "warnings": warnings,
     }
     lines = [
@@ -376,6 +400,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"(unpruned -> pruned, on {comparison.evaluation}, {comparison.after.samples} images)",
         f"  fidelity     {comparison.fidelity:.4f} relative logit error",
         *_block_lines(removed),
+        *_chosen_lines(chosen),
         "  kept units:",
         *(
             f"    {name:<28} {k:>6} / {analysis.units[name]} {analysis.group(name).group.unit_word}"
@@ -389,7 +414,10 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
 
 def _check_remove_blocks(args: argparse.Namespace) -> None:
     """Refuse a bad --remove-blocks before any work."""
-    if args.remove_blocks < 0:
+    if args.remove_blocks == "auto":
+        if not (args.flops_reduction is not None or args.params_reduction is not None):
+            raise SnpError("--remove-blocks auto needs a --flops-reduction or --params-reduction target")
+    elif args.remove_blocks < 0:
         raise SnpError(f"--remove-blocks must be 0 or more, got {args.remove_blocks}")
     if args.remove_blocks and args.stats:
         raise SnpError(
@@ -410,6 +438,16 @@ def _block_lines(removed: workflows.BlocksRemoved | None) -> list[str]:
             f"    {name:<28} unexplained {scores[name].unexplained:.4f}  branch {scores[name].branch:.4f}"
             for name in removed.removed
         ),
+    ]
+
+
+def _chosen_lines(chosen: workflows.BlockChoice | None) -> list[str]:
+    if chosen is None:
+        return []
+    return [
+        f"  blocks       the target chose {len(chosen.blocks)} of {len(chosen.scores)} "
+        f"({', '.join(chosen.blocks) or 'none'}); tried, relative logit error on the calibration images:",
+        *(f"    {', '.join(c['blocks']) or 'no blocks':<28} {c['error']:.4f}" for c in chosen.candidates),
     ]
 
 

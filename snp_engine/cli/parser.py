@@ -125,12 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--remove-blocks",
-        type=int,
+        type=_block_count,
         default=0,
-        metavar="N",
+        metavar="N|auto",
         help="first remove the N residual blocks that add least beyond a linear map of their input, refitting "
         "the later layers (unless --no-compensation), then prune channels of what remains; a FLOPs/parameter "
-        "reduction counts from the network with its blocks (default: 0)",
+        "reduction counts from the network with its blocks. 'auto' lets a FLOPs/parameter target choose: 0, 1, "
+        "2, ... of the least important blocks are tried (each a removal, analysis and prune) and the plan whose "
+        "logits are closest to the dense network's on the calibration images is kept (default: 0)",
     )
     prune.add_argument("--stats", metavar="FILE", help="statistics from 'snp analyze' instead of a new analysis")
     prune.add_argument(
@@ -229,6 +231,16 @@ def _distributed_arg(parser: argparse.ArgumentParser) -> None:
         help="run as one of torchrun's processes: each reads its shard of the calibration images and the "
         "statistics are summed over all processes (gloo on CPU, NCCL on GPU); process 0 writes and prints",
     )
+
+
+def _block_count(text: str) -> int | str:
+    """--remove-blocks: a count (checked by the command, for a one-line error) or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'auto', got '{text}'") from None
 
 
 def _positive_int(text: str) -> int:

@@ -17,10 +17,12 @@ from training, which is said loudly before any long work. Jobs take a
 
 from snp_engine.results import Pruned, PruningRecord
 from snp_engine.workflows.blockjobs import (
+    BlockChoice,
     BlocksRemoved,
     block_scores,
     blocks_cost,
     channel_target,
+    choose_blocks,
     inner_groups,
     plan_with_blocks,
     prune_with_blocks,
@@ -74,6 +76,7 @@ __all__ = [
     "DENSE_CHECK_SAMPLES",
     "TARGET_KINDS",
     "AnalysisOptions",
+    "BlockChoice",
     "BlocksRemoved",
     "Comparison",
     "Compensation",
@@ -90,6 +93,7 @@ __all__ = [
     "channel_target",
     "check_dense",
     "check_runs",
+    "choose_blocks",
     "class_warnings",
     "compare",
     "cost",

@@ -319,11 +319,106 @@ def prune_with_blocks(
     return with_blocks(pruned, removed)
 
 
+@dataclass(frozen=True)
+class BlockChoice:
+    """What :func:`choose_blocks` tried and kept: the blocks removed, the plan and the pruned network,
+    and for every candidate its blocks, relative logit error on the calibration images and MACs."""
+
+    blocks: tuple[str, ...]
+    plan: api.Plan
+    pruned: Pruned
+    scores: tuple[BlockScore, ...]
+    candidates: tuple[Mapping[str, object], ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "removed": list(self.blocks),
+            "mode": "auto",
+            "scores": [score.to_dict() for score in self.scores],
+            "candidates": [dict(c) for c in self.candidates],
+        }
+
+
+def choose_blocks(
+    prepared: Prepared,
+    analysis: api.Analysis,
+    target: PlanTarget,
+    *,
+    options: AnalysisOptions | None = None,
+    compensation: Compensation | str = Compensation.SEQUENTIAL,
+    constraints: Constraints | None = None,
+    round_to: int = 1,
+    allocation: str = "greedy",
+    max_blocks: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int | None = None,
+    device: str | torch.device = "cpu",
+    reporter: Reporter | None = None,
+) -> BlockChoice:
+    """Let a FLOPs or parameter ``target`` choose how many residual blocks to remove.
+
+    The blocks are ranked by their unexplained share (least first). For k = 0, 1, … (at most
+    ``max_blocks``, and only while the first k blocks alone save less than the target asks) the
+    first k are removed and the channels meet the rest of the target (:func:`plan_with_blocks` on
+    ``analysis``, the network with its blocks, then :func:`prune_with_blocks`, as in the app); the
+    candidate whose logits are closest to the dense network's on the calibration images is kept.
+    Each candidate is one removal, analysis and prune.
+    """
+    if target.kind not in ("flops", "params") or target.value is None:
+        raise SnpError("choosing the blocks to remove needs a FLOPs or parameter reduction target")
+    reporter = reporter or Reporter()
+    scores = block_scores(
+        prepared, batch_size=batch_size, samples=samples, device=device, reporter=Scaled(reporter, 0.0, 0.1)
+    )
+    position = {s.name: i for i, s in enumerate(scores)}
+    ranked = [s.name for s in sorted(scores, key=lambda s: (s.unexplained, position[s.name]))]
+    index = 1 if target.kind == "flops" else 0
+    total = analysis.cost()[index]
+    counts = [0]
+    for k in range(1, min(len(ranked), len(ranked) if max_blocks is None else max_blocks) + 1):
+        if blocks_cost(analysis, ranked[:k])[index] >= float(target.value) * total:
+            break  # the blocks alone cut more than asked
+        counts.append(k)
+    calibration = prepared.require_data().calibration
+    dense = prepared.model.model
+    best, candidates = None, []
+    for step, k in enumerate(counts):
+        reporter.check()
+        part = Scaled(reporter, 0.1 + 0.9 * step / len(counts), 0.1 + 0.9 * (step + 1) / len(counts))
+        names = tuple(sorted(ranked[:k], key=position.__getitem__))
+        part.update(0.0, f"trying {k} block(s) removed" + (f": {', '.join(names)}" if names else ""))
+        plan = plan_with_blocks(
+            analysis, target, names, round_to=round_to, allocation=allocation, constraints=constraints
+        )
+        pruned = prune_with_blocks(
+            prepared,
+            analysis,
+            plan,
+            names,
+            options=options,
+            compensation=compensation,
+            scores=scores,
+            batch_size=batch_size,
+            samples=samples,
+            device=device,
+            reporter=Scaled(part, 0.0, 0.9),
+        )
+        error = api.fidelity(dense, pruned.model, calibration, device=device)
+        macs = cost(pruned.model, prepared.input_shape, device)[1]
+        candidates.append({"blocks": list(names), "error": float(error), "flops_after": macs})
+        if best is None or error < best[0]:
+            best = (float(error), names, plan, pruned)
+    _error, names, plan, pruned = best
+    return BlockChoice(names, plan, pruned, tuple(scores), tuple(candidates))
+
+
 __all__ = [
+    "BlockChoice",
     "BlocksRemoved",
     "block_scores",
     "blocks_cost",
     "channel_target",
+    "choose_blocks",
     "inner_groups",
     "plan_with_blocks",
     "prune_with_blocks",

@@ -85,3 +85,62 @@ def test_a_network_without_blocks_and_statistics_files_are_refused(tmp_path, cap
         capsys, "prune", "--model", "demo-resnet", "--remove-blocks", "1", "--stats", str(stats), *common
     )
     assert_one_line_error(code, out, err, "do not combine it with --remove-blocks")
+
+
+def test_auto_lets_the_flops_target_choose_the_blocks(tmp_path, capsys):
+    out = tmp_path / "auto.safetensors"
+    common = ["--model", "demo-resnet", "--data", "digits", "--samples", "128", "--flops-reduction", "0.5"]
+    result = run_json(capsys, "prune", *common, "--remove-blocks", "auto", "--out", str(out))
+    blocks = result["blocks"]
+    assert blocks["mode"] == "auto" and [c["blocks"] for c in blocks["candidates"]] == [[], ["layer1.0"]]
+    errors = {tuple(c["blocks"]): c["error"] for c in blocks["candidates"]}
+    assert blocks["removed"] == list(min(errors, key=errors.get))  # the candidate closest to the dense logits
+    assert all(abs(c["flops_after"] / result["flops_before"] - 0.5) < 0.03 for c in blocks["candidates"])
+    assert abs(result["flops_after"] / result["flops_before"] - 0.5) < 0.03
+    loaded = io.load_exported(out)
+    assert loaded.pruning.blocks == tuple(blocks["removed"])
+    assert io.read_metadata(out)["settings"]["remove_blocks"] == "auto"
+    if blocks["removed"]:
+        assert not any(name.startswith("layer1.0.") for name in result["keep"])
+    code, text, _ = run(capsys, "prune", *common, "--remove-blocks", "auto", "--out", str(out))
+    assert code == 0 and "the target chose" in text and "relative logit error on the calibration images" in text
+
+
+def test_the_combined_plan_is_the_one_the_app_makes(tmp_path, capsys):
+    """``--remove-blocks 1`` analyses what remains; the app plans on the network with its blocks
+    (plan_with_blocks): both meet the target and remove the same block."""
+    from snp_engine import workflows
+
+    result = run_json(
+        capsys,
+        "prune",
+        "--model",
+        "demo-resnet",
+        "--data",
+        "digits",
+        "--samples",
+        "128",
+        "--remove-blocks",
+        "1",
+        "--flops-reduction",
+        "0.5",
+        "--out",
+        str(tmp_path / "one.safetensors"),
+    )
+    prepared = workflows.prepare("demo-resnet", "digits", dense_check=False)
+    analysis = workflows.analyse(prepared, workflows.AnalysisOptions(samples=128))
+    plan = workflows.plan_with_blocks(analysis, workflows.PlanTarget("flops", 0.5), result["blocks"]["removed"])
+    after = analysis.cost(plan.keep)[1] - workflows.blocks_cost(analysis, result["blocks"]["removed"], plan.keep)[1]
+    assert abs(after / result["flops_before"] - result["flops_after"] / result["flops_before"]) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variance", "0.99"], "--remove-blocks auto needs a --flops-reduction or --params-reduction target"),
+    ],
+)
+def test_auto_needs_a_cost_target(args, message, tmp_path, capsys):
+    common = ["--model", "demo-resnet", "--data", "digits", "--samples", "32", "--remove-blocks", "auto"]
+    code, out, err = run(capsys, "prune", *common, *args, "--out", str(tmp_path / "x.safetensors"), "--quiet")
+    assert_one_line_error(code, out, err, message)
