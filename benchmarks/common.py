@@ -171,6 +171,35 @@ def time_call(
     return {"median": statistics.median(times), "min": min(times), "mean": statistics.fmean(times), "reps": len(times)}
 
 
+def alternating_rounds(
+    calls: dict[str, Callable[[], object]],
+    *,
+    device: str = "cpu",
+    rounds: int = 5,
+    min_seconds: float = 1.0,
+    warmup: int = 1,
+) -> dict[str, dict]:
+    """Seconds per call of every entry of ``calls``, timed in alternating rounds (a, b, …, a, b, …) so
+    that a change in the machine's load hits all of them alike. Each gets ``warmup`` untimed calls,
+    then per round at least one call and ``min_seconds / rounds`` seconds. Reported: ``seconds``, the
+    median over rounds of each round's median; ``min_seconds``, the fastest single call; ``rounds``."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    per_round: dict[str, list[float]] = {name: [] for name in calls}
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            timing = time_call(fn, device=device, warmup=0, min_reps=1, min_seconds=min_seconds / rounds)
+            per_round[name].append(timing["median"])
+            best[name] = min(best[name], timing["min"])
+    return {
+        name: {"seconds": statistics.median(values), "min_seconds": best[name], "rounds": values}
+        for name, values in per_round.items()
+    }
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as handle:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,27 +59,11 @@ def speeds(
     dense, pruned, …) so that a change in the machine's load hits all of them alike; the median over
     rounds of each round's median is reported."""
     x = torch.randn(batch, *shape, device=device)
-    per_round: dict[str, list[float]] = {name: [] for name in variants}
-    best: dict[str, float] = {name: float("inf") for name in variants}
+    models = {name: model.to(device).eval() for name, model in variants.items()}
     with torch.inference_mode():
-        for model in variants.values():  # warm-up (allocator, kernels, caches)
-            model.to(device).eval()(x)
-        for _ in range(rounds):
-            for name, model in variants.items():
-                timing = common.time_call(
-                    lambda model=model: model(x), device=device, warmup=0, min_reps=1, min_seconds=min_seconds / rounds
-                )
-                per_round[name].append(timing["median"])
-                best[name] = min(best[name], timing["min"])
-    return {
-        name: {
-            "seconds": statistics.median(values),
-            "min_seconds": best[name],
-            "rounds": values,
-            "images_per_second": batch / statistics.median(values),
-        }
-        for name, values in per_round.items()
-    }
+        calls = {name: (lambda model=model: model(x)) for name, model in models.items()}
+        timed = common.alternating_rounds(calls, device=device, rounds=rounds, min_seconds=min_seconds)
+    return {name: {**timing, "images_per_second": batch / timing["seconds"]} for name, timing in timed.items()}
 
 
 def run_case(name: str, arch: str, side: int, args: argparse.Namespace) -> dict:

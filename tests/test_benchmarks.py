@@ -210,3 +210,19 @@ def test_families_quick(tmp_path):
     assert model["reload"]["status"] == "reloaded" and model["reload"]["max_abs_diff"] < 1e-4
     assert model["speed"]["batch1"]["snp"]["speedup"] > 0 and "batch8" in model["speed"]
     assert families.table(data).count("\n") == 3
+
+
+def test_deploy_speed_quick(tmp_path):
+    from benchmarks import deploy_speed
+
+    deploy_speed.main(_args(tmp_path, "deploy_speed"))
+    data = _check(tmp_path / "deploy_speed.json", ("cases", "target_share"))
+    case = data["cases"]["demo-vgg"]
+    assert set(case["pruned"]) == {"1", "8"} and all(p["flops_ratio"] < 0.55 for p in case["pruned"].values())
+    assert all(count % 8 == 0 for count in case["pruned"]["8"]["keep"].values())  # demo-vgg: 32-128 units
+    runtimes = ["torch", "torch-cl"] + (["onnxruntime"] if case["onnxruntime"] == "measured" else [])
+    for batch in ("batch1", "batch8"):
+        names = {f"{runtime}/{model}" for runtime in runtimes for model in ("dense", "r1", "r8")}
+        assert set(case["timings"][batch]) == names
+        assert all(s["same_runtime"] > 0 and s["vs_torch_dense"] > 0 for s in case["speedup"][batch].values())
+        assert set(case["meets_target"][batch]) == names - {f"{runtime}/dense" for runtime in runtimes}
