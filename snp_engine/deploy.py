@@ -2,7 +2,9 @@
 
 Both writers trace the model on an example batch, write through
 :func:`~snp_engine.atomic.atomic_write`, reload what they wrote and compare its outputs with the
-model's (:func:`~snp_engine.verification.check_close`); a difference means nothing is written.
+model's (:func:`~snp_engine.verification.check_close`); a difference means nothing is written. The
+ONNX file is run in onnxruntime for that check, so ONNX export needs both ``onnx`` and
+``onnxruntime`` (``pip install snp[export]``); :func:`require_onnx` says so before any work.
 """
 
 from __future__ import annotations
@@ -44,13 +46,30 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     return atomic_write(path, write)
 
 
+ONNX_INSTALL = "pip install onnx onnxruntime (or pip install snp[export])"
+
+
+def require_onnx() -> None:
+    """Refuse ONNX export, with the install command, when onnx or onnxruntime is missing."""
+    missing = []
+    for package in ("onnx", "onnxruntime"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise SnpError(
+            f"ONNX export needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)} "
+            f"(onnxruntime runs the file to check it against the model): {ONNX_INSTALL}"
+        )
+
+
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, opset: int = 17) -> Path:
-    """Export ``model`` to ONNX with a dynamic batch dimension, checked by ``onnx.checker`` and,
-    where onnxruntime is installed, by running it and comparing outputs."""
-    try:
-        import onnx
-    except ImportError:
-        raise SnpError("ONNX export needs the onnx package: pip install onnx") from None
+    """Export ``model`` to ONNX with a dynamic batch dimension, checked by ``onnx.checker`` and by
+    running it in onnxruntime on ``example`` and comparing the outputs with the model's (to
+    ``ONNX_TOLERANCE`` of the largest output magnitude); a failed check writes nothing."""
+    require_onnx()
+    import onnx
 
     reference = cpu_eval_copy(model)
     example = example.detach().cpu().to(model_dtype(reference))
@@ -85,15 +104,13 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, op
 
 
 def _run_onnx(path: Path, example: torch.Tensor, expected: torch.Tensor) -> None:
-    """Compare onnxruntime's outputs with the model's, where onnxruntime is installed."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return
+    """Compare onnxruntime's outputs with the model's."""
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     actual = session.run(None, {name: example.numpy()})[0]
     check_close(expected, torch.from_numpy(np.asarray(actual)), ONNX_TOLERANCE, "the ONNX file (onnxruntime)")
 
 
-__all__ = ["export_onnx", "export_torchscript"]
+__all__ = ["export_onnx", "export_torchscript", "require_onnx"]

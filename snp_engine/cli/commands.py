@@ -12,6 +12,7 @@ import torch
 
 from snp_engine import distributed, io, workflows
 from snp_engine.cli import plumbing
+from snp_engine.deploy import require_onnx
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import Constraints
@@ -247,6 +248,8 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     _check_remove_blocks(args)
     rules = _constraint_rules(args)
     plumbing.check_output(args.out, args.torchscript, args.onnx)
+    if args.onnx:
+        require_onnx()  # before the analysis, not after it
     prepared, device = plumbing.prepare(args, require_labels=True)
     io.check_exportable(prepared.model.arch)
     warnings = [*prepared.warnings, *prepared.notes]

@@ -83,9 +83,14 @@ class ExportDialog(QDialog):
         self.torchscript = QCheckBox("Also write TorchScript (.pt)")
         self.torchscript.setToolTip("A traced copy for torch.jit.load, e.g. for C++ deployment")
         self.onnx = QCheckBox("Also write ONNX (.onnx)")
-        has_onnx = importlib.util.find_spec("onnx") is not None
+        # the file is checked by running it in onnxruntime, so both packages are needed
+        has_onnx = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
         self.onnx.setEnabled(has_onnx)
-        self.onnx.setToolTip("A copy for ONNX runtimes" if has_onnx else "Needs the onnx package: pip install onnx")
+        self.onnx.setToolTip(
+            "A copy for ONNX runtimes, checked against the model in onnxruntime"
+            if has_onnx
+            else "Needs the onnx and onnxruntime packages: pip install onnx onnxruntime"
+        )
         details = QTextBrowser()
         details.setHtml(summary_html)
         details.setMinimumSize(480, 260)
