@@ -41,7 +41,11 @@ def _change(before: float, after: float) -> str:
 FIELDS: dict[str, tuple[str, str]] = {
     "params": ("Parameters", "Parameters before → after pruning (change in %)"),
     "flops": ("FLOPs", "Multiply-accumulates per image before → after pruning (change in %)"),
-    "speedup": ("Speed-up", "FLOPs before ÷ FLOPs after: an estimate, real speed depends on the hardware"),
+    "speedup": (
+        "Speed-up",
+        "FLOPs before ÷ FLOPs after: an estimate until Evaluate measures the latency, "
+        "real speed depends on the hardware",
+    ),
     "top1": ("Top-1", "Top-1 accuracy, original → pruned"),
     "fidelity": (
         "Output error",
@@ -53,7 +57,10 @@ FIELDS: dict[str, tuple[str, str]] = {
 
 
 class SummaryBar(QWidget):
-    """A row of captioned numbers: parameters, FLOPs, estimated speed-up, top-1, output error, latency."""
+    """A row of captioned numbers: parameters, FLOPs, speed-up, top-1, output error, latency.
+
+    The speed-up is the FLOPs ratio, marked "(est.)", until an evaluation measured both latencies of
+    the current plan; then it is the measured ratio, until the plan changes again."""
 
     MEASURED = ("top1", "fidelity", "latency")
 
@@ -61,6 +68,8 @@ class SummaryBar(QWidget):
         super().__init__(parent)
         self._stale = False
         self._where: str | None = None  # what the accuracies were measured on
+        self._estimate = float("nan")  # FLOPs before ÷ after of the current plan
+        self._timing: dict = {}  # the measured latencies (and where) behind a measured speed-up
         self.values: dict[str, QLabel] = {}
         grid = QGridLayout(self)
         grid.setContentsMargins(6, 2, 6, 2)
@@ -87,8 +96,8 @@ class SummaryBar(QWidget):
         """Parameters and FLOPs of the original and the planned network."""
         self.values["params"].setText(_change(params_before, params_after))
         self.values["flops"].setText(_change(flops_before, flops_after))
-        speedup = flops_before / flops_after if flops_after else float("nan")
-        self.values["speedup"].setText(f"{speedup:.2f}× (est.)" if math.isfinite(speedup) else DASH)
+        self._estimate = flops_before / flops_after if flops_after else float("nan")
+        self._show_speedup()
 
     def set_metrics(self, metrics: dict) -> None:
         """Measured numbers, replacing the previous ones; missing keys read "—".
@@ -112,6 +121,33 @@ class SummaryBar(QWidget):
             self.values["top1"].setText(DASH)
         if not any(key in metrics for key in ("latency_before_ms", "latency_after_ms")):
             self.values["latency"].setText(DASH)
+        keys = ("latency_before_ms", "latency_after_ms", "latency_batch", "device")
+        self._timing = {key: metrics.get(key) for key in keys}
+        self._show_speedup()
+
+    def _measured_speedup(self) -> float | None:
+        """Original ÷ pruned latency of the current plan's evaluation; None when not measured or stale."""
+        before, after = self._timing.get("latency_before_ms"), self._timing.get("latency_after_ms")
+        if self._stale or not before or not after or not math.isfinite(before / after):
+            return None
+        return before / after
+
+    def _show_speedup(self) -> None:
+        """The measured speed-up where the current plan was evaluated, else the FLOPs estimate."""
+        label, measured = self.values["speedup"], self._measured_speedup()
+        if measured is not None:
+            timing = self._timing
+            details = [f"{timing['latency_before_ms']:.1f} → {timing['latency_after_ms']:.1f} ms"]
+            details += [f"batch {timing['latency_batch']}"] if timing.get("latency_batch") else []
+            details += [f"on {timing['device']}"] if timing.get("device") else []
+            estimate = f"{self._estimate:.2f}×" if math.isfinite(self._estimate) else DASH
+            label.setText(f"{measured:.2f}× measured")
+            label.setToolTip(
+                f"Measured: latency original ÷ pruned ({', '.join(details)}); FLOPs before ÷ after: {estimate}"
+            )
+            return
+        label.setText(f"{self._estimate:.2f}× (est.)" if math.isfinite(self._estimate) else DASH)
+        label.setToolTip(FIELDS["speedup"][1])
 
     def mark_stale(self, stale: bool) -> None:
         """Grey the measured numbers when the plan changed after they were measured."""
@@ -121,6 +157,7 @@ class SummaryBar(QWidget):
             label.setForegroundRole(QPalette.ColorRole.PlaceholderText if stale else QPalette.ColorRole.WindowText)
             tip = self._tip(key)
             label.setToolTip(f"{tip}\n\n⚠ {STALE_TIP}" if stale else tip)
+        self._show_speedup()  # a measured speed-up belongs to the evaluated plan only
 
     def _tip(self, key: str) -> str:
         """The field's explanation, for top-1 with the data it was measured on."""
