@@ -226,3 +226,25 @@ def test_deploy_speed_quick(tmp_path):
         assert set(case["timings"][batch]) == names
         assert all(s["same_runtime"] > 0 and s["vs_torch_dense"] > 0 for s in case["speedup"][batch].values())
         assert set(case["meets_target"][batch]) == names - {f"{runtime}/dense" for runtime in runtimes}
+
+
+def test_transformer_quick(tmp_path):
+    pytest.importorskip("timm")
+    from benchmarks import transformer
+
+    transformer.main(_args(tmp_path, "transformer"))
+    data = _check(tmp_path / "transformer.json", ("vit", "cost"))
+    vit = data["vit"]
+    assert vit["timm_copy_max_abs_logit_diff"] < 1e-4
+    assert {g["kind"] for g in vit["groups"].values()} == {"heads", "channels"}
+    for kind in transformer.KINDS:
+        assert {"snp", "snp-nocomp", transformer.TP_METHOD} <= set(vit["results"][kind])
+        row = vit["results"][kind]["snp"]["0.3"]
+        assert 0 <= row["top1"]["mean"] <= 100 and row["fidelity"]["mean"] >= 0
+        # the plan's cost is what the counter finds on the pruned network
+        assert abs(row["flops_reduction"]["mean"] - row["plan_reduction"]["mean"]) < 1e-6
+    heads, mlp = vit["results"]["heads"]["snp"]["0.3"], vit["results"]["mlp"]["snp"]["0.3"]
+    assert mlp["heads_kept"]["mean"] == sum(g["units"] for g in vit["groups"].values() if g["kind"] == "heads")
+    assert heads["mlp_kept"]["mean"] == sum(g["units"] for g in vit["groups"].values() if g["kind"] == "channels")
+    assert data["cost"]["ratio"] > 0 and set(data["cost"]["reorder_seconds"]) >= {"greedy", "variance"}
+    assert transformer.table(data).count("\n") == 4
