@@ -288,15 +288,17 @@ def _trained_torchvision(
     lr: float,
     device: str = "cpu",
     kwargs: dict | None = None,
+    optimizer: str = "sgd",
 ) -> nn.Module:
     """torchvision ``arch`` (10 classes, constructor ``kwargs``) trained on the 3x32x32 digits train
-    split; cached on disk."""
+    split with ``optimizer`` (``sgd`` or ``adamw``); cached on disk."""
     import torchvision
     from safetensors.torch import load_file, save_file
 
     from snp_engine.training import train
 
-    path = CACHE_DIR / f"{arch}_digits32_e{epochs}_s{RESNET_SEED}.safetensors"
+    tag = "" if optimizer == "sgd" else f"_{optimizer}"
+    path = CACHE_DIR / f"{arch}_digits32_e{epochs}_s{RESNET_SEED}{tag}.safetensors"
     torch.manual_seed(RESNET_SEED)
     model = getattr(torchvision.models, arch)(num_classes=10, **(kwargs or {}))
     if path.is_file():
@@ -306,7 +308,7 @@ def _trained_torchvision(
     loader = DataLoader(
         splits["train"], batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(RESNET_SEED)
     )
-    train(model, loader, epochs=epochs, lr=lr, device=device, label_smoothing=0.1)
+    train(model, loader, epochs=epochs, lr=lr, device=device, label_smoothing=0.1, optimizer=optimizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.cpu().eval()
