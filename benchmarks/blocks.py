@@ -18,6 +18,12 @@ batch 32, on this machine's CPU; the fastest of the repeats).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/blocks.py          # writes docs/benchmarks/blocks.json
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/blocks.py --quick  # smoke run, demo-resnet only
+
+``--combined R`` (docs/benchmarks/blocks_combined.json) compares plans under one FLOPs target R
+instead: *channels* (SNP channel pruning to R) against *combined* plans that remove the 1, 2, 3
+blocks with the least u, compensated, and meet R with the channels of what remains (analysed
+again; the channels are asked for R' = 1 − (1 − R) · MACs_dense / MACs_without_blocks), which is
+``snp prune --flops-reduction R --remove-blocks k``.
 """
 
 from __future__ import annotations
@@ -120,6 +126,61 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def run_combined(name: str, args: argparse.Namespace) -> dict:
+    """Channel-only against blocks-then-channels plans at the same FLOPs target ``args.combined``."""
+    device, target = args.device, args.combined
+    splits = common.digits_for(name)
+    model = common.benchmark_model(name, splits, device=device).to(device).eval()
+    test = splits["test"]
+    example = common.example_input(test, device)
+    _params, macs = count(model, example)
+    dense_logits = common.logits_of(model, test.tensors[0], device)
+    dense = {**common.score(model, test, dense_logits, device), "macs": macs, **latency(model, example, args)}
+    calibration = common.random_subset(splits["pool"], args.samples, 0)
+    scores = score_blocks(model, calibration, device=device)
+    start = time.perf_counter()
+    analysis = api.analyze(model, calibration, device=device)
+    channels = api.prune(model, analysis, analysis.plan(flops_reduction=target), data=calibration, device=device)
+    rows = {"0": {"removed": [], **measure(channels.model, test, dense_logits, example, macs, args, 0.0)}}
+    rows["0"]["seconds"] = time.perf_counter() - start
+    for k in [k for k in args.counts if k <= len(scores)]:
+        names = least_important(scores, k)
+        start = time.perf_counter()
+        removed = remove_blocks(model, names, calibration, device=device).model
+        reduction = 1 - (1 - target) * macs / count(removed, example)[1]
+        if reduction <= 0:
+            common.log(f"{name}: {k} block(s) alone cut more than {target:.0%}; skipped")
+            continue
+        again = api.analyze(removed, calibration, device=device)
+        pruned = api.prune(removed, again, again.plan(flops_reduction=reduction), data=calibration, device=device)
+        rows[str(k)] = {
+            "removed": list(names),
+            **measure(pruned.model, test, dense_logits, example, macs, args, time.perf_counter() - start),
+        }
+        common.log(f"{name}: {k} block(s) and channels to -{target:.0%} FLOPs: " + ", ".join(names))
+    return {"dense": dense, "target": target, "blocks": [s.to_dict() for s in scores], "by_count": rows}
+
+
+def combined_table(results: dict) -> str:
+    """The markdown table of a ``--combined`` run."""
+    lines = [
+        "| model | FLOPs target | blocks removed | FLOPs red. | top-1 % (logit error) | latency b1 / b32 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, model in results["models"].items():
+        for k, row in model["by_count"].items():
+            removed = f"{k}: {', '.join(row['removed'])}" if row["removed"] else "0 (channels only)"
+            lines.append(
+                f"| {name} | {100 * model['target']:.0f} % | {removed} | {100 * row['flops_reduction']:.1f} % | "
+                f"{row['top1']:.1f} ({row['fidelity']:.3f}) | {row['ms_batch1']:.2f} / {row['ms_batch32']:.1f} |"
+            )
+        dense = model["dense"]
+        lines.append(
+            f"| {name} | dense | — | 0 % | {dense['top1']:.1f} | {dense['ms_batch1']:.2f} / {dense['ms_batch32']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
     """The markdown table of docs/benchmarks.md."""
     lines = [
@@ -148,11 +209,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--counts", nargs="+", type=int, default=[1, 2, 3], help="blocks to remove")
     parser.add_argument("--seconds", type=float, default=2.0, help="least time per latency measurement")
     parser.add_argument("--table", action="store_true", help="print the markdown table of an existing --out file")
+    parser.add_argument(
+        "--combined", type=float, default=None, metavar="R", help="channel-only vs blocks + channels at FLOPs -R"
+    )
     common.add_run_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.samples, args.counts, args.seconds = ["demo-resnet"], 64, [1], 0.05
-    common.default_out(args, "blocks")
+    common.default_out(args, "blocks_combined" if args.combined is not None else "blocks")
     return args
 
 
@@ -162,13 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
         import json
 
         results = json.loads(Path(args.out).read_text(encoding="utf-8"))
-        print(table(results))
+        print(combined_table(results) if "target" in next(iter(results["models"].values())) else table(results))
         return results
     common.set_threads(args.threads)
     start = time.perf_counter()
     results = {**common.run_header("blocks", args, args.device), "models": {}}
     for name in args.models:
-        results["models"][name] = run_model(name, args)
+        results["models"][name] = run_combined(name, args) if args.combined is not None else run_model(name, args)
         results["wall_seconds"] = time.perf_counter() - start
         results["load_average_end"] = os.getloadavg()[0]
         common.write_json(args.out, results)  # partial results survive an interrupted run
