@@ -250,8 +250,12 @@ class Analysis:
 
     def structural(self, constraints: Constraints, round_to: int = 1) -> Constraints:
         """``constraints`` with what the network itself demands: a group read or produced by grouped
-        convolutions keeps a multiple of its ``parts`` (the same number in every conv group)."""
+        convolutions keeps a multiple of its ``parts`` (the same number in every conv group). A global
+        ``round_to`` (for channel counts that suit the hardware) does not apply to attention heads,
+        which are whole blocks already; a per-group rounding does."""
         for g in self.groups:
+            if g.group.kind == "heads" and round_to > 1 and constraints.of(g.name).round_to is None:
+                constraints = constraints.with_group(g.name, round_to=1)
             parts = g.group.parts
             if parts > 1:
                 rule = constraints.of(g.name)

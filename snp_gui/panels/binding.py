@@ -117,7 +117,8 @@ def bind_curves(curves: CurvesWidget, session: Session) -> None:
         if analysis is None:
             curves.clear()
         else:
-            curves.set_curves(analysis.curves, dict(analysis.units))
+            words = {g.name: g.group.unit_word for g in analysis.groups}
+            curves.set_curves(analysis.curves, dict(analysis.units), words)
 
     def show_keep(keep: dict[str, int], _final: bool) -> None:
         curves.set_keep(keep)

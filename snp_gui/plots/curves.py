@@ -130,8 +130,11 @@ class CurvesWidget(QWidget):
             self._apply_palette()
         super().changeEvent(event)
 
-    def set_curves(self, curves: dict[str, np.ndarray], keep: dict[str, int]) -> None:
-        """Replace all curves; ``curves[name][k]`` is the explained variance with ``k`` units kept."""
+    def set_curves(
+        self, curves: dict[str, np.ndarray], keep: dict[str, int], words: dict[str, str] | None = None
+    ) -> None:
+        """Replace all curves; ``curves[name][k]`` is the explained variance with ``k`` units kept
+        (``words[name]`` says what a unit is where it is not "units", e.g. "heads")."""
         previous = self._selected
         self.clear()
         for (name, values), colour in zip(curves.items(), series_colours(len(curves), self.palette()), strict=True):
@@ -139,6 +142,7 @@ class CurvesWidget(QWidget):
             if len(values) < 2:
                 continue  # a group with no unit cannot be pruned or drawn
             self._series[name] = self._add_series(name, values, colour)
+            self._series[name].word = (words or {}).get(name, "units")
             self._keep[name] = units_at(keep.get(name, len(values) - 1), len(values) - 1, False)
             self._place(name, self._keep[name])
         for name in self._series:  # how much the others are dimmed depends on how many there are
@@ -274,7 +278,7 @@ class CurvesWidget(QWidget):
             self.focus_marker.set_units(k)
         x, y = self.focus_marker.value(), float(series.values[k])
         self.focus_dot.setData([x], [y], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None))
-        self.focus_label.setText(f" {k}/{series.n} units: {100 * y:.1f} %")
+        self.focus_label.setText(f" {k}/{series.n} {series.word}: {100 * y:.1f} %")
         self.focus_label.setPos(x, y)
         # below the point is free under a rising curve; near the right end, go left to stay in view
         self.focus_label.setAnchor((1, 0) if k > 0.75 * series.n else (0, 0))

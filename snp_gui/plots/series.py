@@ -21,6 +21,7 @@ class Series:
     colour: QColor
     curve: pg.PlotDataItem
     marker: UnitMarker
+    word: str = "units"  # what a unit is: "heads" for an attention layer
 
     @property
     def n(self) -> int:
@@ -96,4 +97,4 @@ def nearest(series: dict[str, Series], x: float, y: float, within: float, fracti
 def readout(name: str, series: Series, x: float, fraction: bool) -> tuple[str, int]:
     """Read-out text for the point of ``name``'s curve nearest to ``x``, and its unit count."""
     k = units_at(x, series.n, fraction, lowest=0)
-    return f"{name} — {k} units kept: {100 * series.values[k]:.1f} % explained  ({k}/{series.n})", k
+    return f"{name} — {k} {series.word} kept: {100 * series.values[k]:.1f} % explained  ({k}/{series.n})", k

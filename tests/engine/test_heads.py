@@ -263,3 +263,14 @@ def test_an_exported_vit_with_fewer_heads_reloads_with_equal_logits(arch, kwargs
     assert torch.equal(_logits(loaded, data), _logits(run.model, data))
     for name, k in keep.items():
         assert loaded.get_submodule(name).num_heads == k
+
+
+def test_a_global_rounding_leaves_head_counts_free():
+    model, data = _torchvision_vit(), _images()
+    analysis = api.analyze(model, data)
+    plan = analysis.plan(flops_reduction=0.5, round_to=8)
+    heads = [plan.keep[g.name] for g in _head_groups(analysis)]
+    channels = [plan.keep[g.name] for g in analysis.groups if g.group.kind == "channels"]
+    assert all(k % 8 == 0 or k == 48 for k in channels)
+    assert min(heads) < 4  # with rounding to 8 a 4-head layer could only keep all its heads
+    assert plan.flops_reduction >= 0.5 - 1e-9

@@ -102,3 +102,15 @@ def test_the_hint_never_wraps_so_the_plot_keeps_its_height(qtbot, widget):
     widget.resize(900, 400)
     qtbot.wait(20)
     assert widget.overlay.height() == height
+
+
+def test_an_attention_layer_counts_heads_in_its_read_outs(qtbot):
+    w = CurvesWidget()
+    qtbot.addWidget(w)
+    heads = np.array([0.0, 0.6, 0.8, 0.95, 1.0])
+    channels = np.linspace(0.0, 1.0, 33)
+    w.set_curves({"attn": heads, "mlp": channels}, {"attn": 3, "mlp": 16}, {"attn": "heads"})
+    w.set_selected("attn")
+    assert w.focus_label.toPlainText().strip() == "3/4 heads: 95.0 %"
+    w.set_selected("mlp")
+    assert w.focus_label.toPlainText().strip() == "16/32 units: 50.0 %"
