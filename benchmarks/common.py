@@ -289,9 +289,11 @@ def _trained_torchvision(
     device: str = "cpu",
     kwargs: dict | None = None,
     optimizer: str = "sgd",
+    prepare: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
-    """torchvision ``arch`` (10 classes, constructor ``kwargs``) trained on the 3x32x32 digits train
-    split with ``optimizer`` (``sgd`` or ``adamw``); cached on disk."""
+    """torchvision ``arch`` (10 classes, constructor ``kwargs``, then ``prepare(model)`` before
+    training, e.g. an initialisation) trained on the 3x32x32 digits train split with ``optimizer``
+    (``sgd`` or ``adamw``); cached on disk."""
     import torchvision
     from safetensors.torch import load_file, save_file
 
@@ -301,6 +303,8 @@ def _trained_torchvision(
     path = CACHE_DIR / f"{arch}_digits32_e{epochs}_s{RESNET_SEED}{tag}.safetensors"
     torch.manual_seed(RESNET_SEED)
     model = getattr(torchvision.models, arch)(num_classes=10, **(kwargs or {}))
+    if prepare is not None:
+        prepare(model)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
