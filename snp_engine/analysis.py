@@ -299,7 +299,8 @@ class Analysis:
             if not g.regularised:
                 continue
             if g.samples <= g.channels:
-                why = f"{g.samples} calibration samples for {g.channels} channels"
+                width = f"{g.units} units" if g.group.block == 1 else f"{g.channels} channels ({g.units} heads)"
+                why = f"{g.samples} calibration samples for {width}"
                 hint = "use more samples"
                 images = self.info.get("samples")
                 if isinstance(images, int) and images > 0:
