@@ -26,14 +26,16 @@ it: ``MetaPruner`` with ``num_heads={qkv: heads}``, ``prune_num_heads=True``,
 ``prune_head_dims=False``, ``GroupMagnitudeImportance(p=1)``, the same ratio in every layer, the
 residual stream, patch embedding and classifier left alone, no compensation. Its ratio is bisected
 to the target FLOPs; where its per-layer granularity (one head of six) misses the target by more
-than one point, SNP is also run at torch-pruning's reduction (``snp@tp``). FLOPs are snp's counter
+than one point, SNP is also run at torch-pruning's reduction (``snp@tp``); more than five points
+off, torch-pruning counts as not reaching the target. FLOPs are snp's counter
 (multiply-accumulates of linear/conv layers and the two attention products) on the pruned networks.
 
 Scored on the 497 test images: top-1 and relative logit error ‖z − z_dense‖ / ‖z_dense‖.
 
 ``cost``: torchvision ``vit_b_16`` (random weights, 224x224, 64 random images): the full analysis
 (tracing, statistics of the 12 head groups and 12 MLP groups, output ordering, curves) over one plain
-forward pass of the same images, and each other ordering's time on the same statistics.
+forward pass of the same images, and each ordering's time on the same statistics of the first
+encoder layer's head group (12 heads) and MLP group (3,072 units); the 12 layers have equal shapes.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/transformer.py          # docs/benchmarks/transformer.json
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/transformer.py --quick  # smoke run, a tiny ViT
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -58,7 +61,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as ``python benchmarks/transformer.py``
 
 from benchmarks import common
-from benchmarks.cost import forward_cost
+from benchmarks.cost import forward_all
 from benchmarks.quality import Recorder
 from snp_engine import api, flops
 from snp_engine.ratios import Constraints, GroupConstraint
@@ -67,7 +70,7 @@ from snp_engine.training import train
 
 VIT = {"image_size": 32, "patch_size": 4, "num_layers": 4, "num_heads": 6, "hidden_dim": 96, "mlp_dim": 288}
 QUICK_VIT = {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
-EPOCHS = 40
+EPOCHS = 30
 LR = 1e-3
 WEIGHT_DECAY = 0.05
 SEED = 0
@@ -224,6 +227,8 @@ def tp_prune_vit(model: nn.Module, example: torch.Tensor, ratio: float, kind: st
     for b in blocks:  # what torch-pruning's timm example does after pruning: the attention's own counts
         if kind != "mlp":
             b.attn.num_heads = pruner.num_heads[b.attn.qkv]
+            if b.attn.num_heads == 0:
+                raise ValueError(f"ratio {ratio}: torch-pruning removed every head of a layer")
         b.attn.head_dim = b.attn.qkv.out_features // (3 * b.attn.num_heads)
         if hasattr(b.attn, "attn_dim"):
             b.attn.attn_dim = b.attn.num_heads * b.attn.head_dim
@@ -237,7 +242,11 @@ def tp_ratio_for(model: nn.Module, example: torch.Tensor, target: float, kind: s
     low, high, best = 0.0, 0.95, (0.0, 0.0)
     for _ in range(14):
         middle = (low + high) / 2
-        reduction = 1 - flops.count(tp_prune_vit(model, example, middle, kind), example)[1] / base
+        try:
+            reduction = 1 - flops.count(tp_prune_vit(model, example, middle, kind), example)[1] / base
+        except ValueError:  # a layer lost every head: too far
+            high = middle
+            continue
         if abs(reduction - target) < abs(best[1] - target):
             best = (middle, reduction)
         if abs(reduction - target) < 0.005:
@@ -278,7 +287,7 @@ def run_vit(args: argparse.Namespace) -> dict:
             ceilings[kind] = largest_reduction(analysis, kind)
             for target in args.targets:
                 tp_ratio, tp_reduction = ratios[kind, target]
-                tp_reached = abs(tp_reduction - target) <= 0.03
+                tp_reached = abs(tp_reduction - target) <= 0.05
                 status.setdefault(kind, {})[str(target)] = {
                     "reached": target <= ceilings[kind] - 1e-6,
                     "largest_reduction": ceilings[kind],
@@ -352,18 +361,29 @@ def run_cost(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.cost_images, 3, size, size, generator=gen)
     data = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-    forward = forward_cost(model, images, args.device)
+    forward_all(model, images[:8], args.device)  # warm-up, not timed
+    forward = common.time_call(
+        lambda: forward_all(model, images, args.device), device=args.device, warmup=0, min_reps=2, min_seconds=0
+    )
+    forward["seconds"] = forward["median"]
     common.log(f"cost: forward over {len(images)} images {forward['seconds']:.1f} s")
     start = time.perf_counter()
     analysis = api.analyze(model, data, device=args.device)
     seconds = time.perf_counter() - start
     common.log(f"cost: analysis {seconds:.1f} s")
+    # every encoder layer has the same shapes: each ordering is timed on the first layer's head group
+    # and MLP group (the whole network's time is about ``layers`` times that)
+    first = tuple(g for g in analysis.groups if ".encoder_layer_0." in f".{g.name}.")
+    one_layer = dataclasses.replace(analysis, groups=first)
     orderings = {}
-    for ordering in [o for o in ORDERINGS if o not in ("identity", analysis.ordering)]:
-        start = time.perf_counter()
-        analysis.reorder(ordering)
-        orderings[ordering] = time.perf_counter() - start
-        common.log(f"cost: {ordering} ordering {orderings[ordering]:.1f} s")
+    for ordering in [o for o in ORDERINGS if o != "identity"]:
+        found = {}
+        for group in first:
+            start = time.perf_counter()
+            dataclasses.replace(one_layer, groups=(group,)).reorder(ordering)
+            found[group.group.kind] = time.perf_counter() - start
+        orderings[ordering] = found
+        common.log(f"cost: {ordering} ordering of one layer {sum(found.values()):.1f} s")
     return {
         "model": "vit_b_16" if not args.quick else "tiny VisionTransformer",
         "input": [3, size, size],
@@ -374,7 +394,8 @@ def run_cost(args: argparse.Namespace) -> dict:
         "analysis_seconds": seconds,
         "ratio": seconds / forward["seconds"],
         "ordering": analysis.ordering,
-        "reorder_seconds": orderings,
+        "layers": len(model.encoder.layers),
+        "reorder_seconds_one_layer": orderings,
     }
 
 
@@ -425,7 +446,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=300, help="calibration images per draw")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--cost-images", type=int, default=64)
-    parser.add_argument("--skip-cost", action="store_true", help="leave out the vit_b_16 analysis cost")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["vit", "cost"],
+        choices=["vit", "cost"],
+        help="what to run; a part left out is kept from an existing --out file",
+    )
     parser.add_argument("--table", action="store_true", help="print the docs table from --out and stop")
     common.add_run_args(parser)
     args = parser.parse_args(argv)
@@ -445,14 +472,16 @@ def main(argv: list[str] | None = None) -> dict:
     common.set_threads(args.threads)
     start = time.perf_counter()
     results = common.run_header("transformer", args, args.device)
-    results["vit"] = run_vit(args)
-    results["wall_seconds"] = time.perf_counter() - start
-    common.write_json(args.out, results)  # the pruning results survive an interrupted cost run
-    if not args.skip_cost:
-        results["cost"] = run_cost(args)
-    results["wall_seconds"] = time.perf_counter() - start
-    results["load_average_end"] = os.getloadavg()[0]
-    common.write_json(args.out, results)
+    earlier = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+    for part, run in (("vit", run_vit), ("cost", run_cost)):
+        if part in args.parts:
+            results[part] = run(args)
+            results[part]["machine"], results[part]["settings"] = results["machine"], results["settings"]
+        elif part in earlier:
+            results[part] = earlier[part]
+        results["wall_seconds"] = time.perf_counter() - start
+        results["load_average_end"] = os.getloadavg()[0]
+        common.write_json(args.out, results)  # what finished survives an interrupted run
     common.log(f"transformer: wrote {args.out} in {results['wall_seconds']:.0f} s")
     return results
 
