@@ -26,7 +26,7 @@ from torch import nn
 
 from snp_engine import flops
 from snp_engine.groups import UnitGroup, units_of
-from snp_engine.heads import explicit_attention, projection
+from snp_engine.heads import explicit_attention, product_macs, projection
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -152,7 +152,9 @@ def _channels(module: nn.Module) -> int:
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> float:
-    per_sample = output[0].numel()
+    # the model runs on one sample; some layers see it split along the first dimension (Swin's
+    # windows), so the whole output counts
+    per_sample = output.numel()
     if isinstance(module, nn.Conv2d):
         kernel = module.kernel_size[0] * module.kernel_size[1]
         return per_sample * module.in_channels // module.groups * kernel
@@ -170,24 +172,22 @@ def _attention_costs(model: nn.Module, group: UnitGroup, costs: dict[str, LayerC
     """A pre-hook on an attention layer that adds what its heads cost beyond the linear layers that
     forward hooks see: a torchvision layer's q/k/v projection (a bare parameter, 3·H·d·E MACs per
     token) and, for every layer, the two attention products q kᵀ and softmax(·) v (2·T·S·H·d MACs
-    for T query and S key tokens). Both scale with the kept heads."""
+    for T query and S key tokens) with Swin's relative position bias table (a column per head).
+    Both scale with the kept heads."""
     qkv, params, hooked = projection(model, group.name)
     width = group.channels
 
     def hook(module, inputs, *_):
         if f"{group.name}:attention" in costs:
             return
-        tokens = inputs[0]
-        batch_first = getattr(module, "batch_first", True)
-        queries = tokens.shape[1] if batch_first and tokens.dim() == 3 else tokens.shape[0]
-        keys = inputs[1] if len(inputs) > 1 else tokens
-        sources = keys.shape[1] if batch_first and keys.dim() == 3 else keys.shape[0]
+        projecting, products = product_macs(module, inputs)
         if not hooked:
             bias = 3 * width if getattr(module, "in_proj_bias", None) is not None else 0
-            macs = float(queries * 3 * width * tokens.shape[-1])  # self-attention: queries = keys = values
-            costs[qkv] = LayerCost(qkv, macs, params - bias, bias, out_group=group.name)
+            costs[qkv] = LayerCost(qkv, projecting, params - bias, bias, out_group=group.name)
+        table = getattr(module, "relative_position_bias_table", None)  # Swin: one column per head
+        table_params = table.numel() if table is not None else 0
         costs[f"{group.name}:attention"] = LayerCost(
-            f"{group.name}:attention", float(2 * queries * sources * width), 0, 0, out_group=group.name
+            f"{group.name}:attention", products, table_params, 0, out_group=group.name
         )
 
     return hook

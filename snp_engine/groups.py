@@ -349,7 +349,7 @@ def find_groups(
         return [], []  # compiled: nothing to trace (the workflows say why, see no_groups_reason)
     layers = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     calls = call_order(model, layers, example_input)
-    with tracing(model):
+    with tracing(model), explicit_attention(model, multihead=False):  # Swin's projections as layers
         graph = build_dependency_graph(model, example_input)
         found = list(graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]))
     names = {module: name for name, module in model.named_modules()}

@@ -117,6 +117,127 @@ class HeadAttention(nn.Module):
         return out, weights
 
 
+def _window_class() -> type | None:
+    """torchvision's Swin (V1) window attention class, if torchvision is there."""
+    try:
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    return ShiftedWindowAttention
+
+
+def _is_window_attention(module: nn.Module) -> bool:
+    cls = _window_class()
+    return cls is not None and isinstance(module, cls)
+
+
+def _shift_mask(height: int, width: int, window: Sequence[int], shift: Sequence[int], like: torch.Tensor):
+    """The additive mask of shifted windows: tokens that came from different regions of the map
+    before the cyclic shift do not attend to each other (−100 between them, 0 within a region)."""
+    regions = like.new_zeros((height, width))
+    count = 0
+    for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            regions[h[0] : h[1], w[0] : w[1]] = count
+            count += 1
+    regions = regions.view(height // window[0], window[0], width // window[1], window[1])
+    regions = regions.permute(0, 2, 1, 3).reshape(-1, window[0] * window[1])
+    mask = regions.unsqueeze(1) - regions.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+class WindowHeadAttention(nn.Module):
+    """Swin's shifted-window multi-head attention (torchvision's ``ShiftedWindowAttention``, V1)
+    with ``num_heads`` heads of ``head_dim`` channels, its projections ``qkv`` and ``proj`` called as
+    modules and its relative position bias table holding one column per head. Same parameter and
+    buffer names as torchvision's, so state dicts are interchangeable.
+
+    On a (B, H, W, C) map: pad to whole windows, roll by the shift, split into windows of
+    N = wₕ·w_w tokens, attend within each window with the relative position bias (and, when
+    shifted, the mask between regions), merge, roll back, crop."""
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: Sequence[int],
+        shift_size: Sequence[int],
+        num_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        attention_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = list(window_size), list(shift_size)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.attention_dropout, self.dropout = attention_dropout, dropout
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(num_heads * head_dim, dim, bias=proj_bias)
+        cells = (2 * self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(cells, num_heads))
+        rows, columns = torch.meshgrid(
+            torch.arange(self.window_size[0]), torch.arange(self.window_size[1]), indexing="ij"
+        )
+        coords = torch.stack([rows.flatten(), columns.flatten()])
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+        index = (relative[..., 0] + self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
+        index = index + relative[..., 1] + self.window_size[1] - 1
+        self.register_buffer("relative_position_index", index.flatten())
+
+    @classmethod
+    def sharing(cls, attention: nn.Module) -> WindowHeadAttention:
+        """A :class:`WindowHeadAttention` that uses ``attention``'s own layers, table and index."""
+        explicit = cls.__new__(cls)
+        nn.Module.__init__(explicit)
+        explicit.window_size, explicit.shift_size = list(attention.window_size), list(attention.shift_size)
+        explicit.num_heads = attention.num_heads
+        explicit.head_dim = attention.qkv.out_features // (3 * attention.num_heads)
+        explicit.attention_dropout, explicit.dropout = attention.attention_dropout, attention.dropout
+        explicit.qkv, explicit.proj = attention.qkv, attention.proj
+        explicit.relative_position_bias_table = attention.relative_position_bias_table
+        explicit.register_buffer("relative_position_index", attention.relative_position_index)
+        explicit.train(attention.training)
+        return explicit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        window, shift = self.window_size, list(self.shift_size)
+        x = F.pad(
+            x, (0, 0, 0, (window[1] - width % window[1]) % window[1], 0, (window[0] - height % window[0]) % window[0])
+        )
+        _, padded_h, padded_w, channels = x.shape
+        if window[0] >= padded_h:
+            shift[0] = 0
+        if window[1] >= padded_w:
+            shift[1] = 0
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        rows, columns = padded_h // window[0], padded_w // window[1]
+        tokens = window[0] * window[1]
+        x = x.view(batch, rows, window[0], columns, window[1], channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch * rows * columns, tokens, channels)
+        heads, head_dim = self.num_heads, self.head_dim
+        qkv = self.qkv(x).reshape(x.shape[0], tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attention = (q * head_dim**-0.5).matmul(k.transpose(-2, -1))
+        bias = self.relative_position_bias_table[self.relative_position_index].view(tokens, tokens, -1)
+        attention = attention + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if sum(shift) > 0:
+            mask = _shift_mask(padded_h, padded_w, window, shift, x)
+            attention = attention.view(batch, rows * columns, heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+            attention = attention.view(-1, heads, tokens, tokens)
+        attention = F.dropout(F.softmax(attention, dim=-1), p=self.attention_dropout, training=self.training)
+        x = attention.matmul(v).transpose(1, 2).reshape(x.shape[0], tokens, heads * head_dim)
+        x = F.dropout(self.proj(x), p=self.dropout, training=self.training)
+        x = x.view(batch, rows, columns, window[0], window[1], -1).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, padded_h, padded_w, -1)
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()
+
+
 def _is_timm_attention(module: nn.Module) -> bool:
     """timm's standard ``Attention`` (ViT, DeiT, …): fused qkv linear, ``proj`` linear, per-head
     widths in ``head_dim``."""
@@ -132,6 +253,8 @@ def _is_timm_attention(module: nn.Module) -> bool:
 
 def _why_not(module: nn.Module) -> str | None:
     """Why the heads of an attention layer cannot be pruned (None: they can)."""
+    if _is_window_attention(module) and hasattr(module, "logit_scale"):
+        return "Swin V2's cosine attention"
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:
             return "attention with separate key/value widths"
@@ -147,17 +270,35 @@ def _why_not(module: nn.Module) -> str | None:
     return None
 
 
+def _attention_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or _is_window_attention(module)
+
+
 def _attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention | HeadAttention) or _is_timm_attention(m)
+        if isinstance(m, nn.MultiheadAttention | HeadAttention | WindowHeadAttention)
+        or _is_timm_attention(m)
+        or _is_window_attention(m)
     ]
+
+
+def _fused(module: nn.Module) -> bool:
+    """Whether the layer has a fused q/k/v linear layer ``qkv`` and an output projection ``proj``,
+    both called as modules (timm's attention, Swin's window attention)."""
+    return _is_timm_attention(module) or _is_window_attention(module) or isinstance(module, WindowHeadAttention)
+
+
+def _head_dim(module: nn.Module) -> int:
+    if _is_window_attention(module):  # torchvision's Swin keeps no head width of its own
+        return module.qkv.out_features // (3 * module.num_heads)
+    return int(module.head_dim)
 
 
 def output_projection(name: str, module: nn.Module) -> str:
     """The module name of an attention layer's output projection (its heads' reader)."""
-    return f"{name}.proj" if _is_timm_attention(module) else f"{name}.out_proj"
+    return f"{name}.proj" if _fused(module) else f"{name}.out_proj"
 
 
 @dataclass(frozen=True)
@@ -177,31 +318,40 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every multi-head attention layer of ``model`` (torchvision, timm, or already pruned by snp)."""
     found = []
     for name, module in _attention_layers(model):
-        timm = _is_timm_attention(module)
         found.append(
             AttentionLayer(
                 name,
                 int(module.num_heads),
-                int(module.head_dim),
+                _head_dim(module),
                 output_projection(name, module),
                 _why_not(module),
-                f"{name}.qkv" if timm else None,
+                f"{name}.qkv" if _fused(module) else None,
             )
         )
     return found
 
 
 @contextlib.contextmanager
-def explicit_attention(model: nn.Module) -> Iterator[None]:
+def explicit_attention(model: nn.Module, *, multihead: bool = True) -> Iterator[None]:
     """Within the block every :class:`nn.MultiheadAttention` of ``model`` is a :class:`HeadAttention`
-    that shares its parameters, so hooks on its output projection see the heads' outputs."""
+    and every Swin window attention a :class:`WindowHeadAttention` that shares its parameters, so
+    hooks on the output projection see the heads' outputs and torch-pruning sees the projections as
+    layers. ``multihead=False`` leaves :class:`nn.MultiheadAttention` as it is (torch-pruning has a
+    rule of its own for it)."""
     swapped = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MultiheadAttention) and _why_not(module) is None:
-            parent, _, child = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            setattr(owner, child, HeadAttention.sharing(module))
-            swapped.append((owner, child, module))
+        if not _attention_like(module) or _why_not(module) is not None:
+            continue
+        if isinstance(module, nn.MultiheadAttention) and multihead:
+            explicit = HeadAttention.sharing(module)
+        elif _is_window_attention(module):
+            explicit = WindowHeadAttention.sharing(module)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, explicit)
+        swapped.append((owner, child, module))
     try:
         yield
     finally:
@@ -234,7 +384,7 @@ def _smaller_linear(linear: nn.Linear, rows: torch.Tensor | None, columns: torch
 def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
     """Physically delete the heads ``removed`` of the attention layer ``name`` (in place)."""
     module = model.get_submodule(name)
-    heads, width = int(module.num_heads), int(module.head_dim)
+    heads, width = int(module.num_heads), _head_dim(module)
     kept = [h for h in range(heads) if h not in set(int(i) for i in removed)]
     if not kept:
         raise ValueError(f"{name}: an attention layer keeps at least one head")
@@ -243,6 +393,15 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
         module.qkv = _smaller_linear(module.qkv, rows, None)
         module.proj = _smaller_linear(module.proj, None, columns)
         module.num_heads, module.attn_dim = len(kept), len(kept) * width
+        return
+    if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
+        smaller = WindowHeadAttention.sharing(module)  # then its own, smaller layers and table
+        smaller.qkv = _smaller_linear(module.qkv, rows, None)
+        smaller.proj = _smaller_linear(module.proj, None, columns)
+        table = module.relative_position_bias_table.detach()[:, torch.tensor(kept, device=rows.device)]
+        smaller.relative_position_bias_table = nn.Parameter(table.clone())
+        smaller.num_heads = len(kept)
+        _replace(model, name, smaller)
         return
     weight = module.in_proj_weight.detach()
     smaller = HeadAttention(
@@ -260,17 +419,39 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
             smaller.in_proj_bias.copy_(module.in_proj_bias.detach()[rows.to(weight.device)])
     smaller.out_proj = _smaller_linear(module.out_proj, None, columns)
     smaller.train(module.training)
+    _replace(model, name, smaller)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, smaller)
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def value_l1(model: nn.Module, name: str) -> torch.Tensor:
     """L1 norm of each head's value-projection rows (the filters that produce the head's output)."""
     module = model.get_submodule(name)
-    heads, width = int(module.num_heads), int(module.head_dim)
-    weight = module.qkv.weight if _is_timm_attention(module) else module.in_proj_weight
+    heads, width = int(module.num_heads), _head_dim(module)
+    weight = module.qkv.weight if _fused(module) else module.in_proj_weight
     values = weight.detach()[2 * heads * width : 3 * heads * width]
     return values.abs().reshape(heads, -1).sum(1).double()
+
+
+def product_macs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """(q/k/v projection MACs, attention product MACs) of one call on one sample, all heads: the
+    projection reads E channels per token and writes 3·H·d; q kᵀ and softmax(·) v cost 2·T·S·H·d for
+    T query and S key tokens (Swin: each of the padded map's tokens attends within its window)."""
+    inner = int(module.num_heads) * _head_dim(module)
+    x = inputs[0]
+    if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
+        window = module.window_size
+        height = -(-x.shape[1] // window[0]) * window[0]
+        width = -(-x.shape[2] // window[1]) * window[1]
+        tokens = height * width
+        return float(tokens * x.shape[-1] * 3 * inner), float(2 * tokens * window[0] * window[1] * inner)
+    first = 1 if getattr(module, "batch_first", True) and x.dim() == 3 else 0
+    keys = inputs[1] if len(inputs) > 1 else x
+    queries, sources = x.shape[first], keys.shape[first]
+    return float(queries * x.shape[-1] * 3 * inner), float(2 * queries * sources * inner)
 
 
 def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:
@@ -278,7 +459,7 @@ def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:
     ``qkv`` linear layer (a module that forward hooks see), or torchvision's ``in_proj_weight`` and
     bias (bare parameters: their count is returned)."""
     module = model.get_submodule(name)
-    if _is_timm_attention(module):
+    if _fused(module):
         return f"{name}.qkv", 0, True
     params = module.in_proj_weight.numel() + (module.in_proj_bias.numel() if module.in_proj_bias is not None else 0)
     return f"{name}.in_proj", params, False
@@ -287,8 +468,10 @@ def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:
 __all__ = [
     "AttentionLayer",
     "HeadAttention",
+    "WindowHeadAttention",
     "attention_layers",
     "explicit_attention",
+    "product_macs",
     "projection",
     "remove_heads",
     "value_l1",

@@ -293,3 +293,89 @@ def test_a_flops_plan_leaves_no_unit_that_still_fits_in_the_budget():
             if k < analysis.units[name] and analysis.cost({**plan.keep, name: k + 1})[1] <= budget
         ]
         assert not fits, f"-{target:.0%}: plan at -{plan.flops_reduction:.1%}, {fits} could keep one more unit"
+
+
+# ------------------------------------------------------------------------------------------ Swin
+
+
+def _swin() -> nn.Module:
+    """A two-stage Swin on 32x32 inputs: 8x8 then 4x4 maps in windows of 4, every second block shifted."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=5
+    )
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.2)
+    return model.eval()
+
+
+def _swin_images(count: int = 32) -> TensorDataset:
+    gen = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(count, 3, 32, 32, generator=gen), torch.zeros(count, dtype=torch.long))
+
+
+@pytest.mark.parametrize("size", [8, 6])  # whole windows, and a map padded to whole windows
+@pytest.mark.parametrize("shift", [0, 2])
+def test_the_explicit_window_attention_computes_what_swin_computes(size, shift):
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    from snp_engine.heads import WindowHeadAttention
+
+    torch.manual_seed(0)
+    attention = ShiftedWindowAttention(12, [4, 4], [shift, shift], 3).eval()
+    x = torch.randn(2, size, size, 12)
+    explicit = WindowHeadAttention.sharing(attention)
+    with torch.no_grad():
+        assert torch.allclose(explicit(x), attention(x), atol=1e-6)
+    fresh = WindowHeadAttention(12, [4, 4], [shift, shift], 3, 4)
+    assert set(fresh.state_dict()) == set(attention.state_dict())
+    assert torch.equal(fresh.relative_position_index, attention.relative_position_index)
+
+
+def test_swin_is_traced_and_its_heads_and_mlps_are_groups():
+    model = _swin()
+    groups, excluded = find_groups(model, torch.zeros(1, 3, 32, 32))
+    heads = {g.name: (g.units, g.block) for g in groups if g.kind == "heads"}
+    assert heads == {
+        "features.1.0.attn": (2, 8),
+        "features.1.1.attn": (2, 8),
+        "features.3.0.attn": (4, 8),
+        "features.3.1.attn": (4, 8),
+    }
+    assert {g.name for g in groups if g.kind == "channels"} == {
+        f"features.{s}.{b}.mlp.0" for s in (1, 3) for b in (0, 1)
+    }
+    assert not [e for e in excluded if e.name.endswith(".qkv")]
+
+
+def test_swin_keep_all_is_exact_and_removed_heads_are_costed_exactly():
+    model, data = _swin(), _swin_images()
+    analysis = api.analyze(model, data)
+    run = api.prune(model, analysis, analysis.plan(keep=dict(analysis.units)), data=data)
+    assert torch.equal(_logits(run.model, data), _logits(model, data))
+    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
+    physical = api.prune(model, analysis, plan, data=data)
+    functional = api.prune(model, analysis, plan, data=data, physical=False)
+    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
+    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    attention = physical.model.get_submodule("features.3.0.attn")
+    assert attention.num_heads == 2 and attention.relative_position_bias_table.shape[1] == 2
+
+
+@pytest.mark.slow
+def test_an_exported_swin_with_fewer_heads_reloads_with_equal_logits(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None, num_classes=10).eval()
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(4, 3, 64, 64, generator=gen), torch.zeros(4, dtype=torch.long))
+    analysis = api.analyze(model, data, max_positions=8, ordering="variance")
+    keep = {g.name: g.units // 2 for g in _head_groups(analysis)}
+    run = api.prune(model, analysis, analysis.plan(keep=keep), sequential=False)
+    path = io.export_model(
+        run, tmp_path / "swin.safetensors", arch="torchvision:swin_t", num_classes=10, input_shape=(3, 64, 64)
+    )
+    loaded = io.load_exported(path).model
+    assert torch.equal(_logits(loaded, data), _logits(run.model, data))
+    assert loaded.get_submodule("features.7.1.attn").num_heads == 12
