@@ -334,7 +334,49 @@ def _greedy_budget(
         keep[name] = new_k
         if (p := priority(name)) is not None:
             heapq.heappush(heap, (p, name))
-    return keep
+    return _refilled(curves, keep, current, target, step, saving, constraints)
+
+
+def _refilled(
+    curves,
+    keep: dict[str, int],
+    current: float,
+    target: float,
+    step: int,
+    saving: SavingFn,
+    constraints: Constraints,
+) -> dict[str, int]:
+    """Give units back while the plan stays within the budget: the last removal may have been a coarse
+    step (an attention head is worth many channels) that took the plan far under ``target``. Each round
+    adds one step to the group that regains the most explained variance per added cost among those that
+    still fit; it ends when no step fits."""
+
+    def higher(name: str, k: int) -> int:
+        rule, units = constraints.of(name), len(curves[name]) - 1
+        if rule.locked is not None:
+            return k
+        if rule.round_to is None:
+            return min(k + step, units)
+        return min((k // rule.round_to + 1) * rule.round_to, units)
+
+    while True:
+        best, best_rate = None, -1.0
+        for name, k in keep.items():
+            new_k = higher(name, k)
+            if new_k <= k:
+                continue
+            added = -saving(keep, name, new_k)
+            if current + added > target:
+                continue
+            gained = float(curves[name][new_k] - curves[name][k])
+            rate = gained / added if added > 0 else np.inf
+            if rate > best_rate:
+                best, best_rate = (name, new_k, added), rate
+        if best is None:
+            return keep
+        name, new_k, added = best
+        keep[name] = new_k
+        current += added
 
 
 def validate_keep(

@@ -330,3 +330,21 @@ def test_analysis_plan_and_make_plan_take_constraints():
     everything = Constraints({name: GroupConstraint(locked=units) for name, units in analysis.units.items()})
     with pytest.raises(SnpError, match="not reachable with these constraints"):
         analysis.plan(flops_reduction=0.5, constraints=everything)
+
+
+def test_greedy_budget_gives_back_units_a_coarse_step_made_room_for():
+    """The greedy removes fine units until the coarse group's one step (4 units, 40 of cost) is the
+    cheaper loss; that step overshoots the budget, and the fine group gets the room back, unit by unit."""
+    curves = {
+        "coarse": np.array([0, 0.02, 0.04, 0.06, 0.1, 0.3, 0.6, 0.9, 1.0]),
+        "fine": np.sqrt(np.linspace(0, 1, 41)),
+    }
+
+    def cost(keep):
+        return 10.0 * keep["coarse"] + 1.0 * keep["fine"]
+
+    rules = Constraints({"coarse": GroupConstraint(round_to=4)})
+    keep, _ = keep_for_budget(curves, cost, 80.0, constraints=rules)
+    assert keep["coarse"] == 4 and cost(keep) <= 80
+    # nothing more fits: the fine group has every unit back, or one more would exceed the budget
+    assert keep["fine"] == 40 or cost({**keep, "fine": keep["fine"] + 1}) > 80
