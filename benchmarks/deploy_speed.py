@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import tempfile
@@ -148,6 +149,30 @@ def time_batch(
     return {name: {**timing, "images_per_second": batch / timing["seconds"]} for name, timing in timed.items()}
 
 
+def summarise(case: dict) -> None:
+    """Speed-ups from a case's timings: each runtime's pruned model against the same runtime's dense
+    one (``same_runtime``: medians over rounds; ``same_runtime_min``: fastest single passes, the less
+    load-sensitive estimate on a busy machine) and against eager NCHW torch (``vs_torch_dense``);
+    ``meets_target``: the median ratio is at least TARGET_SHARE of the FLOPs ratio."""
+    case["speedup"], case["meets_target"] = {}, {}
+    for key, timed in case["timings"].items():
+        speedups = {}
+        for name, timing in timed.items():
+            runtime, model = name.split("/")
+            if model != "dense":
+                dense = timed[f"{runtime}/dense"]
+                speedups[name] = {
+                    "same_runtime": dense["seconds"] / timing["seconds"],
+                    "same_runtime_min": dense["min_seconds"] / timing["min_seconds"],
+                    "vs_torch_dense": timed["torch/dense"]["seconds"] / timing["seconds"],
+                }
+        case["speedup"][key] = speedups
+        case["meets_target"][key] = {
+            name: value["same_runtime"] >= TARGET_SHARE * case["pruned"][name.split("/r")[1]]["flops_speedup"]
+            for name, value in speedups.items()
+        }
+
+
 def run_case(arch: str, side: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     dense, pruned, row = pruned_variants(arch, side, args)
@@ -166,31 +191,53 @@ def run_case(arch: str, side: int, args: argparse.Namespace) -> dict:
                 sessions = {}
                 break
         row["export_seconds"] = time.perf_counter() - start
-    row["timings"], row["speedup"], row["meets_target"] = {}, {}, {}
+    row["timings"] = {}
     for batch in args.batches:
         key = f"batch{batch}"
         timed = time_batch(dense, pruned, sessions, shape, batch, args)
         row["timings"][key] = timed
-        speedups = {}
-        for name, timing in timed.items():
-            runtime, model = name.split("/")
-            if model != "dense":
-                # each runtime's pruned model against the same runtime's dense one; and against eager NCHW torch
-                speedups[name] = {
-                    "same_runtime": timed[f"{runtime}/dense"]["seconds"] / timing["seconds"],
-                    "vs_torch_dense": timed["torch/dense"]["seconds"] / timing["seconds"],
-                }
-        row["speedup"][key] = speedups
-        row["meets_target"][key] = {
-            name: value["same_runtime"] >= TARGET_SHARE * row["pruned"][name.split("/r")[1]]["flops_speedup"]
-            for name, value in speedups.items()
-        }
+        summarise(row)
+        speedups = row["speedup"][key]
         for name, value in speedups.items():
             common.log(
                 f"deploy_speed {arch} {key} {name}: {1e3 * timed[name]['seconds']:.1f} ms, "
                 f"{value['same_runtime']:.2f}x (FLOPs {row['pruned'][name.split('/r')[1]]['flops_speedup']:.2f}x)"
             )
     return row
+
+
+def table(data: dict) -> str:
+    """Markdown tables of a results file: speed-ups by network and round_to (each runtime against its
+    own dense model, medians with the ratio of the fastest passes in brackets, bold where the median
+    meets the target; the FLOPs ratio beside them), then the median times of the dense models."""
+    batches = sorted({key for case in data["cases"].values() for key in case["timings"]}, key=lambda k: int(k[5:]))
+    header = ["network", "round_to", "FLOPs ratio", f"target ({data['target_share']}x)"]
+    header += [f"{key[5:]}: {runtime}" for key in batches for runtime in RUNTIMES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arch, case in data["cases"].items():
+        for step, costs in case["pruned"].items():
+            ratio = costs["flops_speedup"]
+            cells = [arch, step, f"{ratio:.2f}x", f"{data['target_share'] * ratio:.2f}x"]
+            for key in batches:
+                for runtime in RUNTIMES:
+                    value = case["speedup"].get(key, {}).get(f"{runtime}/r{step}")
+                    met = case["meets_target"].get(key, {}).get(f"{runtime}/r{step}")
+                    if value is None:
+                        cells.append("–")
+                    else:
+                        bold = "**" * met
+                        cells.append(f"{bold}{value['same_runtime']:.2f}x{bold} ({value['same_runtime_min']:.2f})")
+            lines.append("| " + " | ".join(cells) + " |")
+    dense = ["", "| network | " + " | ".join(f"dense {key[5:]}: {r} (ms)" for key in batches for r in RUNTIMES) + " |"]
+    dense.append("|" + "---|" * (1 + len(batches) * len(RUNTIMES)))
+    for arch, case in data["cases"].items():
+        cells = [arch]
+        for key in batches:
+            for runtime in RUNTIMES:
+                timing = case["timings"].get(key, {}).get(f"{runtime}/dense")
+                cells.append("–" if timing is None else f"{1e3 * timing['seconds']:.0f}")
+        dense.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + dense) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,6 +259,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time each variant this long at the larger batches, split over the rounds (0: one pass a round)",
     )
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last torch rows")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other networks of an existing --out file (its header goes under earlier_runs)",
+    )
+    parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and stop")
     common.add_run_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -223,9 +276,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.table:
+        data = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        print(table(data), end="")
+        return data
     common.set_threads(args.threads)
     start = time.perf_counter()
     results = {**common.run_header("deploy_speed", args, args.device), "target_share": TARGET_SHARE, "cases": {}}
+    if args.merge and Path(args.out).is_file():
+        earlier = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        kept = {name: case for name, case in earlier["cases"].items() if name not in args.networks}
+        header = {key: earlier[key] for key in ("machine", "settings", "wall_seconds", "load_average_end")}
+        results["earlier_runs"] = [*earlier.get("earlier_runs", []), {**header, "cases": sorted(kept)}]
+        results["cases"] = kept
+        for case in kept.values():
+            summarise(case)  # the same summary for every network
     for arch in args.networks:
         results["cases"][arch] = run_case(arch, args.side, args)
         results["wall_seconds"] = time.perf_counter() - start
