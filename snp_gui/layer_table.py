@@ -65,7 +65,7 @@ CONSTRAINT_FIELDS = {MIN: "min_units", ROUND: "round_to"}
 HEADER_TIPS = (
     "Unit group (a layer, or layers that must keep the same units)",
     "Kind of layer",
-    "Output units (channels or features) before pruning",
+    "Output units (channels, features or attention heads) before pruning",
     "Units the plan keeps; double-click to edit",
     "Kept units as a share of all units",
     "Share of the layer's activation variance that the kept units still explain",
