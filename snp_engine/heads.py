@@ -251,6 +251,19 @@ def _is_timm_attention(module: nn.Module) -> bool:
     )
 
 
+def _is_timm_window_attention(module: nn.Module) -> bool:
+    """timm's Swin window attention: fused qkv and ``proj`` linear layers called as modules, a relative
+    position bias table with one column per head, any head count."""
+    return (
+        type(module).__name__ == "WindowAttention"
+        and type(module).__module__.startswith("timm.")
+        and isinstance(getattr(module, "qkv", None), nn.Linear)
+        and isinstance(getattr(module, "proj", None), nn.Linear)
+        and isinstance(getattr(module, "relative_position_bias_table", None), nn.Parameter)
+        and isinstance(getattr(module, "num_heads", None), int)
+    )
+
+
 def _why_not(module: nn.Module) -> str | None:
     """Why the heads of an attention layer cannot be pruned (None: they can)."""
     if _is_window_attention(module) and hasattr(module, "logit_scale"):
@@ -280,6 +293,7 @@ def _attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         for name, m in model.named_modules()
         if isinstance(m, nn.MultiheadAttention | HeadAttention | WindowHeadAttention)
         or _is_timm_attention(m)
+        or _is_timm_window_attention(m)
         or _is_window_attention(m)
     ]
 
@@ -287,11 +301,16 @@ def _attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _fused(module: nn.Module) -> bool:
     """Whether the layer has a fused q/k/v linear layer ``qkv`` and an output projection ``proj``,
     both called as modules (timm's attention, Swin's window attention)."""
-    return _is_timm_attention(module) or _is_window_attention(module) or isinstance(module, WindowHeadAttention)
+    return (
+        _is_timm_attention(module)
+        or _is_timm_window_attention(module)
+        or _is_window_attention(module)
+        or isinstance(module, WindowHeadAttention)
+    )
 
 
 def _head_dim(module: nn.Module) -> int:
-    if _is_window_attention(module):  # torchvision's Swin keeps no head width of its own
+    if _is_window_attention(module) or _is_timm_window_attention(module):  # no head width of their own
         return module.qkv.out_features // (3 * module.num_heads)
     return int(module.head_dim)
 
@@ -394,6 +413,13 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
         module.proj = _smaller_linear(module.proj, None, columns)
         module.num_heads, module.attn_dim = len(kept), len(kept) * width
         return
+    if _is_timm_window_attention(module):  # any head count: smaller layers and table in place
+        module.qkv = _smaller_linear(module.qkv, rows, None)
+        module.proj = _smaller_linear(module.proj, None, columns)
+        table = module.relative_position_bias_table.detach()[:, torch.tensor(kept, device=rows.device)]
+        module.relative_position_bias_table = nn.Parameter(table.clone())
+        module.num_heads = len(kept)
+        return
     if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
         smaller = WindowHeadAttention.sharing(module)  # then its own, smaller layers and table
         smaller.qkv = _smaller_linear(module.qkv, rows, None)
@@ -448,10 +474,13 @@ def product_macs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[flo
         width = -(-x.shape[2] // window[1]) * window[1]
         tokens = height * width
         return float(tokens * x.shape[-1] * 3 * inner), float(2 * tokens * window[0] * window[1] * inner)
+    # (sequences, tokens, channels) with timm's windows as sequences; torch's (tokens, 1, channels)
     first = 1 if getattr(module, "batch_first", True) and x.dim() == 3 else 0
     keys = inputs[1] if len(inputs) > 1 else x
+    sequences = x.shape[1 - first] if x.dim() == 3 else 1
     queries, sources = x.shape[first], keys.shape[first]
-    return float(queries * x.shape[-1] * 3 * inner), float(2 * queries * sources * inner)
+    projecting = sequences * queries * x.shape[-1] * 3 * inner
+    return float(projecting), float(2 * sequences * queries * sources * inner)
 
 
 def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:

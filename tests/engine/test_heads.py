@@ -374,3 +374,49 @@ def test_an_exported_swin_with_fewer_heads_reloads_with_equal_logits(tmp_path):
     loaded = io.load_exported(path).model
     assert torch.equal(_logits(loaded, data), _logits(run.model, data))
     assert loaded.get_submodule("features.7.1.attn").num_heads == 12
+
+
+def _timm_swin() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        num_classes=5,
+        img_size=32,
+        window_size=4,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(2, 4),
+    ).eval()
+
+
+def test_timm_swin_heads_are_pruned_in_place_and_costed_exactly():
+    model, data = _timm_swin(), _swin_images()
+    analysis = api.analyze(model, data)
+    heads = {g.name: (g.units, g.group.block) for g in _head_groups(analysis)}
+    assert heads == {f"layers.{s}.blocks.{b}.attn": ((2, 8) if s == 0 else (4, 8)) for s in (0, 1) for b in (0, 1)}
+    keep_all = api.prune(model, analysis, analysis.plan(keep=dict(analysis.units)), data=data)
+    assert torch.equal(_logits(keep_all.model, data), _logits(model, data))
+    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
+    physical = api.prune(model, analysis, plan, data=data)
+    functional = api.prune(model, analysis, plan, data=data, physical=False)
+    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
+    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    attention = physical.model.get_submodule("layers.1.blocks.0.attn")
+    assert type(attention).__name__ == "WindowAttention"  # timm's own module, smaller
+    assert attention.num_heads == 2 and attention.relative_position_bias_table.shape[1] == 2
+
+
+@pytest.mark.slow
+def test_an_exported_timm_swin_with_fewer_heads_reloads_with_equal_logits(tmp_path):
+    from snp_engine.models import load_model
+
+    loaded = load_model("timm:swin_tiny_patch4_window7_224")
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(4, *loaded.input_shape, generator=gen), torch.zeros(4, dtype=torch.long))
+    analysis = api.analyze(loaded.model, data, max_positions=8, ordering="variance")
+    keep = {g.name: g.units // 2 for g in _head_groups(analysis)}
+    run = api.prune(loaded.model, analysis, analysis.plan(keep=keep), sequential=False)
+    path = io.export_model(
+        run, tmp_path / "swin.safetensors", arch=loaded.arch, num_classes=1000, input_shape=loaded.input_shape
+    )
+    assert torch.equal(_logits(io.load_exported(path).model, data), _logits(run.model, data))
