@@ -41,6 +41,7 @@ def _change(before: float, after: float) -> str:
 FIELDS: dict[str, tuple[str, str]] = {
     "params": ("Parameters", "Parameters before → after pruning (change in %)"),
     "flops": ("FLOPs", "Multiply-accumulates per image before → after pruning (change in %)"),
+    "heads": ("Heads", "Attention heads before → after pruning, over all attention layers (shown for transformers)"),
     "speedup": (
         "Speed-up",
         "FLOPs before ÷ FLOPs after: an estimate until Evaluate measures the latency, "
@@ -71,6 +72,7 @@ class SummaryBar(QWidget):
         self._estimate = float("nan")  # FLOPs before ÷ after of the current plan
         self._timing: dict = {}  # the measured latencies (and where) behind a measured speed-up
         self.values: dict[str, QLabel] = {}
+        self._titles: dict[str, QLabel] = {}
         grid = QGridLayout(self)
         grid.setContentsMargins(6, 2, 6, 2)
         grid.setHorizontalSpacing(24)
@@ -90,7 +92,9 @@ class SummaryBar(QWidget):
             grid.addWidget(title, 0, column)
             grid.addWidget(value, 1, column)
             self.values[key] = value
+            self._titles[key] = title
         grid.setColumnStretch(len(FIELDS), 1)
+        self.set_heads(0, 0)
 
     def set_costs(self, params_before: int, params_after: int, flops_before: float, flops_after: float) -> None:
         """Parameters and FLOPs of the original and the planned network."""
@@ -98,6 +102,14 @@ class SummaryBar(QWidget):
         self.values["flops"].setText(_change(flops_before, flops_after))
         self._estimate = flops_before / flops_after if flops_after else float("nan")
         self._show_speedup()
+
+    def set_heads(self, before: int, after: int) -> None:
+        """Attention heads of the original and the planned network; the field is shown only for networks
+        with attention layers."""
+        shown = before > 0
+        for label in (self.values["heads"], self._titles["heads"]):
+            label.setVisible(shown)
+        self.values["heads"].setText(_change(before, after) if shown else DASH)
 
     def set_metrics(self, metrics: dict) -> None:
         """Measured numbers, replacing the previous ones; missing keys read "—".
@@ -169,4 +181,6 @@ class SummaryBar(QWidget):
 
     def text(self) -> str:
         """Everything the bar shows, as one line (for tests, the status bar and copying)."""
-        return "  ".join(f"{FIELDS[key][0]}: {label.text()}" for key, label in self.values.items())
+        return "  ".join(
+            f"{FIELDS[key][0]}: {label.text()}" for key, label in self.values.items() if not label.isHidden()
+        )

@@ -161,6 +161,13 @@ def bind_table(table: LayerTable, session: Session) -> None:
 def bind_summary(bar: SummaryBar, session: Session) -> None:
     session.analysis_changed.connect(lambda analysis: None if analysis else bar.set_costs(0, 0, 0.0, 0.0))
     session.keep_changed.connect(lambda _keep, _final: bar.set_costs(*session.costs()))
+
+    def show_heads(*_changed) -> None:
+        heads = [g for g in session.analysis.groups if g.group.kind == "heads"] if session.analysis else []
+        bar.set_heads(sum(g.units for g in heads), sum(session.keep.get(g.name, g.units) for g in heads))
+
+    session.analysis_changed.connect(show_heads)
+    session.keep_changed.connect(show_heads)
     session.metrics_changed.connect(bar.set_metrics)
     session.stale_changed.connect(bar.mark_stale)
 
