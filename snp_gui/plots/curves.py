@@ -49,6 +49,7 @@ class CurvesWidget(QWidget):
         self._keep: dict[str, int] = {}
         self._selected: str | None = None
         self._fraction = False
+        self._focus_axis = "kept units"
         self._syncing = False  # set while markers are moved by code, so that no signal goes out
         self._build_controls()
         self._build_plots()
@@ -284,6 +285,14 @@ class CurvesWidget(QWidget):
         self.focus_label.setAnchor((1, 0) if k > 0.75 * series.n else (0, 0))
         for item in (self.focus_marker, self.focus_dot, self.focus_label):
             item.setVisible(True)
+        self._label_focus(series)
+
+    def _label_focus(self, series: Series) -> None:
+        """The focus plot's axis counts what the selected layer's units are (an attention layer's: heads)."""
+        axis = "kept fraction" if self._fraction else f"kept {series.word}"
+        if axis != self._focus_axis:
+            self._focus_axis = axis
+            self.focus.getPlotItem().setLabel("bottom", axis)
 
     def _set_fraction(self, fraction: bool) -> None:
         self._fraction = fraction
@@ -300,6 +309,9 @@ class CurvesWidget(QWidget):
         for plot in (self.overlay, self.focus):
             plot.getPlotItem().setLabel("bottom", label)
             plot.getPlotItem().enableAutoRange(axis="x")
+        self._focus_axis = label
+        if self._selected is not None:
+            self._label_focus(self._series[self._selected])
 
     def _show_legend(self, visible: bool) -> None:
         legend = self.overlay.getPlotItem().legend

@@ -112,5 +112,8 @@ def test_an_attention_layer_counts_heads_in_its_read_outs(qtbot):
     w.set_curves({"attn": heads, "mlp": channels}, {"attn": 3, "mlp": 16}, {"attn": "heads"})
     w.set_selected("attn")
     assert w.focus_label.toPlainText().strip() == "3/4 heads: 95.0 %"
+    axis = w.focus.getPlotItem().getAxis("bottom")
+    assert axis.labelText == "kept heads"
     w.set_selected("mlp")
     assert w.focus_label.toPlainText().strip() == "16/32 units: 50.0 %"
+    assert axis.labelText == "kept units"
