@@ -16,7 +16,7 @@ batch 1 and 64 in alternating rounds (benchmarks/speedup.py).
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/families.py          # docs/benchmarks/families.json
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/families.py --models googlenet --merge
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/families.py --quick  # smoke run, squeezenet1_1, 1 epoch
-    .venv/bin/python benchmarks/families.py --table                          # section 13's table from the JSON
+    .venv/bin/python benchmarks/families.py --table                          # section 14's table from the JSON
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 
 
 def table(results: dict) -> str:
-    """Section 13's markdown table: top-1 / logit error per target, then the speed-ups at −50 %."""
+    """Section 14's markdown table: top-1 / logit error per target, then the speed-ups at −50 %."""
     targets = sorted({t for m in results["models"].values() for r in m["methods"].values() for t in r}, key=float)
     head = " | ".join(f"−{float(t):.0%}" for t in targets)
     batches = sorted(
@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="timing per variant and batch size")
     parser.add_argument("--merge", action="store_true", help="add this run's models to an existing --out file")
-    parser.add_argument("--table", action="store_true", help="print --out as section 13's table and stop")
+    parser.add_argument("--table", action="store_true", help="print --out as section 14's table and stop")
     parser.add_argument(
         "--speed-only", action="store_true", help="time the −50 %% networks of --out's models again (a quieter machine)"
     )
