@@ -48,6 +48,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from snp_engine.adapters import traceable
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.guard import bounded
 from snp_engine.heads import attention_layers, explicit_attention
@@ -230,6 +231,37 @@ def tracing(model: nn.Module) -> Iterator[None]:
         ) from None
 
 
+_UNMAPPED = "passes through a channel split or shuffle whose channels snp cannot map"
+
+
+def _all_groups(graph: tp.DependencyGraph, names: dict[nn.Module, str]) -> tuple[list, dict[str, int]]:
+    """Every group of coupled channels, one per conv/linear layer that produces channels not seen in
+    an earlier group (as torch-pruning's ``get_all_groups``), and the producers whose group
+    torch-pruning fails to map (a channel split or shuffle it cannot follow, e.g. ShuffleNetV2's):
+    those are excluded alone instead of the whole network being refused."""
+    found, unmapped, visited = [], {}, set()
+    for module in list(graph.module2node):
+        if not isinstance(module, nn.Conv2d | nn.Linear) or module in visited:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module) if pruner is not None else None
+        if width is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except SnpError:
+            raise
+        except (IndexError, ZeroDivisionError, KeyError, ValueError, RuntimeError):
+            unmapped[names[module]] = int(width)
+            visited.add(module)
+            continue
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+        found.append(group)
+    return found, unmapped
+
+
 def _classify(dependencies, names: dict[nn.Module, str]):
     """Split torch-pruning's dependencies of one group into producers, readers (with the input
     columns each reads), channel-wise modules and blockers."""
@@ -349,11 +381,12 @@ def find_groups(
         return [], []  # compiled: nothing to trace (the workflows say why, see no_groups_reason)
     layers = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     calls = call_order(model, layers, example_input)
-    with tracing(model), explicit_attention(model, multihead=False):  # Swin's projections as layers
-        graph = build_dependency_graph(model, example_input)
-        found = list(graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]))
     names = {module: name for name, module in model.named_modules()}
-    groups, excluded, seen = [], [], set()
+    with tracing(model), traceable(model):  # e.g. Swin's projections as layers
+        graph = build_dependency_graph(model, example_input)
+        found, unmapped = _all_groups(graph, names)
+    groups, excluded, seen = [], [], set(unmapped)
+    excluded += [ExcludedGroup(name, units, _UNMAPPED) for name, units in unmapped.items()]
     for group in found:
         producers, columns, channelwise, blockers = _classify(group, names)
         producers = sorted(
@@ -363,6 +396,9 @@ def find_groups(
         if not producers or producers[0] in seen:
             continue
         seen.update(producers)
+        if set(producers) & set(unmapped):  # coupled with channels torch-pruning could not map
+            excluded.append(ExcludedGroup(producers[0], units_of(model.get_submodule(producers[0])), _UNMAPPED))
+            continue
         units = units_of(model.get_submodule(producers[0]))
         label = producers[0]
         readers = [_reader(model, c, columns[c], units) for c in consumers]

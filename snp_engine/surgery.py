@@ -17,9 +17,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from snp_engine.adapters import traceable
 from snp_engine.compensation import compensated_weight, constant_response
 from snp_engine.groups import Reader, UnitGroup, build_dependency_graph, tracing
-from snp_engine.heads import explicit_attention, remove_heads, value_l1
+from snp_engine.heads import remove_heads, value_l1
 
 
 def weight_view(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
@@ -144,7 +145,7 @@ def remove_units(
     """Physically delete ``removed[group]`` units of each group (in place) and return the model."""
     grouped = _grouped_inputs(model, groups, removed)
     heads = [g for g in groups if g.kind == "heads"]
-    with tracing(model), explicit_attention(model, multihead=False):
+    with tracing(model), traceable(model):
         graph = build_dependency_graph(model, example_input)
         for group in groups:
             indices = sorted(int(i) for i in removed.get(group.name, ()))

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 
+from snp_engine import groups as groups_module
 from snp_engine.errors import AnalysisError
 from snp_engine.groups import find_groups
 from snp_engine.guard import bounded, resident_bytes
@@ -95,17 +96,26 @@ def test_a_block_within_bounds_runs_normally_and_restores_the_previous_profile()
         sys.setprofile(None)
 
 
-def test_swin_fails_fast_with_one_line_instead_of_running_away():
+def test_swin_is_traced_well_within_the_bound():
+    """Swin once made torch-pruning recurse until it ran out of memory; its window attention is now
+    traced in an equivalent form (snp_engine.adapters) and the whole network in seconds."""
     torch.manual_seed(0)
     model = torchvision.models.swin_t(num_classes=10).eval()
     start = time.monotonic()
-    with pytest.raises(AnalysisError, match=r"^tracing the layers of SwinTransformer .*cannot trace"):
-        find_groups(model, torch.zeros(1, 3, 64, 64))
+    groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
     assert time.monotonic() - start < 60
+    assert sum(g.kind == "heads" for g in groups) == 12 and sum(g.kind == "channels" for g in groups) == 12
 
 
-def test_internal_torch_pruning_errors_name_the_architecture():
+def test_internal_torch_pruning_errors_name_the_architecture(monkeypatch):
     torch.manual_seed(0)
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
-    with pytest.raises(AnalysisError, match=r"^tracing the layers of ShuffleNetV2 failed inside torch-pruning"):
+
+    def fails(*_args, **_kwargs):
+        return 1 // 0  # what torch-pruning's index mapping raised on ShuffleNetV2's channel shuffle
+
+    monkeypatch.setattr(groups_module, "build_dependency_graph", fails)
+    with pytest.raises(
+        AnalysisError, match=r"^tracing the layers of ShuffleNetV2 failed inside torch-pruning \(ZeroDivisionError"
+    ):
         find_groups(model, torch.zeros(1, 3, 64, 64))
