@@ -26,7 +26,7 @@ from torch import nn
 
 from snp_engine import flops
 from snp_engine.groups import UnitGroup, units_of
-from snp_engine.heads import explicit_attention, product_macs, projection
+from snp_engine.heads import explicit_attention, per_head_parameters, product_macs, projection
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -184,10 +184,9 @@ def _attention_costs(model: nn.Module, group: UnitGroup, costs: dict[str, LayerC
         if not hooked:
             bias = 3 * width if getattr(module, "in_proj_bias", None) is not None else 0
             costs[qkv] = LayerCost(qkv, projecting, params - bias, bias, out_group=group.name)
-        table = getattr(module, "relative_position_bias_table", None)  # Swin: one column per head
-        table_params = table.numel() if table is not None else 0
+        extra, _ = per_head_parameters(module)  # Swin: a bias-table column per head
         costs[f"{group.name}:attention"] = LayerCost(
-            f"{group.name}:attention", products, table_params, 0, out_group=group.name
+            f"{group.name}:attention", products, extra, 0, out_group=group.name
         )
 
     return hook
@@ -223,6 +222,9 @@ def build_cost_model(
         qkv, _, hooked = projection(model, group.name)
         if hooked:  # timm's fused q/k/v layer: its output channels are the heads' channels
             role.setdefault(qkv, {})["out_group"] = group.name
+        _, per_head = per_head_parameters(model.get_submodule(group.name))
+        if per_head is not None:  # a layer with one output per head (Swin V2's position-bias MLP)
+            role.setdefault(f"{group.name}.{per_head}", {})["out_group"] = group.name
 
     costs: dict[str, LayerCost] = {}
     handles = []

@@ -51,7 +51,7 @@ from torch import nn
 from snp_engine.adapters import traceable
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.guard import bounded
-from snp_engine.heads import attention_layers, explicit_attention
+from snp_engine.heads import attention_layers, explicit_attention, per_head_parameters
 from snp_engine.subspace import block_units
 
 # grad_fn names (substrings) of operations that act on each channel on its own.
@@ -453,7 +453,8 @@ def _with_heads(
             excluded.append(ExcludedGroup(layer.name, layer.heads, layer.refused))
             continue
         groups.append(UnitGroup(layer.name, layer.reader, layer.heads, "linear", block=layer.head_dim, kind="heads"))
-        covered.add(layer.qkv)
+        _, per_head = per_head_parameters(model.get_submodule(layer.name))
+        covered.update({layer.qkv, f"{layer.name}.{per_head}" if per_head else None})
     return groups, [e for e in excluded if e.name not in covered]
 
 

@@ -30,6 +30,8 @@ count; it is pruned in place.
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -131,6 +133,11 @@ def _is_window_attention(module: nn.Module) -> bool:
     return cls is not None and isinstance(module, cls)
 
 
+def _cosine(module: nn.Module) -> bool:
+    """Swin V2's window attention: cosine attention with a learned scale and a position-bias MLP."""
+    return isinstance(getattr(module, "logit_scale", None), nn.Parameter) and hasattr(module, "cpb_mlp")
+
+
 def _shift_mask(height: int, width: int, window: Sequence[int], shift: Sequence[int], like: torch.Tensor):
     """The additive mask of shifted windows: tokens that came from different regions of the map
     before the cyclic shift do not attend to each other (−100 between them, 0 within a region)."""
@@ -219,10 +226,10 @@ class WindowHeadAttention(nn.Module):
         x = x.view(batch, rows, window[0], columns, window[1], channels).permute(0, 1, 3, 2, 4, 5)
         x = x.reshape(batch * rows * columns, tokens, channels)
         heads, head_dim = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(x.shape[0], tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self._qkv(x).reshape(x.shape[0], tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attention = (q * head_dim**-0.5).matmul(k.transpose(-2, -1))
-        bias = self.relative_position_bias_table[self.relative_position_index].view(tokens, tokens, -1)
+        attention = self._scores(q, k)
+        bias = self._position_bias()[self.relative_position_index].view(tokens, tokens, -1)
         attention = attention + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
         if sum(shift) > 0:
             mask = _shift_mask(padded_h, padded_w, window, shift, x)
@@ -236,6 +243,53 @@ class WindowHeadAttention(nn.Module):
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :height, :width, :].contiguous()
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q * self.head_dim**-0.5).matmul(k.transpose(-2, -1))
+
+    def _position_bias(self) -> torch.Tensor:
+        """One bias per relative position and head, (cells, heads)."""
+        return self.relative_position_bias_table
+
+
+class WindowHeadAttentionV2(WindowHeadAttention):
+    """Swin V2's window attention (torchvision's ``ShiftedWindowAttentionV2``) in the same explicit
+    form: cosine attention scaled per head by exp(min(logit_scale, log 100)), keys without bias, and a
+    position bias 16·σ(cpb_mlp(relative coordinates)) whose last layer has one output per head."""
+
+    @classmethod
+    def sharing(cls, attention: nn.Module) -> WindowHeadAttentionV2:
+        explicit = cls.__new__(cls)
+        nn.Module.__init__(explicit)
+        explicit.window_size, explicit.shift_size = list(attention.window_size), list(attention.shift_size)
+        explicit.num_heads = attention.num_heads
+        explicit.head_dim = attention.qkv.out_features // (3 * attention.num_heads)
+        explicit.attention_dropout, explicit.dropout = attention.attention_dropout, attention.dropout
+        explicit.qkv, explicit.proj = attention.qkv, attention.proj
+        explicit.logit_scale, explicit.cpb_mlp = attention.logit_scale, attention.cpb_mlp
+        explicit.register_buffer("relative_coords_table", attention.relative_coords_table)
+        explicit.register_buffer("relative_position_index", attention.relative_position_index)
+        explicit.train(attention.training)
+        return explicit
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        if self.qkv.bias is None:
+            return qkv
+        width = self.num_heads * self.head_dim  # the keys carry no bias in Swin V2
+        keys = torch.zeros_like(self.qkv.bias)
+        keys[width : 2 * width] = 1
+        return qkv - self.qkv.bias * keys
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return cosine * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+
+    def _position_bias(self) -> torch.Tensor:
+        return 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads))
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
@@ -266,8 +320,6 @@ def _is_timm_window_attention(module: nn.Module) -> bool:
 
 def _why_not(module: nn.Module) -> str | None:
     """Why the heads of an attention layer cannot be pruned (None: they can)."""
-    if _is_window_attention(module) and hasattr(module, "logit_scale"):
-        return "Swin V2's cosine attention"
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:
             return "attention with separate key/value widths"
@@ -364,7 +416,8 @@ def explicit_attention(model: nn.Module, *, multihead: bool = True) -> Iterator[
         if isinstance(module, nn.MultiheadAttention) and multihead:
             explicit = HeadAttention.sharing(module)
         elif _is_window_attention(module):
-            explicit = WindowHeadAttention.sharing(module)
+            version = WindowHeadAttentionV2 if _cosine(module) else WindowHeadAttention
+            explicit = version.sharing(module)
         else:
             continue
         parent, _, child = name.rpartition(".")
@@ -421,11 +474,19 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
         module.num_heads = len(kept)
         return
     if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
-        smaller = WindowHeadAttention.sharing(module)  # then its own, smaller layers and table
+        version = WindowHeadAttentionV2 if _cosine(module) else WindowHeadAttention
+        smaller = version.sharing(module)  # then its own, smaller layers and per-head parameters
         smaller.qkv = _smaller_linear(module.qkv, rows, None)
         smaller.proj = _smaller_linear(module.proj, None, columns)
-        table = module.relative_position_bias_table.detach()[:, torch.tensor(kept, device=rows.device)]
-        smaller.relative_position_bias_table = nn.Parameter(table.clone())
+        heads_kept = torch.tensor(kept, device=rows.device)
+        if _cosine(module):
+            smaller.logit_scale = nn.Parameter(module.logit_scale.detach()[heads_kept].clone())
+            mlp = copy.deepcopy(module.cpb_mlp)
+            mlp[-1] = _smaller_linear(module.cpb_mlp[-1], heads_kept, None)
+            smaller.cpb_mlp = mlp
+        else:
+            table = module.relative_position_bias_table.detach()[:, heads_kept]
+            smaller.relative_position_bias_table = nn.Parameter(table.clone())
         smaller.num_heads = len(kept)
         _replace(model, name, smaller)
         return
@@ -483,6 +544,16 @@ def product_macs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[flo
     return float(projecting), float(2 * sequences * queries * sources * inner)
 
 
+def per_head_parameters(module: nn.Module) -> tuple[int, str | None]:
+    """Parameters an attention layer holds per head besides its projections (Swin's relative position
+    bias table, Swin V2's logit scales), and the module name, relative to the layer, of a linear
+    layer whose outputs are one per head (Swin V2's position-bias MLP's last layer)."""
+    if _cosine(module):
+        return module.logit_scale.numel(), f"cpb_mlp.{len(module.cpb_mlp) - 1}"
+    table = getattr(module, "relative_position_bias_table", None)
+    return (table.numel() if table is not None else 0), None
+
+
 def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:
     """(name, parameters, called as a module) of an attention layer's q/k/v projection: timm's
     ``qkv`` linear layer (a module that forward hooks see), or torchvision's ``in_proj_weight`` and
@@ -498,8 +569,10 @@ __all__ = [
     "AttentionLayer",
     "HeadAttention",
     "WindowHeadAttention",
+    "WindowHeadAttentionV2",
     "attention_layers",
     "explicit_attention",
+    "per_head_parameters",
     "product_macs",
     "projection",
     "remove_heads",

@@ -329,6 +329,53 @@ def test_the_explicit_window_attention_computes_what_swin_computes(size, shift):
     assert torch.equal(fresh.relative_position_index, attention.relative_position_index)
 
 
+@pytest.mark.parametrize("shift", [0, 2])
+def test_the_explicit_window_attention_computes_what_swin_v2_computes(shift):
+    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
+
+    from snp_engine.heads import WindowHeadAttentionV2
+
+    torch.manual_seed(0)
+    attention = ShiftedWindowAttentionV2(12, [4, 4], [shift, shift], 3).eval()
+    with torch.no_grad():
+        attention.qkv.bias.normal_()  # keys ignore their bias in Swin V2: a trained one need not be zero
+    x = torch.randn(2, 8, 8, 12)
+    with torch.no_grad():
+        assert torch.allclose(WindowHeadAttentionV2.sharing(attention)(x), attention(x), atol=1e-5)
+
+
+def _swin_v2() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        num_classes=5,
+        block=SwinTransformerBlockV2,
+    )
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_swin_v2_heads_are_pruned_and_costed_exactly():
+    model, data = _swin_v2(), _swin_images()
+    analysis = api.analyze(model, data)
+    assert sum(g.group.kind == "heads" for g in analysis.groups) == 4
+    assert not [e for e in analysis.excluded if "cpb_mlp.2" in e.name]  # its outputs are the heads' biases
+    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
+    physical = api.prune(model, analysis, plan, data=data)
+    functional = api.prune(model, analysis, plan, data=data, physical=False)
+    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
+    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    attention = physical.model.get_submodule("features.3.0.attn")
+    assert attention.num_heads == 2 and attention.logit_scale.shape[0] == 2 and attention.cpb_mlp[2].out_features == 2
+
+
 def test_swin_is_traced_and_its_heads_and_mlps_are_groups():
     model = _swin()
     groups, excluded = find_groups(model, torch.zeros(1, 3, 32, 32))
