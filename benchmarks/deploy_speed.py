@@ -214,7 +214,9 @@ def table(data: dict) -> str:
     header = ["network", "round_to", "FLOPs ratio", f"target ({data['target_share']}x)"]
     header += [f"{key[5:]}: {runtime}" for key in batches for runtime in RUNTIMES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arch, case in data["cases"].items():
+    order = sorted(data["cases"], key=lambda arch: NETWORKS.index(arch) if arch in NETWORKS else len(NETWORKS))
+    cases = {arch: data["cases"][arch] for arch in order}  # a --merge appends the networks run last
+    for arch, case in cases.items():
         for step, costs in case["pruned"].items():
             ratio = costs["flops_speedup"]
             cells = [arch, step, f"{ratio:.2f}x", f"{data['target_share'] * ratio:.2f}x"]
@@ -230,7 +232,7 @@ def table(data: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     dense = ["", "| network | " + " | ".join(f"dense {key[5:]}: {r} (ms)" for key in batches for r in RUNTIMES) + " |"]
     dense.append("|" + "---|" * (1 + len(batches) * len(RUNTIMES)))
-    for arch, case in data["cases"].items():
+    for arch, case in cases.items():
         cells = [arch]
         for key in batches:
             for runtime in RUNTIMES:
