@@ -195,7 +195,8 @@ class WindowHeadAttention(nn.Module):
 
     @classmethod
     def sharing(cls, attention: nn.Module) -> WindowHeadAttention:
-        """A :class:`WindowHeadAttention` that uses ``attention``'s own layers, table and index."""
+        """A :class:`WindowHeadAttention` (of this class) that uses ``attention``'s own layers and
+        position-bias parameters and buffers (no copies)."""
         explicit = cls.__new__(cls)
         nn.Module.__init__(explicit)
         explicit.window_size, explicit.shift_size = list(attention.window_size), list(attention.shift_size)
@@ -203,10 +204,13 @@ class WindowHeadAttention(nn.Module):
         explicit.head_dim = attention.qkv.out_features // (3 * attention.num_heads)
         explicit.attention_dropout, explicit.dropout = attention.attention_dropout, attention.dropout
         explicit.qkv, explicit.proj = attention.qkv, attention.proj
-        explicit.relative_position_bias_table = attention.relative_position_bias_table
         explicit.register_buffer("relative_position_index", attention.relative_position_index)
+        explicit._share_position_bias(attention)
         explicit.train(attention.training)
         return explicit
+
+    def _share_position_bias(self, attention: nn.Module) -> None:
+        self.relative_position_bias_table = attention.relative_position_bias_table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
@@ -260,20 +264,9 @@ class WindowHeadAttentionV2(WindowHeadAttention):
     form: cosine attention scaled per head by exp(min(logit_scale, log 100)), keys without bias, and a
     position bias 16·σ(cpb_mlp(relative coordinates)) whose last layer has one output per head."""
 
-    @classmethod
-    def sharing(cls, attention: nn.Module) -> WindowHeadAttentionV2:
-        explicit = cls.__new__(cls)
-        nn.Module.__init__(explicit)
-        explicit.window_size, explicit.shift_size = list(attention.window_size), list(attention.shift_size)
-        explicit.num_heads = attention.num_heads
-        explicit.head_dim = attention.qkv.out_features // (3 * attention.num_heads)
-        explicit.attention_dropout, explicit.dropout = attention.attention_dropout, attention.dropout
-        explicit.qkv, explicit.proj = attention.qkv, attention.proj
-        explicit.logit_scale, explicit.cpb_mlp = attention.logit_scale, attention.cpb_mlp
-        explicit.register_buffer("relative_coords_table", attention.relative_coords_table)
-        explicit.register_buffer("relative_position_index", attention.relative_position_index)
-        explicit.train(attention.training)
-        return explicit
+    def _share_position_bias(self, attention: nn.Module) -> None:
+        self.logit_scale, self.cpb_mlp = attention.logit_scale, attention.cpb_mlp
+        self.register_buffer("relative_coords_table", attention.relative_coords_table)
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)

@@ -58,6 +58,17 @@ def _head_groups(analysis) -> list:
     return [g for g in analysis.groups if g.group.kind == "heads"]
 
 
+def _half_pruned(model: nn.Module, analysis, data: TensorDataset):
+    """``model`` pruned to half of every group's units (at least one), physically; checked to equal
+    the functional prune and to cost exactly what the analysis planned."""
+    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
+    physical = api.prune(model, analysis, plan, data=data)
+    functional = api.prune(model, analysis, plan, data=data, physical=False)
+    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
+    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    return physical
+
+
 # ------------------------------------------------------------------------------------------
 
 
@@ -163,12 +174,8 @@ def test_a_duplicated_head_is_removed_with_no_output_change():
 def test_removed_heads_equal_the_functional_prune_and_are_costed_exactly(family):
     model, data = BUILDERS[family](), _images()
     analysis = api.analyze(model, data)
-    plan = analysis.plan(keep={g.name: g.units // 2 for g in analysis.groups})
-    physical = api.prune(model, analysis, plan, data=data)
-    functional = api.prune(model, analysis, plan, data=data, physical=False)
-    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
-    example = data.tensors[0][:1]
-    assert analysis.cost(plan.keep) == pytest.approx(flops.count(physical.model, example), rel=1e-9)
+    physical = _half_pruned(model, analysis, data)
+    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
     assert (plan.params_after, plan.flops_after) == analysis.cost(plan.keep)
     for g in _head_groups(analysis):
         attention = physical.model.get_submodule(g.name)
@@ -367,11 +374,7 @@ def test_swin_v2_heads_are_pruned_and_costed_exactly():
     analysis = api.analyze(model, data)
     assert sum(g.group.kind == "heads" for g in analysis.groups) == 4
     assert not [e for e in analysis.excluded if "cpb_mlp.2" in e.name]  # its outputs are the heads' biases
-    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
-    physical = api.prune(model, analysis, plan, data=data)
-    functional = api.prune(model, analysis, plan, data=data, physical=False)
-    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
-    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    physical = _half_pruned(model, analysis, data)
     attention = physical.model.get_submodule("features.3.0.attn")
     assert attention.num_heads == 2 and attention.logit_scale.shape[0] == 2 and attention.cpb_mlp[2].out_features == 2
 
@@ -397,11 +400,7 @@ def test_swin_keep_all_is_exact_and_removed_heads_are_costed_exactly():
     analysis = api.analyze(model, data)
     run = api.prune(model, analysis, analysis.plan(keep=dict(analysis.units)), data=data)
     assert torch.equal(_logits(run.model, data), _logits(model, data))
-    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
-    physical = api.prune(model, analysis, plan, data=data)
-    functional = api.prune(model, analysis, plan, data=data, physical=False)
-    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
-    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    physical = _half_pruned(model, analysis, data)
     attention = physical.model.get_submodule("features.3.0.attn")
     assert attention.num_heads == 2 and attention.relative_position_bias_table.shape[1] == 2
 
@@ -443,11 +442,7 @@ def test_timm_swin_heads_are_pruned_in_place_and_costed_exactly():
     assert heads == {f"layers.{s}.blocks.{b}.attn": ((2, 8) if s == 0 else (4, 8)) for s in (0, 1) for b in (0, 1)}
     keep_all = api.prune(model, analysis, analysis.plan(keep=dict(analysis.units)), data=data)
     assert torch.equal(_logits(keep_all.model, data), _logits(model, data))
-    plan = analysis.plan(keep={g.name: max(1, g.units // 2) for g in analysis.groups})
-    physical = api.prune(model, analysis, plan, data=data)
-    functional = api.prune(model, analysis, plan, data=data, physical=False)
-    assert relative_error(_logits(physical.model, data), _logits(functional.model, data)) < 1e-5
-    assert analysis.cost(plan.keep) == flops.count(physical.model, data.tensors[0][:1])
+    physical = _half_pruned(model, analysis, data)
     attention = physical.model.get_submodule("layers.1.blocks.0.attn")
     assert type(attention).__name__ == "WindowAttention"  # timm's own module, smaller
     assert attention.num_heads == 2 and attention.relative_position_bias_table.shape[1] == 2
