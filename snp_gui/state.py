@@ -67,7 +67,7 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
     architecture_changed = Signal(object)  # Architecture of the analysed network, or None
     blocks_changed = Signal(list, list)  # BlockRow of each removable block, the names of those removed
     blocks_note = Signal(str)  # why a block was not ticked or unticked; "" when it was
-    options_changed = Signal(object)  # Options, after anything but the threshold changed them
+    options_changed = Signal(object)  # Options, after anything changed them (a threshold: once it is final)
     metrics_changed = Signal(dict)
     stale_changed = Signal(bool)
     sweep_point = Signal(str, list, list)  # series name, FLOPs reductions, top-1
@@ -228,6 +228,7 @@ class Session(QObject, PrunedJobs, Opening, PlanHistory, NamedPlans, Sensitivity
         self._apply_keep(plan.keep, final=True)
         if final:
             self._end_edit()
+            self.options_changed.emit(self.options)  # a threshold set from code (Relax, blocks) reaches the controls
         self.threshold_note.emit(self._plan_warning())
 
     def _threshold_plan(self) -> dict[str, int] | None:

@@ -85,6 +85,14 @@ def test_an_invalid_threshold_changes_neither_plan_nor_options_and_is_never_save
     assert float(settings.value("options/threshold_value")) == pytest.approx(value)
 
 
+def test_a_threshold_set_from_code_shows_in_the_controls(qtbot, window):
+    """Relax, a removed block or a script sets the session's threshold directly: the controls follow."""
+    window.session.set_threshold("flops", 0.5)
+    assert window.threshold.mode() == "flops" and window.threshold.value() == pytest.approx(0.5)
+    assert window.threshold.spin.value() == pytest.approx(50.0)
+    assert window.session.plan().flops_reduction >= 0.5 - 1e-9
+
+
 def test_bad_saved_settings_fall_back_to_defaults_with_a_note(qtbot, tmp_path):
     settings = Settings(tmp_path / "bad.ini")
     for key, value in {"threshold_mode": "variance", "threshold_value": 0, "samples": -5, "curve": "nonsense"}.items():
