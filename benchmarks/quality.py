@@ -111,11 +111,13 @@ def tp_ratio_for(model: nn.Module, example: torch.Tensor, target: float, device:
 
 
 def uniform_plan(analysis: api.Analysis, target: float) -> api.Plan:
-    """The same keep fraction q in every group, the largest q that meets the FLOPs target (bisection)."""
+    """The same keep fraction q in every group, the largest q that meets the FLOPs target (bisection);
+    a group split over conv groups keeps a multiple of its parts, as the engine demands."""
     budget = analysis.cost()[1] * (1 - target)
+    parts = {g.name: g.group.parts for g in analysis.groups}
 
     def counts(q: float) -> dict[str, int]:
-        return {name: max(1, round(q * n)) for name, n in analysis.units.items()}
+        return {name: max(parts[name], round(q * n / parts[name]) * parts[name]) for name, n in analysis.units.items()}
 
     low, high = 0.0, 1.0
     for _ in range(40):
