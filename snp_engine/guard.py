@@ -24,6 +24,7 @@ from snp_engine.errors import AnalysisError
 
 DEFAULT_SECONDS = 120.0
 _POLL_SECONDS = 0.02  # how often the watchdog looks
+_RESEND_SECONDS = 0.5  # how often a stop is sent again while the watched block still runs
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -92,11 +93,27 @@ def bounded(
         while not finished.wait(_POLL_SECONDS):
             why = over_limit()
             if why:
-                with lock:
-                    if not finished.is_set():
-                        reason.append(why)
-                        _raise_in(target, _Exceeded)
-                return
+                break
+        # the stop is sent again until the block has ended: code that catches every exception
+        # (torch-pruning retries a failed forward pass under a bare ``except``) may swallow one
+        while not finished.is_set():
+            with lock:
+                if finished.is_set():
+                    return
+                if not reason:
+                    reason.append(why)
+                _raise_in(target, _Exceeded)
+            finished.wait(_RESEND_SECONDS)
+
+    def end_watch() -> None:
+        """Stop the watchdog (idempotent); a stop it sent just before may still arrive: absorb it."""
+        with lock:
+            finished.set()
+        watchdog.join()
+        if reason:
+            with contextlib.suppress(_Exceeded):
+                for _ in range(10_000):
+                    pass
 
     watchdog = threading.Thread(target=watch, name=f"bounds of {what}"[:60], daemon=True)
     watchdog.start()
@@ -104,14 +121,9 @@ def bounded(
         try:
             yield
         finally:
-            with lock:
-                finished.set()
-            watchdog.join()
-            if reason:  # a stop was sent as the block ended: where it has not arrived yet, it arrives here
-                with contextlib.suppress(_Exceeded):
-                    for _ in range(10_000):
-                        pass
+            end_watch()
     except _Exceeded:
+        end_watch()  # again, in case a second stop interrupted the first end_watch
         raise AnalysisError(f"{what} {reason[0] if reason else 'was stopped'}; {hint}".rstrip("; ")) from None
 
 

@@ -3,6 +3,7 @@ become messages that name the architecture."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -119,3 +120,22 @@ def test_internal_torch_pruning_errors_name_the_architecture(monkeypatch):
         AnalysisError, match=r"^tracing the layers of ShuffleNetV2 failed inside torch-pruning \(ZeroDivisionError"
     ):
         find_groups(model, torch.zeros(1, 3, 64, 64))
+
+
+def test_a_block_that_swallows_the_stop_is_stopped_again():
+    """torch-pruning retries a failed forward pass under a bare ``except``: a stop that lands there is
+    lost, so the watchdog sends it again until the block has ended."""
+
+    def stubborn() -> None:
+        with contextlib.suppress(BaseException):  # what the traced library does
+            _spin(5)
+        _spin(30)
+
+    start = time.monotonic()
+    with (
+        pytest.raises(AnalysisError, match=r"^stubborn work did not finish within 0 s"),
+        bounded("stubborn work", seconds=0.2, memory_bytes=None),
+    ):
+        stubborn()
+    assert time.monotonic() - start < 5
+    assert _spin(0.3) > 0  # no stop is left over for the code that runs afterwards
