@@ -7,14 +7,10 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import torch
-import torchvision
-from torch.utils.data import TensorDataset
-
-from snp_engine import api
 from snp_gui.panels.binding import bind_summary
 from snp_gui.state import Session
 from snp_gui.summary import SummaryBar
+from tests.gui.helpers import small_vit_analysis
 
 
 def test_the_heads_field_shows_only_for_networks_with_attention(qtbot):
@@ -29,13 +25,7 @@ def test_the_heads_field_shows_only_for_networks_with_attention(qtbot):
 
 
 def test_the_summary_counts_the_heads_a_plan_keeps(qtbot):
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=48, num_classes=5
-    ).eval()
-    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    analysis = api.analyze(model, TensorDataset(images, torch.zeros(24, dtype=torch.long)))
+    _model, analysis = small_vit_analysis()
     session, bar = Session(), SummaryBar()
     qtbot.addWidget(bar)
     bind_summary(bar, session)

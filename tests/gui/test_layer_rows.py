@@ -8,6 +8,7 @@ from torch.utils.data import TensorDataset
 from snp_engine import api
 from snp_engine.models import load_model
 from snp_gui.layer_rows import layer_costs, layer_rows
+from tests.gui.helpers import small_vit_analysis
 
 
 def test_stream_row_says_what_couples_it_and_owns_every_producer():
@@ -29,15 +30,7 @@ def test_stream_row_says_what_couples_it_and_owns_every_producer():
 
 
 def test_attention_heads_are_rows_of_their_own_counted_in_heads():
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    import torchvision
-
-    model = torchvision.models.VisionTransformer(
-        image_size=16, patch_size=4, num_layers=1, num_heads=4, hidden_dim=32, mlp_dim=48, num_classes=5
-    ).eval()
-    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    analysis = api.analyze(model, TensorDataset(images, torch.zeros(24, dtype=torch.long)))
+    model, analysis = small_vit_analysis(layers=1)
     rows = {r["name"]: r for r in layer_rows(analysis, model)}
     heads = rows["encoder.layers.encoder_layer_0.self_attention"]
     assert heads["type"] == "MultiheadAttention · heads of 8 channels" and heads["units"] == 4
