@@ -20,6 +20,7 @@ window (``grab``), an upper bound since a real drag repaints only what changed.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -216,10 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
     common.set_threads(args.threads)
     from PySide6.QtWidgets import QApplication
 
+    from snp_gui.app import collect_garbage_in_gui_thread
     from snp_gui.main_window import MainWindow
     from snp_gui.settings import Settings
 
     app = QApplication.instance() or QApplication([])
+    automatic_collection = gc.isenabled()
+    collect_garbage_in_gui_thread(app)  # as the app does: a collection in a worker can hang Qt
     with tempfile.TemporaryDirectory(prefix="snp-gui-bench-") as tmp:
         window = MainWindow(settings=Settings(Path(tmp) / "settings.ini"))
         window.resize(1400, 900)
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
             window.controller.runner.wait()
             window.close()
             app.processEvents()
+            if automatic_collection:
+                gc.enable()
     results = {
         **common.run_header("gui_latency", args),
         "qt_platform": app.platformName(),

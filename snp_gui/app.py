@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -153,11 +154,13 @@ def collect_garbage_in_gui_thread(app) -> None:
     """Run Python's cyclic garbage collector only in the GUI thread, on a timer (pyqtgraph's
     GarbageCollector). Left automatic, a collection runs in whichever thread allocates past the
     threshold, a worker included, and may destroy GUI-thread Qt objects caught in reference cycles
-    from there, which can hang or crash Qt. Idempotent: one collector per application."""
+    from there, which can hang or crash Qt. Idempotent: one collector per application; automatic
+    collection is switched off on every call (code that turned it back on gets it off again)."""
     if getattr(app, "_snp_garbage_collector", None) is None:
         from pyqtgraph.util.garbage_collector import GarbageCollector
 
         app._snp_garbage_collector = GarbageCollector(interval=1.0)
+    gc.disable()
 
 
 def _application(color_scheme: str = "system"):

@@ -95,9 +95,13 @@ def test_distributed_quick(tmp_path):
 
 def test_gui_latency_quick(tmp_path):
     pytest.importorskip("PySide6")
+    import gc
+
     from benchmarks import gui_latency
 
-    gui_latency.main(_args(tmp_path, "gui_latency"))
+    automatic = gc.isenabled()
+    gui_latency.main(_args(tmp_path, "gui_latency"))  # collects garbage in the GUI thread only, as the app
+    assert gc.isenabled() == automatic  # and leaves the collector as it found it
     data = _check(tmp_path / "gui_latency.json", ("event_loop_idle", "event_loop_during_analysis", "interactions"))
     interactions = data["interactions"]
     assert interactions["groups"] > 0

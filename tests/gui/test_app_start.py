@@ -90,6 +90,7 @@ def test_garbage_is_collected_in_the_gui_thread_not_in_workers(qapp, qtbot):
     import gc
     import threading
 
+    gc.enable()  # e.g. turned back on by code that ran before: the call turns it off again
     app.collect_garbage_in_gui_thread(qapp)
     assert not gc.isenabled()  # no automatic collection, in any thread
     _Cycle.freed_in.clear()
