@@ -249,8 +249,6 @@ def _all_groups(graph: tp.DependencyGraph, names: dict[nn.Module, str]) -> tuple
             continue
         try:
             group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except SnpError:
-            raise
         except (IndexError, ZeroDivisionError, KeyError, ValueError, RuntimeError):
             unmapped[names[module]] = int(width)
             visited.add(module)
@@ -454,7 +452,7 @@ def _with_heads(
             continue
         groups.append(UnitGroup(layer.name, layer.reader, layer.heads, "linear", block=layer.head_dim, kind="heads"))
         _, per_head = per_head_parameters(model.get_submodule(layer.name))
-        covered.update({layer.qkv, f"{layer.name}.{per_head}" if per_head else None})
+        covered.update(name for name in (layer.qkv, per_head and f"{layer.name}.{per_head}") if name)
     return groups, [e for e in excluded if e.name not in covered]
 
 

@@ -138,6 +138,11 @@ def _cosine(module: nn.Module) -> bool:
     return isinstance(getattr(module, "logit_scale", None), nn.Parameter) and hasattr(module, "cpb_mlp")
 
 
+def _window_form(module: nn.Module) -> type[WindowHeadAttention]:
+    """The explicit form of a Swin window attention: V2 (cosine) or V1."""
+    return WindowHeadAttentionV2 if _cosine(module) else WindowHeadAttention
+
+
 def _shift_mask(height: int, width: int, window: Sequence[int], shift: Sequence[int], like: torch.Tensor):
     """The additive mask of shifted windows: tokens that came from different regions of the map
     before the cyclic shift do not attend to each other (−100 between them, 0 within a region)."""
@@ -409,8 +414,7 @@ def explicit_attention(model: nn.Module, *, multihead: bool = True) -> Iterator[
         if isinstance(module, nn.MultiheadAttention) and multihead:
             explicit = HeadAttention.sharing(module)
         elif _is_window_attention(module):
-            version = WindowHeadAttentionV2 if _cosine(module) else WindowHeadAttention
-            explicit = version.sharing(module)
+            explicit = _window_form(module).sharing(module)
         else:
             continue
         parent, _, child = name.rpartition(".")
@@ -446,6 +450,19 @@ def _smaller_linear(linear: nn.Linear, rows: torch.Tensor | None, columns: torch
     return smaller
 
 
+def _keep_per_head(target: nn.Module, source: nn.Module, heads_kept: torch.Tensor) -> None:
+    """Give ``target`` the kept heads' own parameters of ``source`` (see :func:`per_head_parameters`):
+    Swin's bias-table columns, Swin V2's logit scales and position-bias outputs; none elsewhere."""
+    if _cosine(source):
+        target.logit_scale = nn.Parameter(source.logit_scale.detach()[heads_kept].clone())
+        mlp = copy.deepcopy(source.cpb_mlp)
+        mlp[-1] = _smaller_linear(source.cpb_mlp[-1], heads_kept, None)
+        target.cpb_mlp = mlp
+    elif isinstance(getattr(source, "relative_position_bias_table", None), nn.Parameter):
+        table = source.relative_position_bias_table.detach()[:, heads_kept]
+        target.relative_position_bias_table = nn.Parameter(table.clone())
+
+
 def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
     """Physically delete the heads ``removed`` of the attention layer ``name`` (in place)."""
     module = model.get_submodule(name)
@@ -454,32 +471,20 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
     if not kept:
         raise ValueError(f"{name}: an attention layer keeps at least one head")
     rows, columns = _qkv_rows(kept, heads, width), block_units(torch.tensor(kept), width)
-    if _is_timm_attention(module):
+    heads_kept = torch.tensor(kept, device=rows.device)
+    if _is_timm_attention(module) or _is_timm_window_attention(module):  # any head count: shrunk in place
         module.qkv = _smaller_linear(module.qkv, rows, None)
         module.proj = _smaller_linear(module.proj, None, columns)
-        module.num_heads, module.attn_dim = len(kept), len(kept) * width
-        return
-    if _is_timm_window_attention(module):  # any head count: smaller layers and table in place
-        module.qkv = _smaller_linear(module.qkv, rows, None)
-        module.proj = _smaller_linear(module.proj, None, columns)
-        table = module.relative_position_bias_table.detach()[:, torch.tensor(kept, device=rows.device)]
-        module.relative_position_bias_table = nn.Parameter(table.clone())
+        _keep_per_head(module, module, heads_kept)
         module.num_heads = len(kept)
+        if _is_timm_attention(module):
+            module.attn_dim = len(kept) * width
         return
     if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
-        version = WindowHeadAttentionV2 if _cosine(module) else WindowHeadAttention
-        smaller = version.sharing(module)  # then its own, smaller layers and per-head parameters
+        smaller = _window_form(module).sharing(module)  # then its own, smaller layers and per-head parameters
         smaller.qkv = _smaller_linear(module.qkv, rows, None)
         smaller.proj = _smaller_linear(module.proj, None, columns)
-        heads_kept = torch.tensor(kept, device=rows.device)
-        if _cosine(module):
-            smaller.logit_scale = nn.Parameter(module.logit_scale.detach()[heads_kept].clone())
-            mlp = copy.deepcopy(module.cpb_mlp)
-            mlp[-1] = _smaller_linear(module.cpb_mlp[-1], heads_kept, None)
-            smaller.cpb_mlp = mlp
-        else:
-            table = module.relative_position_bias_table.detach()[:, heads_kept]
-            smaller.relative_position_bias_table = nn.Parameter(table.clone())
+        _keep_per_head(smaller, module, heads_kept)
         smaller.num_heads = len(kept)
         _replace(model, name, smaller)
         return
