@@ -168,13 +168,13 @@ def total_macs(model: nn.Module, example_input: torch.Tensor) -> float:
     return flops.total_macs(model, example_input)
 
 
-def _attention_costs(model: nn.Module, group: UnitGroup, costs: dict[str, LayerCost]) -> Callable:
+def _attention_costs(group: UnitGroup, projected: tuple[str, int, bool], costs: dict[str, LayerCost]) -> Callable:
     """A pre-hook on an attention layer that adds what its heads cost beyond the linear layers that
     forward hooks see: a torchvision layer's q/k/v projection (a bare parameter, 3·H·d·E MACs per
     token) and, for every layer, the two attention products q kᵀ and softmax(·) v (2·T·S·H·d MACs
     for T query and S key tokens) with Swin's relative position bias table (a column per head).
-    Both scale with the kept heads."""
-    qkv, params, hooked = projection(model, group.name)
+    Both scale with the kept heads. ``projected`` is :func:`snp_engine.heads.projection` of the layer."""
+    qkv, params, hooked = projected
     width = group.channels
 
     def hook(module, inputs, *_):
@@ -218,8 +218,9 @@ def build_cost_model(
             entry["channel_width"] = _channels(model.get_submodule(name))
 
     heads = [g for g in groups if g.kind == "heads"]
+    projections = {g.name: projection(model, g.name) for g in heads}
     for group in heads:
-        qkv, _, hooked = projection(model, group.name)
+        qkv, _, hooked = projections[group.name]
         if hooked:  # timm's fused q/k/v layer: its output channels are the heads' channels
             role.setdefault(qkv, {})["out_group"] = group.name
         _, per_head = per_head_parameters(model.get_submodule(group.name))
@@ -243,7 +244,9 @@ def build_cost_model(
                 handles.append(module.register_forward_hook(hook))
         for group in heads:
             handles.append(
-                model.get_submodule(group.name).register_forward_pre_hook(_attention_costs(model, group, costs))
+                model.get_submodule(group.name).register_forward_pre_hook(
+                    _attention_costs(group, projections[group.name], costs)
+                )
             )
         try:
             with torch.inference_mode():

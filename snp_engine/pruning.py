@@ -105,8 +105,8 @@ def prune(
             elif k < g.units:
                 if compensate:
                     cov, mean = within_groups(reader.moments.covariance(), reader.reader.groups), reader.moments.mean()
-                    ridge = compensation_ridge(cov, len(kept) * g.group.block, reader.moments.samples)
                     channels = g.group.channel_indices(kept)
+                    ridge = compensation_ridge(cov, len(channels), reader.moments.samples)
                     mapping, offset = one_shot_reconstruction(cov, mean, channels, ridge)
                     apply_reconstruction(
                         pruned, reader.reader, g.channels, channels, mapping, offset, reader.coverage, reader.norm
