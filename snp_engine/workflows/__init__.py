@@ -49,7 +49,6 @@ from snp_engine.workflows.jobs import (
     make_plan,
     no_groups_reason,
     prune,
-    sweep,
 )
 from snp_engine.workflows.measuring import Comparison, compare, cost, fidelity, latencies, score
 from snp_engine.workflows.preparation import (
@@ -67,6 +66,7 @@ from snp_engine.workflows.preparation import (
     prepare,
     sharded,
 )
+from snp_engine.workflows.sweeps import sweep
 
 __all__ = [
     "ALLOCATIONS",

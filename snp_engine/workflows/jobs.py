@@ -1,9 +1,9 @@
-"""The long jobs: analyse, plan, prune, sweep, fine-tune and export a prepared model."""
+"""The long jobs: analyse, plan, prune, fine-tune and export a prepared model (sweeps: :mod:`.sweeps`)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,53 +143,6 @@ def prune(
         reporter=reporter,
         distributed=distributed,
     )
-
-
-def sweep(
-    prepared: Prepared,
-    analysis: api.Analysis,
-    reductions: Sequence[float],
-    *,
-    baseline: str = "l1",
-    compensation: Compensation | str = Compensation.SEQUENTIAL,
-    batch_size: int = api.DEFAULT_BATCH_SIZE,
-    samples: int | None = None,
-    device: str | torch.device = "cpu",
-    on_point: Callable[[str, float, float], None] | None = None,
-    reporter: Reporter | None = None,
-) -> dict[tuple[str, float], float]:
-    """Top-1 against FLOPs reduction for the analysis' ordering and a baseline ordering; every
-    point goes to ``on_point(series, reduction, top1)`` as soon as it is measured."""
-    reporter = reporter or Reporter()
-    on_point = on_point or (lambda *point: None)
-    evaluation = prepared.evaluation or prepared.require_data()
-    dense = score(prepared.model.model, evaluation, device=device).top1
-    orderings = list(dict.fromkeys([analysis.ordering, baseline]))
-    steps, done, results = len(orderings) * len(reductions), 0, {}
-    for ordering in orderings:
-        current = analysis if ordering == analysis.ordering else analysis.reorder(ordering)
-        label = f"SNP ({ordering})" if ordering == analysis.ordering else f"{ordering} (baseline)"
-        on_point(label, 0.0, dense)
-        for reduction in reductions:
-            reporter.check()
-            part = Scaled(reporter, done / steps, (done + 1) / steps)
-            plan = current.plan(flops_reduction=reduction)
-            pruned = prune(
-                prepared,
-                current,
-                plan,
-                compensation=compensation,
-                batch_size=batch_size,
-                samples=samples,
-                physical=False,
-                device=device,
-                reporter=part,
-            ).model
-            top1 = score(pruned, evaluation, device=device).top1
-            results[(label, reduction)] = top1
-            on_point(label, reduction, top1)
-            done += 1
-    return results
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,19 @@ units) and the network is measured on the evaluation data: top-1 and the relativ
 so a layer costs one copy of the network and one pass over the evaluation data; with one group
 pruned, one-shot and sequential compensation are the same fit (see :mod:`snp_engine.pruning`).
 
+With residual blocks removed as well, each layer is pruned alone on the network *without* them: the
+blocks are removed and compensated (:func:`~snp_engine.workflows.blockjobs.remove_blocks`, as
+:func:`~snp_engine.workflows.blockjobs.prune_with_blocks` does) and what remains is analysed again,
+once; the reference is that network (so a layer's numbers are what it costs beyond the blocks), and
+the layers inside the removed blocks are not measured (:attr:`Sensitivity.skipped`).
+
 :func:`relaxed_counts` turns the ranking into a plan change: the most sensitive layers get back half
 of the units they lose.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +27,16 @@ from torch import nn
 
 from snp_engine import api
 from snp_engine.activations import model_dtype
+from snp_engine.blocks import BlockScore
 from snp_engine.data import make_loader
 from snp_engine.errors import SnpError
 from snp_engine.metrics import check_labels, topk_hits
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.runtime import check_forward, first_example, out_of_memory_as_error, resolve_device
+from snp_engine.workflows.blockjobs import remove_blocks
+from snp_engine.workflows.choices import AnalysisOptions, Compensation
+from snp_engine.workflows.jobs import analyse
 from snp_engine.workflows.preparation import Prepared
 
 
@@ -54,13 +64,19 @@ class LayerSensitivity:
 
 @dataclass(frozen=True)
 class Sensitivity:
-    """Every layer's :class:`LayerSensitivity` (network order), for the keep counts they were measured at."""
+    """Every layer's :class:`LayerSensitivity` (network order), for the keep counts they were measured at.
+
+    ``blocks`` are the residual blocks removed from the network the layers were measured on (its
+    ``dense_top1`` is that network's), ``skipped`` the layers not measured because they went with them.
+    """
 
     layers: tuple[LayerSensitivity, ...]
     keep: Mapping[str, int]
     dense_top1: float
     evaluation: str
     samples: int
+    blocks: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     def of(self, name: str) -> LayerSensitivity | None:
         return next((layer for layer in self.layers if layer.name == name), None)
@@ -99,6 +115,11 @@ def layer_sensitivity(
     analysis: api.Analysis,
     keep: Mapping[str, int],
     *,
+    blocks: Sequence[str] = (),
+    block_scores: Sequence[BlockScore] | None = None,
+    options: AnalysisOptions | None = None,
+    compensation: Compensation | str = Compensation.SEQUENTIAL,
+    samples: int | None = None,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     on_layer: Callable[[LayerSensitivity], None] | None = None,
@@ -110,6 +131,10 @@ def layer_sensitivity(
     A group that keeps all its units is the dense network (its error is 0) and costs nothing.
     ``on_layer`` receives each layer's result as soon as it is measured; ``reporter`` gives progress
     and cancel (checked between batches and between layers).
+
+    With residual ``blocks`` (of the network ``analysis`` describes) the layers are measured on the
+    network without them, removed with ``compensation`` (``block_scores`` spare scoring them again)
+    and analysed again with ``options`` on ``samples`` calibration images; see the module's docstring.
     """
     reporter = reporter or Reporter()
     unknown = sorted(set(keep) - set(analysis.units))
@@ -119,6 +144,24 @@ def layer_sensitivity(
     for name, k in counts.items():
         if not 1 <= k <= analysis.units[name]:
             raise SnpError(f"'{name}' keeps {k} units, not a count in 1 … {analysis.units[name]}")
+    blocks, skipped = tuple(blocks), ()
+    if blocks:
+        reporter.update(0.0, f"removing {', '.join(blocks)}")
+        removed = remove_blocks(
+            prepared,
+            list(blocks),
+            compensation=compensation,
+            scores=block_scores,
+            batch_size=options.batch_size if options else batch_size,
+            samples=samples,
+            device=device,
+            reporter=Scaled(reporter, 0.0, 0.15),
+        )
+        options = options or AnalysisOptions(samples=samples, ordering=analysis.ordering)
+        remaining = analyse(removed.prepared, options, device=device, reporter=Scaled(reporter, 0.15, 0.3))
+        skipped = tuple(name for name in analysis.names if name not in remaining.units)
+        prepared, analysis, reporter = removed.prepared, remaining, Scaled(reporter, 0.3, 1.0)
+        counts = {name: min(counts.get(name, units), units) for name, units in remaining.units.items()}
     evaluation = prepared.evaluation or prepared.require_data()
     device = resolve_device(device)
     dense = prepared.model.model.to(device).eval()
@@ -162,7 +205,9 @@ def layer_sensitivity(
             if on_layer is not None:
                 on_layer(result)
     reporter.update(1.0, "sensitivity measured")
-    return Sensitivity(tuple(layers), dict(counts), dense_top1, prepared.evaluation_label, int(labels.shape[0]))
+    return Sensitivity(
+        tuple(layers), dict(counts), dense_top1, prepared.evaluation_label, int(labels.shape[0]), blocks, skipped
+    )
 
 
 def relax_share(keep: int, units: int) -> int:

@@ -82,3 +82,42 @@ def test_without_blocks_it_is_the_plain_prune_and_unknown_names_are_refused(demo
     assert pruned.record.blocks == () and not isinstance(pruned.model.layer1[0], torch.nn.Identity)
     with pytest.raises(SnpError, match=r"'layer9' is not a removable block; removable blocks: layer1\.0"):
         workflows.remove_blocks(prepared, ["layer9"])
+
+
+def test_a_sweep_with_a_block_prunes_every_point_as_evaluate_does(demo, monkeypatch):
+    from snp_engine.workflows import sweeps
+
+    prepared, analysis = demo
+    pruned_with: list[tuple[str, ...]] = []
+    real = sweeps.prune_with_blocks
+
+    def spy(*args, **kwargs):
+        pruned_with.append(tuple(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "prune_with_blocks", spy)
+    alone = workflows.blocks_cost(analysis, [BLOCK])[1] / analysis.cost()[1]
+    assert 0.01 < alone < 0.7
+    points: list[tuple[str, float, float]] = []
+    found = workflows.sweep(
+        prepared,
+        analysis,
+        [0.01, 0.7],
+        baseline=analysis.ordering,
+        blocks=[BLOCK],
+        samples=64,
+        batch_size=32,
+        on_point=lambda *point: points.append(point),
+    )
+    label = f"SNP ({analysis.ordering}) without {BLOCK}"
+    assert sorted(found) == [(label, alone), (label, 0.7)]  # 1 % is less than the block alone saves
+    assert pruned_with == [(BLOCK,), (BLOCK,)] and points[0] == (label, 0.0, points[0][2])
+    plan = workflows.plan_with_blocks(analysis, PlanTarget("flops", 0.7), [BLOCK])
+    pruned = workflows.prune_with_blocks(prepared, analysis, plan, [BLOCK], samples=64, batch_size=32)
+    assert found[(label, 0.7)] == pytest.approx(workflows.score(pruned.model, prepared.evaluation).top1)
+
+
+def test_a_sweep_without_blocks_keeps_its_series_names(demo):
+    prepared, analysis = demo
+    found = workflows.sweep(prepared, analysis, [0.3], baseline="l1", samples=64, batch_size=32)
+    assert sorted(found) == sorted([(f"SNP ({analysis.ordering})", 0.3), ("l1 (baseline)", 0.3)])

@@ -113,3 +113,22 @@ def test_top1_drop_ranks_before_output_error():
     found = Sensitivity(layers, keep, 90.0, "test", 10)
     assert [layer.name for layer in found.ranked()] == ["a", "b"]
     assert relaxed_counts(found, keep, units, 1) == {"a": 6}
+
+
+def test_with_a_block_removed_each_layer_is_measured_on_the_network_without_it():
+    prepared = workflows.prepare("demo-resnet", "digits", dense_check=False)
+    options = AnalysisOptions(samples=64, batch_size=32)
+    analysis = workflows.analyse(prepared, options)
+    block, inside = "layer1.0", "layer1.0.conv1"
+    keep = dict(workflows.plan_with_blocks(analysis, PlanTarget("flops", 0.5), [block]).keep)
+    found = layer_sensitivity(prepared, analysis, keep, blocks=[block], options=options, samples=64)
+    assert found.blocks == (block,) and found.skipped == (inside,)
+    assert inside not in [layer.name for layer in found.layers] and found.layers
+    removed = workflows.remove_blocks(prepared, [block], samples=64, batch_size=32)
+    remaining = workflows.analyse(removed.prepared, options)
+    without = workflows.score(removed.prepared.model.model, prepared.evaluation).top1
+    assert found.dense_top1 == pytest.approx(without)  # the reference is the network without the block
+    name = next(layer.name for layer in found.layers if layer.keep < layer.units)
+    alone = remaining.plan_for({name: keep[name]})
+    pruned = workflows.prune(removed.prepared, remaining, alone, compensation="one-shot", physical=False)
+    assert found.of(name).top1 == pytest.approx(workflows.score(pruned.model, prepared.evaluation).top1, abs=1e-9)
