@@ -56,6 +56,8 @@ from torch import nn
 
 from snp_engine.activations import collect_joint_folds, following_norms, images_of, model_dtype
 from snp_engine.compensation import consumer_metric, tap_coverage
+from snp_engine.distributed import all_reduce, position
+from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.groups import Reader
 from snp_engine.holdout import DEFAULT_FOLDS, RELATIVE_RIDGES, SEQUENTIAL, heldout_errors
@@ -202,8 +204,11 @@ def _example(model: nn.Module, loader, device) -> torch.Tensor:
     return images_of(first)[:1].to(device)
 
 
-def _folds(loader, folds: int) -> int:
+def _folds(loader, folds: int, distributed: bool = False) -> int:
+    """``folds``, at most one per image (of all processes' images with ``distributed``)."""
     images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
+    if images is not None and distributed:
+        images = total_over_processes(images)
     return max(1, min(folds, images or folds))
 
 
@@ -216,10 +221,16 @@ def score_blocks(
     batch_size: int = DEFAULT_BATCH_SIZE,
     samples: int | None = None,
     device: str | torch.device | None = "cpu",
+    distributed: bool = False,
     reporter: Reporter | None = None,
 ) -> tuple[BlockScore, ...]:
     """The score of every removable block of ``model`` (or of ``blocks``) on the calibration ``data``,
-    from one streamed pass, in network order."""
+    from one streamed pass, in network order.
+
+    With ``distributed=True`` each ``torch.distributed`` process holds its shard of the images
+    (image i on process i mod N, :func:`snp_engine.distributed.shard`): image i still goes to fold
+    i mod F, and each fold's moments are summed over the processes before scoring, so every process
+    finds the scores of one process reading all images."""
     reporter = reporter or Reporter()
     device = resolve_device(device)
     with out_of_memory_as_error("scoring blocks", device, batch_size):
@@ -230,15 +241,22 @@ def score_blocks(
             blocks = find_blocks(model, _example(model, loader, device))
         if not blocks:
             return ()
+        rank, world = position() if distributed else (0, 1)
         parts = collect_block_moments(
             model,
             blocks,
             loader,
-            folds=_folds(loader, folds),
+            folds=_folds(loader, folds, distributed),
+            first_image=rank,
+            image_step=world,
             device=device,
             total_batches=len(loader),
             reporter=Scaled(reporter, 0.0, 0.9),
         )
+        if distributed:
+            for found in parts.values():
+                all_reduce(found)
+        parts = {name: [part.to("cpu") for part in found] for name, found in parts.items()}
         scores = []
         for block in blocks:
             reporter.check()
@@ -288,13 +306,16 @@ def remove_blocks(
     batch_size: int = DEFAULT_BATCH_SIZE,
     samples: int | None = None,
     device: str | torch.device | None = "cpu",
+    distributed: bool = False,
     reporter: Reporter | None = None,
 ) -> BlockRemoval:
     """A copy of ``model`` with the blocks ``names`` replaced by the identity (the original is untouched).
 
     With ``compensate`` (needs calibration ``data``) every later conv/linear layer is refitted
     towards the dense network, front to back, as sequential calibration refits a reader (see the
-    module docstring); without it the blocks are simply dropped.
+    module docstring); without it the blocks are simply dropped. With ``distributed=True`` each
+    process holds its shard of ``data`` and every layer's fold moments are summed over the processes
+    before its fit, as in distributed sequential calibration, so every process makes the same fits.
     """
     reporter = reporter or Reporter()
     device = resolve_device(device)
@@ -322,7 +343,8 @@ def remove_blocks(
         order = first_calls(dense, names, example)
         names = sorted(names, key=lambda name: order.get(name, (len(order),))[0])
         norms = following_norms(pruned, [reader.consumer for reader, _, _ in plan], example)
-        folds = _folds(loader, folds)
+        folds = _folds(loader, folds, distributed)
+        rank, world = position() if distributed else (0, 1)
         fits: dict[str, dict] = {}
         for index, (reader, units, shape) in enumerate(plan):
             reporter.check()
@@ -333,7 +355,20 @@ def remove_blocks(
                 coverage = tap_coverage(layer.kernel_size, shape[2:], layer.stride, layer.padding, layer.dilation)
             metric = consumer_metric(weight_taps(layer, reader.layout, units), coverage).cpu()
             step = Scaled(reporter, index / len(plan), (index + 1) / len(plan))
-            parts = collect_joint_folds(pruned, dense, reader, units, loader, folds=folds, device=device, reporter=step)
+            parts = collect_joint_folds(
+                pruned,
+                dense,
+                reader,
+                units,
+                loader,
+                folds=folds,
+                first_image=rank,
+                image_step=world,
+                device=device,
+                reporter=step,
+            )
+            if distributed:
+                all_reduce(parts)
             parts = [part.to("cpu") for part in parts]
             kept = torch.arange(units)
             choice = fit_reader(pruned, reader, units, kept, parts, metric, coverage, norms.get(reader.consumer))

@@ -173,12 +173,19 @@ def collect_block_moments(
     batches: Iterable,
     *,
     folds: int,
+    first_image: int = 0,
+    image_step: int = 1,
     device: torch.device | str = "cpu",
     total_batches: int | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, list[Moments]]:
     """One pass over ``batches``: per block, the moments of z = [x; y] (input; output) split into
-    ``folds`` parts, image i going to fold i mod ``folds`` with all its positions or tokens."""
+    ``folds`` parts, image i going to fold i mod ``folds`` with all its positions or tokens.
+
+    The j-th image read here is image ``first_image + j·image_step`` of the whole set (a process's
+    shard, see :mod:`snp_engine.distributed`), so each image lands in the same fold however the
+    images are spread over processes and the folds' moments, summed over the processes, are those
+    of one process reading every image. The moments stay on ``device``."""
     reporter = reporter or Reporter()
     parts = {b.name: [Moments.zeros(2 * b.units, device) for _ in range(folds)] for b in blocks}
     inputs: dict[str, torch.Tensor] = {}
@@ -208,7 +215,7 @@ def collect_block_moments(
             for index, batch in enumerate(batches):
                 reporter.check()
                 images = images_of(batch).to(device)
-                fold_of_image[0] = (torch.arange(images.shape[0]) + seen) % folds
+                fold_of_image[0] = (first_image + (torch.arange(images.shape[0]) + seen) * image_step) % folds
                 model(images)
                 seen += images.shape[0]
                 done = f"batch {index + 1}" + (f"/{total_batches}" if total_batches else "")
@@ -216,7 +223,7 @@ def collect_block_moments(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: [p.to("cpu") for p in found] for name, found in parts.items()}
+    return parts
 
 
 def first_calls(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, tuple]]:

@@ -267,6 +267,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
                 samples=args.samples,
                 device=on,
                 reporter=Scaled(reporter, 0.0, 0.1),
+                distributed=args.distributed,
             )
 
         removed, device = plumbing.with_cpu_fallback(args, device, remove_on, warnings)
@@ -312,6 +313,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
                 samples=args.samples,
                 device=on,
                 reporter=Scaled(reporter, 0.2, 0.7),
+                distributed=args.distributed,
             )
 
         chosen, device = plumbing.with_cpu_fallback(args, device, choose_on, warnings)
@@ -426,8 +428,6 @@ def _check_remove_blocks(args: argparse.Namespace) -> None:
         raise SnpError(
             "--stats holds statistics of the network with all its blocks; do not combine it with --remove-blocks"
         )
-    if args.remove_blocks and args.distributed:
-        raise SnpError("--remove-blocks does not run under --distributed")
 
 
 def _block_lines(removed: workflows.BlocksRemoved | None) -> list[str]:

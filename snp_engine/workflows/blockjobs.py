@@ -19,16 +19,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Subset
 
 from snp_engine import api, blocks
-from snp_engine.activations import model_dtype
+from snp_engine.activations import images_of, model_dtype
 from snp_engine.blocks import BlockRemoval, BlockScore
+from snp_engine.distributed import sums
 from snp_engine.errors import SnpError
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.residual import Block, find_blocks
 from snp_engine.results import Pruned
-from snp_engine.runtime import DEFAULT_BATCH_SIZE, resolve_device
+from snp_engine.runtime import DEFAULT_BATCH_SIZE, batches_of, resolve_device
 from snp_engine.workflows.choices import AnalysisOptions, Compensation, PlanTarget
 from snp_engine.workflows.jobs import analyse, make_plan, prune
 from snp_engine.workflows.measuring import cost
@@ -85,9 +87,12 @@ def block_scores(
     samples: int | None = None,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> tuple[BlockScore, ...]:
     """The score of every removable block of the prepared model on its calibration data, in network
-    order (empty for a network without removable blocks)."""
+    order (empty for a network without removable blocks). ``distributed``: the calibration data is
+    this process's shard (:func:`~snp_engine.workflows.preparation.sharded`) and the statistics are
+    summed over the processes."""
     data = prepared.require_data()
     model = prepared.model.model
     if isinstance(model, torch.jit.ScriptModule):
@@ -96,7 +101,14 @@ def block_scores(
     if not found:
         return ()
     return blocks.score_blocks(
-        model, data, blocks=found, batch_size=batch_size, samples=samples, device=device, reporter=reporter
+        model,
+        data,
+        blocks=found,
+        batch_size=batch_size,
+        samples=samples,
+        device=device,
+        distributed=distributed,
+        reporter=reporter,
     )
 
 
@@ -110,12 +122,15 @@ def remove_blocks(
     samples: int | None = None,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> BlocksRemoved:
     """Remove the ``count`` removable blocks that add least beyond a linear map of their input, or
     the blocks named in ``count``; later layers are refitted unless ``compensation`` is none.
 
     The blocks are scored on the calibration data unless ``scores`` (from :func:`block_scores` on
-    the same network) are given.
+    the same network) are given. ``distributed``: the calibration data is this process's shard and
+    scores and refits use statistics summed over the processes (every process removes the same blocks
+    and makes the same fits).
     """
     reporter = reporter or Reporter()
     data = prepared.require_data()
@@ -133,6 +148,7 @@ def remove_blocks(
             batch_size=batch_size,
             samples=samples,
             device=device,
+            distributed=distributed,
             reporter=Scaled(reporter, 0.0, 0.3),
         )
     scores = tuple(scores)
@@ -153,6 +169,7 @@ def remove_blocks(
         batch_size=batch_size,
         samples=samples,
         device=device,
+        distributed=distributed,
         reporter=Scaled(reporter, 0.3, 1.0),
     )
     loaded = dataclasses.replace(prepared.model, model=removal.model)
@@ -271,6 +288,7 @@ def prune_with_blocks(
     samples: int | None = None,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> Pruned:
     """``prepared``'s network without the blocks ``names`` and with its channels pruned to ``plan``.
 
@@ -278,6 +296,8 @@ def prune_with_blocks(
     and compensated (:func:`remove_blocks`), the network that remains is analysed again with ``options``
     (its statistics changed with the blocks) and pruned to the keep counts ``plan`` gives its groups
     (made for ``analysis``, of the network with its blocks); the record names the removed blocks.
+    ``distributed``: the calibration data is this process's shard; every step sums its statistics
+    over the processes.
     """
     reporter = reporter or Reporter()
     if not names:
@@ -291,6 +311,7 @@ def prune_with_blocks(
             physical=physical,
             device=device,
             reporter=reporter,
+            distributed=distributed,
         )
     removed = remove_blocks(
         prepared,
@@ -301,9 +322,12 @@ def prune_with_blocks(
         samples=samples,
         device=device,
         reporter=Scaled(reporter, 0.0, 0.35),
+        distributed=distributed,
     )
     options = options or AnalysisOptions(samples=samples, batch_size=batch_size, ordering=analysis.ordering)
-    again = analyse(removed.prepared, options, device=device, reporter=Scaled(reporter, 0.35, 0.6))
+    again = analyse(
+        removed.prepared, options, device=device, reporter=Scaled(reporter, 0.35, 0.6), distributed=distributed
+    )
     counts = {name: min(int(plan.keep.get(name, units)), units) for name, units in again.units.items()}
     pruned = prune(
         removed.prepared,
@@ -315,8 +339,37 @@ def prune_with_blocks(
         physical=physical,
         device=device,
         reporter=Scaled(reporter, 0.6, 1.0),
+        distributed=distributed,
     )
     return with_blocks(pruned, removed)
+
+
+def logit_error(
+    reference: torch.nn.Module,
+    candidate: torch.nn.Module,
+    data,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    distributed: bool = False,
+) -> float:
+    """Relative logit error ‖f̃(x) − f(x)‖ / ‖f(x)‖ over the images of ``data``, as
+    :func:`snp_engine.api.fidelity`; with ``distributed`` ``data`` is this process's shard already
+    (the calibration images) and both sums of squares Σ‖f̃(x) − f(x)‖², Σ‖f(x)‖² are added over the
+    processes."""
+    device = resolve_device(device)
+    reference, candidate = reference.to(device).eval(), candidate.to(device).eval()
+    error = norm = 0.0
+    with torch.inference_mode():
+        for batch in batches_of(data, batch_size=batch_size):
+            images = images_of(batch).to(device)
+            a = reference(images.to(model_dtype(reference))).double()
+            b = candidate(images.to(model_dtype(candidate))).double()
+            error += float(((a - b) ** 2).sum())
+            norm += float((a**2).sum())
+    if distributed:
+        error, norm = sums([error, norm])
+    return (error / norm) ** 0.5 if norm > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -354,6 +407,7 @@ def choose_blocks(
     samples: int | None = None,
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
+    distributed: bool = False,
 ) -> BlockChoice:
     """Let a FLOPs or parameter ``target`` choose how many residual blocks to remove.
 
@@ -361,14 +415,21 @@ def choose_blocks(
     ``max_blocks``, and only while the first k blocks alone save less than the target asks) the
     first k are removed and the channels meet the rest of the target (:func:`plan_with_blocks` on
     ``analysis``, the network with its blocks, then :func:`prune_with_blocks`, as in the app); the
-    candidate whose logits are closest to the dense network's on the calibration images is kept.
-    Each candidate is one removal, analysis and prune.
+    candidate whose logits are closest to the dense network's on the calibration images (the first
+    ``samples`` of them, those the fits saw) is kept. Each candidate is one removal, analysis and prune.
+    ``distributed``: the calibration data is this process's shard; statistics and the logit error's
+    sums are added over the processes, so every process keeps the same candidate.
     """
     if target.kind not in ("flops", "params") or target.value is None:
         raise SnpError("choosing the blocks to remove needs a FLOPs or parameter reduction target")
     reporter = reporter or Reporter()
     scores = block_scores(
-        prepared, batch_size=batch_size, samples=samples, device=device, reporter=Scaled(reporter, 0.0, 0.1)
+        prepared,
+        batch_size=batch_size,
+        samples=samples,
+        device=device,
+        reporter=Scaled(reporter, 0.0, 0.1),
+        distributed=distributed,
     )
     position = {s.name: i for i, s in enumerate(scores)}
     ranked = [s.name for s in sorted(scores, key=lambda s: (s.unexplained, position[s.name]))]
@@ -380,6 +441,8 @@ def choose_blocks(
             break  # the blocks alone cut more than asked
         counts.append(k)
     calibration = prepared.require_data().calibration
+    if samples is not None:
+        calibration = Subset(calibration, range(min(samples, len(calibration))))  # type: ignore[arg-type]
     dense = prepared.model.model
     best, candidates = None, []
     for step, k in enumerate(counts):
@@ -402,8 +465,9 @@ def choose_blocks(
             samples=samples,
             device=device,
             reporter=Scaled(part, 0.0, 0.9),
+            distributed=distributed,
         )
-        error = api.fidelity(dense, pruned.model, calibration, device=device)
+        error = logit_error(dense, pruned.model, calibration, device=device, distributed=distributed)
         macs = cost(pruned.model, prepared.input_shape, device)[1]
         candidates.append({"blocks": list(names), "error": float(error), "flops_after": macs})
         if best is None or error < best[0]:
@@ -420,6 +484,7 @@ __all__ = [
     "channel_target",
     "choose_blocks",
     "inner_groups",
+    "logit_error",
     "plan_with_blocks",
     "prune_with_blocks",
     "removable_blocks",

@@ -76,6 +76,32 @@ def test_distributed_prune_equals_one_process(tmp_path, mode):
     _same_metrics(single, split)
 
 
+@pytest.mark.parametrize("count", ["1", "auto"])
+def test_distributed_block_removal_equals_one_process(tmp_path, count):
+    """Block scores and the refit of the later layers sum fold by fold (image i in fold i mod 4, so
+    each fold lies on one of the 2 processes): the same scores, removed blocks and weights, bit for bit."""
+    common = tuple("demo-resnet" if arg == "demo-vgg" else arg for arg in COMMON)  # a network with a block
+    argv = ("prune", *common, "--flops-reduction", "0.5", "--remove-blocks", count)
+    single = _snp(*argv, "--out", str(tmp_path / "one.safetensors"))
+    split = _snp(*argv, "--out", str(tmp_path / "two.safetensors"), world=2)
+    assert split["keep"] == single["keep"] and split["fits"] == single["fits"]
+    one, two = dict(single["blocks"]), dict(split["blocks"])
+    assert one["scores"] and two["scores"] == one["scores"]  # u, b, ridge and samples of every block
+    assert two["removed"] == one["removed"]
+    settings = io.read_metadata(tmp_path / "two.safetensors")["settings"]
+    assert settings["remove_blocks"] == (1 if count == "1" else "auto")
+    if count == "1":
+        assert one["removed"] == ["layer1.0"] and one["refitted"] and two == one
+    else:  # the candidates' logit errors: sums of squares over the shards, added in another order
+        tried, found = one.pop("candidates"), two.pop("candidates")
+        assert [c["blocks"] for c in found] == [c["blocks"] for c in tried] == [[], ["layer1.0"]]
+        for c, d in zip(tried, found, strict=True):
+            assert d["error"] == pytest.approx(c["error"], rel=1e-12) and d["flops_after"] == c["flops_after"]
+        assert two == one
+    _same_export(tmp_path / "one.safetensors", tmp_path / "two.safetensors", rel=0.0)
+    _same_metrics(single, split)
+
+
 def _same_metrics(single: dict, split: dict) -> None:
     """The evaluation numbers of the whole set: each process scored its shard, the sums were added."""
     assert split["eval_samples"] == single["eval_samples"] == len(load_data("digits").test)

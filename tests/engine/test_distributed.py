@@ -7,9 +7,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import Subset
 
 from snp_engine import api
+from snp_engine.distributed import shard
 from snp_engine.evaluation import fidelity
+from snp_engine.residual import collect_block_moments, find_blocks
+from snp_engine.runtime import batches_of
 from snp_engine.statistics import Moments
 from snp_engine.workflows.measuring import score
 from snp_engine.workflows.preparation import check_dense
@@ -22,6 +26,7 @@ from tests.engine.helpers import (
     perturbed,
     scoring_worker,
     shared_orders_worker,
+    stacked,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -99,3 +104,32 @@ def test_distributed_evaluation_shards_the_set_and_sums_to_one_process(tmp_path)
     assert [r["dense_read"] for r in results] == [list(range(0, 256, 2)), list(range(1, 256, 2))]
     for result in results:
         assert result["dense"][1] == dense.samples == 256 and result["dense"][0] == pytest.approx(dense.top1)
+
+
+def test_block_folds_follow_the_image_not_the_shard():
+    """Each shard's j-th image is image first + j·step of the set: its block moments go to the fold of
+    that image, so the shards' fold moments summed are one pass's over all images (3 shards, batches of 5)."""
+    model = demo_model("demo-resnet")
+    images = Subset(digits().calibration, range(37))
+    blocks = find_blocks(model, stacked(images)[0][:1])
+    whole = collect_block_moments(model, blocks, batches_of(images, batch_size=5), folds=4)
+    world = 3
+    shards = [
+        collect_block_moments(
+            model,
+            blocks,
+            batches_of(shard(images, rank, world), batch_size=5),
+            folds=4,
+            first_image=rank,
+            image_step=world,
+        )
+        for rank in range(world)
+    ]
+    for block in blocks:
+        for fold in range(4):
+            summed = Moments.union([found[block.name][fold] for found in shards])
+            one = whole[block.name][fold]
+            assert summed.samples == one.samples == len(range(fold, 37, 4)) * block.shape[1] * block.shape[2]
+            scale = float(one.covariance().abs().max())
+            torch.testing.assert_close(summed.covariance(), one.covariance(), rtol=1e-6, atol=1e-6 * scale)
+            torch.testing.assert_close(summed.mean(), one.mean(), rtol=1e-6, atol=1e-6 * scale**0.5)
