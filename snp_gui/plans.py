@@ -2,9 +2,11 @@
 
 :class:`NamedPlans` is part of :class:`~snp_gui.state.Session` (which defines the state and the
 ``plans_changed`` signal). A :class:`NamedPlan` holds everything that makes up a plan (keep counts,
-the threshold it came from, the per-layer constraints), its costs, and what was measured of it:
-top-1, output error and latency, through the same evaluation as the Evaluate button, in the background.
-Switching to a plan is one undoable plan load.
+the threshold it came from, the per-layer constraints, the residual blocks it removes), its costs (the
+removed blocks left out), and what was measured of it: top-1, output error and latency of the network
+without its blocks, through the same evaluation as the Evaluate button
+(:func:`snp_engine.workflows.prune_with_blocks`), in the background. Switching to a plan is one
+undoable plan load, its blocks ticked in the Blocks tab.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from snp_engine import workflows
 from snp_engine.errors import SnpError
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_gui import tasks
@@ -41,6 +44,7 @@ class NamedPlan:
     params: tuple[int, int] = (0, 0)  # before, after
     flops: tuple[float, float] = (0.0, 0.0)
     metrics: dict[str, Any] = field(default_factory=dict)
+    blocks: tuple[str, ...] = ()  # residual blocks removed with the plan, in network order
 
     def target(self) -> str:
         """What the plan came from: the threshold, or "custom" when it was edited by hand."""
@@ -61,6 +65,7 @@ class NamedPlan:
             "threshold": self.threshold,
             "overridden": self.overridden,
             "constraints": self.constraints.to_dict(),
+            "blocks": list(self.blocks),
             "metrics": {key: self.metrics[key] for key in MEASURED if key in self.metrics},
         }
 
@@ -94,9 +99,26 @@ class NamedPlan:
         if not isinstance(metrics, Mapping):
             raise ValueError(f"plan '{name}': its measurements are damaged")
         kept = {k: v for k, v in metrics.items() if k in MEASURED and isinstance(v, (int, float, str, type(None)))}
+        blocks = raw.get("blocks") or []
+        if not isinstance(blocks, list) or not all(isinstance(b, str) and b for b in blocks):
+            raise ValueError(f"plan '{name}': its removed blocks {blocks!r} are not a list of names")
         return cls(
-            name, counts, str(mode), float(value), threshold, bool(raw.get("overridden")), constraints, metrics=kept
+            name,
+            counts,
+            str(mode),
+            float(value),
+            threshold,
+            bool(raw.get("overridden")),
+            constraints,
+            metrics=kept,
+            blocks=tuple(dict.fromkeys(blocks)),
         )
+
+
+def names_blocks(raw: Any) -> bool:
+    """Whether any of the plans read from a session file removes residual blocks (they are checked
+    against the network's blocks, which must be found first)."""
+    return isinstance(raw, list) and any(isinstance(p, Mapping) and p.get("blocks") for p in raw)
 
 
 class NamedPlans:
@@ -109,8 +131,18 @@ class NamedPlans:
         return next((plan for plan in self.plans if plan.name == name), None)
 
     def current_plan_name(self: Session) -> str | None:
-        """The name of a kept plan with exactly the current keep counts, if there is one."""
-        return next((plan.name for plan in self.plans if plan.keep == self.keep), None)
+        """The name of a kept plan with exactly the current keep counts and removed blocks, if there is one."""
+        return next(
+            (plan.name for plan in self.plans if plan.keep == self.keep and plan.blocks == self.removed_blocks), None
+        )
+
+    def _plan_costs(
+        self: Session, keep: dict[str, int], blocks: tuple[str, ...]
+    ) -> tuple[tuple[int, int], tuple[float, float]]:
+        """(parameters, FLOPs) before and after ``keep`` with the residual ``blocks`` removed."""
+        (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(keep)
+        params_saved, flops_saved = workflows.blocks_cost(self.analysis, blocks, keep)
+        return (params_before, params_after - params_saved), (flops_before, flops_after - flops_saved)
 
     def plan_name_problem(self: Session, name: str) -> str | None:
         """Why the current plan cannot be kept under ``name``, or None."""
@@ -129,7 +161,7 @@ class NamedPlans:
         if problem:
             return problem
         name = name.strip()
-        (params_before, flops_before), (params_after, flops_after) = self.analysis.cost(), self.analysis.cost(self.keep)
+        params, flops = self._plan_costs(self.keep, self.removed_blocks)
         # numbers measured for exactly this plan go with it (not those of a fine-tuned network)
         fresh = self.metrics and not self.stale and not self.metrics.get("finetuned_epochs")
         measured = dict(self.metrics) if fresh else {}
@@ -142,9 +174,10 @@ class NamedPlans:
             self.threshold,
             self.is_custom(),
             self.constraints,
-            (params_before, params_after),
-            (flops_before, flops_after),
+            params,
+            flops,
             {key: measured[key] for key in MEASURED if key in measured},
+            self.removed_blocks,
         )
         old = self.plan_named(name)
         if old is not None:
@@ -156,14 +189,23 @@ class NamedPlans:
         return ""
 
     def load_plan(self: Session, name: str) -> None:
-        """Switch to the plan ``name``: its keep counts, threshold and constraints, as one undo step."""
+        """Switch to the plan ``name``: its keep counts, threshold, constraints and removed residual blocks,
+        as one undo step."""
         plan = self.plan_named(name)
         if plan is None or self.analysis is None:
+            return
+        listed = {row.name for row in self.blocks}
+        unknown = [block for block in plan.blocks if block not in listed]
+        if unknown:
+            self.error_occurred.emit("plan", f"plan '{name}' removes '{unknown[0]}', not a listed residual block")
             return
         self._begin_edit()
         self.options.threshold_mode, self.options.threshold_value = plan.mode, plan.value
         self.threshold, self.overridden = plan.threshold, plan.overridden
         self._set_constraints(plan.constraints)
+        if plan.blocks != self.removed_blocks:
+            self._set_removed(plan.blocks)
+            self.mark_stale()
         self._planned = self._threshold_plan() or {}
         self.options_changed.emit(self.options)
         self._apply_keep(dict(plan.keep), final=True)
@@ -183,16 +225,22 @@ class NamedPlans:
             self.plans_changed.emit([])
 
     def set_plans(self: Session, raw: list, notes: list[str]) -> None:
-        """Plans read from a session file; one that does not fit the analysis is left out with a note."""
+        """Plans read from a session file; one that does not fit the analysis (or removes a block that is
+        not one of the listed residual blocks) is left out with a note."""
         units = self.analysis.units if self.analysis is not None else {}
+        listed = [row.name for row in self.blocks]
         plans: list[NamedPlan] = []
         for entry in raw if isinstance(raw, list) else []:
             try:
                 plan = NamedPlan.from_dict(entry, units)
+                unknown = [block for block in plan.blocks if block not in listed]
+                if unknown:
+                    raise ValueError(f"plan '{plan.name}': '{unknown[0]}' is not a removable block of this network")
             except ValueError as exc:
                 notes.append(f"plan left out: {exc}")
                 continue
-            (plan.params, plan.flops) = tuple(zip(self.analysis.cost(), self.analysis.cost(plan.keep), strict=True))
+            plan.blocks = tuple(block for block in listed if block in plan.blocks)  # network order
+            plan.params, plan.flops = self._plan_costs(plan.keep, plan.blocks)
             plans = [p for p in plans if p.name != plan.name] + [plan]
         if not isinstance(raw, list):
             notes.append("the saved plans are damaged and were left out")
@@ -210,9 +258,14 @@ class NamedPlans:
         def prepare():
             if self.analysis is None or self.model is None:
                 raise SnpError("run an analysis first")
-            prepared, options = self.prepared(), self.options.copy()
+            prepared, options, scores = self.prepared(), self.options.copy(), self.block_scores()
             jobs = [
-                (plan.name, tasks.PruneJob(prepared, self.analysis, self.analysis.plan_for(plan.keep), options))
+                (
+                    plan.name,
+                    tasks.PruneJob(
+                        prepared, self.analysis, self.analysis.plan_for(plan.keep), options, plan.blocks, scores
+                    ),
+                )
                 for plan in chosen
             ]
             key = jobs[0][1].baseline_key
@@ -225,10 +278,10 @@ class NamedPlans:
 
         self.runner.submit(Task("plan measuring", prepare, on_finished=done, on_partial=self._plan_measured))
 
-    def _plan_measured(self: Session, point: tuple[str, dict[str, int], dict]) -> None:
-        name, keep, metrics = point
+    def _plan_measured(self: Session, point: tuple[str, dict[str, int], tuple[str, ...], dict]) -> None:
+        name, keep, blocks, metrics = point
         plan = self.plan_named(name)
-        if plan is None or plan.keep != keep:
+        if plan is None or plan.keep != keep or plan.blocks != blocks:
             return  # removed or replaced meanwhile
         plan.metrics = {key: metrics[key] for key in MEASURED if key in metrics}
         self.plans_changed.emit(list(self.plans))

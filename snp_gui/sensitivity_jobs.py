@@ -4,9 +4,12 @@ and relaxing the most sensitive layers.
 :class:`SensitivityJobs` is part of :class:`~snp_gui.state.Session` (which defines the
 ``sensitivity_changed`` and ``sensitivity_note`` signals). The measurement is
 :func:`snp_engine.workflows.sensitivity.layer_sensitivity` (one-shot compensation, the evaluation data);
-each layer's numbers arrive as soon as they are measured. A layer's numbers hold for the keep count
-they were measured at: once the plan gives it another count they are *stale* (shown greyed); a new
-analysis, model or data clears them all.
+each layer's numbers arrive as soon as they are measured. With residual blocks ticked for removal
+the layers are measured on the network without them (removed and compensated as Evaluate removes
+them, what remains analysed again once; the reference is that network), and the layers inside the
+removed blocks are not measured. A layer's numbers hold for the keep count and the removed blocks
+they were measured with: once the plan gives it another count, or other blocks are removed, they are
+*stale* (shown greyed); a new analysis, model or data clears them all.
 
 Relaxing (:meth:`SensitivityJobs.relax_sensitive`) gives the N most sensitive layers back half of the
 units they lose and locks them there; a plan made from the threshold is made again for the same target
@@ -19,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from snp_engine.errors import SnpError
+from snp_engine.workflows import AnalysisOptions
 from snp_engine.workflows.sensitivity import LayerSensitivity, Sensitivity, layer_sensitivity, relaxed_counts
 from snp_gui.workers import Task
 
@@ -31,12 +35,17 @@ class SensitivityJobs:
 
     def _init_sensitivity(self: Session) -> None:
         self.sensitivity: dict[str, LayerSensitivity] = {}
+        self.sensitivity_blocks: tuple[str, ...] = ()  # the residual blocks removed when it was measured
         self.keep_changed.connect(lambda _keep, final: self._emit_sensitivity() if final else None)
+        self.blocks_changed.connect(lambda *_: self._emit_sensitivity() if self.sensitivity else None)
         for signal in (self.analysis_changed, self.data_changed, self.prepared_changed):
             signal.connect(lambda *_: self.clear_sensitivity())
 
     def stale_layers(self: Session) -> set[str]:
-        """Layers whose sensitivity was measured at another keep count than the plan gives them now."""
+        """Layers whose sensitivity was measured at another keep count than the plan gives them now, or
+        every measured layer when other residual blocks are removed now."""
+        if self.sensitivity_blocks != self.removed_blocks:
+            return set(self.sensitivity)
         return {name for name, layer in self.sensitivity.items() if self.keep.get(name) != layer.keep}
 
     def fresh_sensitivity(self: Session) -> Sensitivity | None:
@@ -56,18 +65,32 @@ class SensitivityJobs:
         self.sensitivity_changed.emit(dict(self.sensitivity), self.stale_layers())
 
     def measure_sensitivity(self: Session) -> None:
-        """Top-1 and output error of each layer pruned alone to its current count, in the background."""
+        """Top-1 and output error of each layer pruned alone to its current count, in the background, on
+        the network without the residual blocks ticked for removal."""
 
         def prepare():
             if self.analysis is None or self.model is None:
                 raise SnpError("run an analysis first")
             prepared, analysis, keep, o = self.prepared(), self.analysis, dict(self.keep), self.options.copy()
-            self.sensitivity = {}
+            blocks, scores = self.removed_blocks, self.block_scores()
+            options = AnalysisOptions(
+                samples=o.samples,
+                batch_size=o.batch_size,
+                ordering=analysis.ordering,
+                curve=o.curve,
+                coupled=o.coupled == "prune",
+            )
+            self.sensitivity, self.sensitivity_blocks = {}, blocks
             self._emit_sensitivity()
             return lambda reporter: layer_sensitivity(
                 prepared,
                 analysis,
                 keep,
+                blocks=blocks,
+                block_scores=scores or None,
+                options=options,
+                compensation=o.compensation,
+                samples=o.samples,
                 batch_size=o.batch_size,
                 device=o.device,
                 on_layer=reporter.partial,
@@ -77,7 +100,14 @@ class SensitivityJobs:
         def measured(result: Sensitivity) -> None:
             worst = result.ranked()[:1]
             most = f"; most sensitive: {worst[0].name} (output error {100 * worst[0].error:.1f} %)" if worst else ""
-            self.message.emit(f"Sensitivity of {len(result.layers)} layers measured on {result.evaluation}{most}")
+            without = ""
+            if result.blocks:
+                without = f", on the network without {', '.join(result.blocks)}"
+                if result.skipped:
+                    without += f" ({len(result.skipped)} layer(s) inside not measured)"
+            self.message.emit(
+                f"Sensitivity of {len(result.layers)} layers measured on {result.evaluation}{without}{most}"
+            )
 
         def cancelled() -> None:
             if self.sensitivity:

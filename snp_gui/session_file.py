@@ -22,6 +22,7 @@ from snp_engine.api import Analysis
 from snp_engine.errors import SnpError
 from snp_engine.io import atomic_write, check_analysis_fits
 from snp_engine.ratios import Constraints
+from snp_gui.plans import names_blocks
 from snp_gui.settings import Options
 from snp_gui.sources import SESSION_SUFFIX
 from snp_gui.workers import Task
@@ -149,6 +150,7 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
     keep = saved.keep if saved.overridden else None
     constraints = read_constraints(saved.constraints, notes := [])
     blocks = read_blocks(saved.removed_blocks, notes)
+    named = bool(blocks) or names_blocks(saved.plans)  # blocks removed now or by a kept plan
 
     def prepare():
         prepared, opts = state.prepared(), state.options
@@ -158,7 +160,7 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
             analysis = Analysis.load(stats, ordering=opts.ordering, curve=opts.curve, reporter=reporter)
             check_analysis_fits(analysis, prepared.model.model, prepared.input_shape)
             # the saved blocks are checked against the ones the network has (one probe on a zero input)
-            found = workflows.removable_blocks(prepared, device=opts.device) if blocks else ()
+            found = workflows.removable_blocks(prepared, device=opts.device) if named else ()
             return analysis, [(block.name, block.units) for block in found]
 
         return load
@@ -166,7 +168,7 @@ def restore(state: Session, path: str | Path, saved: SessionData, trust: bool) -
     def opened(result: tuple[Analysis, list[tuple[str, int]]]) -> None:
         analysis, removable = result
         state.set_analysis(analysis, keep, constraints)
-        if blocks:
+        if named:
             state.restore_blocks(blocks, removable, notes)
         state.set_plans(saved.plans, notes)
         if notes:

@@ -51,25 +51,26 @@ class PruneJob:
         return (id(self.prepared.model.model), id(self.prepared.evaluation.test), self.options.device)
 
 
+def analysis_options(job: PruneJob, ordering: str) -> workflows.AnalysisOptions:
+    """The job's settings for analysing the network that remains when its residual blocks are removed."""
+    o = job.options
+    return workflows.AnalysisOptions(
+        samples=o.samples, batch_size=o.batch_size, ordering=ordering, curve=o.curve, coupled=o.coupled == "prune"
+    )
+
+
 def prune_for(
     job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
 ) -> Pruned:
     """The pruned copy of the job's model with the chosen compensation, and its record; without the
     job's residual blocks, if it removes any (the channels of what remains analysed again)."""
     o = job.options
-    options = workflows.AnalysisOptions(
-        samples=o.samples,
-        batch_size=o.batch_size,
-        ordering=(analysis or job.analysis).ordering,
-        curve=o.curve,
-        coupled=o.coupled == "prune",
-    )
     return workflows.prune_with_blocks(
         job.prepared,
         analysis or job.analysis,
         plan or job.plan,
         job.blocks,
-        options=options,
+        options=analysis_options(job, (analysis or job.analysis).ordering),
         scores=job.scores or None,
         compensation=o.compensation,
         physical=physical,
@@ -96,7 +97,7 @@ def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: Pruned | None,
 
 def measure_plans(jobs: list[tuple[str, PruneJob]], baseline: Scores | None, reporter: Reporter) -> tuple:
     """Evaluate each named plan in turn (as :func:`evaluate_plan`); each plan's numbers are handed over as
-    ``(name, keep counts, metrics)`` as soon as they are measured. Gives the original network's scores
+    ``(name, keep counts, removed blocks, metrics)`` as soon as they are measured. Gives the original network's scores
     with their key, so that later evaluations reuse them."""
     key = None
     for index, (name, job) in enumerate(jobs):
@@ -105,12 +106,13 @@ def measure_plans(jobs: list[tuple[str, PruneJob]], baseline: Scores | None, rep
         part.update(0.0, f"plan '{name}' ({index + 1} of {len(jobs)})")
         result = evaluate_plan(job, baseline, None, part)
         baseline, key = result["baseline"], result["keys"][1]
-        reporter.partial((name, dict(job.plan.keep), result["metrics"]))
+        reporter.partial((name, dict(job.plan.keep), job.blocks, result["metrics"]))
     return key, baseline
 
 
 def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Reporter) -> dict:
-    """Top-1 against FLOPs reduction for the current ordering and a baseline ordering.
+    """Top-1 against FLOPs reduction for the current ordering and a baseline ordering, every point without
+    the job's residual blocks (pruned as :func:`prune_for` prunes).
 
     Each point is handed over as soon as it is measured, so the plot fills in while it runs.
     """
@@ -120,6 +122,9 @@ def sweep(job: PruneJob, reductions: list[float], baseline: str, reporter: Repor
         job.analysis,
         reductions,
         baseline=baseline,
+        blocks=job.blocks,
+        block_scores=job.scores or None,
+        options=analysis_options(job, job.analysis.ordering),
         compensation=o.compensation,
         batch_size=o.batch_size,
         samples=o.samples,

@@ -1,8 +1,9 @@
 """The Plans tab: keep the current plan under a name, compare kept plans side by side, switch between them.
 
-Each row shows what a plan came from and its parameters and FLOPs; top-1, output error and latency once
-measured (the Measure button evaluates every plan in the background, like Evaluate does for the current
-one). Double-clicking a row, or Switch, loads that plan (one undo step). The plan in use is marked ●.
+Each row shows what a plan came from, the residual blocks it removes and its parameters and FLOPs (without
+those blocks); top-1, output error and latency once measured (the Measure button evaluates every plan in the
+background, like Evaluate does for the current one). Double-clicking a row, or Switch, loads that plan (one
+undo step). The plan in use is marked ●.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ from snp_gui.summary import DASH, human_count
 
 __all__ = ["PlansPanel"]
 
-COLUMNS = ("", "Plan", "Target", "Params", "FLOPs", "Top-1", "Output error", "Latency")
-CURRENT, NAME, TARGET, PARAMS, FLOPS, TOP1, ERROR, LATENCY = range(len(COLUMNS))
+COLUMNS = ("", "Plan", "Target", "Blocks", "Params", "FLOPs", "Top-1", "Output error", "Latency")
+CURRENT, NAME, TARGET, BLOCKS, PARAMS, FLOPS, TOP1, ERROR, LATENCY = range(len(COLUMNS))
 WARNING_COLOUR = "#d9534f"
 
 
 def _percent(value: object) -> str:
     return DASH if not isinstance(value, (int, float)) else f"{value:.2f} %"
+
+
+def blocks_text(blocks: tuple[str, ...]) -> str:
+    """The residual blocks a plan removes, as its Blocks cell shows them."""
+    if not blocks:
+        return DASH
+    return ", ".join(blocks) if len(blocks) <= 2 else f"{len(blocks)}: {blocks[0]}, … {blocks[-1]}"
 
 
 def plan_cells(plan: NamedPlan) -> list[str]:
@@ -45,6 +53,7 @@ def plan_cells(plan: NamedPlan) -> list[str]:
         "",
         plan.name,
         plan.target(),
+        blocks_text(plan.blocks),
         f"{human_count(params_after)} ({_change(params_before, params_after)})",
         f"{human_count(flops_after)} ({_change(flops_before, flops_after)})",
         _percent(m.get("top1_after")),
@@ -91,12 +100,13 @@ class PlansPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._enable)
         self.switch_button = QPushButton("Switch to plan")
         self.switch_button.setToolTip(
-            "Load the selected plan: its keep counts, threshold and constraints (Ctrl+Z undoes it)"
+            "Load the selected plan: its keep counts, threshold, constraints and removed blocks (Ctrl+Z undoes it)"
         )
         self.switch_button.clicked.connect(lambda: self._switch(self.table.currentRow()))
         self.measure_button = QPushButton("Measure plans")
         self.measure_button.setToolTip(
-            "Prune to each kept plan and measure its top-1, output error and latency in the background"
+            "Prune to each kept plan (its residual blocks removed) and measure its top-1, output error and latency "
+            "in the background"
         )
         self.measure_button.clicked.connect(self.measureRequested)
         self.remove_button = QPushButton("Remove")
@@ -142,6 +152,9 @@ class PlansPanel(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if column == NAME:
                     item.setToolTip(f"{plan.name}: {plan.target()}; double-click to switch to it")
+                if column == BLOCKS:
+                    removed = ", ".join(plan.blocks) or "none"
+                    item.setToolTip(f"Residual blocks removed with this plan: {removed}")
                 self.table.setItem(row, column, item)
         self.mark_current(current)
         if selected in self._names:
