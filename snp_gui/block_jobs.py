@@ -60,6 +60,15 @@ class BlockJobs:
         scores = tuple(row.score for row in self.blocks if row.score is not None)
         return scores if self.blocks and len(scores) == len(self.blocks) else ()
 
+    def layers_in_removed_blocks(self: Session) -> dict[str, str]:
+        """Each prunable layer that goes with a residual block ticked for removal, and that block."""
+        if self.analysis is None or not self.removed_blocks:
+            return {}
+        return {
+            name: next(b for b in self.removed_blocks if name == b or name.startswith(b + "."))
+            for name in workflows.inner_groups(self.analysis, self.removed_blocks)
+        }
+
     def block_flops(self: Session) -> dict[str, float]:
         """What each listed block's layers cost (MACs) at the current keep counts ({} without an analysis)."""
         if self.analysis is None:

@@ -37,7 +37,7 @@ class SensitivityJobs:
         self.sensitivity: dict[str, LayerSensitivity] = {}
         self.sensitivity_blocks: tuple[str, ...] = ()  # the residual blocks removed when it was measured
         self.keep_changed.connect(lambda _keep, final: self._emit_sensitivity() if final else None)
-        self.blocks_changed.connect(lambda *_: self._emit_sensitivity() if self.sensitivity else None)
+        self.blocks_changed.connect(lambda *_: self._emit_sensitivity())
         for signal in (self.analysis_changed, self.data_changed, self.prepared_changed):
             signal.connect(lambda *_: self.clear_sensitivity())
 

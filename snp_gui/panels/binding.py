@@ -253,7 +253,7 @@ def bind_sensitivity_panel(panel: SensitivityPanel, session: Session) -> None:
         panel.plot.set_relax(session.relax_preview(panel.count.value()))
 
     def show_values(layers: dict, stale: set) -> None:
-        panel.set_values(layers, stale)
+        panel.set_values(layers, stale, session.layers_in_removed_blocks())
         show_relax()
 
     panel.countChanged.connect(lambda _count: show_relax())

@@ -31,7 +31,8 @@ class SensitivityPanel(QWidget):
         self.measure_button = QPushButton("Measure sensitivity")
         self.measure_button.setToolTip(
             "Prune each layer alone to its kept units (one-shot compensation) and measure top-1 and output "
-            "error on the evaluation data, in the background"
+            "error on the evaluation data, in the background; with residual blocks ticked for removal, on the "
+            "network without them"
         )
         self.measure_button.clicked.connect(self.measureRequested)
         self.count = QSpinBox()
@@ -79,8 +80,11 @@ class SensitivityPanel(QWidget):
         self._measured = False
         self._enable()
 
-    def set_values(self, layers: Mapping[str, LayerSensitivity], stale: Collection[str]) -> None:
-        self.plot.set_values(layers, stale)
+    def set_values(
+        self, layers: Mapping[str, LayerSensitivity], stale: Collection[str], removed: Mapping[str, str] | None = None
+    ) -> None:
+        """Show the measured layers; ``removed``: the layers inside removed residual blocks, and their block."""
+        self.plot.set_values(layers, stale, removed)
         self._measured = len(set(layers) - set(stale)) > 0
         self._enable()
 

@@ -2,7 +2,8 @@
 
 One bar per prunable layer, in network order, in two plots side by side that share the x axis. Layers the
 Relax button would give units back to are drawn in the warning colour, layers measured at another count
-than the plan now gives them greyed, the selected layer outlined. Hovering a bar describes it in the
+than the plan now gives them (or with other residual blocks removed) greyed, the selected layer outlined;
+layers inside a removed residual block have no bar (they are not measured). Hovering a bar describes it in the
 read-out line; clicking it selects the layer (``layerSelected``).
 """
 
@@ -44,6 +45,7 @@ class SensitivityPlot(QWidget):
         self._layers: dict[str, LayerSensitivity] = {}
         self._stale: set[str] = set()
         self._relax: set[str] = set()
+        self._removed: dict[str, str] = {}  # layer inside a removed residual block: that block
         self._selected: str | None = None
         self._bars: list[tuple[pg.PlotWidget, pg.BarGraphItem]] = []
         for plot in (self.error_plot, self.drop_plot):
@@ -75,9 +77,16 @@ class SensitivityPlot(QWidget):
         self._update_ticks()
         self._redraw()
 
-    def set_values(self, layers: Mapping[str, LayerSensitivity], stale: Collection[str] = ()) -> None:
-        """The measured layers (others have no bar yet); ``stale`` ones were measured at another count."""
-        self._layers = {name: layers[name] for name in self._names if name in layers}
+    def set_values(
+        self,
+        layers: Mapping[str, LayerSensitivity],
+        stale: Collection[str] = (),
+        removed: Mapping[str, str] | None = None,
+    ) -> None:
+        """The measured layers (others have no bar yet); ``stale`` ones were measured at another count or
+        with other blocks removed; ``removed`` maps the layers inside removed residual blocks to their block."""
+        self._removed = {name: block for name, block in (removed or {}).items() if name in self._names}
+        self._layers = {name: layers[name] for name in self._names if name in layers and name not in self._removed}
         self._stale = set(stale) & set(self._layers)
         self.readout.setText(HINT if not self._layers else self._summary())
         self._redraw()
@@ -152,9 +161,13 @@ class SensitivityPlot(QWidget):
             plot.getPlotItem().getAxis("bottom").setTicks([ticks, []])
 
     def _summary(self) -> str:
-        stale = f"; {len(self._stale)} greyed: measured at another count" if self._stale else ""
+        stale = f"; {len(self._stale)} greyed: measured at another count or other blocks" if self._stale else ""
         relax = f"; red: relaxed by the button ({len(self._relax)})" if self._relax else ""
-        return f"{len(self._layers)} of {len(self._names)} layers measured{stale}{relax}"
+        blocks = sorted(set(self._removed.values()))
+        removed = (
+            f"; measured without {', '.join(blocks)} ({len(self._removed)} layer(s) inside, no bar)" if blocks else ""
+        )
+        return f"{len(self._layers)} of {len(self._names)} layers measured{removed}{stale}{relax}"
 
     def _index_at(self, plot: pg.PlotWidget, pos: QPointF) -> int | None:
         view = plot.getPlotItem().vb
@@ -166,6 +179,8 @@ class SensitivityPlot(QWidget):
     def describe(self, name: str) -> str:
         """The read-out line for ``name``'s bar."""
         layer = self._layers.get(name)
+        if name in self._removed:
+            return f"{name}: removed with the residual block {self._removed[name]}, not measured"
         if layer is None:
             return f"{name}: not measured yet"
         text = (

@@ -12,6 +12,7 @@ import pytest
 
 from snp_gui.main_window import MainWindow
 from snp_gui.panels.plans_panel import BLOCKS, FLOPS
+from snp_gui.plots import muted
 from snp_gui.workers import FINISHED
 from tests.gui.helpers import run
 
@@ -97,8 +98,14 @@ def test_sensitivity_is_measured_on_the_network_without_the_ticked_blocks(qtbot,
     assert s.sensitivity_blocks == (BLOCK,) and INSIDE not in s.sensitivity and s.sensitivity
     assert s.stale_layers() == set()
     assert any(f"on the network without {BLOCK} (1 layer(s) inside not measured)" in m for m in messages)
+    plot = window.sensitivity_panel.plot
+    assert plot.values(INSIDE) is None and plot.values("layer2.0.conv1") is not None
+    assert plot.describe(INSIDE) == f"{INSIDE}: removed with the residual block {BLOCK}, not measured"
+    assert f"measured without {BLOCK} (1 layer(s) inside, no bar)" in plot.readout.text()
     s.set_block_removed(BLOCK, False)  # measured without the block: no longer the plan's numbers
     assert s.stale_layers() == set(s.sensitivity) and s.fresh_sensitivity() is None
+    assert plot.colour_of("layer2.0.conv1") == muted(plot.palette()).name()  # greyed
+    assert "greyed" in plot.readout.text() and plot.describe(INSIDE) == f"{INSIDE}: not measured yet"
 
 
 def test_session_files_keep_each_plans_blocks_and_leave_out_unknown_ones(qtbot, window, settings, tmp_path):
