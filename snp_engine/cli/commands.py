@@ -271,6 +271,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
             )
 
         removed, device = plumbing.with_cpu_fallback(args, device, remove_on, warnings)
+        _check_not_removed(args, rules, removed.removed)
         prepared = removed.prepared  # the channels of what remains are analysed and pruned
 
     if args.stats:
@@ -428,6 +429,16 @@ def _check_remove_blocks(args: argparse.Namespace) -> None:
         raise SnpError(
             "--stats holds statistics of the network with all its blocks; do not combine it with --remove-blocks"
         )
+
+
+def _check_not_removed(args: argparse.Namespace, rules: dict, blocks: Sequence[str]) -> None:
+    """Refuse a --keep count or a per-layer rule for a layer that went with a removed block, in one line."""
+    named = [(f"--keep {item}", item.partition("=")[0].strip()) for item in args.keep or []]
+    named += [(f"{flag} {name}={number}", name) for name, fields in rules.items() for flag, number in fields.values()]
+    for given, layer in named:
+        block = next((b for b in blocks if layer == b or layer.startswith(b + ".")), None)
+        if block is not None:
+            raise SnpError(f"{given}: '{layer}' is inside the residual block {block}, which --remove-blocks removed")
 
 
 def _block_lines(removed: workflows.BlocksRemoved | None) -> list[str]:

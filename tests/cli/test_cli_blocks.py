@@ -144,3 +144,25 @@ def test_auto_needs_a_cost_target(args, message, tmp_path, capsys):
     common = ["--model", "demo-resnet", "--data", "digits", "--samples", "32", "--remove-blocks", "auto"]
     code, out, err = run(capsys, "prune", *common, *args, "--out", str(tmp_path / "x.safetensors"), "--quiet")
     assert_one_line_error(code, out, err, message)
+
+
+@pytest.mark.parametrize(
+    ("args", "given"),
+    [
+        (["--keep", "layer1.0.conv1=8"], "--keep layer1.0.conv1=8"),
+        (["--flops-reduction", "0.6", "--lock", "layer1.0.conv1=8"], "--lock layer1.0.conv1=8"),
+        (["--flops-reduction", "0.6", "--min-units", "layer1.0.conv1=4"], "--min-units layer1.0.conv1=4"),
+    ],
+)
+def test_a_layer_of_a_removed_block_named_by_a_flag_is_a_one_line_error(args, given, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    code, text, err = run(
+        capsys,
+        "prune",
+        *["--model", "demo-resnet", "--data", "digits", "--samples", "32", "--remove-blocks", "1"],
+        *args,
+        *["--out", str(out), "--quiet"],
+    )
+    message = f"{given}: 'layer1.0.conv1' is inside the residual block layer1.0, which --remove-blocks removed"
+    assert_one_line_error(code, text, err, message)
+    assert not out.exists()
