@@ -16,6 +16,7 @@ from torch import nn
 from snp_engine.groups import Reader, UnitGroup
 from snp_engine.heads import explicit_attention
 from snp_engine.progress import Reporter
+from snp_engine.segments import SegmentCache
 from snp_engine.statistics import Moments, to_samples
 
 
@@ -118,11 +119,17 @@ def collect_joint_folds(
     image_step: int = 1,
     device: torch.device | str = "cpu",
     reporter: Reporter | None = None,
+    segments: SegmentCache | None = None,
 ) -> list[Moments]:
     """:func:`collect_joint_moments` split into ``folds`` parts: image i goes to fold i mod ``folds``
     with all its positions/tokens, so the parts are disjoint sets of images whose moments sum to
     those of all images. The j-th image read here is image ``first_image + j·image_step`` of the
-    whole set (a process's shard), so folds agree however the images are spread over processes."""
+    whole set (a process's shard), so folds agree however the images are spread over processes.
+
+    With ``segments`` (a :class:`~snp_engine.segments.SegmentCache` of these two networks) the two
+    inputs come from its cached cuts, which compute the same values with each network segment run
+    once over all readers; without it (or where the cache does not apply) both passes run from the
+    images and stop at the reader."""
     reporter = reporter or Reporter()
     parts = [Moments.zeros(2 * units, device) for _ in range(folds)]
     seen = 0
@@ -135,20 +142,32 @@ def collect_joint_folds(
 
         return hook
 
-    handles = [
-        pruned.get_submodule(reader.consumer).register_forward_pre_hook(capture("pruned")),
-        dense.get_submodule(reader.consumer).register_forward_pre_hook(capture("dense")),
-    ]
+    handles = (
+        [
+            pruned.get_submodule(reader.consumer).register_forward_pre_hook(capture("pruned")),
+            dense.get_submodule(reader.consumer).register_forward_pre_hook(capture("dense")),
+        ]
+        if segments is None
+        else []
+    )
     try:
         pruned.eval()
         dense.eval()
         with torch.inference_mode(), explicit_attention(pruned), explicit_attention(dense):
-            for batch in batches:
+            if segments is not None:
+                segments.begin()
+            for index, batch in enumerate(batches):
                 reporter.check()
                 images = images_of(batch).to(device)
-                for model in (pruned, dense):
-                    with contextlib.suppress(_StopForward):
-                        model(images)
+                if segments is not None:
+                    for key, x in zip(
+                        ("pruned", "dense"), segments.inputs(index, images, reader.consumer), strict=True
+                    ):
+                        captured[key] = to_samples(x, reader.layout, units, reader.start, reader.width)
+                else:
+                    for model in (pruned, dense):
+                        with contextlib.suppress(_StopForward):
+                            model(images)
                 samples = torch.cat([captured["pruned"], captured["dense"]], dim=1)
                 if folds == 1:
                     parts[0].update(samples, reader.consumer)

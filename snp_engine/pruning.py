@@ -26,6 +26,7 @@ from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
+from snp_engine.segments import DEFAULT_CACHE_MB, SegmentCache
 from snp_engine.statistics import Moments
 from snp_engine.subspace import OrderingInputs, balanced, order_units
 from snp_engine.surgery import apply_reconstruction, drop_columns, remove_units
@@ -47,6 +48,7 @@ def prune(
     refit_unpruned: bool = False,
     heldout_folds: int = DEFAULT_FOLDS,
     distributed: bool = False,
+    cache_mb: float | None = DEFAULT_CACHE_MB,
     reporter: Reporter | None = None,
 ) -> Pruned:
     """A pruned copy of ``model`` (the original is left untouched) and its pruning record.
@@ -68,6 +70,10 @@ def prune(
     :mod:`snp_engine.distributed`) and the joint statistics of every group are summed over the
     processes before each fit, so every process makes the same fit as one process on all images.
     ``physical=False`` returns the functionally pruned model at full size (faster; same outputs).
+    Sequential calibration keeps, per batch, both networks' activations where the last fitted reader
+    starts (:mod:`snp_engine.segments`), so each network segment runs once in all instead of once per
+    reader; the fits are the same. ``cache_mb`` bounds that memory (None: no bound; 0: no cache);
+    batches over it are computed from their images, as without the cache.
     The :class:`~snp_engine.results.PruningRecord` holds the kept indices per group and the settings.
     """
     reporter = reporter or Reporter()
@@ -85,6 +91,13 @@ def prune(
         fits: dict[str, dict] = {}
         upstream_pruned = False
         steps = _reader_steps(dense, analysis, device)
+        segments = None
+        if sequential and steps:
+            example = torch.randn(
+                (2, *analysis.input_shape), generator=torch.Generator().manual_seed(0), dtype=model_dtype(dense)
+            ).to(device)
+            consumers = list(dict.fromkeys(r.consumer for _, r in steps))
+            segments = SegmentCache.build(pruned, dense, consumers, example, budget_mb=cache_mb)
         for index, (g, reader) in enumerate(steps):
             reporter.check()
             reporter.update(index / len(steps), f"pruning {g.name}" + (f" at {reader.consumer}" if g.more else ""))
@@ -97,7 +110,18 @@ def prune(
                 step = Scaled(reporter, index / len(steps), (index + 1) / len(steps))
                 select = k if reselect and not g.more and g.group.block == 1 else kept
                 kept, choice = _fit_sequential(
-                    pruned, dense, g, reader, select, analysis, loader, device, step, heldout_folds, distributed
+                    pruned,
+                    dense,
+                    g,
+                    reader,
+                    select,
+                    analysis,
+                    loader,
+                    device,
+                    step,
+                    heldout_folds,
+                    distributed,
+                    segments,
                 )
                 if choice is not None:
                     key = g.name if reader.reader == g.group.readers[0] else f"{g.name}:{reader.consumer}"
@@ -156,12 +180,15 @@ def _fit_sequential(
     reporter,
     folds: int = DEFAULT_FOLDS,
     distributed: bool = False,
+    segments: SegmentCache | None = None,
 ) -> tuple[torch.Tensor, FitChoice | None]:
     """Fit one reader towards its dense input from the kept units of the partly pruned network.
 
     ``kept`` is either the indices to keep, or a count: then the units are re-selected with the
     analysis' ordering on the partly pruned network's covariance. With ``folds`` > 1 the fit (kind
-    and ridge) is chosen on held-out images; returns the kept indices and that choice.
+    and ridge) is chosen on held-out images; returns the kept indices and that choice. ``segments``
+    (the cache of both networks' activations, see :mod:`snp_engine.segments`) changes how the inputs
+    are computed, not their values.
     """
     images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
     rank, world = position() if distributed else (0, 1)
@@ -179,6 +206,7 @@ def _fit_sequential(
         image_step=world,
         device=device,
         reporter=reporter,
+        segments=segments,
     )
     if distributed:
         all_reduce(parts)
