@@ -149,26 +149,48 @@ def unexplained_share(
     E_h = tr Cov_h(y − A x) + ‖δy − A δx‖² (δ: fold mean minus fitted mean); u = min_r Σ_h w_h E_h / tr C_yy
     with w_h the fold's share of the samples. With one fold the fit is scored in-sample.
     """
+    return reader_energy_share(folds, None, relative_ridges)
+
+
+def reader_energy_share(
+    folds: Sequence[Moments], metric: torch.Tensor | None, relative_ridges: Sequence[float] = RELATIVE_RIDGES
+) -> tuple[float, float]:
+    """(v, relative ridge): the least held-out share of the next readers' output energy that y ≈ c + A x leaves.
+
+    A reader of the block's output with weights W (its taps folded into n input columns, as
+    :func:`snp_engine.compensation.consumer_metric` folds them) turns y into W y; the readers together
+    see the energy tr(W C_yy Wᵀ) summed over them, = tr(M C_yy) with M = Σ Wᵀ W (n×n, ``metric``).
+    Once the block is the identity they read W (c + A x) instead (their weights rewritten), and lose
+
+        E_M = tr(M Cov(y − c − A x)),
+
+    the branch's part that no linear map of the input restores, as the readers see it: a direction
+    of y no reader weighs costs nothing, one they weigh heavily costs more than its variance. The map
+    is the score's own, A = (C_yx + r I)(C_xx + r I)⁻¹; at r → 0 and M positive definite it is also the
+    map that minimises E_M (the normal equations M (C_yx − A C_xx) = 0 do not depend on M).
+    v = min_r Σ_h w_h E_M,h / tr(M C_yy), held out as u is (see :func:`unexplained_share`); ``metric``
+    None is M = I, which is u.
+    """
     parts = [part for part in folds if part.samples]
     if not parts:
         return 0.0, 0.0
     total = Moments.union(parts)
     cov = total.covariance()
     n = cov.shape[0] // 2
-    energy = float(torch.diagonal(cov[n:, n:]).sum())
+    metric = torch.eye(n, dtype=torch.float64) if metric is None else metric.to(torch.float64)
+    energy = float((metric * cov[n:, n:]).sum())  # tr(M C_yy), M symmetric
     if energy <= 0:
         return 0.0, 0.0
     scale = max(float(torch.diagonal(cov[:n, :n]).mean()), 1e-300)
     ridges = [scale * rho for rho in relative_ridges]
-    eye = torch.eye(n, dtype=torch.float64)
     kept = torch.arange(n)
     errors = torch.zeros(len(ridges), dtype=torch.float64)
     if len(parts) == 1:
-        errors += heldout_errors(total, total, eye, kept, SEQUENTIAL, ridges)
+        errors += heldout_errors(total, total, metric, kept, SEQUENTIAL, ridges)
     else:
         for index, held in enumerate(parts):
             fit = Moments.union([p for j, p in enumerate(parts) if j != index])
-            errors += held.samples / total.samples * heldout_errors(fit, held, eye, kept, SEQUENTIAL, ridges)
+            errors += held.samples / total.samples * heldout_errors(fit, held, metric, kept, SEQUENTIAL, ridges)
     best = int(torch.argmin(errors))
     return max(float(errors[best]) / energy, 0.0), float(relative_ridges[best])
 
@@ -386,6 +408,7 @@ __all__ = [
     "branch_share",
     "check_block_count",
     "least_important",
+    "reader_energy_share",
     "remove_blocks",
     "score_blocks",
     "unexplained_share",
