@@ -33,7 +33,9 @@ information. Fitted and scored on the same images u shrinks as n approaches the 
 is measured on held-out folds (image i in fold i mod F, the error E of
 :func:`snp_engine.holdout.heldout_errors` with M = I) at the best ridge of a grid. Also reported:
 b = tr Cov(y − x) / tr C_yy, the share of the output's variance in the branch itself, which is what
-dropping the block without compensation changes.
+dropping the block without compensation changes, and the next-reader energy share v: the same
+held-out residual weighed by M = Σ WᵀW of the conv/linear layers that read y itself
+(:func:`reader_energy_share`), i.e. the share of those readers' output energy that the map leaves.
 
 **Removal.** The blocks become ``nn.Identity``; then every conv/linear layer that runs after the
 first removed block is refitted, front to back, towards the *dense* network's input of that layer
@@ -77,7 +79,9 @@ class BlockScore:
     """How much a block adds beyond a linear map of its input (see the module docstring).
 
     ``unexplained`` is u (held-out, at the best ``relative_ridge``), ``branch`` is b; both are
-    shares of the block's output variance. ``samples`` counts the rows behind them.
+    shares of the block's output variance. ``samples`` counts the rows behind them. ``reader_energy``
+    is v, the share of the next readers' output energy (None when no conv/linear layer reads the
+    block's output itself, e.g. it goes through a norm or a pooling first).
     """
 
     name: str
@@ -86,6 +90,7 @@ class BlockScore:
     unexplained: float
     branch: float
     relative_ridge: float
+    reader_energy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,7 @@ class BlockScore:
             "unexplained": self.unexplained,
             "branch": self.branch,
             "relative_ridge": self.relative_ridge,
+            "reader_energy": self.reader_energy,
         }
 
 
@@ -226,6 +232,48 @@ def _example(model: nn.Module, loader, device) -> torch.Tensor:
     return images_of(first)[:1].to(device)
 
 
+def reader_metrics(model: nn.Module, blocks: Sequence[Block], example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """M = Σ_readers Σ_t f_t W_tᵀ W_t (:func:`~snp_engine.compensation.consumer_metric`) of the conv/linear
+    layers whose input is a block's output tensor itself, per block, from one probe on ``example``;
+    a block whose output no such layer reads directly is left out."""
+    names = {block.name: block for block in blocks}
+    outputs: list[tuple[torch.Tensor, str]] = []  # kept alive for the probe: compared by identity
+    metrics: dict[str, torch.Tensor] = {}
+
+    def block_done(name: str, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs.append((output, name))
+
+    def reader_called(name: str, layer: nn.Module, inputs: tuple) -> None:
+        block = next((b for out, b in outputs if inputs and inputs[0] is out), None)
+        if block is None:
+            return
+        x = inputs[0]
+        if isinstance(layer, nn.Conv2d):
+            units, layout = layer.in_channels, "conv"
+            coverage = tap_coverage(layer.kernel_size, tuple(x.shape[2:]), layer.stride, layer.padding, layer.dilation)
+        else:
+            units, layout, coverage = layer.in_features, "linear", None
+        if units != names[block].units:
+            return
+        metric = consumer_metric(weight_taps(layer, layout, units), coverage).cpu()
+        metrics[block] = metrics[block] + metric if block in metrics else metric
+
+    handles = []
+    for name, module in model.named_modules():
+        if name in names:
+            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: block_done(name, out)))
+        elif isinstance(module, nn.Conv2d | nn.Linear):
+            handles.append(module.register_forward_pre_hook(lambda m, i, name=name: reader_called(name, m, i)))
+    try:
+        with torch.no_grad():
+            model(example.to(model_dtype(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return metrics
+
+
 def _folds(loader, folds: int, distributed: bool = False) -> int:
     """``folds``, at most one per image (of all processes' images with ``distributed``)."""
     images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
@@ -279,13 +327,17 @@ def score_blocks(
             for found in parts.values():
                 all_reduce(found)
         parts = {name: [part.to("cpu") for part in found] for name, found in parts.items()}
+        metrics = reader_metrics(model, blocks, _example(model, loader, device))
         scores = []
         for block in blocks:
             reporter.check()
             found = parts[block.name]
             unexplained, ridge = unexplained_share(found)
             total = Moments.union(found)
-            scores.append(BlockScore(block.name, block.units, total.samples, unexplained, branch_share(total), ridge))
+            reader = reader_energy_share(found, metrics[block.name])[0] if block.name in metrics else None
+            scores.append(
+                BlockScore(block.name, block.units, total.samples, unexplained, branch_share(total), ridge, reader)
+            )
         reporter.update(1.0, "blocks scored")
         return tuple(scores)
 
@@ -409,6 +461,7 @@ __all__ = [
     "check_block_count",
     "least_important",
     "reader_energy_share",
+    "reader_metrics",
     "remove_blocks",
     "score_blocks",
     "unexplained_share",

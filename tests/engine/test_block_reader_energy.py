@@ -54,3 +54,40 @@ def test_readers_of_the_new_direction_lose_its_energy_share(stream):
     assert v == pytest.approx(2.25 / 3.25, rel=0.05)
     u, _ = unexplained_share(folds, relative_ridges=(1e-9,))
     assert u < v  # the identity metric dilutes it with the well-explained coordinates
+
+
+def test_the_readers_are_the_layers_that_take_the_blocks_output_itself():
+    from snp_engine.architectures import DemoResNet
+    from snp_engine.blocks import reader_metrics, score_blocks
+    from snp_engine.compensation import consumer_metric, tap_coverage
+    from snp_engine.residual import find_blocks
+    from snp_engine.surgery import weight_taps
+
+    torch.manual_seed(0)
+    model = DemoResNet().eval()
+    example = torch.randn(1, 1, 8, 8)
+    blocks = find_blocks(model, example)
+    assert [b.name for b in blocks] == ["layer1.0"]
+    expected = torch.zeros(32, 32, dtype=torch.float64)
+    for layer in (model.layer2[0].conv1, model.layer2[0].downsample[0]):  # both read layer1.0's output
+        coverage = tap_coverage(layer.kernel_size, (8, 8), layer.stride, layer.padding, layer.dilation)
+        expected += consumer_metric(weight_taps(layer, "conv", 32), coverage)
+    torch.testing.assert_close(reader_metrics(model, blocks, example)["layer1.0"], expected)
+
+    class Pooled(torch.nn.Module):  # the block's output is pooled before the classifier reads it
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = model.layer1[0]
+            self.fc = torch.nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.block(x).mean((2, 3)))
+
+    pooled = Pooled().eval()
+    images = torch.randn(16, 32, 4, 4)
+    assert reader_metrics(pooled, find_blocks(pooled, images[:1]), images[:1]) == {}
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 8, 8), torch.zeros(32, dtype=torch.long))
+    (score,) = score_blocks(model, data, batch_size=8)
+    assert score.reader_energy is not None and 0 <= score.reader_energy <= 1
+    (alone,) = score_blocks(pooled, torch.utils.data.TensorDataset(images, torch.zeros(16, dtype=torch.long)))
+    assert alone.reader_energy is None and alone.to_dict()["reader_energy"] is None
