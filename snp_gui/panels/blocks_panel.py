@@ -2,7 +2,8 @@
 
 "Score blocks" finds the blocks whose output is their input plus a branch and measures, on the
 calibration data, how much of each block's output its branch adds beyond a linear map of its input
-(unexplained: what compensation cannot restore once the block is gone; branch: what dropping it without
+(unexplained: what compensation cannot restore once the block is gone; readers: the same as the layers
+reading the block's output see it, a share of their output energy; branch: what dropping it without
 compensation changes). Ticking "Remove" takes the block out of the plan: the summary's parameters
 and FLOPs leave it out, a threshold's FLOPs or parameter target is met with the channels of what
 remains, and evaluating or exporting removes it, compensated. Ctrl+Z undoes a tick.
@@ -31,8 +32,8 @@ from snp_gui.summary import human_count
 
 __all__ = ["BlocksPanel"]
 
-COLUMNS = ("Remove", "Block", "Channels", "Unexplained", "Branch", "FLOPs")
-REMOVE, NAME, UNITS, UNEXPLAINED, BRANCH, FLOPS = range(len(COLUMNS))
+COLUMNS = ("Remove", "Block", "Channels", "Unexplained", "Readers", "Branch", "FLOPs")
+REMOVE, NAME, UNITS, UNEXPLAINED, READERS, BRANCH, FLOPS = range(len(COLUMNS))
 EMPTY = "Score the blocks to list the network's residual blocks here."
 
 
@@ -66,6 +67,9 @@ class BlocksPanel(QWidget):
             REMOVE: "Tick to remove the whole block (replaced by its skip connection; later layers refitted)",
             UNEXPLAINED: "Share of the block's output variance its branch adds beyond a linear map of its input: "
             "what compensation cannot restore (lower: safer to remove)",
+            READERS: "Share of the next readers' output energy (the conv/linear layers that read the block's "
+            "output) that a linear map of the block's input leaves: the unexplained part as those layers see it; "
+            "— when no such layer reads the output directly",
             BRANCH: "Share of the block's output variance in the branch itself: what dropping the block "
             "without compensation changes",
             FLOPS: "What the block's layers cost at the current plan (saved when it is removed)",
@@ -111,6 +115,9 @@ class BlocksPanel(QWidget):
                 NAME: row.name,
                 UNITS: str(row.units),
                 UNEXPLAINED: f"{100 * score.unexplained:.1f} %" if score is not None else "—",
+                READERS: f"{100 * score.reader_energy:.1f} %"
+                if score is not None and score.reader_energy is not None
+                else "—",
                 BRANCH: f"{100 * score.branch:.1f} %" if score is not None else "—",
                 FLOPS: human_count(flops.get(row.name, 0.0)),
             }

@@ -131,3 +131,12 @@ def test_session_files_keep_each_plans_blocks_and_leave_out_unknown_ones(qtbot, 
     o.load_plan("with block")
     assert o.removed_blocks == (BLOCK,) and o.keep == s.plan_named("with block").keep
     o.shutdown()
+
+
+def test_the_blocks_tab_shows_each_blocks_next_reader_energy_share(qtbot, window):
+    from snp_gui.panels.blocks_panel import READERS
+
+    (row,) = window.session.blocks
+    assert row.score.reader_energy is not None
+    shown = window.blocks_panel.table.item(0, READERS).text()
+    assert shown == f"{100 * row.score.reader_energy:.1f} %"
