@@ -71,11 +71,19 @@ class Node:
 
 @dataclass(frozen=True)
 class Architecture:
-    """Nodes in execution order (the input first), data-flow edges ``(from id, to id)`` and the groups."""
+    """Nodes in execution order (the input first), data-flow edges ``(from id, to id)``, the groups, and
+    ``blocks``: every module that holds layers of the graph (its name → its type, e.g. ``"layer1.0"`` →
+    ``"Bottleneck"``), outermost first."""
 
     nodes: tuple[Node, ...]
     edges: tuple[tuple[str, str], ...]
     groups: Mapping[str, GroupLinks] = field(default_factory=dict)
+    blocks: Mapping[str, str] = field(default_factory=dict)
+
+    def members(self, block: str) -> list[Node]:
+        """The layer calls inside the module ``block``, in execution order."""
+        prefix = block + "."
+        return [node for node in self.nodes if node.id != INPUT and node.module.startswith(prefix)]
 
     def node(self, node_id: str) -> Node:
         for node in self.nodes:
@@ -108,8 +116,19 @@ def _tensors(value: object) -> list[torch.Tensor]:
     return []
 
 
-def _sources(tensors: Iterable[torch.Tensor], made_by: Mapping[object, str]) -> list[str]:
-    """The calls whose outputs ``tensors`` were computed from, by walking back the autograd graph."""
+def _sources(
+    tensors: Iterable[torch.Tensor],
+    made_by: Mapping[object, str],
+    streams: Mapping[object, tuple[tuple[str, ...], tuple[str, ...]]] | None = None,
+    whole: bool = True,
+) -> list[str]:
+    """The calls whose outputs ``tensors`` were computed from, by walking back the autograd graph.
+
+    ``streams``: the sums finished blocks returned (a residual stream, ``x + f(x)``), each with the layer
+    calls inside that block summed into it and (``whole``) those of the block before it too: the walk
+    stops there, so a pre-norm transformer's layer reads the two blocks before it (the skip over one)
+    rather than every block since the first.
+    """
     found: list[str] = []
     todo = [t.grad_fn for t in tensors if t.grad_fn is not None]
     seen: set[int] = set()
@@ -120,6 +139,9 @@ def _sources(tensors: Iterable[torch.Tensor], made_by: Mapping[object, str]) -> 
         seen.add(id(fn))
         if fn in made_by:
             found.append(made_by[fn])
+            continue
+        if streams is not None and fn in streams:
+            found.extend(streams[fn][1 if whole else 0])
             continue
         todo.extend(next_fn for next_fn, _ in fn.next_functions if next_fn is not None)
     return list(dict.fromkeys(found))
@@ -148,16 +170,27 @@ def architecture(
     nodes: list[Node] = []
     edges: list[tuple[str, str]] = []
     made_by: dict[object, str] = {}
+    streams: dict[object, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # a block's returned sum → (its own
+    # layers summed into it, those and the previous block's)
+    module_of: dict[str, str] = {INPUT: INPUT}
 
     def before(module: nn.Module, args: tuple) -> None:
         if stack:
             stack[-1][3] = True
         inputs = _tensors(args)
-        stack.append([names.get(module, type(module).__name__), _sources(inputs, made_by), _shape(inputs), False])
+        sources = _sources(inputs, made_by, streams)
+        stack.append([names.get(module, type(module).__name__), sources, _shape(inputs), False])
 
     def after(module: nn.Module, _args: tuple, output: object) -> None:
         name, sources, shape_in, has_child = stack.pop()
-        if has_child:
+        if has_child:  # a block: a sum it returns is a residual stream, read as this block's own layers
+            for tensor in _tensors(output):
+                fn = tensor.grad_fn
+                if fn is not None and fn not in made_by and type(fn).__name__.startswith("AddBackward"):
+                    summed = _sources([tensor], made_by, streams, whole=False)
+                    inside = tuple(s for s in summed if module_of[s].startswith(name + "."))
+                    if inside:
+                        streams[fn] = (inside, tuple(summed))
             return
         if len(nodes) >= MAX_NODES:
             raise SnpError(f"the network makes more than {MAX_NODES} layer calls; too many to draw")
@@ -165,6 +198,7 @@ def architecture(
         node_id = name if calls[name] == 1 else f"{name}#{calls[name]}"
         outputs = _tensors(output)
         nodes.append(Node(node_id, name, type(module).__name__, len(nodes), shape_in, _shape(outputs)))
+        module_of[node_id] = name
         edges.extend((source, node_id) for source in sources if source != node_id)
         for tensor in outputs:
             if tensor.grad_fn is not None:
@@ -186,7 +220,10 @@ def architecture(
         for handle in handles:
             handle.remove()
     first = Node(INPUT, INPUT, "Input", -1, None, tuple(int(s) for s in input_shape))
-    return _with_roles(Architecture((first, *nodes), tuple(dict.fromkeys(edges))), analysis)
+    types = {name: type(module).__name__ for module, name in names.items()}
+    holders = {".".join(n.module.split(".")[:depth]) for n in nodes for depth in range(1, n.module.count(".") + 1)}
+    blocks = {name: types.get(name, "") for name in sorted(holders, key=lambda b: (b.count("."), b))}
+    return _with_roles(Architecture((first, *nodes), tuple(dict.fromkeys(edges)), blocks=blocks), analysis)
 
 
 def _with_roles(graph: Architecture, analysis: Analysis | None) -> Architecture:
@@ -232,7 +269,7 @@ def _with_roles(graph: Architecture, analysis: Analysis | None) -> Architecture:
                 excluded.get(node.module),
             )
         )
-    return Architecture(tuple(nodes), graph.edges, groups)
+    return Architecture(tuple(nodes), graph.edges, groups, graph.blocks)
 
 
 __all__ = ["INPUT", "Architecture", "GroupLinks", "Node", "architecture"]
