@@ -450,9 +450,15 @@ def _block_lines(removed: workflows.BlocksRemoved | None) -> list[str]:
         f"  blocks       removed {len(removed.removed)} of {len(removed.scores)} ({how}):",
         *(
             f"    {name:<28} unexplained {scores[name].unexplained:.4f}  branch {scores[name].branch:.4f}"
+            + _readers(scores[name])
             for name in removed.removed
         ),
     ]
+
+
+def _readers(score) -> str:
+    """The next-reader energy share of a block's score, when a layer reads its output directly."""
+    return f"  readers {score.reader_energy:.4f}" if score.reader_energy is not None else ""
 
 
 def _chosen_lines(chosen: workflows.BlockChoice | None) -> list[str]:

@@ -37,6 +37,7 @@ def test_prune_removes_a_block_then_channels_and_the_export_reloads(tmp_path, ca
     blocks = result["blocks"]
     assert blocks["removed"] == ["layer1.0"] and blocks["compensated"] and "fc" in blocks["refitted"]
     assert [s["name"] for s in blocks["scores"]] == ["layer1.0"] and 0 <= blocks["scores"][0]["unexplained"] <= 1
+    assert 0 <= blocks["scores"][0]["reader_energy"] <= 1  # layer2.0's conv1 and downsample read it
     assert blocks["flops_after"] < blocks["flops_before"]
     assert abs(result["flops_after"] / result["flops_before"] - 0.5) < 0.05  # the target counts from the dense network
     assert not any(name.startswith("layer1.0.") for name in result["keep"])  # the block's channels are gone
@@ -166,3 +167,10 @@ def test_a_layer_of_a_removed_block_named_by_a_flag_is_a_one_line_error(args, gi
     message = f"{given}: 'layer1.0.conv1' is inside the residual block layer1.0, which --remove-blocks removed"
     assert_one_line_error(code, text, err, message)
     assert not out.exists()
+
+
+def test_the_text_report_gives_the_removed_blocks_scores_with_their_readers_share(tmp_path, capsys):
+    common = ["--model", "demo-resnet", "--data", "digits", "--samples", "64", "--remove-blocks", "1"]
+    code, text, _ = run(capsys, "prune", *common, "--flops-reduction", "0.6", "--out", str(tmp_path / "x.safetensors"))
+    (line,) = [line for line in text.splitlines() if line.strip().startswith("layer1.0 ") and "unexplained" in line]
+    assert code == 0 and "branch" in line and "readers 0." in line
