@@ -11,6 +11,7 @@ instantly. :func:`save_analysis` / :func:`load_analysis` store the statistics in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from snp_engine.activations import collect_moments, following_norms, model_dtype
 from snp_engine.compensation import consumer_metric, tap_coverage
 from snp_engine.costs import CostModel, build_cost_model
 from snp_engine.distributed import active as distributed_active
+from snp_engine.distributed import shifts_of_process_zero
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, find_groups
@@ -382,16 +384,17 @@ def analyze(
         readers = [r.consumer for g in groups for r in g.readers]
         norms = following_norms(model, readers, example)
         costs = build_cost_model(model, groups, example, norms)
-        moments, shapes = collect_moments(
-            model,
-            groups,
-            CastImages(loader, dtype),
-            device=device,
-            total_batches=len(loader),
-            max_positions=max_positions,
-            reporter=Scaled(reporter, 0.0, 0.8),
-            seed=seed,
-        )
+        with shifts_of_process_zero() if distributed else contextlib.nullcontext():  # see snp_engine.statistics
+            moments, shapes = collect_moments(
+                model,
+                groups,
+                CastImages(loader, dtype),
+                device=device,
+                total_batches=len(loader),
+                max_positions=max_positions,
+                reporter=Scaled(reporter, 0.0, 0.8),
+                seed=seed,
+            )
         if distributed:
             for m in moments.values():
                 m.all_reduce()

@@ -8,7 +8,8 @@ logit errors are those of the whole evaluation set. Collectives time out (defaul
 ``SNP_DISTRIBUTED_TIMEOUT`` seconds in the environment) so a failed process ends the others with a
 clear error instead of a hang; torchrun's SIGTERM to the remaining processes becomes
 :class:`Stopped` (:func:`stopped_by_sigterm`), so they too end with one line and leave no
-temporary file behind.
+temporary file behind. Statistics gathered in one pass over every shard take process 0's first
+shifts (:func:`shifts_of_process_zero`), so their float32 products round as in one process.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from snp_engine.errors import SnpError
-from snp_engine.statistics import Moments
+from snp_engine.statistics import Moments, shifts_of_process_zero
 
 DEFAULT_TIMEOUT_S = 600
 TIMEOUT_VARIABLE = "SNP_DISTRIBUTED_TIMEOUT"
@@ -185,6 +186,7 @@ __all__ = [
     "own_shard",
     "position",
     "shard",
+    "shifts_of_process_zero",
     "start",
     "stop",
     "stopped_by_sigterm",

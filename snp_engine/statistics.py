@@ -18,11 +18,18 @@ about 1e-7 (of the largest variance, for eigenvalues), where float64 ones were e
 
 Statistics about different shifts convert into each other exactly (in float64), so those of
 several batches, folds or processes still merge by adding them (``merge`` / ``all_reduce``).
+What does not carry over is the rounding of the float32 products, which depends on the shift:
+processes that each took their own first batch's mean would sum the same image's products rounded
+differently (~1e-7 relative). Inside :func:`shifts_of_process_zero` every process takes process 0's
+first shift instead (one broadcast per statistic), so an image's products are the very ones one
+process reading all images computes when the batches are alike (one image per batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +81,39 @@ def _round_to_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
 FLOAT64_ROWS_PER_UNIT = 2
 # float32 products of a batch whose Σ‖x − s‖² reaches this are redone in float64 (overflow margin)
 _FLOAT32_PRODUCTS_LIMIT = 1e36
+
+
+# the torch.distributed group whose process 0 sets every fresh statistic's shift (see shifts_of_process_zero)
+_SHIFTS_FROM: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("snp_shifts_from", default=None)
+
+
+@contextlib.contextmanager
+def shifts_of_process_zero(group=None) -> Iterator[None]:
+    """Within the block, the first update of each :class:`Moments` takes the shift process 0 of the
+    ``torch.distributed`` ``group`` chose from its first batch (a broadcast) instead of its own.
+
+    The float32 products of a batch, (x − s)ᵀ(x − s), round differently about a different s; with
+    the shift of process 0's first batch, which is image 0 of the whole set when batches hold one
+    image, every process computes each image's products bit for bit as one process reading all the
+    images, and the float64 sums differ only in the order they are added. Every process must update
+    the same statistics in the same order for the first time (as one pass of the same network over
+    every process's shard does): each first update is a collective."""
+    token = _SHIFTS_FROM.set((group,))
+    try:
+        yield
+    finally:
+        _SHIFTS_FROM.reset(token)
+
+
+def _shared_shift(shift: torch.Tensor) -> torch.Tensor:
+    """``shift`` of process 0 on every process while :func:`shifts_of_process_zero` is active."""
+    shared = _SHIFTS_FROM.get()
+    if shared is None:
+        return shift
+    import torch.distributed as dist
+
+    dist.broadcast(shift, src=0, group=shared[0])
+    return shift
 
 
 def _compute_dtype(dtype: torch.dtype, rows: int, units: int) -> torch.dtype:
@@ -147,8 +187,9 @@ class Moments:
         dtype = _compute_dtype(x.dtype, rows, self.units)
         fresh = not self._fixed
         if fresh:
-            shift64, exact = self._first_shift(x), True
+            shift64 = _shared_shift(self._first_shift(x))
             shift = shift64.to(dtype)
+            exact = bool(torch.equal(shift.double(), shift64))
         else:
             shift64 = self.shift
             shift, exact = self._shift_as(dtype)

@@ -17,6 +17,7 @@ from snp_engine.runtime import batches_of
 from snp_engine.statistics import Moments
 from snp_engine.workflows.measuring import score
 from snp_engine.workflows.preparation import check_dense
+from tests.engine.distributed_workers import shifted_moments_worker
 from tests.engine.helpers import (
     analyze_worker,
     correlated_samples,
@@ -133,3 +134,27 @@ def test_block_folds_follow_the_image_not_the_shard():
             scale = float(one.covariance().abs().max())
             torch.testing.assert_close(summed.covariance(), one.covariance(), rtol=1e-6, atol=1e-6 * scale)
             torch.testing.assert_close(summed.mean(), one.mean(), rtol=1e-6, atol=1e-6 * scale**0.5)
+
+
+def test_process_zeros_shifts_make_the_float32_products_those_of_one_process(tmp_path):
+    """Images of 80 rows far from zero (their float32 products round visibly): summed image by image
+    on 2 processes about process 0's first shift they equal one process to float64 round-off, where
+    each process's own shift leaves float32 round-off."""
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(8, 8, generator=generator)
+    images = 1000 + torch.randn(30, 80, 8, generator=generator) @ mixing
+    _spawn(shifted_moments_worker, tmp_path, images)
+    single = Moments.zeros(8)
+    for image in images:
+        single.update(image)
+    cov, scale = single.covariance(), float(single.covariance().abs().max())
+    results = [torch.load(tmp_path / f"shifted{rank}.pt") for rank in range(WORLD)]
+    assert not torch.equal(
+        results[0]["own"]["first_shift"], results[1]["own"]["first_shift"]
+    )  # image 0's mean, image 1's
+    for result in results:
+        assert torch.equal(result["shared"]["first_shift"], single.shift)  # image 0's on both
+        shared, own = Moments.from_state(result["shared"]), Moments.from_state(result["own"])
+        assert shared.samples == own.samples == single.samples == 30 * 80
+        assert float((shared.covariance() - cov).abs().max()) <= 1e-13 * scale
+        assert float((own.covariance() - cov).abs().max()) > 1e-9 * scale  # what the shared shift removes
