@@ -274,6 +274,61 @@ def plan_with_blocks(
     return found
 
 
+@dataclass(frozen=True)
+class WithoutBlocks:
+    """A network without some residual blocks (removed, compensated) and the analysis of what remains:
+    what :func:`prune_with_blocks` prunes. Made once by :func:`without_blocks`, it serves every point of
+    a sweep and every layer of a sensitivity measurement."""
+
+    removed: BlocksRemoved
+    analysis: api.Analysis
+
+    def reordered(self, ordering: str) -> WithoutBlocks:
+        """The same network with its analysis in another unit ordering (no forward pass)."""
+        if ordering == self.analysis.ordering:
+            return self
+        return dataclasses.replace(self, analysis=self.analysis.reorder(ordering))
+
+    def counts(self, keep: Mapping[str, int]) -> dict[str, int]:
+        """``keep`` (counts for the network with its blocks) for the groups of what remains; a group
+        ``keep`` does not name keeps every unit."""
+        return {name: min(int(keep.get(name, units)), units) for name, units in self.analysis.units.items()}
+
+
+def without_blocks(
+    prepared: Prepared,
+    names: Sequence[str],
+    *,
+    options: AnalysisOptions | None = None,
+    compensation: Compensation | str = Compensation.SEQUENTIAL,
+    scores: Sequence[BlockScore] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int | None = None,
+    device: str | torch.device = "cpu",
+    reporter: Reporter | None = None,
+    distributed: bool = False,
+) -> WithoutBlocks:
+    """Remove the blocks ``names``, compensated (:func:`remove_blocks`), and analyse the channels of the
+    network that remains with ``options`` (its statistics changed with the blocks)."""
+    reporter = reporter or Reporter()
+    removed = remove_blocks(
+        prepared,
+        list(names),
+        compensation=compensation,
+        scores=scores,
+        batch_size=batch_size,
+        samples=samples,
+        device=device,
+        reporter=Scaled(reporter, 0.0, 0.6),
+        distributed=distributed,
+    )
+    options = options or AnalysisOptions(samples=samples, batch_size=batch_size)
+    again = analyse(
+        removed.prepared, options, device=device, reporter=Scaled(reporter, 0.6, 1.0), distributed=distributed
+    )
+    return WithoutBlocks(removed, again)
+
+
 def prune_with_blocks(
     prepared: Prepared,
     analysis: api.Analysis,
@@ -289,6 +344,7 @@ def prune_with_blocks(
     device: str | torch.device = "cpu",
     reporter: Reporter | None = None,
     distributed: bool = False,
+    without: WithoutBlocks | None = None,
 ) -> Pruned:
     """``prepared``'s network without the blocks ``names`` and with its channels pruned to ``plan``.
 
@@ -297,7 +353,8 @@ def prune_with_blocks(
     (its statistics changed with the blocks) and pruned to the keep counts ``plan`` gives its groups
     (made for ``analysis``, of the network with its blocks); the record names the removed blocks.
     ``distributed``: the calibration data is this process's shard; every step sums its statistics
-    over the processes.
+    over the processes. ``without`` (from :func:`without_blocks`, for the same ``names``) is the
+    removal and analysis already made.
     """
     reporter = reporter or Reporter()
     if not names:
@@ -313,26 +370,26 @@ def prune_with_blocks(
             reporter=reporter,
             distributed=distributed,
         )
-    removed = remove_blocks(
-        prepared,
-        list(names),
-        compensation=compensation,
-        scores=scores,
-        batch_size=batch_size,
-        samples=samples,
-        device=device,
-        reporter=Scaled(reporter, 0.0, 0.35),
-        distributed=distributed,
-    )
-    options = options or AnalysisOptions(samples=samples, batch_size=batch_size, ordering=analysis.ordering)
-    again = analyse(
-        removed.prepared, options, device=device, reporter=Scaled(reporter, 0.35, 0.6), distributed=distributed
-    )
-    counts = {name: min(int(plan.keep.get(name, units)), units) for name, units in again.units.items()}
+    if without is None:
+        without = without_blocks(
+            prepared,
+            names,
+            options=options or AnalysisOptions(samples=samples, batch_size=batch_size, ordering=analysis.ordering),
+            compensation=compensation,
+            scores=scores,
+            batch_size=batch_size,
+            samples=samples,
+            device=device,
+            reporter=Scaled(reporter, 0.0, 0.6),
+            distributed=distributed,
+        )
+    elif set(without.removed.removed) != set(names):
+        raise SnpError(f"the network given lacks {', '.join(without.removed.removed)}, not {', '.join(names)}")
+    removed, again = without.removed, without.analysis
     pruned = prune(
         removed.prepared,
         again,
-        again.plan_for(counts, plan.threshold),
+        again.plan_for(without.counts(plan.keep), plan.threshold),
         compensation=compensation,
         batch_size=batch_size,
         samples=samples,
@@ -479,6 +536,7 @@ def choose_blocks(
 __all__ = [
     "BlockChoice",
     "BlocksRemoved",
+    "WithoutBlocks",
     "block_scores",
     "blocks_cost",
     "channel_target",
@@ -490,4 +548,5 @@ __all__ = [
     "removable_blocks",
     "remove_blocks",
     "with_blocks",
+    "without_blocks",
 ]

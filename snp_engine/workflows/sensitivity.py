@@ -8,10 +8,11 @@ so a layer costs one copy of the network and one pass over the evaluation data; 
 pruned, one-shot and sequential compensation are the same fit (see :mod:`snp_engine.pruning`).
 
 With residual blocks removed as well, each layer is pruned alone on the network *without* them: the
-blocks are removed and compensated (:func:`~snp_engine.workflows.blockjobs.remove_blocks`, as
-:func:`~snp_engine.workflows.blockjobs.prune_with_blocks` does) and what remains is analysed again,
-once; the reference is that network (so a layer's numbers are what it costs beyond the blocks), and
-the layers inside the removed blocks are not measured (:attr:`Sensitivity.skipped`).
+blocks are removed and compensated and what remains is analysed again, once
+(:func:`~snp_engine.workflows.blockjobs.without_blocks`, what
+:func:`~snp_engine.workflows.blockjobs.prune_with_blocks` prunes); the reference is that network (so
+a layer's numbers are what it costs beyond the blocks), and the layers inside the removed blocks are
+not measured (:attr:`Sensitivity.skipped`).
 
 :func:`relaxed_counts` turns the ranking into a plan change: the most sensitive layers get back half
 of the units they lose.
@@ -34,9 +35,8 @@ from snp_engine.metrics import check_labels, topk_hits
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.runtime import check_forward, first_example, out_of_memory_as_error, resolve_device
-from snp_engine.workflows.blockjobs import remove_blocks
+from snp_engine.workflows.blockjobs import without_blocks
 from snp_engine.workflows.choices import AnalysisOptions, Compensation
-from snp_engine.workflows.jobs import analyse
 from snp_engine.workflows.preparation import Prepared
 
 
@@ -147,21 +147,21 @@ def layer_sensitivity(
     blocks, skipped = tuple(blocks), ()
     if blocks:
         reporter.update(0.0, f"removing {', '.join(blocks)}")
-        removed = remove_blocks(
+        options = options or AnalysisOptions(samples=samples, ordering=analysis.ordering)
+        gone = without_blocks(
             prepared,
-            list(blocks),
+            blocks,
+            options=options,
             compensation=compensation,
             scores=block_scores,
-            batch_size=options.batch_size if options else batch_size,
+            batch_size=options.batch_size,
             samples=samples,
             device=device,
-            reporter=Scaled(reporter, 0.0, 0.15),
+            reporter=Scaled(reporter, 0.0, 0.3),
         )
-        options = options or AnalysisOptions(samples=samples, ordering=analysis.ordering)
-        remaining = analyse(removed.prepared, options, device=device, reporter=Scaled(reporter, 0.15, 0.3))
-        skipped = tuple(name for name in analysis.names if name not in remaining.units)
-        prepared, analysis, reporter = removed.prepared, remaining, Scaled(reporter, 0.3, 1.0)
-        counts = {name: min(counts.get(name, units), units) for name, units in remaining.units.items()}
+        skipped = tuple(name for name in analysis.names if name not in gone.analysis.units)
+        counts = gone.counts(counts)
+        prepared, analysis, reporter = gone.removed.prepared, gone.analysis, Scaled(reporter, 0.3, 1.0)
     evaluation = prepared.evaluation or prepared.require_data()
     device = resolve_device(device)
     dense = prepared.model.model.to(device).eval()

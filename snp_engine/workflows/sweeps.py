@@ -4,7 +4,8 @@ pruned and scored; with residual blocks removed as well, every point is the netw
 Each point is planned and pruned as the app's Evaluate button and ``snp prune`` do it:
 :func:`~snp_engine.workflows.blockjobs.plan_with_blocks` for the FLOPs target counted from the network
 with all its blocks, then :func:`~snp_engine.workflows.blockjobs.prune_with_blocks` (without blocks
-these are the plain plan and prune).
+these are the plain plan and prune). The blocks are removed and what remains analysed once
+(:func:`~snp_engine.workflows.blockjobs.without_blocks`), for every point.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from snp_engine import api
 from snp_engine.blocks import BlockScore
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.workflows.blockjobs import blocks_cost, plan_with_blocks, prune_with_blocks
+from snp_engine.workflows.blockjobs import blocks_cost, plan_with_blocks, prune_with_blocks, without_blocks
 from snp_engine.workflows.choices import AnalysisOptions, Compensation, PlanTarget
 from snp_engine.workflows.measuring import score
 from snp_engine.workflows.preparation import Prepared
@@ -75,6 +76,21 @@ def sweep(
     points = sweep_points(analysis, reductions, blocks)
     orderings = list(dict.fromkeys([analysis.ordering, baseline]))
     steps, done, results = len(orderings) * len(points), 0, {}
+    gone = None
+    if blocks:
+        share = 1 / (steps + 1)  # removing the blocks and analysing what remains: about one point's work
+        gone = without_blocks(
+            prepared,
+            blocks,
+            options=dataclasses.replace(options, ordering=analysis.ordering),
+            compensation=compensation,
+            scores=block_scores,
+            batch_size=batch_size,
+            samples=samples,
+            device=device,
+            reporter=Scaled(reporter, 0.0, share),
+        )
+        reporter = Scaled(reporter, share, 1.0)
     for ordering in orderings:
         current = analysis if ordering == analysis.ordering else analysis.reorder(ordering)
         label = series_label(ordering, ordering == analysis.ordering, blocks)
@@ -88,14 +104,13 @@ def sweep(
                 current,
                 plan,
                 blocks,
-                options=dataclasses.replace(options, ordering=ordering),
                 compensation=compensation,
-                scores=block_scores,
                 physical=False,
                 batch_size=batch_size,
                 samples=samples,
                 device=device,
                 reporter=part,
+                without=gone.reordered(ordering) if gone is not None else None,
             ).model
             top1 = score(pruned, evaluation, device=device).top1
             results[(label, reduction)] = top1

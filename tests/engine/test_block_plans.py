@@ -121,3 +121,28 @@ def test_a_sweep_without_blocks_keeps_its_series_names(demo):
     prepared, analysis = demo
     found = workflows.sweep(prepared, analysis, [0.3], baseline="l1", samples=64, batch_size=32)
     assert sorted(found) == sorted([(f"SNP ({analysis.ordering})", 0.3), ("l1 (baseline)", 0.3)])
+
+
+def test_a_sweep_removes_the_blocks_once_for_all_its_points(demo, monkeypatch):
+    from snp_engine.workflows import sweeps
+
+    prepared, analysis = demo
+    made = []
+    real = sweeps.without_blocks
+    monkeypatch.setattr(sweeps, "without_blocks", lambda *a, **k: made.append(tuple(a[1])) or real(*a, **k))
+    found = workflows.sweep(prepared, analysis, [0.6, 0.7], baseline="l1", blocks=[BLOCK], samples=64, batch_size=32)
+    assert made == [(BLOCK,)] and len(found) == 4  # two orderings, two points each
+
+
+def test_a_removal_made_for_other_blocks_is_refused(demo):
+    from snp_engine.workflows.blockjobs import without_blocks
+
+    prepared, analysis = demo
+    gone = without_blocks(prepared, [BLOCK], samples=64, batch_size=32)
+    plan = workflows.plan_with_blocks(analysis, PlanTarget("flops", 0.6), [BLOCK])
+    with pytest.raises(SnpError, match=r"the network given lacks layer1\.0, not layer9"):
+        workflows.prune_with_blocks(prepared, analysis, plan, ["layer9"], without=gone)
+    reused = workflows.prune_with_blocks(prepared, analysis, plan, [BLOCK], samples=64, batch_size=32, without=gone)
+    fresh = workflows.prune_with_blocks(prepared, analysis, plan, [BLOCK], samples=64, batch_size=32)
+    images = prepared.require_data().calibration[0][0][None]
+    torch.testing.assert_close(reused.model(images), fresh.model(images))
