@@ -17,6 +17,7 @@ from snp_engine.blocks import BlockScore
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.workflows import Prepared, Pruned
+from snp_engine.workflows.blockjobs import WithoutBlocks, without_blocks
 from snp_gui.settings import Options
 
 
@@ -60,10 +61,16 @@ def analysis_options(job: PruneJob, ordering: str) -> workflows.AnalysisOptions:
 
 
 def prune_for(
-    job: PruneJob, reporter: Reporter, analysis: Analysis | None = None, plan: Plan | None = None, physical: bool = True
+    job: PruneJob,
+    reporter: Reporter,
+    analysis: Analysis | None = None,
+    plan: Plan | None = None,
+    physical: bool = True,
+    without: WithoutBlocks | None = None,
 ) -> Pruned:
     """The pruned copy of the job's model with the chosen compensation, and its record; without the
-    job's residual blocks, if it removes any (the channels of what remains analysed again)."""
+    job's residual blocks, if it removes any (the channels of what remains analysed again, unless
+    ``without`` is that removal already)."""
     o = job.options
     return workflows.prune_with_blocks(
         job.prepared,
@@ -78,6 +85,7 @@ def prune_for(
         samples=o.samples,
         device=o.device,
         reporter=reporter,
+        without=without,
     )
 
 
@@ -98,13 +106,30 @@ def evaluate_plan(job: PruneJob, baseline: Scores | None, pruned: Pruned | None,
 def measure_plans(jobs: list[tuple[str, PruneJob]], baseline: Scores | None, reporter: Reporter) -> tuple:
     """Evaluate each named plan in turn (as :func:`evaluate_plan`); each plan's numbers are handed over as
     ``(name, keep counts, removed blocks, metrics)`` as soon as they are measured. Gives the original network's scores
-    with their key, so that later evaluations reuse them."""
-    key = None
+    with their key, so that later evaluations reuse them. Plans that remove the same residual blocks share
+    one removal of them (:func:`~snp_engine.workflows.blockjobs.without_blocks`)."""
+    key, removals = None, {}
     for index, (name, job) in enumerate(jobs):
         reporter.check()
         part = Scaled(reporter, index / len(jobs), (index + 1) / len(jobs))
         part.update(0.0, f"plan '{name}' ({index + 1} of {len(jobs)})")
-        result = evaluate_plan(job, baseline, None, part)
+        pruned = None
+        if job.blocks:
+            o = job.options
+            if job.blocks not in removals:
+                removals[job.blocks] = without_blocks(
+                    job.prepared,
+                    job.blocks,
+                    options=analysis_options(job, job.analysis.ordering),
+                    compensation=o.compensation,
+                    scores=job.scores or None,
+                    batch_size=o.batch_size,
+                    samples=o.samples,
+                    device=o.device,
+                    reporter=Scaled(part, 0.0, 0.3),
+                )
+            pruned = prune_for(job, Scaled(part, 0.3, 0.5), without=removals[job.blocks])
+        result = evaluate_plan(job, baseline, pruned, part)
         baseline, key = result["baseline"], result["keys"][1]
         reporter.partial((name, dict(job.plan.keep), job.blocks, result["metrics"]))
     return key, baseline

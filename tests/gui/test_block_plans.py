@@ -140,3 +140,21 @@ def test_the_blocks_tab_shows_each_blocks_next_reader_energy_share(qtbot, window
     assert row.score.reader_energy is not None
     shown = window.blocks_panel.table.item(0, READERS).text()
     assert shown == f"{100 * row.score.reader_energy:.1f} %"
+
+
+def test_plans_that_remove_the_same_blocks_share_one_removal_when_measured(qtbot, window, monkeypatch):
+    from snp_gui import tasks
+
+    s = window.session
+    made: list[tuple[str, ...]] = []
+    real = tasks.without_blocks
+    monkeypatch.setattr(tasks, "without_blocks", lambda *a, **k: made.append(tuple(a[1])) or real(*a, **k))
+    _keep(window, "with block", True)
+    s.set_threshold("flops", 0.8)
+    _keep(window, "more, with block", True)
+    _keep(window, "plain", False)
+    assert run(qtbot, window, "plan measuring", s.measure_plans, TIMEOUT)[0] == FINISHED
+    assert made == [(BLOCK,)]  # once for both plans that remove it, never for the plain one
+    assert all(isinstance(plan.metrics.get("top1_after"), float) for plan in s.plans)
+    first, second = (s.plan_named(name).metrics["fidelity"] for name in ("with block", "more, with block"))
+    assert first < second  # each plan pruned to its own counts
