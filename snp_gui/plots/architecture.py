@@ -25,6 +25,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
@@ -377,7 +378,7 @@ class ArchitectureView(QGraphicsView):
     def _columns_for(self, scale: float) -> int:
         """Columns a row at ``scale`` (the view's width, less a vertical scroll bar whether shown or not)."""
         room = self.width() - 2 * self.frameWidth() - self.verticalScrollBar().sizeHint().width()
-        pad = FRAME_PAD + NEST_PAD * max(self._frame_depth() - 1, 0)
+        pad = max(FRAME_PAD + NEST_PAD * max(self._frame_depth() - 1, 0), GAP_X / 2)  # frames, edges to a next row
         width = room / max(scale, 1e-6) - 2 * (MARGIN + pad) + GAP_X
         return max(MIN_COLUMNS, int(width // (NODE_W + GAP_X)))
 
@@ -422,9 +423,12 @@ class ArchitectureView(QGraphicsView):
         return max((sum(1 for outer in _ancestors(b) if outer in blocks) for b in blocks), default=-1) + 1
 
     def _redraw(self) -> None:
-        """Draw the boxes of the current fold state, wrapped to the view's width."""
-        scene = self.scene()
-        scene.clear()
+        """Draw the boxes of the current fold state, wrapped to the view's width (on a new scene: clearing
+        the old one while it still holds the item the mouse was last on can crash)."""
+        old = self.scene()
+        scene = QGraphicsScene(self)
+        self.setScene(scene)
+        old.deleteLater()
         self.items, self.folds, self.frames = {}, {}, {}
         self._dirty = False
         if self.graph is None:
@@ -893,11 +897,15 @@ class ArchitectureView(QGraphicsView):
         if pressed is None or (event.position() - pressed).manhattanLength() > 4:
             return  # a drag scrolls, it does not select
         for item in self.items_at(event.position()):
+            # folding redraws the scene: not while Qt is still delivering this event to its items
             if isinstance(item, _Toggle):
-                self.unfold(item.block) if item.unfold else self.fold(item.block)
+                QTimer.singleShot(0, partial(self.unfold if item.unfold else self.fold, item.block))
                 return
-            if isinstance(item, NodeItem):
-                self.click_block(item.block) if item.node is None else self.click_node(item.node.id)
+            if isinstance(item, NodeItem) and item.node is None:
+                QTimer.singleShot(0, partial(self.click_block, item.block))
+                return
+            if isinstance(item, NodeItem) and item.node is not None:
+                self.click_node(item.node.id)
                 return
 
     def wheelEvent(self, event: QWheelEvent) -> None:
