@@ -444,8 +444,10 @@ def _with_heads(
 ) -> tuple[list[UnitGroup], list[ExcludedGroup]]:
     """``groups`` plus one group of heads per multi-head attention layer (see
     :mod:`snp_engine.heads`); the fused q/k/v layers they cover are no longer listed as excluded,
-    attention layers whose heads cannot be pruned are, with the reason."""
-    covered = set()
+    attention layers whose heads cannot be pruned are, with the reason, and so are the hidden layers of
+    a Swin V2 position-bias MLP (``cpb_mlp.0``: its input is the fixed window coordinates, not the
+    data, so there are no activations to analyse; its outputs are pruned with the heads)."""
+    covered, hidden = set(), []
     for layer in attention_layers(model):
         if layer.refused is not None:
             excluded.append(ExcludedGroup(layer.name, layer.heads, layer.refused))
@@ -453,7 +455,22 @@ def _with_heads(
         groups.append(UnitGroup(layer.name, layer.reader, layer.heads, "linear", block=layer.head_dim, kind="heads"))
         _, per_head = per_head_parameters(model.get_submodule(layer.name))
         covered.update(name for name in (layer.qkv, per_head and f"{layer.name}.{per_head}") if name)
-    return groups, [e for e in excluded if e.name not in covered]
+        parent, _, last = (per_head or "").rpartition(".")
+        mlp = model.get_submodule(f"{layer.name}.{parent}") if parent else None
+        for name, module in mlp.named_children() if isinstance(mlp, nn.Sequential) else ():
+            if name == last:
+                break
+            if isinstance(module, nn.Linear):
+                hidden.append(ExcludedGroup(f"{layer.name}.{parent}.{name}", module.out_features, _POSITION_BIAS))
+    listed = {g.name for g in groups} | {e.name for e in excluded}
+    excluded = [e for e in excluded if e.name not in covered] + [e for e in hidden if e.name not in listed]
+    return groups, excluded
+
+
+_POSITION_BIAS = (
+    "hidden units of the position-bias MLP: computed from the fixed window coordinates, not from the "
+    "images, so there are no activations to analyse (its outputs are pruned with the heads)"
+)
 
 
 def call_order(model: nn.Module, modules: Sequence[str], example_input: torch.Tensor) -> dict[str, int]:
