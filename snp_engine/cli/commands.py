@@ -124,7 +124,7 @@ def cmd_analyze(args: argparse.Namespace, reporter: Reporter) -> Result:
 
     analysis, device = plumbing.with_cpu_fallback(args, device, step, warnings)
     singular = analysis.warnings()
-    plumbing.say(args, singular, "warning")
+    plumbing.say_singular(args, singular)
     warnings += singular
     path = (analysis.save(args.out) if _writes() else None) or Path(args.out)
     summary = analysis.summary()
@@ -293,7 +293,7 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
 
         analysis, device = plumbing.with_cpu_fallback(args, device, analyse_on, warnings)
     singular = analysis.warnings()
-    plumbing.say(args, singular, "warning")
+    plumbing.say_singular(args, singular)
     warnings += singular
     target = _target(args, analysis)
     channels = workflows.channel_target(target, removed) if removed is not None else target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -84,6 +85,36 @@ def say(args: argparse.Namespace, lines: Sequence[str], kind: str) -> None:
     if not args.quiet:
         for line in lines:
             sys.stderr.write(f"snp: {kind}: {line}\n")
+
+
+SINGULAR_DETAIL_AT = 4  # this many singular groups or more: one summary line (each group with --debug)
+
+
+def say_singular(args: argparse.Namespace, lines: Sequence[str]) -> None:
+    """The analysis' singular-statistics warnings (one per group, :meth:`Analysis.warnings`): a few are
+    printed as they are; more (a ViT on few images has one per layer) as one line naming how many groups
+    and the most images any of them needs, each group's line only with ``--debug`` (the JSON record's
+    ``warnings`` has them all)."""
+    if len(lines) < SINGULAR_DETAIL_AT or getattr(args, "debug", False):
+        say(args, lines, "warning")
+        if len(lines) < SINGULAR_DETAIL_AT:
+            return
+    needed = [re.search(r"use at least (\d+) images \(now (\d+)\)", line) for line in lines]
+    counts = [(int(m.group(1)), int(m.group(2))) for m in needed if m]
+    dead = sum(1 for line in lines if "dead or duplicate units" in line)
+    parts = []
+    if counts:
+        most, now = max(counts)
+        parts.append(
+            f"{len(counts)} groups have fewer calibration samples than channels; use at least {most} images (now {now})"
+        )
+    if dead:
+        parts.append(f"{dead} groups have dead or duplicate units (pruning them first is harmless)")
+    other = len(lines) - len(counts) - dead
+    if other:
+        parts.append(f"{other} more groups: use more samples")
+    where = "" if getattr(args, "debug", False) else "; each group in the JSON record's warnings, or with --debug"
+    say(args, [f"singular statistics, regularised: {'; '.join(parts)}{where}"], "warning")
 
 
 def fmt_count(value: float) -> str:
