@@ -1,11 +1,12 @@
 """The command line under torchrun with 1 and 2 processes: ``snp prune`` (sequential calibration, the
-default, and one-shot), ``snp analyze`` and ``snp eval``.
+default, one-shot, and with ``--remove-blocks 1`` on demo-resnet), ``snp analyze`` and ``snp eval``.
 
 Each run is the real command line, ``python -m torch.distributed.run --standalone
 --nproc_per_node N -m snp_engine.cli … --distributed``, timed from the outside (start-up
 included). Every exported file is compared with the one-process file (the same kept units, and the
 largest relative difference of any weight tensor), and every reported number (top-1/top-5 before and
-after, loss, fidelity, images evaluated) with the one-process number.
+after, loss, fidelity, images evaluated; for block removal the removed blocks and their scores)
+with the one-process number.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/distributed_cli.py      # writes docs/benchmarks/distributed_cli.json
 """
@@ -25,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as ``pyth
 from benchmarks.common import CACHE_DIR, add_run_args, default_out, log, run_header, write_json
 from snp_engine import io
 
-JOBS = ("prune-sequential", "prune-one-shot", "analyze", "eval")
+JOBS = ("prune-sequential", "prune-one-shot", "prune-remove-blocks", "analyze", "eval")
+BLOCKS_MODEL = "demo-resnet"  # the removal job's network (demo-vgg has no residual block)
 QUICK_JOBS = ("prune-sequential", "eval")
 # what each job reports that one and several processes must agree on
 REPORTED = {
     "prune-sequential": ("top1_before", "top1_after", "top5_after", "fidelity", "eval_samples"),
     "prune-one-shot": ("top1_before", "top1_after", "top5_after", "fidelity", "eval_samples"),
+    "prune-remove-blocks": ("top1_before", "top1_after", "top5_after", "fidelity", "eval_samples"),
     "analyze": ("samples",),
     "eval": ("top1", "top5", "loss", "samples"),
 }
@@ -38,13 +41,15 @@ REPORTED = {
 
 def job_argv(job: str, model: str, samples: int, batch_size: int, out: Path) -> list[str]:
     """The ``snp`` arguments of one job (``out``: the file it writes, if any)."""
+    if job == "prune-remove-blocks":
+        model = BLOCKS_MODEL
     data = ["--model", model, "--data", "digits", "--batch-size", str(batch_size)]
     if job == "eval":
         return ["eval", *data]
     data += ["--samples", str(samples)]
     if job == "analyze":
         return ["analyze", *data, "--out", str(out)]
-    mode = ["--one-shot"] if job == "prune-one-shot" else []
+    mode = {"prune-one-shot": ["--one-shot"], "prune-remove-blocks": ["--remove-blocks", "1"]}.get(job, [])
     return ["prune", *data, "--flops-reduction", "0.5", *mode, "--out", str(out)]
 
 
@@ -62,6 +67,8 @@ def run_job(job: str, nprocs: int, threads: int, model: str, samples: int, batch
     row = {"seconds": seconds, "reported": {key: result[key] for key in REPORTED[job]}}
     if "keep" in result:
         row["keep"] = result["keep"]
+    if result.get("blocks", {}).get("removed"):
+        row["blocks"] = {"removed": result["blocks"]["removed"], "scores": result["blocks"]["scores"]}
     return row
 
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
                 a, b = work / f"{job}{args.nprocs[0]}.safetensors", work / f"{job}{n}.safetensors"
                 row["same_kept_units"] = io.read_metadata(a)["pruning"] == io.read_metadata(b)["pruning"]
                 row["max_relative_weight_difference"] = max_relative_difference(a, b)
+            if "blocks" in first:
+                row["same_blocks_and_scores"] = row.get("blocks") == first["blocks"]
     data["runs"] = runs
     write_json(args.out, data)
     log(f"written {args.out}")
