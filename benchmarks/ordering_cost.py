@@ -1,19 +1,23 @@
 """What the default ordering (the output-aware forward greedy) and its curve cost on wide layers,
-before and after the blocked float32 greedy, and how far the new curve is from the exact one.
+before and after the lazy greedy, and how far the new curve is from the exact one.
 
 Synthetic layers of n units: C = F Fᵀ + noise (F with n/4 columns and a decaying spectrum, the
 shape of real layers' covariances) and a consumer metric M = Wᵀ W with W of n/4 rows (an MLP's
-second linear layer). For every width, in one run and alternating between the variants:
+second linear layer). For every width, in one run and alternating between the variants, each
+followed by the default (variance) curve ``subspace.explained_curve(C, order)``:
 
-* ``new``: ``subspace.forward_greedy(C, M)`` plus the default (variance) curve
-  ``subspace.explained_curve(C, order)``;
-* ``old``: the previous implementation (kept below as :func:`old_forward_greedy`: float64, blocks
-  of n/128 mutually uncorrelated units per step) plus the same curve;
-* ``exact``: ``forward_greedy(C, M, block=1)`` (one unit per step, float64), where affordable.
+* ``factor``: ``subspace.forward_greedy(C, factor=W)`` — what the analysis runs for a consumer
+  with fewer weight rows than inputs (it passes the rows with the metric);
+* ``metric``: ``subspace.forward_greedy(C, M)`` — the metric given whole (any consumer);
+* ``previous``: the implementation before the lazy greedy (kept below as
+  :func:`previous_forward_greedy`), up to ``--previous-up-to`` units;
+* ``exact``: ``forward_greedy(C, M, block=1)`` (one unit per step, float64). Deterministic, so
+  its order is cached in ``benchmarks/.cache`` (it takes minutes at 4,096 units and about an hour
+  of one core at 8,192); ``--exact-up-to`` bounds the widths it runs on.
 
-Reported: seconds (wall and process CPU), the ratio old / new, and the largest gap over every keep
-count k between the new curve and the exact greedy's (or, where the exact one is not run, the
-old one's), for the variance curve and the output (metric) curve.
+Reported: seconds (wall and process CPU), the ratios previous / factor and previous / metric, and
+the largest gap over every keep count k between each curve and the exact greedy's, for the
+variance curve and the output (metric) curve.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ordering_cost.py   # writes docs/benchmarks/ordering_cost.json
     python benchmarks/ordering_cost.py --device cuda --out /tmp/ordering_cost_cuda.json
@@ -43,111 +47,103 @@ WIDTHS = (2048, 4096, 8192, 16384)
 
 def synthetic_layer(n: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """C = F Fᵀ + diag(noise) with F (n × n/4) of column scales k^-1/2, and M = Wᵀ W, W (n/4 × n)."""
+    cov, weight = synthetic_layer_and_weight(n, seed, device)
+    return cov, weight.T @ weight
+
+
+def synthetic_layer_and_weight(n: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """C as in :func:`synthetic_layer` and the consumer weight W (n/4 × n) of its metric."""
     gen = torch.Generator().manual_seed(seed)
     rank = max(n // 4, 1)
     factor = torch.randn(n, rank, generator=gen, dtype=torch.float64)
     factor *= torch.arange(1, rank + 1, dtype=torch.float64) ** -0.5
-    cov = factor @ factor.T + torch.diag(0.01 * (torch.rand(n, generator=gen, dtype=torch.float64) + 0.1))
+    cov = factor @ factor.T
+    cov.diagonal().add_(0.01 * (torch.rand(n, generator=gen, dtype=torch.float64) + 0.1))
     weight = torch.randn(rank, n, generator=gen, dtype=torch.float64)
-    return cov.to(device), (weight.T @ weight).to(device)
+    return cov.to(device), weight.to(device)
 
 
 # ----------------------------------------------------------------------------------------------
-# The previous implementation (snp_engine.subspace before the blocked float32 greedy)
+# The previous implementation (snp_engine.subspace before the lazy greedy), for one reader
 
 
-def old_forward_greedy(
-    cov: torch.Tensor,
-    metric: torch.Tensor | None = None,
-    block: int | None = None,
-    more: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = (),
-) -> torch.Tensor:
-    """Greedy forward selection minimising E(K) = tr(M S|K), S|K the residual covariance given K.
-
-    Keeping unit j lowers E by s_jᵀ M s_j / S_jj (s_j = S₋ⱼ): pick the largest, then update
-    S ← S − s_j s_jᵀ / S_jj and G = M S ← G − (M s_j) s_jᵀ / S_jj. O(n²) per step, O(n³) in all.
-    With M = I it keeps the unit that explains most of the remaining total variance.
-
-    A group read by several layers (``more`` holds the further readers' (C_r, M_r), ``None`` for
-    M_r = I) minimises Σ_r tr(M_r S_r|K) / tr(M_r C_r): every reader's share of lost output
-    energy, summed — the gain of unit j is the weighted sum of its gains at the readers, and each
-    reader's S_r, G_r is updated as above. O(R n²) per step.
-
-    Rows and columns of kept units are zero in S (their residual is nil), so the matrices are
-    compacted to the still-available units from time to time. Layers wider than
-    ``EXACT_GREEDY_UNITS`` take the ``block`` best mutually uncorrelated units per step (default
-    n / 128, rounded up) with one block update S ← S − S₋B S_BB⁻¹ S_B₋, which keeps thousands of
-    units tractable; on redundant synthetic layers of 1,024 units the curve moved by < 1e-4.
-    """
-    residuals, weighteds, scales = [], [], []
-    for c, m in [(cov, metric), *more]:
-        residual = regularised(c, ridge_for(c))
-        weighted = residual.clone() if m is None else m.to(residual) @ residual
-        residuals.append(residual)
-        weighteds.append(weighted)
-        scales.append(1.0 if not more else 1.0 / max(float(torch.diagonal(weighted).sum()), 1e-300))
-    n = residuals[0].shape[0]
-    if block is None:
-        block = 1 if n <= 512 else -(-n // 128)
-    remaining = torch.arange(n, device=cov.device)  # original index of each row
-    available = torch.ones(n, dtype=torch.bool, device=cov.device)
-    order: list[int] = []
-    while available.any():
-        if (~available).sum() * 4 > available.numel():
+def previous_forward_greedy(cov: torch.Tensor, metric: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """The candidate-pool greedy it replaced: each round scores every unit from S₀, G₀, takes the
+    2·``block`` best as candidates, picks among them (their gains kept exact) and ends after
+    ``block`` picks or as soon as the best candidate falls below 1.05 times the best gain outside
+    the candidates; then S₀ ← S₀ − U Uᵀ, Gᵀ ← Gᵀ − U Vᵀ in float32."""
+    residual = regularised(cov, ridge_for(cov)).to(torch.float32)
+    weighted = residual @ metric.to(torch.float32)  # Gᵀ = S M
+    floor = 1e-4 * torch.diagonal(residual).double()
+    n, device = residual.shape[0], residual.device
+    remaining, available = torch.arange(n, device=device), torch.ones(n, dtype=torch.bool, device=device)
+    dropped, order = 0, []
+    while True:
+        m = remaining.numel()
+        if dropped * 8 > m:
             keep = available.nonzero().squeeze(1)
-            residuals = [r[keep][:, keep] for r in residuals]
-            weighteds = [w[keep][:, keep] for w in weighteds]
-            remaining, available = remaining[keep], available[keep]
-        gains = sum(
-            scale * (r * w).sum(0) / torch.diagonal(r).clamp_min(1e-300)
-            for r, w, scale in zip(residuals, weighteds, scales, strict=True)
+            residual, weighted = residual[keep][:, keep], weighted[keep][:, keep]
+            floor, remaining, available, dropped = floor[keep], remaining[keep], available[keep], 0
+            m = remaining.numel()
+        if not bool(available.any()):
+            break
+        numerator = torch.cat(
+            [(residual[i : i + 512] * weighted[i : i + 512]).sum(1).double() for i in range(0, m, 512)]
         )
-        gains = gains.masked_fill(~available, -torch.inf)
-        chosen = _diverse_top(gains, residuals[0], min(block, int(available.sum())))
-        if chosen.numel() == 0:  # no finite gain left (round-off on a singular covariance): keep index order
-            chosen = available.nonzero().squeeze(1)[:1]
-        order.extend(int(i) for i in remaining[chosen])
+        denominator = torch.diagonal(residual).double()
+        gains = _previous_gain(numerator, denominator, floor).masked_fill(~available, -torch.inf)
+        if not bool((gains > 0).any()):
+            left = available.nonzero().squeeze(1)
+            order.append(remaining[left[torch.argsort(denominator[left], descending=True, stable=True)]])
+            break
+        count = min(2 * block + 1, m)
+        values, positions = torch.topk(gains, count)
+        outside = float(values[-1]) if count < m else -float("inf")
+        candidates = positions[:-1] if count < m else positions
+        candidates = candidates[values[: candidates.numel()] > 0]
+        picked = _previous_round(residual, weighted, candidates, numerator, denominator, floor, block, outside)
+        chosen = candidates[picked]
+        order.append(remaining[chosen])
         available[chosen] = False
-        for r, w in zip(residuals, weighteds, strict=True):
-            _condition_on(r, w, chosen)
-    return torch.tensor(order, device=cov.device)
+        dropped += chosen.numel()
+    return torch.cat(order)
 
 
-def _diverse_top(gains: torch.Tensor, residual: torch.Tensor, count: int, max_correlation: float = 0.3) -> torch.Tensor:
-    """The best ``count`` candidates by gain, skipping any whose residual correlates with one already
-    taken in this block — two copies of a redundant pair have the top gains together, and taking
-    both at once is exactly the mistake a one-shot ranking makes."""
-    candidates = torch.topk(gains, min(4 * count, int(torch.isfinite(gains).sum()))).indices
-    if count == 1:
-        return candidates[:1]
-    scale = torch.diagonal(residual).clamp_min(1e-300).sqrt()
-    correlation = (residual[candidates][:, candidates] / scale[candidates, None] / scale[None, candidates]).abs()
-    taken: list[int] = []
-    for position in range(len(candidates)):
-        if all(correlation[position, other] < max_correlation for other in taken):
-            taken.append(position)
-            if len(taken) == count:
-                break
-    return candidates[taken]
+def _previous_gain(numerator: torch.Tensor, denominator: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    return torch.where(denominator > floor, numerator / denominator.clamp_min(1e-300), 0.0).clamp_min(0)
 
 
-def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, chosen: torch.Tensor) -> None:
-    """In place: S ← S − S₋B S_BB⁻¹ S_B₋ and G ← G − G₋B S_BB⁻¹ S_B₋ (rank-|B| Schur update)."""
-    pivot = residual[chosen][:, chosen]
-    if chosen.numel() == 1:
-        # rank-one, in place: no n×n temporaries (a large share of the time on wide layers)
-        column, weighted_column = residual[:, chosen[0]].clone(), weighted[:, chosen[0]].clone()
-        alpha = -1.0 / float(pivot.clamp_min(1e-300))
-        weighted.addr_(weighted_column, column, alpha=alpha)
-        residual.addr_(column, column, alpha=alpha)
-        return
-    else:
-        pivot = pivot + 1e-12 * torch.diagonal(pivot).mean() * torch.eye(
-            len(chosen), dtype=pivot.dtype, device=pivot.device
-        )
-        update = torch.linalg.solve(pivot, residual[chosen])
-    weighted.sub_(weighted[:, chosen] @ update)
-    residual.sub_(residual[:, chosen] @ update)
+def _previous_round(residual, weighted, candidates, numerator, denominator, floor, block, outside) -> torch.Tensor:
+    count, m = candidates.numel(), residual.shape[0]
+    columns, weighted_columns = residual[candidates], weighted[candidates]
+    update, weighted_update = residual.new_empty(m, block), residual.new_empty(m, block)
+    update_rows = residual.new_empty(count, block)
+    num, den, floor = numerator[candidates].clone(), denominator[candidates].clone(), floor[candidates]
+    alive = torch.ones(count, dtype=torch.bool, device=residual.device)
+    picked: list[int] = []
+    for p in range(min(block, count)):
+        gains = _previous_gain(num, den, floor).masked_fill(~alive, -torch.inf)
+        best = int(torch.argmax(gains))
+        value = float(gains[best])
+        if value <= 0 or (p > 0 and value < 1.05 * outside):
+            break
+        coefficients = update_rows[best, :p]
+        pivot = max(float(den[best]), 1e-300)
+        u = (columns[best] - update[:, :p] @ coefficients) / pivot**0.5
+        mu = (weighted_columns[best] - weighted_update[:, :p] @ coefficients) / pivot**0.5
+        uq = u[candidates]
+        cross = (columns @ mu - update_rows[:, :p] @ (mu @ update[:, :p])).double()
+        update_rows[:, p] = uq
+        uq = uq.double()
+        num -= 2 * uq * cross - uq**2 * float(torch.dot(u, mu))
+        den -= uq**2
+        update[:, p], weighted_update[:, p] = u, mu
+        alive[best] = False
+        picked.append(best)
+    p = len(picked)
+    weighted.addmm_(update[:, :p], weighted_update[:, :p].T, alpha=-1.0)
+    residual.addmm_(update[:, :p], update[:, :p].T, alpha=-1.0)
+    return torch.tensor(picked, dtype=torch.long, device=residual.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,22 +172,36 @@ def curve_gap(cov: torch.Tensor, metric: torch.Tensor, first: torch.Tensor, seco
     return {"variance": float(variance.abs().max()), "output": float(output.abs().max())}
 
 
+def exact_order(n: int, cov: torch.Tensor, metric: torch.Tensor, device: str) -> tuple[torch.Tensor, dict]:
+    """The exact greedy's order (cached: it is deterministic float64) and what computing it cost."""
+    if n < 2048:  # seconds: not worth a file
+        order, record = timed(lambda: forward_greedy(cov, metric, block=1), device)
+        return order, {**record, "cached": False}
+    path = common.CACHE_DIR / f"ordering_exact_n{n}_seed{n}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        return stored["order"].to(device), {"seconds": None, "cpu_seconds": stored["cpu_seconds"], "cached": True}
+    order, record = timed(lambda: forward_greedy(cov, metric, block=1), device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"order": order.cpu(), "cpu_seconds": record["cpu_seconds"]}, path)
+    return order, {**record, "cached": False}
+
+
 def run_width(n: int, args) -> dict:
-    cov, metric = synthetic_layer(n, seed=n, device=args.device)
+    cov, weight = synthetic_layer_and_weight(n, seed=n, device=args.device)
+    metric = weight.T @ weight
     variants: dict[str, Callable[[], torch.Tensor]] = {
-        "new": with_curve(lambda: forward_greedy(cov, metric), cov),
+        "factor": with_curve(lambda: forward_greedy(cov, factor=weight), cov),
+        "metric": with_curve(lambda: forward_greedy(cov, metric), cov),
     }
-    if n <= args.old_up_to:
-        variants["old"] = with_curve(lambda: old_forward_greedy(cov, metric), cov)
-    if n <= args.exact_up_to:
-        variants["exact"] = with_curve(lambda: forward_greedy(cov, metric, block=1), cov)
+    if n <= args.previous_up_to:
+        variants["previous"] = with_curve(lambda: previous_forward_greedy(cov, metric), cov)
     times: dict[str, list[dict]] = {name: [] for name in variants}
     orders: dict[str, torch.Tensor] = {}
-    for repeat in range(args.repeats):
+    for _ in range(args.repeats):
         for name, fn in variants.items():  # alternating: a change of load hits every variant
-            if name == "exact" and repeat > 0:
-                continue
             orders[name], record = timed(fn, args.device)
+            record["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
             times[name].append(record)
             common.log(f"n={n} {name}: {record['seconds']:.2f} s (cpu {record['cpu_seconds']:.2f} s)")
     row: dict = {"units": n}
@@ -199,17 +209,15 @@ def run_width(n: int, args) -> dict:
         row[name] = {
             "seconds": common.mean_std([r["seconds"] for r in records]),
             "cpu_seconds": common.mean_std([r["cpu_seconds"] for r in records]),
+            "load_average": [r["load_average"] for r in records],
         }
         assert sorted(orders[name].tolist()) == list(range(n)), name
-    if "old" in times:
-        row["ratio_old_over_new"] = row["old"]["seconds"]["min"] / row["new"]["seconds"]["min"]
-        row["cpu_ratio_old_over_new"] = row["old"]["cpu_seconds"]["min"] / row["new"]["cpu_seconds"]["min"]
-    reference = "exact" if "exact" in orders else "old" if "old" in orders else None
-    if reference is not None:
-        row["gap_reference"] = reference
-        row["max_curve_gap"] = curve_gap(cov, metric, orders[reference], orders["new"])
-    if "old" in orders and reference == "exact":
-        row["old_max_curve_gap"] = curve_gap(cov, metric, orders["exact"], orders["old"])
+    if "previous" in times:
+        for name in ("factor", "metric"):
+            row[f"ratio_previous_over_{name}"] = row["previous"]["seconds"]["min"] / row[name]["seconds"]["min"]
+    if n <= args.exact_up_to:
+        exact, row["exact"] = exact_order(n, cov, metric, args.device)
+        row["max_curve_gap"] = {name: curve_gap(cov, metric, exact, order) for name, order in orders.items()}
     return row
 
 
@@ -217,12 +225,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_run_args(parser)
     parser.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS))
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the new and old variants")
-    parser.add_argument("--old-up-to", type=int, default=8192, help="widest layer the old implementation runs on")
-    parser.add_argument("--exact-up-to", type=int, default=2048, help="widest layer the exact greedy runs on")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the variants")
+    parser.add_argument("--previous-up-to", type=int, default=8192, help="widest layer the previous one runs on")
+    parser.add_argument("--exact-up-to", type=int, default=8192, help="widest layer compared with the exact greedy")
     args = parser.parse_args(argv)
     if args.quick:
-        args.widths, args.repeats, args.old_up_to, args.exact_up_to = [600], 1, 600, 600
+        args.widths, args.repeats, args.previous_up_to, args.exact_up_to = [600], 1, 600, 600
     common.default_out(args, "ordering_cost")
     common.set_threads(args.threads)
     data = common.run_header("ordering_cost", args, args.device)

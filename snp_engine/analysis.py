@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from snp_engine.activations import collect_moments, following_norms, model_dtype
-from snp_engine.compensation import consumer_metric, tap_coverage
+from snp_engine.compensation import consumer_metric_rows, tap_coverage
 from snp_engine.costs import CostModel, build_cost_model
 from snp_engine.distributed import active as distributed_active
 from snp_engine.distributed import shifts_of_process_zero
@@ -407,10 +407,11 @@ def analyze(
                 coverage = tap_coverage(
                     consumer.kernel_size, shape[1:], consumer.stride, consumer.padding, consumer.dilation
                 )
-            taps = reader_taps(model, reader, group.channels)
-            metric = consumer_metric(taps, coverage).cpu()
+            rows = consumer_metric_rows(reader_taps(model, reader, group.channels), coverage)
+            metric = (rows.T @ rows).cpu()
+            factor = rows.cpu() if rows.shape[0] < rows.shape[1] else None  # a low-rank metric
             own = moments[group.name, reader.consumer].to("cpu")
-            return ReaderStatistics(reader, own, shape, metric, norms.get(reader.consumer), coverage)
+            return ReaderStatistics(reader, own, shape, metric, norms.get(reader.consumer), coverage, factor)
 
         analysed = []
         for group in groups:
@@ -425,6 +426,7 @@ def analyze(
                     first.norm,
                     first.coverage,
                     more=tuple(more),
+                    metric_factor=first.factor,
                 )
             )
         images = total_over_processes(len(loader.dataset)) if distributed else len(loader.dataset)

@@ -55,12 +55,20 @@ def consumer_metric(weight_taps: torch.Tensor, coverage: torch.Tensor | None = N
     The consumer's output error for an input error e is Σ_t W_t e(p+t); treating errors at different
     positions as uncorrelated gives E‖error‖² = tr(M Cov(e)).
     """
+    rows = consumer_metric_rows(weight_taps, coverage)
+    # As one matrix product: a BLAS call, far faster than the equivalent three-operand einsum on
+    # wide flatten→linear consumers.
+    return rows.T @ rows
+
+
+def consumer_metric_rows(weight_taps: torch.Tensor, coverage: torch.Tensor | None = None) -> torch.Tensor:
+    """F with M = Fᵀ F (:func:`consumer_metric`): one row √f_t W_t[o, :] per (output, tap) pair.
+
+    A consumer with fewer (output, tap) pairs than inputs (an MLP's second layer, a classifier)
+    has a metric of rank below n, and the wide-layer ordering works with F instead of M."""
     w = weight_taps.double()
     f = _tap_weights(w, coverage)
-    # As one matrix product (rows = (out, tap) pairs scaled by √f_t): a BLAS call, far faster than
-    # the equivalent three-operand einsum on wide flatten→linear consumers.
-    rows = (w * f.sqrt()).transpose(1, 2).reshape(-1, w.shape[1])
-    return rows.T @ rows
+    return (w * f.sqrt()).transpose(1, 2).reshape(-1, w.shape[1])
 
 
 def within_groups(cov: torch.Tensor, groups: int, copies: int = 1) -> torch.Tensor:

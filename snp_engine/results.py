@@ -35,6 +35,7 @@ class ReaderStatistics:
     metric: torch.Tensor
     norm: str | None
     coverage: torch.Tensor | None = None
+    factor: torch.Tensor | None = None  # F with M = Fᵀ F where it has fewer rows than units
 
     @property
     def consumer(self) -> str:
@@ -59,6 +60,7 @@ class GroupAnalysis:
     order: torch.Tensor | None = None
     curve: np.ndarray | None = None
     more: tuple[ReaderStatistics, ...] = ()
+    metric_factor: torch.Tensor | None = None  # F with M = Fᵀ F (fewer rows than units), else None
 
     @property
     def name(self) -> str:
@@ -77,7 +79,13 @@ class GroupAnalysis:
     def readers(self) -> tuple[ReaderStatistics, ...]:
         """Every reader's statistics, the first reader's first."""
         first = ReaderStatistics(
-            self.group.readers[0], self.moments, self.input_shape, self.metric, self.norm, self.coverage
+            self.group.readers[0],
+            self.moments,
+            self.input_shape,
+            self.metric,
+            self.norm,
+            self.coverage,
+            self.metric_factor,
         )
         return (first, *self.more)
 
@@ -110,7 +118,7 @@ class GroupAnalysis:
             for r, reader in zip(self.more, others, strict=True)
         )
         own = within_groups(self.moments.covariance(), first.groups)
-        return OrderingInputs(own, self.metric, self.weight_l1, seed, more)
+        return OrderingInputs(own, self.metric, self.weight_l1, seed, more, self.metric_factor)
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,18 @@ def ridge_for(cov: torch.Tensor, relative: float = DEFAULT_RELATIVE_RIDGE) -> fl
 
 
 def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:
-    """C + r·I."""
-    return cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    """C + r·I (a new tensor; the identity is never formed)."""
+    out = cov.clone()
+    torch.diagonal(out).add_(ridge)
+    return out
 
 
 def cholesky_in_order(cov: torch.Tensor, order: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
     """Cholesky factor R (lower) of P (C + r I) Pᵀ for the permutation ``order``: R Rᵀ = C_perm."""
     if ridge is None:
         ridge = ridge_for(cov)
-    permuted = regularised(cov, ridge)[order][:, order]
+    permuted = cov[order[:, None], order]  # one gather, a new tensor
+    torch.diagonal(permuted).add_(ridge)
     factor, info = torch.linalg.cholesky_ex(permuted)
     if int(info) != 0:
         # Round-off on a nearly singular matrix: grow the ridge until it factorises.
@@ -91,7 +94,7 @@ def explained_curve(
         return sum(explained_curve(c, order, m, ridge) for c, m in readers) / len(readers)
     factor = cholesky_in_order(cov, order, ridge)
     if metric is None:
-        gains = (factor**2).sum(0)
+        gains = _column_dots(factor, factor).to(factor.dtype)
     else:
         permuted_metric = metric[order][:, order]
         gains = (factor * (permuted_metric @ factor)).sum(0).clamp_min(0)
@@ -164,6 +167,7 @@ class OrderingInputs:
     weight_l1: torch.Tensor | None = None  # L1 norm of each unit's producing filter
     seed: int = 0
     more: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] = ()
+    factor: torch.Tensor | None = None  # F with metric = Fᵀ F, where F has fewer rows than units
 
     @property
     def readers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -241,12 +245,14 @@ def order_pivoted(inputs: OrderingInputs) -> torch.Tensor:
 
 
 EXACT_GREEDY_UNITS = 512
-# Wider layers (see _blocked_greedy): picks between two updates of the full matrices, the
-# candidate pool as a multiple of that, the residual variance S_jj / (C_jj + r) below which a
-# unit counts as explained (float32 round-off on S is about 1e-6 of C_jj), and the margin over
-# the best gain outside the pool below which a round stops.
+# Wider layers (see _blocked_greedy): picks between two updates of the full matrices; how many
+# units outside the pool are re-scored at a time; the loss per pick (a share of tr(M C) / n) a
+# pick may give away to a unit outside the pool instead of re-scoring it; the residual variance
+# S_jj / (C_jj + r) below which a unit counts as explained (float32 round-off on S is about 1e-6
+# of C_jj); and the margin over the highest bound outside the pool that a pick must clear.
 GREEDY_BLOCK = 128
-GREEDY_CANDIDATES = 2
+GREEDY_RESCORE = 64
+GREEDY_TOLERANCE = 0.005
 EXPLAINED_FLOOR = 1e-4
 GREEDY_MARGIN = 1.05
 
@@ -256,6 +262,7 @@ def forward_greedy(
     metric: torch.Tensor | None = None,
     block: int | None = None,
     more: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = (),
+    factor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Greedy forward selection minimising E(K) = tr(M S|K), S|K the residual covariance given K.
 
@@ -268,17 +275,25 @@ def forward_greedy(
     energy, summed — the gain of unit j is the weighted sum of its gains at the readers, and each
     reader's S_r, G_r is updated as above. O(R n²) per step.
 
+    ``factor`` (F, r × n, with M = Fᵀ F: the consumer's weight rows) may stand for the first
+    reader's metric; where r < n the wide-layer path then works with F S (r × n) instead of M S.
+
     Up to ``EXACT_GREEDY_UNITS`` units (or with ``block=1``) every step updates S and G in float64.
-    Wider layers take :func:`_blocked_greedy`: every pick is still the greedy step among the best
-    candidates, re-scored exactly, but S and G are updated only every ``block`` picks (default
-    ``GREEDY_BLOCK``), as one float32 matrix product.
+    Wider layers take :func:`_blocked_greedy`: lazy greedy picks among candidates kept exact, S and
+    G updated every ``block`` picks (default ``GREEDY_BLOCK``) as one float32 matrix product.
     """
     n = cov.shape[0]
     if block is None:
         block = 1 if n <= EXACT_GREEDY_UNITS else GREEDY_BLOCK
     readers = [(cov, metric), *more]
-    if block > 1 and n > 1 and all(bool(torch.isfinite(c).all()) for c, _ in readers):
+    if block > 1 and n > 1 and all(bool(torch.isfinite(c.sum())) for c, _ in readers):  # NaN/inf propagate
+        if factor is not None and factor.shape[0] < n:
+            return _blocked_greedy(readers, block, factor)
+        if metric is None and factor is not None:
+            readers[0] = (cov, factor.T @ factor)
         return _blocked_greedy(readers, block)
+    if metric is None and factor is not None:
+        readers[0] = (cov, factor.T.to(cov) @ factor.to(cov))
     return _exact_greedy(readers)
 
 
@@ -347,50 +362,94 @@ def _condition_on(residual: torch.Tensor, weighted: torch.Tensor, j: int) -> Non
 
 @dataclass
 class _Reader:
-    """One reader's matrices in :func:`_blocked_greedy`: S as of the last update (``residual``),
-    Gᵀ = S M (``weighted``, the same tensor when M = I; stored transposed so that the columns of G
-    that a round reads are rows), the explained floor per unit and the
+    """One reader's matrices in :func:`_blocked_greedy`: S as of the last update (``residual``) and
+    W (``weighted``), whose row j is what unit j's gain is read from — S₋ⱼ itself for M = I
+    (``identity``), (M S)₋ⱼ (W = S M) for a metric given whole (``metric``), (F S)₋ⱼ (W = S Fᵀ,
+    m × r) for a metric given as M = Fᵀ F (``factor``) — the explained floor per unit and the
     reader's weight in the summed gain."""
 
     residual: torch.Tensor
     weighted: torch.Tensor
     floor: torch.Tensor
     scale: float
-    identity: bool
+    kind: str
+
+    @property
+    def identity(self) -> bool:
+        return self.kind == "identity"
+
+    def numerators(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """N_j = s_jᵀ M s_j: (S ∘ W)1, or ‖W_j‖² for a factor (for ``rows`` of S, W if given)."""
+        residual, weighted = (self.residual, self.weighted) if rows is None else rows
+        return _row_dots(weighted, weighted) if self.kind == "factor" else _row_dots(residual, weighted)
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Drop the rows and columns of every unit not in ``keep``."""
+        self.residual = self.residual[keep[:, None], keep]
+        if self.kind == "identity":
+            self.weighted = self.residual
+        elif self.kind == "metric":
+            self.weighted = self.weighted[keep[:, None], keep]
+        else:
+            self.weighted = self.weighted[keep]
+        self.floor = self.floor[keep]
 
 
-def _blocked_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]], block: int) -> torch.Tensor:
-    """:func:`forward_greedy` with the updates of S and G delayed and applied ``block`` at a time.
-
-    With S₀, G₀ the matrices at the last update and U = [u₁ … u_p], V = [M u₁ … M u_p] the
-    columns picked since (u = s_j / √S_jj, s_j the current residual column), the current matrices
-    are S = S₀ − U Uᵀ and G = G₀ − V Uᵀ. Each round scores every unit exactly from S₀, G₀ and
-    takes the ``GREEDY_CANDIDATES``·``block`` best as candidates Q. For each pick, the candidates'
-    gains g_q = N_q / S_qq are kept current in O(n |Q|): after picking u,
-
-        N_q ← N_q − 2 u_q (M u)ᵀ s_q + u_q² uᵀ M u,   S_qq ← S_qq − u_q²,
-
-    with (M u)ᵀ s_q = (M u)ᵀ S₀[:, q] − ((M u)ᵀ U) U_qᵀ, and s_j, M s_j read off S₀, G₀, U, V.
-    The round ends after ``block`` picks, or earlier when the best candidate's gain falls below
-    ``GREEDY_MARGIN`` times the best gain outside Q at the start of the round (with diminishing
-    gains nothing outside Q can then be better: every pick is the exact greedy one; the margin
-    covers gains that grow, which output metrics allow). Then S₀ ← S₀ − U Uᵀ, G₀ ← G₀ − V Uᵀ as
-    two matrix products, in float32 (on a GPU too); gains and the candidates' updates are summed
-    in float64. Units whose residual variance has fallen below ``EXPLAINED_FLOOR`` of their own
-    (round-off level in float32) count as explained and gain nothing; once every unit left is
-    explained they follow in descending residual variance. Rows and columns of picked units are
-    dropped from S₀, G₀ from time to time.
-    """
+def _reader_state(cov: torch.Tensor, metric: torch.Tensor | None, factor: torch.Tensor | None) -> tuple[_Reader, float]:
+    """A reader's float32 matrices for :func:`_blocked_greedy` and tr(M C) (its objective's total)."""
     dtype = torch.float32
+    residual = cov.to(dtype=dtype, copy=True)
+    torch.diagonal(residual).add_(ridge_for(cov))  # C + r I, without an n×n identity
+    floor = EXPLAINED_FLOOR * torch.diagonal(residual).double()
+    if factor is not None:
+        factor = factor.to(device=cov.device, dtype=dtype)
+        weighted = residual @ factor.T
+        total = float((weighted * factor.T).double().sum())  # tr(F S Fᵀ)
+        return _Reader(residual, weighted, floor, 1.0, "factor"), total
+    if metric is None:
+        return _Reader(residual, residual, floor, 1.0, "identity"), float(torch.diagonal(residual).double().sum())
+    weighted = residual @ metric.to(device=cov.device, dtype=dtype)
+    return _Reader(residual, weighted, floor, 1.0, "metric"), float(torch.diagonal(weighted).double().sum())
+
+
+def _blocked_greedy(
+    readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]], block: int, factor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`forward_greedy` with the updates of S and W delayed and applied ``block`` at a time.
+
+    With S₀, W₀ the matrices at the last update and U = [u₁ … u_p] the columns picked since
+    (u = s_j / √S_jj, s_j the current residual column), the current matrices are S = S₀ − U Uᵀ
+    and W = W₀ − U Φᵀ, Φ = M U (W = S M) or F U (W = S Fᵀ, a metric given as M = Fᵀ F: m × r
+    instead of m × m, four times less work for an MLP's 4× narrower second layer). Each round
+    scores every unit exactly from S₀, W₀ and starts a pool Q of the ``block`` best whose gains
+    g_q = N_q / S_qq stay current in O(|Q| r + p m) per pick: after picking u,
+
+        N_q ← N_q − 2 u_q zᵀ w_q + u_q² uᵀ M u,   S_qq ← S_qq − u_q²,
+
+    with z = u (z = F u for a factor), w_q the current row q of W: zᵀ w_q = zᵀ W₀[q] −
+    (Φᵀ z)ᵀ U_qᵀ. Before each pick, while the best pool gain is below ``GREEDY_MARGIN`` times the
+    highest bound outside Q (a unit's gain when last scored) and more than a tolerance
+    (``GREEDY_TOLERANCE`` · tr(M C) / n) below it, the ``GREEDY_RESCORE`` highest bounds are
+    re-scored from S₀[q] − U_q Uᵀ and W₀[q] − U_q Φᵀ; those within the margin of the best join Q
+    (lazy greedy: with diminishing gains a bound caps the current gain, so the pick is the
+    greedy one up to the tolerance, which caps what a round can lose; the margin covers gains
+    that grow, which output metrics allow). A round makes ``block`` picks; then
+    S₀ ← S₀ − U Uᵀ and W₀ ← W₀ − U Φᵀ are matrix products of rank ``block``, in float32 (on a
+    GPU too); gains and the pool's updates are summed in float64. Units whose residual variance
+    has fallen below ``EXPLAINED_FLOOR`` of their own (round-off level in float32) count as
+    explained and gain nothing; once every unit left is explained they follow in descending
+    residual variance. Rows and columns of picked units are dropped from S₀, W₀ from time to time.
+    """
     several = len(readers) > 1
-    states: list[_Reader] = []
-    for c, m in readers:
-        residual = regularised(c, ridge_for(c)).to(dtype)
-        weighted = residual if m is None else residual @ m.to(device=c.device, dtype=dtype)
-        states.append(_Reader(residual, weighted, EXPLAINED_FLOOR * torch.diagonal(residual).double(), 0.0, m is None))
-    for state, scale in zip(states, _reader_scales([s.weighted for s in states], several), strict=True):
-        state.scale = scale
+    states, totals = [], []
+    for index, (c, m) in enumerate(readers):
+        state, total = _reader_state(c, m, factor if index == 0 else None)
+        states.append(state)
+        totals.append(total)
+    for state, total in zip(states, totals, strict=True):
+        state.scale = 1.0 / max(total, 1e-300) if several else 1.0
     n = states[0].residual.shape[0]
+    tolerance = GREEDY_TOLERANCE * sum(s.scale * t for s, t in zip(states, totals, strict=True)) / n
     device = states[0].residual.device
     remaining = torch.arange(n, device=device)  # original index of each row
     available = torch.ones(n, dtype=torch.bool, device=device)
@@ -401,9 +460,7 @@ def _blocked_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
         if dropped * 8 > m:
             keep = available.nonzero().squeeze(1)
             for state in states:
-                state.residual = state.residual[keep][:, keep]
-                state.weighted = state.residual if state.identity else state.weighted[keep][:, keep]
-                state.floor = state.floor[keep]
+                state.compact(keep)
             remaining, available, dropped = remaining[keep], available[keep], 0
             m = remaining.numel()
         if not bool(available.any()):
@@ -411,7 +468,7 @@ def _blocked_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
         numerators, denominators = [], []
         gains = torch.zeros(m, dtype=torch.float64, device=device)
         for state in states:
-            numerator = _row_dots(state.residual, state.weighted)  # (S ∘ G)ᵀ1 = (S ∘ Gᵀ)1
+            numerator = state.numerators()
             denominator = torch.diagonal(state.residual).double()
             gains += state.scale * _gain(numerator, denominator, state.floor)
             numerators.append(numerator)
@@ -422,99 +479,165 @@ def _blocked_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
             rest = torch.argsort(torch.diagonal(states[0].residual)[left], descending=True, stable=True)
             order.append(remaining[left[rest]])
             break
-        count = min(GREEDY_CANDIDATES * block + 1, m)
-        values, positions = torch.topk(gains, count)
-        if count < m:
-            outside = float(values[-1])
-            candidates = positions[:-1]
-        else:
-            outside = -float("inf")
-            candidates = positions
-        candidates = candidates[values[: candidates.numel()] > 0]
-        picked = _picks(states, candidates, numerators, denominators, block, outside)
-        chosen = candidates[picked]
+        chosen = _round(states, gains, numerators, denominators, block, tolerance)
         order.append(remaining[chosen])
         available[chosen] = False
         dropped += chosen.numel()
     return torch.cat(order)
 
 
-def _gain(numerator: torch.Tensor, denominator: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """g_j = N_j / S_jj, zero for units explained to within ``floor``."""
-    return torch.where(denominator > floor, numerator / denominator.clamp_min(1e-300), 0.0).clamp_min(0)
+class _Pool:
+    """One reader's view of a round's candidate pool Q in :func:`_blocked_greedy`: W₀[Q], U_Q,
+    the current N_Q, S_QQ and floors, and the round's Uᵀ and Φᵀ, one row per pick. Pool rows
+    live in buffers that double when full."""
+
+    def __init__(self, state: _Reader, block: int, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
+        like = state.residual
+        self.state, self.numerator, self.denominator, self.block = state, numerator, denominator, block
+        self.update = like.new_empty(block, like.shape[0])  # Uᵀ
+        self.weighted_update = self.update if state.identity else like.new_empty(block, state.weighted.shape[1])  # Φᵀ
+        self.size = 0
+        self._allocate(2 * block)
+
+    def _allocate(self, capacity: int) -> None:
+        """(Re)allocate the pool's buffers for ``capacity`` units, keeping the first ``size`` rows."""
+        like, size = self.state.weighted, self.size
+        names = ("positions", "columns", "rows", "num", "den", "floor")
+        old = [getattr(self, name, None) for name in names]
+        self.positions = torch.zeros(capacity, dtype=torch.long, device=like.device)
+        self.columns = like.new_empty(capacity, like.shape[1])  # W₀[q]
+        self.rows = like.new_empty(capacity, self.block)  # U_q
+        self.num = self.numerator.new_empty(capacity)
+        self.den, self.floor = self.denominator.new_empty(capacity), self.denominator.new_empty(capacity)
+        if size:
+            for name, source in zip(names, old, strict=True):
+                getattr(self, name)[:size] = source[:size]
+
+    def current(self, positions: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W₀[q], and N_q, S_qq after the round's first ``p`` picks, for units q."""
+        state = self.state
+        columns = state.weighted[positions]
+        num, den = self.numerator[positions], self.denominator[positions]
+        if p:
+            coefficients = self.update[:p, positions].T  # U_q
+            weighted = torch.addmm(columns, coefficients, self.weighted_update[:p], alpha=-1.0)
+            residual = weighted
+            if state.kind == "metric":
+                residual = torch.addmm(state.residual[positions], coefficients, self.update[:p], alpha=-1.0)
+            num = state.numerators((residual, weighted))
+            den = den - (coefficients.double() ** 2).sum(1)
+        return columns, num, den
+
+    def gain_of(self, num: torch.Tensor, den: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.state.scale * _gain(num, den, self.state.floor[positions])
+
+    def join(self, positions: torch.Tensor, columns: torch.Tensor, num: torch.Tensor, den: torch.Tensor) -> None:
+        """Add units (with W₀[q] and their current N_q, S_qq) to Q."""
+        count = positions.numel()
+        if self.size + count > self.positions.numel():
+            self._allocate(2 * (self.size + count))
+        rows = slice(self.size, self.size + count)
+        self.positions[rows] = positions
+        self.columns[rows] = columns
+        self.rows[rows] = self.update[:, positions].T  # U_q (columns ≥ p are filled later)
+        self.num[rows], self.den[rows], self.floor[rows] = num, den, self.state.floor[positions]
+        self.size += count
+
+    def gains(self) -> torch.Tensor:
+        size = self.size
+        return self.state.scale * _gain(self.num[:size], self.den[:size], self.floor[:size])
+
+    def pick(self, best: int, p: int) -> None:
+        """Condition on the pool's unit ``best`` as the round's pick number ``p``."""
+        state, size = self.state, self.size
+        coefficients = self.rows[best, :p]
+        s = state.residual[self.positions[best]] - coefficients @ self.update[:p]
+        scale = 1.0 / max(float(self.den[best]), 1e-300) ** 0.5
+        u = s * scale
+        if state.identity:
+            probe = u
+            quadratic = float(torch.dot(u, u))
+        else:
+            phi = (self.columns[best] - coefficients @ self.weighted_update[:p]) * scale  # M u or F u
+            probe = phi if state.kind == "factor" else u
+            quadratic = float(torch.dot(phi, probe))  # uᵀ M u
+            self.weighted_update[p] = phi
+        uq = u[self.positions[:size]]
+        self.rows[:size, p] = uq
+        cross = (self.columns[:size] @ probe - self.rows[:size, :p] @ (self.weighted_update[:p] @ probe)).double()
+        uq = uq.double()
+        self.num[:size] -= 2 * uq * cross - uq**2 * quadratic
+        self.den[:size] -= uq**2
+        self.update[p] = u
+
+    def apply(self, p: int) -> None:
+        """The delayed update of S₀ and W₀ by the round's ``p`` picks."""
+        update = self.update[:p]
+        if not self.state.identity:
+            self.state.weighted.addmm_(update.T, self.weighted_update[:p], alpha=-1.0)  # W ← W − U Φᵀ
+        self.state.residual.addmm_(update.T, update, alpha=-1.0)
 
 
-def _picks(
+def _round(
     states: list[_Reader],
-    candidates: torch.Tensor,
+    bounds: torch.Tensor,
     numerators: list[torch.Tensor],
     denominators: list[torch.Tensor],
     block: int,
-    outside: float,
+    tolerance: float,
 ) -> torch.Tensor:
-    """One round of :func:`_blocked_greedy`: up to ``block`` greedy picks among ``candidates``
-    (positions in the matrices), then the delayed update of every reader's S and G. Returns the
-    positions in ``candidates`` of the picks, in order."""
-    count = candidates.numel()
-    m = states[0].residual.shape[0]
-    device = candidates.device
-    rounds = []
-    for state, numerator, denominator in zip(states, numerators, denominators, strict=True):
-        columns = state.residual[candidates]  # S₀[:, Q]ᵀ (S₀ symmetric)
-        weighted_columns = columns if state.identity else state.weighted[candidates]  # G₀[:, Q]ᵀ
-        update = torch.empty(m, block, dtype=columns.dtype, device=device)
-        weighted_update = update if state.identity else torch.empty_like(update)
-        update_rows = torch.empty(count, block, dtype=columns.dtype, device=device)  # U_Q
-        rounds.append(
-            (
-                columns,
-                weighted_columns,
-                update,
-                weighted_update,
-                update_rows,
-                numerator[candidates].clone(),
-                denominator[candidates].clone(),
-                state.floor[candidates],
-            )
-        )
-    alive = torch.ones(count, dtype=torch.bool, device=device)
+    """One round of :func:`_blocked_greedy`: up to ``block`` greedy picks, then the delayed update
+    of every reader's S and W. ``bounds`` holds every unit's gain at the round start (−∞ for units
+    already picked); it is lowered in place as units outside the pool are re-scored. Returns the
+    positions (in the matrices) of the picks, in order."""
+    pools = [_Pool(state, block, num, den) for state, num, den in zip(states, numerators, denominators, strict=True)]
+    device = bounds.device
+    alive = torch.ones(0, dtype=torch.bool, device=device)
+
+    def score(count: int, p: int) -> tuple[torch.Tensor, list[tuple], torch.Tensor]:
+        """Re-score the ``count`` units with the highest bounds outside the pool."""
+        values, positions = torch.topk(bounds, min(count, bounds.numel()))
+        positions = positions[values > -torch.inf]
+        parts = [pool.current(positions, p) for pool in pools]
+        gains = sum(pool.gain_of(num, den, positions) for pool, (_, num, den) in zip(pools, parts, strict=True))
+        return positions, parts, gains
+
+    def join(positions: torch.Tensor, parts: list[tuple], take: torch.Tensor) -> None:
+        nonlocal alive
+        for pool, (columns, num, den) in zip(pools, parts, strict=True):
+            pool.join(positions[take], columns[take], num[take], den[take])
+        bounds[positions[take]] = -torch.inf
+        alive = torch.cat([alive, torch.ones(int(take.sum()), dtype=torch.bool, device=device)])
+
+    positions, parts, _ = score(block, 0)
+    join(positions, parts, torch.ones_like(positions, dtype=torch.bool))
     picked: list[int] = []
-    for p in range(min(block, count)):
-        gains = sum(
-            state.scale * _gain(num, den, floor)
-            for state, (_, _, _, _, _, num, den, floor) in zip(states, rounds, strict=True)
-        )
-        gains = gains.masked_fill(~alive, -torch.inf)
-        best = int(torch.argmax(gains))
-        value = float(gains[best])
-        if value <= 0 or (p > 0 and value < GREEDY_MARGIN * outside):
+    for p in range(block):
+        while True:
+            gains = sum(pool.gains() for pool in pools).masked_fill(~alive, -torch.inf)
+            best = int(torch.argmax(gains)) if gains.numel() else 0
+            value = float(gains[best]) if gains.numel() else -float("inf")
+            top = float(bounds.max()) if bounds.numel() else -float("inf")
+            if not top > 0 or value >= GREEDY_MARGIN * top or top - value <= tolerance:
+                break
+            # lazy greedy: re-score the highest bounds outside the pool; the competitive ones join it
+            positions, parts, fresh = score(GREEDY_RESCORE, p)
+            bounds[positions] = fresh
+            join(positions, parts, fresh * GREEDY_MARGIN > max(value, 0.0))
+        if value <= 0:
             break
-        for columns, weighted_columns, update, weighted_update, update_rows, num, den, _ in rounds:
-            coefficients = update_rows[best, :p]
-            s = columns[best] - update[:, :p] @ coefficients
-            pivot = float(den[best]) if float(den[best]) > 0 else 1e-300
-            u = s / pivot**0.5
-            if weighted_update is update:
-                mu = u
-            else:
-                mu = (weighted_columns[best] - weighted_update[:, :p] @ coefficients) / pivot**0.5
-            uq = u[candidates]
-            cross = (columns @ mu - update_rows[:, :p] @ (mu @ update[:, :p])).double()
-            update_rows[:, p] = uq
-            uq = uq.double()
-            num -= 2 * uq * cross - uq**2 * float(torch.dot(u, mu))
-            den -= uq**2
-            update[:, p] = u
-            if weighted_update is not update:
-                weighted_update[:, p] = mu
+        for pool in pools:
+            pool.pick(best, p)
         alive[best] = False
         picked.append(best)
-    p = len(picked)
-    for state, (_, _, update, weighted_update, _, _, _, _) in zip(states, rounds, strict=True):
-        if not state.identity:
-            state.weighted.addmm_(update[:, :p], weighted_update[:, :p].T, alpha=-1.0)  # Gᵀ ← Gᵀ − U Vᵀ
-        state.residual.addmm_(update[:, :p], update[:, :p].T, alpha=-1.0)
-    return torch.tensor(picked, dtype=torch.long, device=device)
+    for pool in pools:
+        pool.apply(len(picked))
+    return pools[0].positions[torch.tensor(picked, dtype=torch.long, device=device)]
+
+
+def _gain(numerator: torch.Tensor, denominator: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """g_j = N_j / S_jj, zero for units explained to within ``floor``."""
+    return torch.where(denominator > floor, numerator / denominator.clamp_min(1e-300), 0.0).clamp_min(0)
 
 
 def order_greedy(inputs: OrderingInputs) -> torch.Tensor:
@@ -525,7 +648,7 @@ def order_greedy(inputs: OrderingInputs) -> torch.Tensor:
 def order_output(inputs: OrderingInputs) -> torch.Tensor:
     """Output-aware forward greedy: each step keeps the unit whose addition most lowers the consumer's
     output error tr(M S|K) (falls back to M = I where no consumer metric is known)."""
-    return forward_greedy(inputs.covariance, inputs.metric, more=inputs.more)
+    return forward_greedy(inputs.covariance, inputs.metric, more=inputs.more, factor=inputs.factor)
 
 
 ORDERINGS: dict[str, Callable[[OrderingInputs], torch.Tensor]] = {

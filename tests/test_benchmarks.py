@@ -196,8 +196,9 @@ def test_ordering_cost_quick(tmp_path):
     ordering_cost.main(_args(tmp_path, "ordering_cost"))
     data = _check(tmp_path / "ordering_cost.json", ("widths",))
     row = data["widths"]["600"]
-    assert {"new", "old", "exact"} <= set(row) and row["ratio_old_over_new"] > 0
-    assert row["gap_reference"] == "exact" and 0 <= row["max_curve_gap"]["variance"] < 0.005
+    assert {"factor", "metric", "previous", "exact"} <= set(row) and row["ratio_previous_over_factor"] > 0
+    for name in ("factor", "metric", "previous"):
+        assert 0 <= row["max_curve_gap"][name]["output"] < 0.005
 
 
 def test_families_quick(tmp_path):

@@ -288,3 +288,32 @@ def test_compensation_ridge_grows_only_when_kept_units_crowd_the_samples():
     assert compensation_ridge(cov, kept=48, samples=64) == pytest.approx(4 * 0.25)
     assert compensation_ridge(cov, kept=64, samples=64) == pytest.approx(4.0)
     assert compensation_ridge(torch.zeros(3, 3, dtype=torch.float64), kept=2, samples=10) > 0
+
+
+def test_an_analysis_passes_a_narrow_consumers_weight_rows_to_the_wide_layer_ordering():
+    """A hidden layer read by a consumer with fewer outputs than inputs (an MLP's second layer)
+    gets its metric's rows F (M = Fᵀ F); the ordering from F follows the one from M. A conv
+    consumer with more (output, tap) rows than inputs keeps the whole metric only."""
+    from snp_engine.subspace import explained_curve, forward_greedy, order_units
+
+    torch.manual_seed(0)
+    hidden = 600  # wider than the exact greedy's limit: the blocked path, which uses F
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)).eval()
+    data = TensorDataset(torch.randn(1500, 1, 8, 8), torch.zeros(1500, dtype=torch.long))
+    group = api.analyze(model, data).group("1")
+    factor = group.metric_factor
+    assert factor is not None and factor.shape == (10, hidden)
+    torch.testing.assert_close(factor.T @ factor, group.metric)
+    inputs = group.inputs()
+    assert inputs.factor is factor
+    by_factor = order_units("output", inputs)
+    by_metric = forward_greedy(inputs.covariance, inputs.metric)
+    for metric in (None, group.metric):
+        gap = explained_curve(inputs.covariance, by_factor, metric) - explained_curve(
+            inputs.covariance, by_metric, metric
+        )
+        assert float(gap.abs().max()) < 0.005
+
+    conv = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)).eval()
+    images = TensorDataset(torch.randn(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))
+    assert api.analyze(conv, images).group("0").metric_factor is None  # 4·9 rows ≥ 6 inputs
