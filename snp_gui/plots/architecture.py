@@ -353,6 +353,9 @@ class ArchitectureView(QGraphicsView):
         self._columns = 0
         self._auto_fit = False  # fit again when the view gets its size, until the user zooms or fits
         self._edges: list[tuple[str, str]] = []
+        self._band: dict[str, int] = {}
+        self._frames_for: list[Cell] | None = None  # the boxes _frames_cache was found for
+        self._frames_cache: dict[str, list[str]] = {}
         self._bands: list[QRectF] = []
         self._pressed: QPointF | None = None
         self._matches: tuple[str, list[str], int] = ("", [], -1)
@@ -391,6 +394,7 @@ class ArchitectureView(QGraphicsView):
         room = FRAME_PAD + NEST_PAD * depth + 14.0  # above and below a row: frames, their labels, ties
         rects: dict[str, QRectF] = {}
         bands: list[QRectF] = []
+        self._band = {key: row_of[column] for key, (column, _row) in placed.items()}
         top = MARGIN + room
         for index, span in enumerate(rows):
             inside = [key for key, (column, _row) in placed.items() if row_of[column] == index]
@@ -407,16 +411,22 @@ class ArchitectureView(QGraphicsView):
     def _frame_blocks(self) -> dict[str, list[str]]:
         """The unfolded blocks drawn as frames, with the boxes inside each: every module holding drawn boxes,
         except one holding just the boxes of one inner block (``layer1`` around ``layer1.0``)."""
+        if self._frames_for is self.boxes:
+            return self._frames_cache
         members: dict[str, list[str]] = {}
         for cell in self.boxes:
             module = cell.block or (cell.node.module if cell.node is not None and cell.node.id != INPUT else "")
             for block in _ancestors(module) if module else []:
                 members.setdefault(block, []).append(cell.id)
-        return {
-            block: ids
-            for block, ids in members.items()
-            if not any(other.startswith(block + ".") and members[other] == ids for other in members)
-        }
+        self._frames_for, self._frames_cache = (
+            self.boxes,
+            {
+                block: ids
+                for block, ids in members.items()
+                if not any(other.startswith(block + ".") and members[other] == ids for other in members)
+            },
+        )
+        return self._frames_cache
 
     def _frame_depth(self) -> int:
         blocks = self._frame_blocks() if self.boxes else {}
@@ -464,11 +474,9 @@ class ArchitectureView(QGraphicsView):
         found = [node.group for node in cell.members if node.group and node.role == "producer"]
         return list(dict.fromkeys(found))
 
-    def _band_of(self, rect: QRectF) -> int:
-        for index, band in enumerate(self._bands):
-            if band.top() - 1 <= rect.top() <= band.bottom() + 1:
-                return index
-        return 0
+    def _band_of(self, key: str) -> int:
+        """The wrapped row the box ``key`` is drawn in."""
+        return self._band.get(key, 0)
 
     def _draw_frames(self) -> None:
         """A frame around each unfolded block's boxes (one per wrapped row it spans); outer frames get room
@@ -486,7 +494,7 @@ class ArchitectureView(QGraphicsView):
             parts: dict[int, QRectF] = {}
             for key in ids:
                 rect = self._box(key).rect()
-                band = self._band_of(rect)
+                band = self._band_of(key)
                 parts[band] = parts[band].united(rect) if band in parts else QRectF(rect)
             pad = FRAME_PAD + NEST_PAD * height[block]
             for index, (_band, rect) in enumerate(sorted(parts.items())):
@@ -512,7 +520,7 @@ class ArchitectureView(QGraphicsView):
             a, b = self._box(source).rect(), self._box(target).rect()
             start, end = QPointF(a.right(), a.center().y()), QPointF(b.left(), b.center().y())
             path = QPainterPath(start)
-            band_a, band_b = self._band_of(a), self._band_of(b)
+            band_a, band_b = self._band_of(source), self._band_of(target)
             if band_a == band_b:
                 bend = max((end.x() - start.x()) / 2, 12.0)
                 path.cubicTo(start + QPointF(bend, 0), end - QPointF(bend, 0), end)
@@ -680,7 +688,7 @@ class ArchitectureView(QGraphicsView):
                 item.set_text_colour(dark_text)
             elif (node is not None and node.excluded is not None) or (node is None and self._all_excluded(cell)):
                 item.setBrush(QBrush(palette.color(QPalette.ColorRole.Mid)))
-                item.set_text_colour(disabled)
+                item.set_text_colour(text)  # grey enough: the disabled colour on grey was unreadable
             else:
                 item.setBrush(QBrush(base))
                 item.set_text_colour(text)
