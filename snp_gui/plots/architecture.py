@@ -31,6 +31,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
+    QFontMetricsF,
     QKeyEvent,
     QMouseEvent,
     QPainter,
@@ -267,8 +268,7 @@ class NodeItem(QGraphicsRectItem):
             name = cell.block.rpartition(".")[2]
             name = cell.block if name.isdigit() else name  # "layer1.0" rather than "0"
             lines = (name, f"{cell.type or 'block'} ({len(cell.members)} layers)", _shape(cell.output_shape))
-        room = rect.width() - (8 + _Toggle.SIZE if cell.block else 8)
-        short = f"{cell.type or 'block'} ({len(cell.members)})"
+        room = rect.width() - (12 + _Toggle.SIZE if cell.block else 10)
         self.texts = []
         for index, line in enumerate(lines):
             item = QGraphicsSimpleTextItem(line, self)
@@ -276,14 +276,20 @@ class NodeItem(QGraphicsRectItem):
             font.setBold(index == 0)
             font.setPointSizeF(max(font.pointSizeF() - (1.0 if index else 0.0), 6.0))
             item.setFont(font)
-            width = item.boundingRect().width()
-            if width > room and index == 1 and cell.block:  # "Bottleneck (11)": the count kept
-                item.setText(short)
-                width = item.boundingRect().width()
-            if width > room and index == 0 and cell.block:  # a long block name: keep its end (layer3.5)
-                item.setText("…" + line[-max(3, int(len(line) * (room - 8) / width)) :])
-            elif width > room:  # too long: shown whole in the tooltip
-                item.setText(line[: max(3, int(len(line) * (room - 6) / width))] + "…")
+            metrics = QFontMetricsF(font)
+            width = room if index == 0 else rect.width() - 10  # the first line shares its row with the "+"
+            if metrics.horizontalAdvance(line) > width:  # too long: shown whole in the tooltip
+                if index == 1 and cell.block:  # "SwinTransformerBl… (9)": the layer count kept
+                    count = f" ({len(cell.members)})"
+                    kind = cell.type or "block"
+                    line = metrics.elidedText(
+                        kind, Qt.TextElideMode.ElideRight, width - metrics.horizontalAdvance(count)
+                    )
+                    line += count
+                else:  # a block's name keeps its end (…layer_11), a layer's its start
+                    mode = Qt.TextElideMode.ElideLeft if index == 0 and cell.block else Qt.TextElideMode.ElideRight
+                    line = metrics.elidedText(line, mode, width)
+                item.setText(line)
             item.setPos(rect.left() + 6, rect.top() + 3 + index * 15)
             item.setBrush(QBrush(text))
             self.texts.append(item)
@@ -597,8 +603,8 @@ class ArchitectureView(QGraphicsView):
         key, self._reveal = self._reveal, ""
         if key and self.graph is not None:
             key = self._box_of.get(key, key)
-            if key in self.items or key in self.folds:
-                self.ensureVisible(self._box(key), 60, 40)
+            if (key in self.items or key in self.folds) and not self.visible_in_viewport(key, margin=30):
+                self.centerOn(self._box(key))  # with what is around it
             elif key in self.frames:
                 self.ensureVisible(self.frames[key][0], 20, 20)
 
@@ -765,13 +771,14 @@ class ArchitectureView(QGraphicsView):
                 found[key] = "reader"
         return found
 
-    def visible_in_viewport(self, key: str) -> bool:
-        """Whether the box of ``key`` (a node id or block) is drawn and inside the visible part of the view."""
+    def visible_in_viewport(self, key: str, margin: int = 0) -> bool:
+        """Whether the box of ``key`` (a node id or block) is drawn and inside the visible part of the view
+        (``margin`` pixels from its edges)."""
         key = self._box_of.get(key, key)
         if key not in self.items and key not in self.folds:
             return False
-        shown = self.mapToScene(self.viewport().rect()).boundingRect()
-        return shown.contains(self._box(key).sceneBoundingRect())
+        inner = self.viewport().rect().adjusted(margin, margin, -margin, -margin)
+        return self.mapToScene(inner).boundingRect().contains(self._box(key).sceneBoundingRect())
 
     def _tooltip(self, cell: Cell) -> str:
         if cell.node is None:
