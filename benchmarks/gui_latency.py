@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     from snp_gui.settings import Settings
 
     app = QApplication.instance() or QApplication([])
+    load_start = os.getloadavg()  # the machine may be shared: the timings are read against its load
     automatic_collection = gc.isenabled()
     collect_garbage_in_gui_thread(app)  # as the app does: a collection in a worker can hang Qt
     with tempfile.TemporaryDirectory(prefix="snp-gui-bench-") as tmp:
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
         "stall_limit_ms": STALL_LIMIT_MS,
         "event_loop_stalled": busy["max_ms"] > STALL_LIMIT_MS,
         "interactions": timings,
+        "load_average_start": list(load_start),  # 1, 5 and 15 minutes
         "load_average_end": os.getloadavg()[0],
+        "load_average_end_1_5_15": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
     }
     common.write_json(args.out, results)
     if results["event_loop_stalled"]:
