@@ -102,10 +102,15 @@ class GroupAnalysis:
 
     @functools.cached_property
     def rank_deficient(self) -> bool:
+        """Some reader's covariance is singular to round-off: its Cholesky factorisation breaks down
+        or a unit's residual variance given the units before it (dᵢ of C = L D Lᵀ) is below 1e-10 of
+        the largest variance. Every dᵢ is at least the smallest eigenvalue, so this flags no
+        covariance the eigenvalue test would pass, at n³/3 operations instead of an eigensolver's."""
         for reader in self.readers:
             cov = reader.moments.covariance()
             scale = float(torch.diagonal(cov).max().clamp_min(1e-300))
-            if bool(torch.linalg.eigvalsh(cov).min() < 1e-10 * scale):
+            factor, info = torch.linalg.cholesky_ex(cov)
+            if int(info) != 0 or bool((torch.diagonal(factor) ** 2).min() < 1e-10 * scale):
                 return True
         return False
 
