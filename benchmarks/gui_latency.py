@@ -7,7 +7,9 @@ runs a 10 ms timer measures how late the event loop delivers its ticks. Its curv
 group) then feed the interaction timings:
 
 * ``drag``: move one layer's marker by a unit, as a mouse drag does (``sigPositionChanged``);
-* ``threshold``: move the threshold slider while it is held down (explained variance and FLOPs modes).
+* ``threshold``: move the threshold slider while it is held down (explained variance and FLOPs modes);
+* ``architecture``: the Architecture tab's first (folded) view of the network, Unfold all / Fold all, and
+  a layer selected while the tab is shown (its block unfolded, the view redrawn and scrolled to it).
 
 Each interaction is timed three ways: the signal handlers alone (controller → curves, table, summary),
 plus the queued events (``processEvents``: scene and table repaints), and plus a full render of the
@@ -192,6 +194,43 @@ def interactions(app, window, analysis: api.Analysis, repeats: int) -> dict:
     return out
 
 
+def architecture_view(app, window, analysis: api.Analysis, args) -> dict:
+    """The Architecture tab on the same resnet50: drawing its first (folded) view, unfolding and folding
+    every block, and a layer selected in the table while the tab is shown (its block unfolded, the view
+    redrawn and scrolled), each until the queued events are handled."""
+    from snp_engine.workflows.architecture import architecture
+
+    model, _data = resnet50_data(1, args.side)
+    graph = architecture(model, (3, args.side, args.side), analysis)
+    panel, session = window.architecture_panel, window.controller
+    window.tabs.setCurrentWidget(panel)
+    app.processEvents()
+    view = panel.view
+
+    def timed(action) -> float:
+        start = time.perf_counter()
+        action()
+        app.processEvents()
+        return 1000 * (time.perf_counter() - start)
+
+    out: dict = {"layer_calls": len(graph.nodes) - 1, "edges": len(graph.edges)}
+    out["first_view_ms"] = timed(lambda: panel.set_graph(graph, session.keep))
+    out["first_view_boxes"] = len(view.boxes)
+    out["unfold_all_ms"] = timed(view.unfold_all)
+    out["unfolded_boxes"] = len(view.boxes)
+    out["fold_all_ms"] = timed(view.fold_all)
+    out["folded_boxes"] = len(view.boxes)
+    panel.set_graph(graph, session.keep)
+    app.processEvents()
+    names = [g.name for g in analysis.groups if "." in g.name]  # layers inside a (folded) block
+    reveal = []
+    for index in range(min(args.repeats, 2 * len(names))):
+        name = names[(index * 7) % len(names)]  # hopping between blocks: each selection refolds and unfolds
+        reveal.append(timed(lambda name=name: session.select_layer(name)))
+    out["select_in_folded_block"] = summarise(reveal)
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4, help="random images for the resnet50 analysis")
@@ -233,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             idle, busy, analysis = background_analysis(app, window, args)
             timings = interactions(app, window, analysis, args.repeats)
+            timings["architecture"] = architecture_view(app, window, analysis, args)
         finally:
             window.controller.runner.cancel()
             window.controller.runner.wait()
