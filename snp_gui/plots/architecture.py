@@ -344,7 +344,8 @@ class ArchitectureView(QGraphicsView):
         self.graph: Architecture | None = None
         self.items: dict[str, NodeItem] = {}
         self.folds: dict[str, NodeItem] = {}
-        self.frames: dict[str, tuple[QGraphicsRectItem, QGraphicsSimpleTextItem]] = {}
+        self.frames: dict[str, tuple[QGraphicsRectItem, QGraphicsSimpleTextItem]] = {}  # each block's first
+        self._frame_parts: list[tuple[str, int, QGraphicsRectItem, QGraphicsSimpleTextItem]] = []
         self.boxes: list[Cell] = []
         self.folded: set[str] = set()
         self._foldable: list[str] = []
@@ -445,7 +446,7 @@ class ArchitectureView(QGraphicsView):
         scene = QGraphicsScene(self)
         self.setScene(scene)
         old.deleteLater()
-        self.items, self.folds, self.frames = {}, {}, {}
+        self.items, self.folds, self.frames, self._frame_parts = {}, {}, {}, []
         self._dirty = False
         if self.graph is None:
             self.boxes, self._edges, self._box_of = [], [], {}
@@ -466,6 +467,7 @@ class ArchitectureView(QGraphicsView):
                 self.folds[cell.id] = item
                 item.add_strip(self._groups_in(cell))
         self._draw_frames()
+        self._style_frames()
         self._draw_edges()
         self._draw_ties()
         self.set_keep(self._keep)
@@ -517,6 +519,7 @@ class ArchitectureView(QGraphicsView):
                     toggle = _Toggle(block, False, QPointF(outline.left() + 3, outline.top() + 2), colour)
                     toggle.setZValue(4)
                     self.scene().addItem(toggle)
+                self._frame_parts.append((block, index, frame, label))
                 if index == 0:
                     self.frames[block] = (frame, label)
 
@@ -647,13 +650,18 @@ class ArchitectureView(QGraphicsView):
         self._removed = tuple(blocks)
         if self.graph is None:
             return
+        self._style_frames()
+        self.set_keep(self._keep)
+
+    def _style_frames(self) -> None:
+        """A removed block's frames (one per wrapped row it spans) dashed and labelled "removed"."""
         normal = QPen(muted(self.palette()), 1.0, Qt.PenStyle.SolidLine)
         dashed = QPen(muted(self.palette()), 1.5, Qt.PenStyle.DashLine)
-        for block, (frame, label) in self.frames.items():
+        for block, index, frame, label in self._frame_parts:
             gone = block in self._removed
             frame.setPen(dashed if gone else normal)
-            label.setText(f"{block} · removed" if gone else block)
-        self.set_keep(self._keep)
+            name = block if index == 0 else f"{block} (continued)"
+            label.setText(f"{name} · removed" if gone else name)
 
     def _removed_box(self, cell: Cell) -> bool:
         if cell.node is not None:

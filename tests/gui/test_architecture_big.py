@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 
 from snp_engine.workflows.architecture import architecture
 from snp_gui.main_window import MainWindow
-from snp_gui.plots.architecture import FOLD_BUDGET, ArchitectureView, _Toggle, wrap
+from snp_gui.plots.architecture import FOLD_BUDGET, REMOVED_COLOUR, ArchitectureView, _Toggle, wrap
 from snp_gui.settings import Settings
 from snp_gui.workers import FINISHED
 from tests.gui.helpers import run
@@ -169,3 +169,14 @@ def test_the_find_box_selects_a_found_layer_everywhere_and_says_when_nothing_mat
     qtbot.keyClicks(panel.find_box, "zzz")
     qtbot.keyClick(panel.find_box, Qt.Key.Key_Return)
     assert "no layer or block matches 'zzz'" in panel.status.text() and s.selected == "layer2.0.conv2"
+
+
+def test_a_removed_block_stays_marked_when_folded_and_unfolded_again(qtbot, window):
+    view = window.architecture_panel.view
+    view.set_removed(["layer1.0"])  # what the Blocks tab's Remove tick sends (tests/gui/test_blocks.py)
+    view.fold_all()
+    box = view.folds["layer1.0"]
+    assert box.struck() and view.node_colour("layer1.0") == REMOVED_COLOUR
+    assert "Removed by the plan" in box.toolTip() and not view.folds["layer2.0"].struck()
+    view.unfold("layer1.0")
+    assert view.frames["layer1.0"][1].text() == "layer1.0 · removed" and view.items["layer1.0.conv1"].struck()
