@@ -186,7 +186,8 @@ def architecture(
         if has_child:  # a block: a sum it returns is a residual stream, read as this block's own layers
             for tensor in _tensors(output):
                 fn = tensor.grad_fn
-                if fn is not None and fn not in made_by and type(fn).__name__.startswith("AddBackward"):
+                fresh = fn is not None and fn not in made_by and fn not in streams  # the innermost block's
+                if fresh and type(fn).__name__.startswith("AddBackward"):
                     summed = _sources([tensor], made_by, streams, whole=False)
                     inside = tuple(s for s in summed if module_of[s].startswith(name + "."))
                     if inside:

@@ -75,3 +75,28 @@ def test_torchscript_is_refused_in_one_line():
     scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(SnpError, match="TorchScript"):
         architecture(scripted, (2,))
+
+
+class PreNorm(nn.Module):
+    """A pre-norm residual block, as in a ViT: x + fc(norm(x)); its sum passes no module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.norm(x))
+
+
+def test_a_residual_stream_is_read_from_the_two_blocks_before_and_blocks_have_their_types():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(*[PreNorm() for _ in range(5)]), nn.Linear(4, 2))
+    graph = architecture(model, (4,))
+    into = {target: {source for source, t in graph.edges if t == target} for _, target in graph.edges}
+    # block 4's norm reads the stream: blocks 3 and 2 (the skip over one block), not every block since the first
+    assert into["1.4.norm"] == {"1.3.fc", "1.2.fc"}
+    assert into["1.1.norm"] == {"1.0.fc", "0"} and into["1.0.norm"] == {"0"}
+    assert into["2"] == {"1.4.fc", "1.3.fc"}
+    assert len(graph.edges) < 3 * len(graph.nodes)  # without the stop: every earlier fc, quadratic
+    assert graph.blocks == {"1": "Sequential", **{f"1.{i}": "PreNorm" for i in range(5)}}
+    assert [n.id for n in graph.members("1.2")] == ["1.2.norm", "1.2.fc"]
