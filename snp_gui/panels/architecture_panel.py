@@ -41,6 +41,7 @@ class ArchitecturePanel(QWidget):
         )
         self.legend.setWordWrap(True)
         self.status = QLabel(EMPTY)
+        self.status.setWordWrap(True)  # a long count or find note must not widen the window
         self.find_box = QLineEdit()
         self.find_box.setPlaceholderText("Find a layer or block…")
         self.find_box.setClearButtonEnabled(True)
