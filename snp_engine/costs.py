@@ -9,7 +9,8 @@ with channels of no group: the kept fraction is (fixed channels + Σ_g kept_g) /
 for these layers, so plans can be costed in microseconds while the user drags a marker. An
 attention layer's heads add their q/k/v projection and the two attention products (q kᵀ and
 softmax(·) v), which scale with the kept heads like the output projection that reads them.
-Parameters of other layers (embeddings, layer norms) and the FLOPs torch's counter attributes to
+A layer norm over a stream's channels (ConvNeXt) scales its γ and β like a BatchNorm; parameters
+of other layers (embeddings, other layer norms, layer-scale vectors) and the FLOPs torch's counter attributes to
 other operations are carried as a constant.
 
 FLOPs here are multiply–accumulates (MACs), the convention of most pruning papers and of
@@ -147,7 +148,9 @@ class CostModel:
 
 
 def _channels(module: nn.Module) -> int:
-    """The channels of a BatchNorm or depthwise conv."""
+    """The channels of a BatchNorm, a depthwise conv or a layer norm over a stream's channels."""
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[-1])
     return module.num_features if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) else module.out_channels
 
 
@@ -232,7 +235,8 @@ def build_cost_model(
     model.eval()
     with explicit_attention(model):  # torchvision attention calls its output projection as a module
         for name, module in model.named_modules():
-            if isinstance(module, _COUNTED):
+            # a layer norm over a stream's channels (ConvNeXt) loses γ and β with the stream's units
+            if isinstance(module, _COUNTED) or (isinstance(module, nn.LayerNorm) and name in role):
 
                 def hook(mod, _inputs, output, name=name):
                     if name in costs:

@@ -22,6 +22,11 @@ The simple case is one producer and one reader (a VGG layer, a ResNet block's in
 - a concatenation (DenseNet, SqueezeNet's fire modules, GoogLeNet/Inception): a branch's units are
   a contiguous slice of each reader's input, channels ``start`` to ``start + units`` of ``width``;
   the reader's other input channels belong to other groups (or to none) and stay as they are.
+- a residual stream read through layer norms over its channels (ConvNeXt, torchvision and timm):
+  the norms (``LayerNorm`` after a permute, ``LayerNorm2d``) are listed with the channel-wise
+  modules; they are not channel-wise, and :mod:`snp_engine.layernorm_streams` says how they are
+  restricted to the kept channels and how the readers after them are refitted. Per-channel
+  layer-scale vectors and the permutes around the norms come along;
 - attention heads (torchvision and timm ViTs): the units of a *head group* are the heads of one
   multi-head attention layer, each ``block`` = head-width channels of the output projection's input
   (``kind == "heads"``, see :mod:`snp_engine.heads`).
@@ -33,7 +38,7 @@ are per reader; the ordering and the curve combine the readers (see :mod:`snp_en
 torch-pruning's dependency graph (DepGraph) tells which layers are coupled by a channel
 dimension. Groups it reports that do not fit the pattern are listed as *excluded* with a reason:
 the network output, or channels that pass through an operation that mixes channels (attention,
-layer norm, a split, …).
+a layer norm over other channels than the group's, a split, …).
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ class UnitGroup:
     consumer: str
     units: int
     layout: str  # the first reader's layout, see Reader
-    channelwise: tuple[str, ...] = ()  # BatchNorm / depthwise conv modules carried along
+    channelwise: tuple[str, ...] = ()  # BatchNorm / depthwise conv / stream layer-norm modules carried along
     more_readers: tuple[Reader, ...] = ()
     producers: tuple[str, ...] = ()  # every producing layer, ``name`` first; empty means (name,)
     start: int = 0  # the first reader's slice of its input (see Reader)
@@ -286,6 +291,40 @@ def _classify(dependencies, names: dict[nn.Module, str]):
     return producers, consumers, channelwise, blockers
 
 
+# what a residual stream read through layer norms over its channels passes through besides them
+# (ConvNeXt: the permutes around a channels-last layer norm, the norm's own op, the layer scale, and
+# the reshapes of pooling a map to one position)
+_STREAM_NORM_OPS = ("NativeLayerNorm", "Permute", "AsStrided", "Parameter", "View", "Reshape")
+
+
+def _stream_norms(
+    model: nn.Module, dependencies, names: dict[nn.Module, str], units: int, blockers: list[str]
+) -> tuple[list[str], list[str]]:
+    """The layer norms over a group's ``units`` channels and the blockers left without them.
+
+    A group whose only blockers are layer norms over exactly its channels (and the permutes,
+    reshapes and per-channel layer-scale vectors around them) is a layer-norm stream (see
+    :mod:`snp_engine.layernorm_streams`): its norms are returned and its blockers become empty.
+    Any other group is returned as it is, with no norms."""
+    norms = []
+    for dep, _ in dependencies:
+        module = dep.target.module
+        if isinstance(module, nn.LayerNorm) and names.get(module) not in norms:
+            if tuple(module.normalized_shape) != (units,):
+                return [], blockers
+            norms.append(names.get(module))
+        elif isinstance(module, nn.Parameter) and module.numel() != units:
+            return [], blockers
+    if not norms:
+        return [], blockers
+    left = [
+        b
+        for b in blockers
+        if not any(key in b for key in _STREAM_NORM_OPS) and not (" (" in b and b.split(" (")[0] in norms)
+    ]
+    return (norms, []) if not left else ([], blockers)
+
+
 def _conv_groups(module: nn.Module) -> int:
     """A producer's conv groups (1 for a linear layer or an ordinary conv)."""
     return module.groups if isinstance(module, nn.Conv2d) else 1
@@ -399,6 +438,8 @@ def find_groups(
             continue
         units = units_of(model.get_submodule(producers[0]))
         label = producers[0]
+        norms, blockers = _stream_norms(model, group, names, units, blockers)
+        channelwise += [n for n in norms if n not in channelwise]
         readers = [_reader(model, c, columns[c], units) for c in consumers]
         blockers += [r for r in readers if isinstance(r, str)]
         # a producer whose output is only a slice of the group (concatenated, then summed with a stream)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from snp_engine.activations import collect_joint_folds, model_dtype
+from snp_engine.activations import collect_joint_folds, collect_joint_moments, model_dtype
 from snp_engine.analysis import Analysis
 from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction, within_groups
 from snp_engine.distributed import all_reduce, position
@@ -23,6 +23,7 @@ from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.groups import Reader, call_order
 from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
+from snp_engine.layernorm_streams import release_norms, restrict_norms, stream_norms
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
@@ -74,6 +75,9 @@ def prune(
     starts (:mod:`snp_engine.segments`), so each network segment runs once in all instead of once per
     reader; the fits are the same. ``cache_mb`` bounds that memory (None: no bound; 0: no cache);
     batches over it are computed from their images, as without the cache.
+    A residual stream read through layer norms over its channels (ConvNeXt) has those norms
+    restricted to the kept channels and each reader refitted from them
+    (:mod:`snp_engine.layernorm_streams`); one-shot does that fit too when ``data`` is given.
     The :class:`~snp_engine.results.PruningRecord` holds the kept indices per group and the settings.
     """
     reporter = reporter or Reporter()
@@ -85,14 +89,17 @@ def prune(
         if sequential and data is None:
             raise SnpError("sequential calibration needs calibration data (or use one-shot)")
         loader = None
-        if sequential:
+        # residual streams read through layer norms (ConvNeXt), see snp_engine.layernorm_streams
+        norm_streams = {g.name: stream_norms(dense, g.group) for g in analysis.groups}
+        if sequential or (data is not None and any(norm_streams.values())):
             loader = CastImages(batches_of(data, batch_size=batch_size, samples=samples), model_dtype(dense))
         kept_now: dict[str, tuple[int, ...]] = {}
         fits: dict[str, dict] = {}
         upstream_pruned = False
+        probes: dict[str, nn.Module] = {}
         steps = _reader_steps(dense, analysis, device)
         segments = None
-        if sequential and steps:
+        if sequential and steps and not any(norm_streams.values()):  # the cache assumes unchanged norms
             example = torch.randn(
                 (2, *analysis.input_shape), generator=torch.Generator().manual_seed(0), dtype=model_dtype(dense)
             ).to(device)
@@ -106,9 +113,12 @@ def prune(
             kept = torch.tensor(
                 chosen if chosen is not None else plan.kept.get(g.name, tuple(range(g.units))), dtype=torch.long
             )
+            norms = norm_streams[g.name] if k < g.units else ()
+            if norms and chosen is None:  # the group's layer norms compute LN_K from here on
+                restrict_norms(pruned, norms, kept)
             if sequential and (k < g.units or (refit_unpruned and upstream_pruned)):
                 step = Scaled(reporter, index / len(steps), (index + 1) / len(steps))
-                select = k if reselect and not g.more and g.group.block == 1 else kept
+                select = k if reselect and not g.more and g.group.block == 1 and not norms else kept
                 kept, choice = _fit_sequential(
                     pruned,
                     dense,
@@ -127,7 +137,26 @@ def prune(
                     key = g.name if reader.reader == g.group.readers[0] else f"{g.name}:{reader.consumer}"
                     fits[key] = choice.to_dict()
             elif k < g.units:
-                if compensate:
+                if compensate and norms and loader is not None:
+                    probe = probes.get(g.name)
+                    if probe is None:  # the dense network with only this group's layer norms restricted
+                        probe = probes[g.name] = copy.deepcopy(dense)
+                        restrict_norms(probe, norms, kept)
+                    channels = g.group.channel_indices(kept)
+                    joint = collect_joint_moments(probe, dense, reader.reader, g.channels, loader, device=device)
+                    if distributed:
+                        all_reduce([joint])
+                    fit_reader(
+                        pruned,
+                        reader.reader,
+                        g.channels,
+                        channels,
+                        [joint],
+                        reader.metric,
+                        reader.coverage,
+                        reader.norm,
+                    )
+                elif compensate:
                     cov, mean = within_groups(reader.moments.covariance(), reader.reader.groups), reader.moments.mean()
                     channels = g.group.channel_indices(kept)
                     ridge = compensation_ridge(cov, len(channels), reader.moments.samples)
@@ -141,6 +170,7 @@ def prune(
             upstream_pruned = upstream_pruned or k < g.units
         if physical:
             reporter.update(0.99, "removing units")
+            release_norms(pruned)  # removal shrinks the layer norms to the kept channels themselves
             removed = {name: sorted(set(range(analysis.units[name])) - set(kept)) for name, kept in kept_now.items()}
             example = torch.zeros((1, *analysis.input_shape), device=device, dtype=model_dtype(pruned))
             remove_units(pruned, [g.group for g in analysis.groups], removed, example)
