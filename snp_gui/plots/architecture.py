@@ -246,8 +246,13 @@ class _Toggle(QGraphicsRectItem):
         if unfold:
             signs.moveTo(mid.x(), r.top() + 2.5)
             signs.lineTo(mid.x(), r.bottom() - 2.5)
-        mark = QGraphicsPathItem(signs, self)
-        mark.setPen(pen)
+        self.mark = QGraphicsPathItem(signs, self)
+        self.mark.setPen(pen)
+
+    def set_colour(self, colour: QColor) -> None:
+        pen = QPen(colour, 1.2)
+        self.setPen(pen)
+        self.mark.setPen(pen)
 
 
 class NodeItem(QGraphicsRectItem):
@@ -294,8 +299,10 @@ class NodeItem(QGraphicsRectItem):
             item.setBrush(QBrush(text))
             self.texts.append(item)
         self.strip: list[tuple[str, QGraphicsRectItem]] = []
+        self.toggle = None
         if cell.block:
-            _Toggle(cell.block, True, QPointF(rect.right() - _Toggle.SIZE - 3, rect.top() + 3), text, self)
+            corner = QPointF(rect.right() - _Toggle.SIZE - 3, rect.top() + 3)
+            self.toggle = _Toggle(cell.block, True, corner, text, self)
 
     def add_strip(self, groups: Sequence[str]) -> None:
         """One thin bar per unit group along the bottom of a folded block's box."""
@@ -309,8 +316,11 @@ class NodeItem(QGraphicsRectItem):
             self.strip.append((group, bar))
 
     def set_text_colour(self, colour: QColor) -> None:
+        """The texts and the "+" in ``colour`` (dark on a kept-share fill, the palette's text on its base)."""
         for item in self.texts:
             item.setBrush(QBrush(colour))
+        if self.toggle is not None:
+            self.toggle.set_colour(colour)
 
     def set_struck(self, struck: bool) -> None:
         """Strike the texts through (a layer of a removed block) or not."""

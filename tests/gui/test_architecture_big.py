@@ -180,3 +180,14 @@ def test_a_removed_block_stays_marked_when_folded_and_unfolded_again(qtbot, wind
     assert "Removed by the plan" in box.toolTip() and not view.folds["layer2.0"].struck()
     view.unfold("layer1.0")
     assert view.frames["layer1.0"][1].text() == "layer1.0 · removed" and view.items["layer1.0.conv1"].struck()
+
+
+def test_a_folded_boxs_plus_is_drawn_in_its_text_colour_on_a_dark_palette(qtbot, window):
+    from snp_gui.app import _dark_palette
+
+    view = window.architecture_panel.view
+    view.setPalette(_dark_palette())
+    view.fold_all()
+    box = view.folds["layer2.0"]  # filled with its groups' kept share: a light colour
+    assert box.toggle.pen().color() == box.texts[0].brush().color()
+    assert box.toggle.pen().color().lightness() < 100 < box.brush().color().lightness()
