@@ -9,7 +9,7 @@ the next match) unfolds and scrolls to it, Fit shows the whole network and 1:1 i
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QShowEvent
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import QCompleter, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from snp_gui.plots.architecture import ArchitectureView, kept_colour
@@ -45,13 +45,16 @@ class ArchitecturePanel(QWidget):
         self.find_box = QLineEdit()
         self.find_box.setPlaceholderText("Find a layer or block…")
         self.find_box.setClearButtonEnabled(True)
-        self.find_box.setToolTip("A layer or block name, or part of one; Enter again shows the next match")
+        self.find_box.setToolTip("A layer or block name, or part of one (Ctrl+F); Enter again shows the next match")
         self.find_box.setMaximumWidth(260)
         self._completer = QCompleter([], self.find_box)
         self._completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self._completer.setFilterMode(Qt.MatchFlag.MatchContains)
         self.find_box.setCompleter(self._completer)
         self.find_box.returnPressed.connect(self.find)
+        find = QShortcut(QKeySequence(QKeySequence.StandardKey.Find), self)  # Ctrl+F while the tab is shown
+        find.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        find.activated.connect(lambda: (self.find_box.setFocus(), self.find_box.selectAll()))
         self.unfold_button = QPushButton("Unfold all")
         self.unfold_button.setToolTip("Draw every layer of every block")
         self.unfold_button.clicked.connect(self.view.unfold_all)

@@ -161,6 +161,10 @@ def test_selecting_a_layer_in_the_table_unfolds_its_block_and_scrolls_it_into_vi
 def test_the_find_box_selects_a_found_layer_everywhere_and_says_when_nothing_matches(qtbot, window):
     s, panel = window.session, window.architecture_panel
     panel.view.fold_all()
+    window.activateWindow()
+    panel.view.setFocus()
+    qtbot.keyClick(panel.view, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)  # Ctrl+F: to the find box
+    qtbot.waitUntil(panel.find_box.hasFocus, timeout=5000)
     qtbot.keyClicks(panel.find_box, "layer2.0.conv2")
     qtbot.keyClick(panel.find_box, Qt.Key.Key_Return)
     assert s.selected == "layer2.0.conv2" and panel.view.visible_in_viewport("layer2.0.conv2")
