@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from snp_engine import api
+from snp_engine.analysis import Analysis
 from snp_engine.costs import count
 from snp_engine.groups import find_groups
 from snp_engine.layernorm_streams import kept_channels_norm, restrict_norms, restricted, stream_norms
@@ -303,3 +304,28 @@ def test_torchvision_convnext_prunes_its_streams_exports_and_reloads():
     assert row["keep_all_max_diff"] == 0.0
     assert row["reduction"] == pytest.approx(0.3, abs=0.02)
     assert row["reload_max_diff"] == 0.0
+
+
+def test_streams_prune_the_same_from_a_statistics_file(analysed, tmp_path):
+    """The stream's layer norms travel with its group in the statistics file (as channel-wise
+    modules), so pruning from saved statistics restricts and refits the same way."""
+    model, data, analysis = analysed
+    analysis.save(tmp_path / "stats.safetensors")
+    loaded = Analysis.load(tmp_path / "stats.safetensors")
+    group = next(g for g in loaded.groups if g.name == STEM)
+    assert "features.2.0" in stream_norms(model, group.group)
+    plan = analysis.plan(keep={STEM: 6})
+    again = loaded.plan(keep={STEM: 6})
+    assert again.kept == plan.kept
+    first = _outputs(api.prune(model, analysis, plan, data=data).model, data)
+    second = _outputs(api.prune(model, loaded, again, data=data).model, data)
+    torch.testing.assert_close(second, first, rtol=1e-5, atol=1e-6)
+
+
+def test_without_coupled_groups_the_streams_are_left_alone():
+    model = tiny_convnext()
+    groups, excluded = find_groups(model, torch.randn(1, 3, 32, 32), coupled=False)
+    assert {g.name for g in groups} == {"features.1.0.block.3", "features.1.1.block.3", "features.3.0.block.3"}
+    reasons = {e.name: e.reason for e in excluded}
+    assert reasons[STEM].startswith("coupled across 3 layers")
+    assert reasons[STAGE2].startswith("coupled across 2 layers")
