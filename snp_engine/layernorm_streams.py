@@ -36,9 +36,11 @@ taken with the kept channels' layer norm in place (:func:`restrict_norms`) on th
 being pruned (sequential calibration: the partly pruned network, so the fit also absorbs what was
 pruned upstream) or on a copy of the dense network (one-shot with calibration data). With K = all
 channels LN_K = LN, and nothing changes: keep-all reproduces the dense network exactly. One-shot
-pruning without data has only the dense moments of z and uses z_K in place of z'_K (the classic
-one-shot fit); that is exact only when the removed channels do not move the mean and variance of
-the kept ones, so sequential calibration (the default) is the one to use for these streams.
+pruning without data has only the dense moments of z: it linearises LN_K around them
+(:func:`linearised_moments`: the centring over K is linear, the scale 1/s_K is replaced by its
+root mean square), z'_K ≈ T z + t, and fits z ≈ c + A (T z + t) from C_z and μ_z
+(:func:`data_free_fit`); exact only where s_K is the same at every position, so the fit from data
+(sequential calibration, the default) is the one to use for these streams.
 
 A producer-side layer norm (the stem's, x_0 = LN(y_0)) changes the stream itself: x_0,K becomes
 LN_K(y_0,K), which no reader can undo exactly; the readers' fits towards the dense network take
@@ -60,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snp_engine.compensation import compensation_ridge, reconstruction
 from snp_engine.groups import UnitGroup
 
 # attribute of a restricted layer norm: (kept indices, the hook's id in its forward hooks); an id, not a
@@ -129,6 +132,88 @@ def release_norms(model: nn.Module) -> None:
         release_norms_of(module)
 
 
+def reader_norms(model: nn.Module, norms: Sequence[str], readers: Sequence[str], example: torch.Tensor) -> dict:
+    """For each reader, the layer norm of ``norms`` whose output it reads as it is (the same values,
+    perhaps flattened: the head's norm → flatten → classifier), found on one forward pass of
+    ``example``; readers that read anything else are missing."""
+    last: dict[str, tuple[str, torch.Tensor]] = {}
+    found: dict[str, str] = {}
+    handles = []
+    for name in norms:
+
+        def remember(_module, _inputs, output, name=name):
+            last["norm"] = (name, output)
+
+        handles.append(model.get_submodule(name).register_forward_hook(remember))
+    for reader in readers:
+
+        def check(_module, inputs, reader=reader):
+            entry = last.get("norm")
+            x = inputs[0]
+            if entry is not None and entry[1].numel() == x.numel() and torch.equal(entry[1].reshape(-1), x.reshape(-1)):
+                found.setdefault(reader, entry[0])
+
+        handles.append(model.get_submodule(reader).register_forward_pre_hook(check))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def linearised_moments(
+    cov: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Moments of z'_K = LN_K(y_K) from the dense moments of z = LN(y) alone (no data), to first order.
+
+    With u = (z − β)/γ the dense normalised entries (mean 0, mean square 1 over the n channels),
+    LN_K(y_K) = γ_K ⊙ (P u_K)/s_K + β_K, P = I − 11ᵀ/k the centring over the kept channels and s_K² =
+    ‖P u_K‖²/k. Replacing s_K by its root mean square ŝ, ŝ² = tr(P E[u_K u_Kᵀ] P)/k, makes z'_K ≈ T z + t
+    affine in z: T = diag(γ_K) P S_K diag(γ)⁻¹ / ŝ (S_K picks rows K), t = β_K − T β. Then
+
+        μ_{z'} = T μ_z + t,   C_{z'z'} = T C_z Tᵀ,   C_{z z'} = C_z Tᵀ,
+
+    the inputs of the least-squares fit z ≈ c + A z'_K. Returns (C_{z z'}, C_{z'z'}, μ_{z'}), or None
+    where some γ is 0 (that channel's u is not known from z)."""
+    cov, mean = cov.double(), mean.double()
+    gamma = (weight.detach() if weight is not None else torch.ones_like(mean)).double().to(cov.device)
+    beta = (bias.detach() if bias is not None else torch.zeros_like(mean)).double().to(cov.device)
+    if bool((gamma.abs() < 1e-12).any()):
+        return None
+    kept = kept.to(cov.device)
+    k = kept.numel()
+    u_mean = (mean - beta) / gamma
+    u_second = cov / gamma[:, None] / gamma[None, :] + u_mean[:, None] * u_mean[None, :]
+    centring = torch.eye(k, dtype=cov.dtype, device=cov.device) - 1.0 / k
+    second_k = u_second[kept][:, kept]
+    scale = float(torch.trace(centring @ second_k @ centring)) / k
+    if scale <= 0:
+        return None
+    transform = torch.zeros(k, mean.numel(), dtype=cov.dtype, device=cov.device)
+    transform[:, kept] = (gamma[kept][:, None] * centring) / gamma[kept][None, :] / scale**0.5
+    shift = beta[kept] - transform @ beta
+    return cov @ transform.T, transform @ cov @ transform.T, transform @ mean + shift
+
+
+def data_free_fit(
+    cov: torch.Tensor, mean: torch.Tensor, norm: nn.Module, kept: torch.Tensor, samples: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One-shot without data: z ≈ c + A z'_K from :func:`linearised_moments`, A = (C_{z z'} + r A₀)
+    (C_{z'z'} + r I)⁻¹ with A₀ = I on K (:func:`snp_engine.compensation.reconstruction`; C_{z'z'} has
+    rank k − 1, as z'_K has: its normalised entries sum to zero). Returns (A, c), or None where the
+    moments cannot be linearised."""
+    moments = linearised_moments(cov, mean, norm.weight, norm.bias, kept)
+    if moments is None:
+        return None
+    cross, kept_cov, kept_mean = moments
+    prior = torch.zeros_like(cross)
+    prior[kept.to(cross.device), torch.arange(kept.numel(), device=cross.device)] = 1
+    ridge = compensation_ridge(kept_cov, kept.numel(), samples)
+    return reconstruction(cross, kept_cov, mean.double(), kept_mean, ridge, prior)
+
+
 def restricted(model: nn.Module) -> bool:
     """Whether any layer norm of ``model`` is restricted by :func:`restrict_norms`."""
     return any(_HANDLES in vars(m) for m in model.modules())
@@ -136,8 +221,11 @@ def restricted(model: nn.Module) -> bool:
 
 __all__ = [
     "channels_first",
+    "data_free_fit",
     "is_stream_norm",
     "kept_channels_norm",
+    "linearised_moments",
+    "reader_norms",
     "release_norms",
     "restrict_norms",
     "restricted",

@@ -23,7 +23,7 @@ from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.groups import Reader, call_order
 from snp_engine.holdout import DEFAULT_FOLDS, ONE_SHOT, FitChoice, choose_fit
-from snp_engine.layernorm_streams import release_norms, restrict_norms, stream_norms
+from snp_engine.layernorm_streams import data_free_fit, reader_norms, release_norms, restrict_norms, stream_norms
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.results import GroupAnalysis, Plan, Pruned, PruningRecord, ReaderStatistics
 from snp_engine.runtime import DEFAULT_BATCH_SIZE, CastImages, batches_of, out_of_memory_as_error, resolve_device
@@ -96,7 +96,9 @@ def prune(
         kept_now: dict[str, tuple[int, ...]] = {}
         fits: dict[str, dict] = {}
         upstream_pruned = False
-        probes: dict[str, nn.Module] = {}
+        probes: dict = {}  # per layer-norm stream: a restricted dense copy, or its readers' norms
+        probe_input = torch.randn((1, *analysis.input_shape), generator=torch.Generator().manual_seed(0))
+        probe_input = probe_input.to(device=device, dtype=model_dtype(dense))
         steps = _reader_steps(dense, analysis, device)
         segments = None
         if sequential and steps and not any(norm_streams.values()):  # the cache assumes unchanged norms
@@ -160,7 +162,16 @@ def prune(
                     cov, mean = within_groups(reader.moments.covariance(), reader.reader.groups), reader.moments.mean()
                     channels = g.group.channel_indices(kept)
                     ridge = compensation_ridge(cov, len(channels), reader.moments.samples)
-                    mapping, offset = one_shot_reconstruction(cov, mean, channels, ridge)
+                    fitted = None
+                    if norms:  # no data: LN_K linearised about the dense moments
+                        if g.name not in probes:
+                            readers = [r.consumer for r in g.group.readers]
+                            probes[g.name] = reader_norms(dense, norms, readers, probe_input)
+                        norm = probes[g.name].get(reader.reader.consumer)
+                        if norm is not None and reader.reader.groups == 1:
+                            norm = dense.get_submodule(norm)
+                            fitted = data_free_fit(cov, mean, norm, channels, reader.moments.samples)
+                    mapping, offset = fitted or one_shot_reconstruction(cov, mean, channels, ridge)
                     apply_reconstruction(
                         pruned, reader.reader, g.channels, channels, mapping, offset, reader.coverage, reader.norm
                     )

@@ -16,7 +16,13 @@ from snp_engine import api
 from snp_engine.analysis import Analysis
 from snp_engine.costs import count
 from snp_engine.groups import find_groups
-from snp_engine.layernorm_streams import kept_channels_norm, restrict_norms, restricted, stream_norms
+from snp_engine.layernorm_streams import (
+    kept_channels_norm,
+    linearised_moments,
+    restrict_norms,
+    restricted,
+    stream_norms,
+)
 
 STEM = "features.0.0"  # the first stage's stream group: the stem conv is its first producer
 STAGE2 = "features.2.1"  # the second stage's: the downsample conv
@@ -329,3 +335,57 @@ def test_without_coupled_groups_the_streams_are_left_alone():
     reasons = {e.name: e.reason for e in excluded}
     assert reasons[STEM].startswith("coupled across 3 layers")
     assert reasons[STAGE2].startswith("coupled across 2 layers")
+
+
+def test_the_data_free_moments_are_those_of_the_linearised_kept_norm():
+    """linearised_moments against samples: z'_K ≈ γ_K ⊙ P u_K / ŝ + β_K computed entry by entry, and
+    equal to LN_K(y_K) itself where every position's kept entries have the same spread (a stream
+    written twice, keeping one copy of each channel: P u_K = u_K, ŝ = s_K = 1)."""
+    gen = torch.Generator().manual_seed(0)
+    norm = nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(6, generator=gen))
+        norm.bias.copy_(0.2 * torch.randn(6, generator=gen))
+    y = torch.randn(4000, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    kept = torch.tensor([0, 2, 3, 5])
+    with torch.no_grad():
+        z = norm.double()(y)
+    cross, kept_cov, kept_mean = linearised_moments(
+        torch.cov(z.T, correction=0), z.mean(0), norm.weight, norm.bias, kept
+    )
+    u = (z - norm.bias) / norm.weight
+    centred = u[:, kept] - u[:, kept].mean(1, keepdim=True)
+    scale = centred.pow(2).mean()  # ŝ² = E‖P u_K‖² / k
+    linear = norm.weight[kept] * centred / scale.sqrt() + norm.bias[kept]
+    joint = torch.cov(torch.cat([z, linear], 1).T, correction=0)
+    torch.testing.assert_close(kept_mean, linear.mean(0).detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(kept_cov, joint[6:, 6:].detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(cross, joint[:6, 6:].detach(), rtol=1e-9, atol=1e-9)
+    # a stream written twice: the linearisation is LN_K exactly
+    half = torch.randn(4000, 3, generator=gen, dtype=torch.float64)
+    twice = torch.cat([half, half], 1)
+    with torch.no_grad():
+        z = norm(twice)
+        exact = kept_channels_norm(norm, twice, torch.tensor([0, 1, 2]))[:, :3]
+    cross, kept_cov, kept_mean = linearised_moments(
+        torch.cov(z.T, correction=0), z.mean(0), norm.weight, norm.bias, torch.tensor([0, 1, 2])
+    )
+    # up to the norm's ε: ŝ² = E[σ²/(σ² + ε)], not 1
+    torch.testing.assert_close(kept_mean, exact.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kept_cov, torch.cov(exact.T, correction=0), rtol=1e-4, atol=1e-4)
+
+
+def test_one_shot_without_data_fits_the_linearised_norm(analysed):
+    """One-shot without data refits the stream's readers from the linearised LN_K: far better than
+    dropping the channels, close to the fit from data."""
+    model, data, analysis = analysed
+    plan = analysis.plan(keep={STAGE2: 10})
+    dense = _outputs(model, data)
+
+    def error(**kwargs) -> float:
+        out = _outputs(api.prune(model, analysis, plan, sequential=False, **kwargs).model, data)
+        return float((out - dense).pow(2).mean() / dense.pow(2).mean())
+
+    dropped, data_free, from_data = error(compensate=False), error(), error(data=data)
+    assert data_free < 0.5 * dropped
+    assert data_free < 1.5 * from_data
