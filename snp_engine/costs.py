@@ -9,8 +9,9 @@ with channels of no group: the kept fraction is (fixed channels + Σ_g kept_g) /
 for these layers, so plans can be costed in microseconds while the user drags a marker. An
 attention layer's heads add their q/k/v projection and the two attention products (q kᵀ and
 softmax(·) v), which scale with the kept heads like the output projection that reads them.
-A layer norm over a stream's channels (ConvNeXt) scales its γ and β like a BatchNorm; parameters
-of other layers (embeddings, other layer norms, layer-scale vectors) and the FLOPs torch's counter attributes to
+A layer norm over a stream's channels (ConvNeXt) scales its γ and β like a BatchNorm, and so do
+the stream's layer-scale vectors (:func:`layer_scales`); parameters
+of other layers (embeddings, other layer norms) and the FLOPs torch's counter attributes to
 other operations are carried as a constant.
 
 FLOPs here are multiply–accumulates (MACs), the convention of most pruning papers and of
@@ -28,6 +29,7 @@ from torch import nn
 from snp_engine import flops
 from snp_engine.groups import UnitGroup, units_of
 from snp_engine.heads import explicit_attention, per_head_parameters, product_macs, projection
+from snp_engine.layernorm_streams import stream_norms
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -258,11 +260,38 @@ def build_cost_model(
         finally:
             for handle in handles:
                 handle.remove()
+    for group in groups:
+        for name, size in layer_scales(model, group):
+            costs.setdefault(
+                name, LayerCost(name, 0.0, size, 0, channel_groups=(group.name,), channel_width=group.units)
+            )
     all_params = sum(p.numel() for p in model.parameters())
     counted_params = sum(c.weight_params + c.bias_params for c in costs.values())
     counted_macs = sum(c.macs for c in costs.values())
     other_macs = max(total_macs(model, example_input) - counted_macs, 0.0)
     return CostModel(tuple(costs.values()), all_params - counted_params, other_macs, {g.name: g.units for g in groups})
+
+
+def layer_scales(model: nn.Module, group: UnitGroup) -> list[tuple[str, int]]:
+    """The per-channel layer-scale vectors of a layer-norm stream (ConvNeXt's ``layer_scale`` /
+    timm's ``gamma``): parameters of ``units`` entries held by a block that contains one of the
+    stream's producers (its nearest ancestor with such a parameter), as (name, entries)."""
+    if not stream_norms(model, group):
+        return []
+    found: dict[str, int] = {}
+    for producer in group.all_producers:
+        path = producer.split(".")
+        for depth in range(len(path) - 1, max(len(path) - 4, 0), -1):
+            holder = ".".join(path[:depth])
+            own = [
+                (f"{holder}.{name}", p.numel())
+                for name, p in model.get_submodule(holder)._parameters.items()
+                if p is not None and p.numel() == group.units
+            ]
+            if own:
+                found.update(own)
+                break
+    return list(found.items())
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, float]:
