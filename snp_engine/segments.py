@@ -34,13 +34,14 @@ the previous way (see :func:`snp_engine.activations.collect_joint_folds`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
-from snp_engine.heads import explicit_attention
+from snp_engine.heads import attention_layers, explicit_attention
 
 # the default budget for the cached cuts of all batches, both networks together
 DEFAULT_CACHE_MB = 512.0
@@ -63,6 +64,7 @@ class _Entry:
 
     position: int
     images: torch.Tensor
+    version: int | None  # the images' version counter when taken (an in-place change bumps it)
     dense: dict
     pruned: dict | None  # None: the same values as ``dense`` (nothing before the cut was rewritten)
     nbytes: int
@@ -117,6 +119,21 @@ def _evaluate(model: nn.Module, node: fx.Node, values: dict):
     return getattr(args[0], node.target)(*args[1:], **kwargs)  # call_method
 
 
+def _owner(consumer: str, calls) -> str | None:
+    """The module whose call in the graph runs ``consumer``: itself, or the innermost layer holding
+    it that the graph calls as a whole (an attention layer)."""
+    name = consumer
+    while name:
+        if name in calls:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+class _StopForward(Exception):
+    """Ends a layer's forward once the reader inside it got its input."""
+
+
 def _first_difference(a: Sequence, b: Sequence) -> int:
     for index, (x, y) in enumerate(zip(a, b, strict=True)):
         if x != y:
@@ -144,7 +161,7 @@ class SegmentCache:
         self.nodes = list(graph.nodes)
         self.index = {node: i for i, node in enumerate(self.nodes)}
         self.last_use = [max((self.index[u] for u in node.users), default=i) for i, node in enumerate(self.nodes)]
-        self.placeholder = next(n for n in self.nodes if n.op == "placeholder")
+        self.placeholder = next(n for n in self.nodes if n.op == "placeholder")  # the images; others: defaults
         self.calls: dict[str, fx.Node] = {}  # each module's first call
         for node in self.nodes:
             if node.op == "call_module":
@@ -178,7 +195,10 @@ class SegmentCache:
         before = set(vars(dense))
         try:
             with explicit_attention(dense):
-                graph = _Tracer(set(consumers)).trace(dense)
+                # attention layers are leaves: their forwards do not trace; a reader inside one is
+                # reached by running that layer (see ``_owner``)
+                leaves = set(consumers) | {layer.name for layer in attention_layers(dense)}
+                graph = _Tracer(leaves).trace(dense)
         except Exception:  # any network fx cannot trace is computed the previous way
             return None
         finally:
@@ -187,22 +207,30 @@ class SegmentCache:
             for name in constants:
                 delattr(dense, name)
         nodes = list(graph.nodes)
-        if sum(n.op == "placeholder" for n in nodes) != 1:
+        inputs = [n for n in nodes if n.op == "placeholder"]
+        if not inputs or any(not n.args for n in inputs[1:]):  # one input; further ones keep their defaults
             return None
         calls: dict[str, int] = {}
         for node in nodes:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
         for consumer in consumers:
-            node = next((n for n in nodes if n.op == "call_module" and n.target == consumer), None)
-            if calls.get(consumer) != 1 or node is None or not node.args or not isinstance(node.args[0], fx.Node):
+            owner = _owner(consumer, calls)
+            if owner is None or calls[owner] != 1:
+                return None
+            node = next(n for n in nodes if n.op == "call_module" and n.target == owner)
+            if owner == consumer and (not node.args or not isinstance(node.args[0], fx.Node)):
                 return None
         budget = int(budget_mb * 2**20) if budget_mb is not None else 2**62
         cache = cls(graph, pruned, dense, constants, budget)
         pruned.eval()
         dense.eval()
         with torch.inference_mode(), explicit_attention(pruned), explicit_attention(dense):
-            return cache if cache._verify(example) else None
+            try:
+                same = cache._verify(example)
+            except Exception:  # a graph that does not even run is computed the previous way
+                same = False
+        return cache if same else None
 
     # ------------------------------------------------------------------------------------------
     # parameter states
@@ -254,16 +282,24 @@ class SegmentCache:
             self._cuts[position] = [
                 n
                 for i, n in enumerate(self.nodes[:position])
-                if self.last_use[i] >= position and n.op != "get_attr" and n.op != "output"
+                if self.last_use[i] >= position and not self._constant(n) and n.op != "output"
             ]
         return self._cuts[position]
+
+    def _constant(self, node: fx.Node) -> bool:
+        """A node whose value is read afresh on every run: an attribute (a parameter, a buffer, a
+        constant of the forward), or a further input of the forward, which keeps its default."""
+        return node.op == "get_attr" or (node.op == "placeholder" and node is not self.placeholder)
+
+    def _value(self, model: nn.Module, node: fx.Node):
+        return _fetch(model, node, self.constants) if node.op == "get_attr" else node.args[0]
 
     def _run(self, model: nn.Module, env: dict, start: int, stop: int) -> dict:
         """Run nodes ``start`` … ``stop − 1`` of ``model`` from ``env`` (the cut at ``start``);
         returns the cut at ``stop``. ``env`` is consumed."""
         for i, node in enumerate(self.nodes[:stop]):  # parameters and constants read after ``start``
-            if node.op == "get_attr" and self.last_use[i] >= start:
-                env[node] = _fetch(model, node, self.constants)
+            if self._constant(node) and self.last_use[i] >= start:
+                env[node] = self._value(model, node)
         for i in range(start, stop):
             node = self.nodes[i]
             if node.op in ("placeholder", "get_attr"):
@@ -298,10 +334,10 @@ class SegmentCache:
             values: dict = {}
             checked: set[str] = set()
             for node in self.nodes:
-                if node.op == "placeholder":
+                if node is self.placeholder:
                     values[node] = x
-                elif node.op == "get_attr":
-                    values[node] = _fetch(model, node, self.constants)
+                elif self._constant(node):
+                    values[node] = self._value(model, node)
                 elif node.op == "output":
                     if not _same(fx.node.map_arg(node.args[0], values.__getitem__), expected):
                         return False
@@ -318,11 +354,12 @@ class SegmentCache:
         """The input of ``consumer`` on the partly pruned and on the dense network for batch ``key``
         (its position in the pass) of ``images``. Call within ``torch.inference_mode`` and the
         models' :func:`~snp_engine.heads.explicit_attention`, as the forward passes it replaces."""
-        call = self.calls[consumer]
+        call = self.calls[_owner(consumer, self.calls)]
         stop = self.index[call]
-        target = call.args[0]
         entry = self.entries.get(key)
-        if entry is not None and (entry.position > stop or not _same(entry.images, images)):
+        if entry is not None and (
+            entry.position > stop or not _same(entry.images, images) or entry.version != _version(images)
+        ):
             self._drop(key)
             entry = None
         if entry is None:
@@ -333,12 +370,35 @@ class SegmentCache:
         shared = pruned_env is None and stop <= self.shared_until
         if pruned_env is None and not shared:  # the networks part here: a copy of its own
             pruned_env = {n: _copy(v) for n, v in dense_env.items()}
+        version = _version(images)  # before the run, so that a forward changing its input in place shows
         dense_cut = self._run(self.dense, dense_env, start, stop)
         pruned_cut = None if shared else self._run(self.pruned, pruned_env, start, stop)
-        dense_input = dense_cut[target]
-        pruned_input = dense_input if shared else pruned_cut[target]
-        self._keep(key, _Entry(stop, images, dense_cut, pruned_cut, 0))
+        dense_input = self._input(self.dense, call, consumer, dense_cut)
+        pruned_input = dense_input if shared else self._input(self.pruned, call, consumer, pruned_cut)
+        self._keep(key, _Entry(stop, images, version, dense_cut, pruned_cut, 0))
         return pruned_input, dense_input
+
+    def _input(self, model: nn.Module, call: fx.Node, consumer: str, cut: dict) -> torch.Tensor:
+        """The input of ``consumer`` from the cut before ``call``: the call's first argument, or,
+        for a reader inside the called layer, what reaches it when that layer runs (stopped there)."""
+        if call.target == consumer:
+            return cut[call.args[0]]
+        captured = []
+
+        def capture(_module, inputs):
+            captured.append(inputs[0])
+            raise _StopForward
+
+        handle = model.get_submodule(consumer).register_forward_pre_hook(capture)
+        try:
+            with contextlib.suppress(_StopForward):
+                constants = {n: self._value(model, n) for n in call.all_input_nodes if self._constant(n)}
+                _evaluate(model, call, {**cut, **constants})
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"{consumer} was not called by {call.target}")
+        return captured[0]
 
     def _keep(self, key: int, entry: _Entry) -> None:
         self._drop(key)
@@ -349,6 +409,14 @@ class SegmentCache:
         if self.used + entry.nbytes <= self.budget:
             self.entries[key] = entry
             self.used += entry.nbytes
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """A tensor's version counter (None for inference tensors, which have none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def _copy(value):

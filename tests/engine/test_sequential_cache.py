@@ -79,6 +79,24 @@ class _Branchy(_ResNet):
         return self.fc(self.head(x).mean((2, 3)))
 
 
+class _Defaults(_ResNet):
+    """A forward with a further argument that keeps its default (a traced graph input of its own)."""
+
+    def forward(self, x, scale: float = 0.5):
+        return self.fc(self.head(self.blocks(self.stem(x)) * scale).mean((2, 3)))
+
+
+class _Specialised(_ResNet):
+    """Traced with ``scale`` a graph input, ``scale is not None`` holds; run with its default None it
+    does not: the graph differs from the forward, which the check before the first use finds."""
+
+    def forward(self, x, scale: float | None = None):
+        x = self.blocks(self.stem(x))
+        if scale is not None:
+            x = x * scale
+        return self.fc(self.head(x).mean((2, 3)))
+
+
 def _model(cls) -> nn.Module:
     torch.manual_seed(0)
     model = cls().eval()
@@ -182,9 +200,10 @@ def test_a_shuffling_loader_gets_the_images_of_each_pass():
 
 def test_untraceable_networks_prune_as_before():
     data = _data()
-    model, analysis, plan = _analysed(_Branchy, data)
-    assert _segments(model, analysis)[2] is None
-    _assert_identical(_prune(model, data, analysis, plan), _prune(model, data, analysis, plan, cache_mb=0))
+    for cls in (_Branchy, _Specialised):
+        model, analysis, plan = _analysed(cls, data)
+        assert _segments(model, analysis)[2] is None
+        _assert_identical(_prune(model, data, analysis, plan), _prune(model, data, analysis, plan, cache_mb=0))
 
 
 def test_cached_inputs_are_the_forward_passes_and_follow_upstream_changes():
@@ -248,3 +267,23 @@ def test_collect_joint_folds_with_and_without_the_cache():
         for a, b in zip(got, expected, strict=True):
             assert torch.equal(a.shifted_outer, b.shifted_outer) and torch.equal(a.shift, b.shift)
             assert torch.equal(a.count, b.count)
+
+
+def test_attention_layers_and_default_arguments_use_the_cache():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    data = _data((3, 16, 16), 64)
+    torch.manual_seed(0)
+    vit = VisionTransformer(16, 4, 2, 2, 16, 32, num_classes=4).eval()
+    for model in (vit, _model(_Defaults)):
+        analysis = api.analyze(model, data, batch_size=32)
+        plan = analysis.plan(flops_reduction=0.3)
+        assert any(k < analysis.units[name] for name, k in plan.keep.items())
+        assert _segments(model, analysis)[2] is not None
+        _assert_identical(_prune(model, data, analysis, plan), _prune(model, data, analysis, plan, cache_mb=0))
+    # the heads group's reader (the output projection) sits inside the attention layer
+    assert any(g.group.kind == "heads" for g in analysis_of(vit, data).groups)
+
+
+def analysis_of(model, data):
+    return api.analyze(model, data, batch_size=32)
