@@ -299,6 +299,8 @@ class NodeItem(QGraphicsRectItem):
             item.setBrush(QBrush(text))
             self.texts.append(item)
         self.strip: list[tuple[str, QGraphicsRectItem]] = []
+        # the unit groups whose counts its fill, strip or tooltip show
+        self.groups = {g for n in cell.members for g in (n.group, *n.reads) if g}
         self.toggle = None
         if cell.block:
             corner = QPointF(rect.right() - _Toggle.SIZE - 3, rect.top() + 3)
@@ -367,6 +369,7 @@ class ArchitectureView(QGraphicsView):
         self._found = ""
         self._reveal = ""  # a box to scroll into view once the view is shown
         self._dirty = False  # the fold state changed while hidden: redraw when shown
+        self._stale = False  # the kept counts changed while hidden: repaint when shown
         self._columns = 0
         self._auto_fit = False  # fit again when the view gets its size, until the user zooms or fits
         self._edges: list[tuple[str, str]] = []
@@ -480,7 +483,7 @@ class ArchitectureView(QGraphicsView):
         self._style_frames()
         self._draw_edges()
         self._draw_ties()
-        self.set_keep(self._keep)
+        self._paint()
         scene.setSceneRect(scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN, MARGIN, MARGIN))
         self.layoutChanged.emit()
 
@@ -625,6 +628,8 @@ class ArchitectureView(QGraphicsView):
         super().showEvent(event)
         if self._dirty:
             self._redraw()
+        elif self._stale:
+            self._paint()
         self._scroll_to_reveal()
 
     def resizeEvent(self, event: QResizeEvent) -> None:
@@ -661,7 +666,7 @@ class ArchitectureView(QGraphicsView):
         if self.graph is None:
             return
         self._style_frames()
-        self.set_keep(self._keep)
+        self._paint()
 
     def _style_frames(self) -> None:
         """A removed block's frames (one per wrapped row it spans) dashed and labelled "removed"."""
@@ -679,17 +684,35 @@ class ArchitectureView(QGraphicsView):
         return any(cell.block == b or cell.block.startswith(b + ".") for b in self._removed)
 
     def set_keep(self, keep: Mapping[str, int]) -> None:
-        """Fill each group's boxes by the share of units it keeps (microseconds per box); boxes of removed
-        blocks grey and struck through; a folded block by the share of its groups' units kept."""
-        self._keep = dict(keep)
+        """Fill each group's boxes by the share of units it keeps; boxes of removed blocks grey and struck
+        through; a folded block by the share of its groups' units kept. Only the boxes of the groups
+        whose counts changed are repainted (a marker drag changes one), and none while the view is hidden
+        (they are once it is shown)."""
+        keep = dict(keep)
+        changed = {g for g in set(keep) | set(self._keep) if keep.get(g) != self._keep.get(g)}
+        self._keep = keep
         if self.graph is None:
             return
+        if not self.isVisible():
+            self._stale = True
+            return
+        self._paint(changed)
+
+    def _paint(self, changed: set[str] | None = None) -> None:
+        """Fill, texts and tooltips of the boxes holding a group of ``changed`` (None: of every box)."""
+        if self.graph is None:
+            return
+        if changed is None or self._stale:
+            boxes = [*self.items.values(), *self.folds.values()]
+        else:
+            boxes = [item for item in (*self.items.values(), *self.folds.values()) if item.groups & changed]
+        self._stale = False
         palette = self.palette()
         text, base = palette.color(QPalette.ColorRole.Text), palette.color(QPalette.ColorRole.Base)
         disabled = palette.color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
         dark_text = QColor(20, 20, 20)
         groups = self.graph.groups
-        for item in (*self.items.values(), *self.folds.values()):
+        for item in boxes:
             cell, node = item.cell, item.node
             gone = self._removed_box(cell)
             item.set_struck(gone)

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 
 from snp_engine.workflows.architecture import architecture
 from snp_gui.main_window import MainWindow
-from snp_gui.plots.architecture import FOLD_BUDGET, REMOVED_COLOUR, ArchitectureView, _Toggle, wrap
+from snp_gui.plots.architecture import FOLD_BUDGET, REMOVED_COLOUR, ArchitectureView, _Toggle, kept_colour, wrap
 from snp_gui.settings import Settings
 from snp_gui.workers import FINISHED
 from tests.gui.helpers import run
@@ -195,3 +195,17 @@ def test_a_folded_boxs_plus_is_drawn_in_its_text_colour_on_a_dark_palette(qtbot,
     box = view.folds["layer2.0"]  # filled with its groups' kept share: a light colour
     assert box.toggle.pen().color() == box.texts[0].brush().color()
     assert box.toggle.pen().color().lightness() < 100 < box.brush().color().lightness()
+
+
+def test_kept_counts_changed_while_the_tab_is_hidden_are_painted_when_it_is_shown(qtbot, window):
+    s, panel = window.session, window.architecture_panel
+    view = panel.view
+    name = "layer2.0.conv1"
+    units = s.architecture.groups[name].units
+    window.tabs.setCurrentWidget(window.table)
+    window.curves.keepChangeFinished.emit(name, 1)
+    window.tabs.setCurrentWidget(panel)
+    assert view.node_colour(name) == kept_colour(1 / units).name()
+    assert f"keeps 1 of {units}" in view.items[name].toolTip()
+    window.curves.keepChangeFinished.emit(name, units)  # while shown: repainted at once
+    assert view.node_colour(name) == kept_colour(1.0).name()
