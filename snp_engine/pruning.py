@@ -96,7 +96,8 @@ def prune(
         kept_now: dict[str, tuple[int, ...]] = {}
         fits: dict[str, dict] = {}
         upstream_pruned = False
-        probes: dict = {}  # per layer-norm stream: a restricted dense copy, or its readers' norms
+        probe: tuple = (None, None)  # (layer-norm stream, the dense network with its norms restricted)
+        norm_of: dict[str, dict[str, str]] = {}  # per layer-norm stream: the norm each reader reads
         probe_input = torch.randn((1, *analysis.input_shape), generator=torch.Generator().manual_seed(0))
         probe_input = probe_input.to(device=device, dtype=model_dtype(dense))
         steps = _reader_steps(dense, analysis, device)
@@ -140,12 +141,12 @@ def prune(
                     fits[key] = choice.to_dict()
             elif k < g.units:
                 if compensate and norms and loader is not None:
-                    probe = probes.get(g.name)
-                    if probe is None:  # the dense network with only this group's layer norms restricted
-                        probe = probes[g.name] = copy.deepcopy(dense)
-                        restrict_norms(probe, norms, kept)
+                    if probe[0] != g.name:  # the dense network with only this group's norms restricted
+                        probe = (None, None)  # one copy at a time
+                        probe = (g.name, copy.deepcopy(dense))
+                        restrict_norms(probe[1], norms, kept)
                     channels = g.group.channel_indices(kept)
-                    joint = collect_joint_moments(probe, dense, reader.reader, g.channels, loader, device=device)
+                    joint = collect_joint_moments(probe[1], dense, reader.reader, g.channels, loader, device=device)
                     if distributed:
                         all_reduce([joint])
                     fit_reader(
@@ -164,10 +165,10 @@ def prune(
                     ridge = compensation_ridge(cov, len(channels), reader.moments.samples)
                     fitted = None
                     if norms:  # no data: LN_K linearised about the dense moments
-                        if g.name not in probes:
+                        if g.name not in norm_of:
                             readers = [r.consumer for r in g.group.readers]
-                            probes[g.name] = reader_norms(dense, norms, readers, probe_input)
-                        norm = probes[g.name].get(reader.reader.consumer)
+                            norm_of[g.name] = reader_norms(dense, norms, readers, probe_input)
+                        norm = norm_of[g.name].get(reader.reader.consumer)
                         if norm is not None and reader.reader.groups == 1:
                             norm = dense.get_submodule(norm)
                             fitted = data_free_fit(cov, mean, norm, channels, reader.moments.samples)
