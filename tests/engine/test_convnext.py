@@ -389,3 +389,41 @@ def test_one_shot_without_data_fits_the_linearised_norm(analysed):
     dropped, data_free, from_data = error(compensate=False), error(), error(data=data)
     assert data_free < 0.5 * dropped
     assert data_free < 1.5 * from_data
+
+
+class PreNorm(nn.Module):
+    """x + fc(LN(x)): a pre-norm residual block whose stream is also read without a norm."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.norm(x))
+
+
+@pytest.mark.parametrize("mode", ["one-shot", "one-shot with data", "sequential"])
+def test_a_stream_read_with_and_without_a_layer_norm(mode):
+    """The last layer reads the stream itself (no norm): it is compensated as any stream reader,
+    the blocks' layers from their restricted norms; the functional and physical results agree."""
+    torch.manual_seed(0)
+    model = _randomise_norms(nn.Sequential(nn.Linear(6, 8), *[PreNorm(8) for _ in range(3)], nn.Linear(8, 3)).eval())
+    x = torch.randn(256, 6) @ torch.randn(6, 6)
+    data = TensorDataset(x, torch.zeros(256, dtype=torch.long))
+    analysis = api.analyze(model, data, batch_size=64)
+    stream = analysis.group("0")
+    assert sorted(stream_norms(model, stream.group)) == ["1.norm", "2.norm", "3.norm"]
+    assert [r.consumer for r in stream.group.readers] == ["1.fc", "2.fc", "3.fc", "4"]
+    kwargs = {"one-shot": {"sequential": False}, "one-shot with data": {"sequential": False, "data": data}}
+    kwargs = kwargs.get(mode, {"data": data})
+    exact = api.prune(model, analysis, analysis.plan(keep={}), **kwargs).model
+    assert float((_outputs(exact, data) - _outputs(model, data)).abs().max()) == 0.0
+    plan = analysis.plan(keep={"0": 6})
+    functional = api.prune(model, analysis, plan, physical=False, **kwargs).model
+    physical = api.prune(model, analysis, plan, **kwargs).model
+    torch.testing.assert_close(_outputs(physical, data), _outputs(functional, data), rtol=1e-5, atol=1e-6)
+    assert physical[1].norm.normalized_shape == (6,) and physical[4].in_features == 6
+    dropped = _outputs(api.prune(model, analysis, plan, compensate=False, sequential=False).model, data)
+    dense = _outputs(model, data)
+    assert float((_outputs(physical, data) - dense).pow(2).mean()) < float((dropped - dense).pow(2).mean())
