@@ -30,7 +30,10 @@ is refitted by least squares towards what the dense reader read,
     z ≈ c + A z'_K,    A = C_{z z'_K} C_{z'_K z'_K}⁻¹,    c = μ_z − A μ_{z'_K}
     W ← W A,  b ← b + W c
 
-(:func:`snp_engine.compensation.reconstruction`, the fit sequential calibration makes). z'_K is a
+(:func:`snp_engine.compensation.reconstruction`, the fit sequential calibration makes, with its
+ridge shrinking A towards I on K; C_{z'_K z'_K} has rank k − 1 at most, as the normalised entries of
+z'_K sum to zero, and the ridge settles that direction). A reader of the stream itself, with no
+norm in between (a pre-norm MLP's last layer), is a stream reader as in a ResNet. z'_K is a
 deterministic function of the layer norm's input y given K, so the joint moments of [z'_K; z] are
 taken with the kept channels' layer norm in place (:func:`restrict_norms`) on the network that is
 being pruned (sequential calibration: the partly pruned network, so the fit also absorbs what was
@@ -51,7 +54,9 @@ restricted in place by a forward hook (:func:`restrict_norms`): it normalises th
 only and writes zeros to the removed ones, which no reader reads any more. Physical removal
 (:func:`snp_engine.surgery.remove_units`, through torch-pruning) then deletes γ_P, β_P (and the
 producers' rows, the depthwise channels, the layer-scale entries, the readers' columns), and the
-shrunk layer norm computes LN_K exactly as the hook did.
+shrunk layer norm computes LN_K exactly as the hook did. Sequential calibration does not use its
+segment cache on such networks (:mod:`snp_engine.segments` assumes that nothing before the last
+fitted reader changes, and the restriction changes norms before later readers).
 """
 
 from __future__ import annotations
