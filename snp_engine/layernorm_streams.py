@@ -55,8 +55,9 @@ only and writes zeros to the removed ones, which no reader reads any more. Physi
 (:func:`snp_engine.surgery.remove_units`, through torch-pruning) then deletes γ_P, β_P (and the
 producers' rows, the depthwise channels, the layer-scale entries, the readers' columns), and the
 shrunk layer norm computes LN_K exactly as the hook did. Sequential calibration does not use its
-segment cache on such networks (:mod:`snp_engine.segments` assumes that nothing before the last
-fitted reader changes, and the restriction changes norms before later readers).
+segment cache on such networks: :mod:`snp_engine.segments` runs a traced graph node by node, in
+which a norm traced through (torchvision's ``LayerNorm2d`` is not a torch.nn leaf) never calls its
+hook, and its checks of what changed see parameters, not hooks.
 """
 
 from __future__ import annotations
