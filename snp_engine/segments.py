@@ -5,8 +5,9 @@ calibration image, r's input on the partly pruned network and on the dense one. 
 images each time (two forward passes up to r per reader), the early layers run once per reader.
 This module runs them once in all:
 
-* the network is traced with ``torch.fx`` (each reader a leaf call), so it can be run node by node
-  and started from any point;
+* the network is traced with ``torch.fx`` (each reader and each attention layer a leaf call), so it
+  can be run node by node and started from any point; a reader inside an attention layer (its
+  output projection) gets its input by running that layer up to it, from the cut before the layer;
 * for each batch it keeps the *cut* at the last reader asked for: the values of every node before
   that reader's call that a later node still uses (the reader's input, the skip connections and
   concatenated branches still open). The next reader's input is computed from that cut, running only
@@ -27,9 +28,11 @@ This module runs them once in all:
 The values are therefore the ones a full forward pass computes: the same operations on the same
 tensors, node for node (on CPU bit for bit; on a GPU with non-deterministic kernels, to the
 round-off those kernels already have from one pass to the next). Before the first use the traced
-graph is run once on two images against the module's own forward, outputs and every reader's input
-compared exactly; a network that does not trace, calls a reader twice or differs there is computed
-the previous way (see :func:`snp_engine.activations.collect_joint_folds`).
+graph is run on two random images against the module's own forward, the outputs and the input of
+every layer compared exactly; a network that does not trace, calls a reader twice, or whose graph
+fails or differs there is computed the previous way (see
+:func:`snp_engine.activations.collect_joint_folds`). Progress, cancelling (between batches) and
+the distributed shards are those of the passes it replaces: the loader is still read batch by batch.
 """
 
 from __future__ import annotations
