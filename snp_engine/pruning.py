@@ -180,6 +180,7 @@ def prune(
                     drop_columns(pruned, reader.reader, g.channels, g.group.channel_indices(kept))
             kept_now[g.name] = tuple(int(i) for i in kept.tolist())
             upstream_pruned = upstream_pruned or k < g.units
+        segments = None  # the cached activations are not needed for the removal
         if physical:
             reporter.update(0.99, "removing units")
             release_norms(pruned)  # removal shrinks the layer norms to the kept channels themselves
