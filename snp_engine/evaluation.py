@@ -45,13 +45,15 @@ def fidelity(
     batch_size: int = 256,
     device: str | torch.device | None = "cpu",
     distributed: bool = False,
+    sharded: bool = False,
 ) -> float:
     """Relative logit error ‖f̃(x) − f(x)‖ / ‖f(x)‖ over a dataset (0 = identical outputs).
 
     With ``distributed`` each ``torch.distributed`` process measures its shard of the dataset (image
-    i on process i mod N) and both sums of squares are added over the processes."""
+    i on process i mod N; ``sharded`` when ``data`` already is this process's shard) and both sums
+    of squares are added over the processes."""
     data = getattr(data, "test", data)
-    if distributed:
+    if distributed and not sharded:
         data = own_shard(data)
     loader = batches_of(data, batch_size=batch_size)
     device = resolve_device(device)

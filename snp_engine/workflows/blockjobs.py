@@ -22,15 +22,15 @@ import torch
 from torch.utils.data import Subset
 
 from snp_engine import api, blocks
-from snp_engine.activations import images_of, model_dtype
+from snp_engine.activations import model_dtype
 from snp_engine.blocks import BlockRemoval, BlockScore
-from snp_engine.distributed import sums
 from snp_engine.errors import SnpError
+from snp_engine.evaluation import fidelity
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import NO_CONSTRAINTS, Constraints
 from snp_engine.residual import Block, find_blocks
 from snp_engine.results import Pruned
-from snp_engine.runtime import DEFAULT_BATCH_SIZE, batches_of, resolve_device
+from snp_engine.runtime import DEFAULT_BATCH_SIZE, resolve_device
 from snp_engine.workflows.choices import AnalysisOptions, Compensation, PlanTarget
 from snp_engine.workflows.jobs import analyse, make_plan, prune
 from snp_engine.workflows.measuring import cost
@@ -414,19 +414,9 @@ def logit_error(
     :func:`snp_engine.api.fidelity`; with ``distributed`` ``data`` is this process's shard already
     (the calibration images) and both sums of squares Σ‖f̃(x) − f(x)‖², Σ‖f(x)‖² are added over the
     processes."""
-    device = resolve_device(device)
-    reference, candidate = reference.to(device).eval(), candidate.to(device).eval()
-    error = norm = 0.0
-    with torch.inference_mode():
-        for batch in batches_of(data, batch_size=batch_size):
-            images = images_of(batch).to(device)
-            a = reference(images.to(model_dtype(reference))).double()
-            b = candidate(images.to(model_dtype(candidate))).double()
-            error += float(((a - b) ** 2).sum())
-            norm += float((a**2).sum())
-    if distributed:
-        error, norm = sums([error, norm])
-    return (error / norm) ** 0.5 if norm > 0 else 0.0
+    return fidelity(
+        reference, candidate, data, batch_size=batch_size, device=device, distributed=distributed, sharded=True
+    )
 
 
 @dataclass(frozen=True)
