@@ -32,7 +32,14 @@ from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import AnalysisError, SnpError
 from snp_engine.groups import ExcludedGroup, find_groups
 from snp_engine.progress import Reporter, Scaled
-from snp_engine.ratios import NO_CONSTRAINTS, Constraints, keep_for_budget, keep_for_threshold, validate_keep
+from snp_engine.ratios import (
+    NO_CONSTRAINTS,
+    BudgetPath,
+    Constraints,
+    keep_for_budget,
+    keep_for_threshold,
+    validate_keep,
+)
 from snp_engine.results import GroupAnalysis, Plan, ReaderStatistics
 from snp_engine.runtime import (
     DEFAULT_BATCH_SIZE,
@@ -237,14 +244,27 @@ class Analysis:
                     raise SnpError(f"reduction must be in [0, 1), got {reduction}")
                 index = 1 if flops_reduction is not None else 0
                 target = self.cost()[index] * (1 - reduction)
+
+                def cost(k):
+                    return self.cost(k)[index]
+
+                def saving(k, name, new_k):
+                    return self.costs.saving(k, name, new_k)[index]
+
+                # one greedy removal path per (cost, rounding, rules), reused by later targets
+                paths = self.__dict__.setdefault("_budget_paths", {})
+                key = (index, round_to, rules)
+                if allocation == "greedy" and key not in paths:
+                    paths[key] = BudgetPath(curves, cost, round_to, 1, saving, rules)
                 counts, threshold = keep_for_budget(
                     curves,
-                    lambda k: self.cost(k)[index],
+                    cost,
                     target,
                     round_to=round_to,
                     allocation=allocation,
-                    saving=lambda k, name, new_k: self.costs.saving(k, name, new_k)[index],
+                    saving=saving,
                     constraints=rules,
+                    path=paths.get(key) if allocation == "greedy" else None,
                 )
         except ValueError as exc:
             raise SnpError(str(exc)) from None

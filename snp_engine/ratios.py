@@ -18,6 +18,7 @@ a group's own *round to N* keeps its count on multiples of N (or its full width)
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -230,10 +231,13 @@ def keep_for_budget(
     allocation: str = "greedy",
     saving: SavingFn | None = None,
     constraints: Constraints = NO_CONSTRAINTS,
+    path: BudgetPath | None = None,
 ) -> tuple[dict[str, int], float | None]:
     """Keep counts whose cost is at most ``target`` (absolute), and the threshold used (None for greedy).
 
-    ``saving`` (optional) prices one group's change directly, which makes greedy allocation fast.
+    ``saving`` (optional) prices one group's change directly, which makes greedy allocation fast;
+    ``path`` (a :class:`BudgetPath` for the same curves, costs, ``round_to``, ``min_units`` and
+    constraints) reuses the greedy removal made for earlier targets.
     Greedy is the default: it lost less accuracy than the global threshold in our benchmarks.
     Locked groups keep their count; the others never go below their minimum.
 
@@ -244,7 +248,7 @@ def keep_for_budget(
     if cost(smallest) > target:
         raise ValueError(_unreachable(curves, cost, target, smallest, constraints))
     if allocation == "greedy":
-        return _greedy_budget(curves, cost, target, round_to, min_units, saving, constraints), None
+        return _greedy_budget(curves, cost, target, round_to, min_units, saving, constraints, path), None
     if allocation != "threshold":
         raise ValueError(f"unknown allocation {allocation!r}; use 'threshold' or 'greedy'")
 
@@ -287,54 +291,98 @@ def _greedy_budget(
     min_units: int,
     saving: SavingFn | None = None,
     constraints: Constraints = NO_CONSTRAINTS,
+    path: BudgetPath | None = None,
 ) -> dict[str, int]:
     """Remove units one step (``round_to`` units) at a time from the group where the lost explained
-    variance per saved cost is smallest, until the budget is met. Marginal costs are refreshed lazily.
+    variance per saved cost is smallest, until the budget is met (:class:`BudgetPath`), then give
+    back what a coarse last step made room for (:func:`_refilled`)."""
+    path = path or BudgetPath(curves, cost, round_to, min_units, saving, constraints)
+    keep, current = path.keep_at(target)
+    return _refilled(curves, keep, current, target, max(round_to, 1), path.saving, constraints)
 
-    A group with its own round-to steps between multiples of it; a locked group never moves."""
-    keep = {name: constraints.of(name).locked or len(c) - 1 for name, c in curves.items()}
-    step = max(round_to, 1)
-    if saving is None:
 
-        def saving(keep, name, new_k):
-            return cost(keep) - cost({**keep, name: new_k})
+class BudgetPath:
+    """The greedy removal of :func:`keep_for_budget` as one sequence of steps, made as far as asked.
 
-    def lower(name: str, k: int) -> int:
-        rule = constraints.of(name)
+    Each step removes ``round_to`` units (a group's own rounding: to its next multiple) from the
+    group whose lost explained variance per saved cost is smallest; marginal costs are refreshed
+    lazily. Which step comes next never depends on the target, only on the curves, costs and rules,
+    so the plan for any budget is the longest prefix of the path that still costs more than it,
+    plus one step — and one path serves every target (a budget slider held down, a sweep). A locked
+    group never moves; no group goes below its minimum."""
+
+    def __init__(
+        self,
+        curves: Mapping[str, np.ndarray],
+        cost: CostFn,
+        round_to: int = 1,
+        min_units: int = 1,
+        saving: SavingFn | None = None,
+        constraints: Constraints = NO_CONSTRAINTS,
+    ) -> None:
+        self.curves, self.round_to, self.min_units, self.constraints = curves, round_to, min_units, constraints
+        if saving is None:
+
+            def saving(keep, name, new_k):
+                return cost(keep) - cost({**keep, name: new_k})
+
+        self.saving: SavingFn = saving
+        self.start = {name: constraints.of(name).locked or len(c) - 1 for name, c in curves.items()}
+        self._keep = dict(self.start)  # after every step made so far
+        self.steps: list[tuple[str, int]] = []
+        self.costs: list[float] = [cost(self._keep)]  # the cost after 0, 1, … steps
+        self._lowest = list(self.costs)  # their running minimum (a step may add cost: a new bias)
+        self._heap = [(p, name) for name in self._keep if (p := self._priority(name)) is not None]
+        heapq.heapify(self._heap)
+
+    def _lower(self, name: str, k: int) -> int:
+        rule = self.constraints.of(name)
         if rule.locked is not None:
             return k
-        floor = max(min_units, rule.min_units or 1)
+        floor = max(self.min_units, rule.min_units or 1)
         if rule.round_to is None:
-            return max(k - step, floor)
+            return max(k - max(self.round_to, 1), floor)
         below = (k - 1) // rule.round_to * rule.round_to  # the next multiple under k
-        return max(below, rule.lowest(len(curves[name]) - 1, min_units, round_to))
+        return max(below, rule.lowest(len(self.curves[name]) - 1, self.min_units, self.round_to))
 
-    def priority(name: str) -> float | None:
-        k = keep[name]
-        new_k = lower(name, k)
+    def _priority(self, name: str) -> float | None:
+        k = self._keep[name]
+        new_k = self._lower(name, k)
         if new_k >= k:
             return None
-        lost = float(curves[name][k] - curves[name][new_k])
-        saved = saving(keep, name, new_k)
+        lost = float(self.curves[name][k] - self.curves[name][new_k])
+        saved = self.saving(self._keep, name, new_k)
         return lost / saved if saved > 0 else np.inf
 
-    current = cost(keep)
-    heap = [(p, name) for name in keep if (p := priority(name)) is not None]
-    heapq.heapify(heap)
-    while current > target and heap:
-        stale, name = heapq.heappop(heap)
-        fresh = priority(name)
-        if fresh is None:
-            continue
-        if heap and fresh > heap[0][0] + 1e-15 and fresh != stale:
-            heapq.heappush(heap, (fresh, name))
-            continue
-        new_k = lower(name, keep[name])
-        current -= saving(keep, name, new_k)
-        keep[name] = new_k
-        if (p := priority(name)) is not None:
-            heapq.heappush(heap, (p, name))
-    return _refilled(curves, keep, current, target, step, saving, constraints)
+    def _extend(self, target: float) -> None:
+        """Make steps until the cost is at most ``target`` or no group can lose more."""
+        heap, keep = self._heap, self._keep
+        while self._lowest[-1] > target and heap:
+            stale, name = heapq.heappop(heap)
+            fresh = self._priority(name)
+            if fresh is None:
+                continue
+            if heap and fresh > heap[0][0] + 1e-15 and fresh != stale:
+                heapq.heappush(heap, (fresh, name))
+                continue
+            new_k = self._lower(name, keep[name])
+            self.costs.append(self.costs[-1] - self.saving(keep, name, new_k))
+            self._lowest.append(min(self._lowest[-1], self.costs[-1]))
+            keep[name] = new_k
+            self.steps.append((name, new_k))
+            if (p := self._priority(name)) is not None:
+                heapq.heappush(heap, (p, name))
+
+    def keep_at(self, target: float) -> tuple[dict[str, int], float]:
+        """The counts after the fewest steps that bring the cost to ``target`` or below (all steps
+        there are if none does), and that cost."""
+        self._extend(target)
+        steps = bisect.bisect_left(self._lowest, -target, key=lambda c: -c)  # the first cost ≤ target
+        steps = min(steps, len(self.steps))
+        keep = dict(self.start)
+        for name, k in self.steps[:steps]:
+            keep[name] = k
+        return keep, self.costs[steps]
 
 
 def _refilled(

@@ -348,3 +348,32 @@ def test_greedy_budget_gives_back_units_a_coarse_step_made_room_for():
     assert keep["coarse"] == 4 and cost(keep) <= 80
     # nothing more fits: the fine group has every unit back, or one more would exceed the budget
     assert keep["fine"] == 40 or cost({**keep, "fine": keep["fine"] + 1}) > 80
+
+
+def test_one_budget_path_gives_every_target_the_plan_of_its_own_greedy():
+    """The greedy removal's steps do not depend on the target: one BudgetPath, asked for targets in
+    any order, gives exactly the counts a fresh greedy gives each target alone."""
+    from snp_engine.ratios import BudgetPath
+
+    rng = np.random.default_rng(3)
+    curves = {}
+    for name, units in (("a", 12), ("b", 30), ("c", 7), ("d", 20)):
+        gains = np.sort(rng.random(units))[::-1]
+        curves[name] = np.concatenate([[0.0], np.cumsum(gains) / gains.sum()])
+    weight = {"a": 3.0, "b": 1.0, "c": 7.0, "d": 2.0}
+
+    def cost(keep):  # a chain a→b→c→d plus per-unit terms: products of neighbours' counts
+        return (
+            keep["a"] * keep["b"]
+            + keep["b"] * keep["c"]
+            + keep["c"] * keep["d"]
+            + sum(weight[n] * k for n, k in keep.items())
+        )
+
+    rules = Constraints({"c": GroupConstraint(round_to=2), "d": GroupConstraint(min_units=5)})
+    full = cost({n: len(c) - 1 for n, c in curves.items()})
+    path = BudgetPath(curves, cost, constraints=rules)
+    for share in (0.7, 0.2, 0.9, 0.45, 0.2, 0.6):
+        alone, _ = keep_for_budget(curves, cost, share * full, constraints=rules)
+        shared, _ = keep_for_budget(curves, cost, share * full, constraints=rules, path=path)
+        assert shared == alone and cost(shared) <= share * full
