@@ -286,20 +286,18 @@ def forward_greedy(
     if block is None:
         block = 1 if n <= EXACT_GREEDY_UNITS else GREEDY_BLOCK
     readers = [(cov, metric), *more]
-    if block > 1 and n > 1 and all(bool(torch.isfinite(c.sum())) for c, _ in readers):  # NaN/inf propagate
-        if factor is not None and factor.shape[0] < n:
-            return _blocked_greedy(readers, block, factor)
-        if metric is None and factor is not None:
-            readers[0] = (cov, factor.T @ factor)
-        return _blocked_greedy(readers, block)
+    blocked = block > 1 and n > 1 and all(bool(torch.isfinite(c.sum())) for c, _ in readers)  # NaN/inf propagate
+    if blocked and factor is not None and factor.shape[0] < n:
+        return _blocked_greedy(readers, block, factor)
     if metric is None and factor is not None:
         readers[0] = (cov, factor.T.to(cov) @ factor.to(cov))
-    return _exact_greedy(readers)
+    return _blocked_greedy(readers, block) if blocked else _exact_greedy(readers)
 
 
-def _reader_scales(weighteds: Sequence[torch.Tensor], several: bool) -> list[float]:
-    """1 / tr(M_r C_r) per reader when there are several (every reader's share counts), else 1."""
-    return [1.0 / max(float(torch.diagonal(w).sum()), 1e-300) if several else 1.0 for w in weighteds]
+def _reader_scales(totals: Sequence[float], several: bool) -> list[float]:
+    """1 / tr(M_r C_r) per reader (``totals``) when there are several (every reader's share
+    counts), else 1."""
+    return [1.0 / max(total, 1e-300) if several else 1.0 for total in totals]
 
 
 def _column_dots(a: torch.Tensor, b: torch.Tensor, rows: int = 512) -> torch.Tensor:
@@ -324,7 +322,7 @@ def _exact_greedy(readers: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -
         residual = regularised(c, ridge_for(c))
         residuals.append(residual)
         weighteds.append(residual.clone() if m is None else m.to(residual) @ residual)
-    scales = _reader_scales(weighteds, len(readers) > 1)
+    scales = _reader_scales([float(torch.diagonal(w).sum()) for w in weighteds], len(readers) > 1)
     n = residuals[0].shape[0]
     device = residuals[0].device
     remaining = torch.arange(n, device=device)  # original index of each row
@@ -378,7 +376,7 @@ class _Reader:
     def identity(self) -> bool:
         return self.kind == "identity"
 
-    def numerators(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def numerators(self, rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """N_j = s_jᵀ M s_j: (S ∘ W)1, or ‖W_j‖² for a factor (for ``rows`` of S, W if given)."""
         residual, weighted = (self.residual, self.weighted) if rows is None else rows
         return _row_dots(weighted, weighted) if self.kind == "factor" else _row_dots(residual, weighted)
@@ -440,14 +438,13 @@ def _blocked_greedy(
     explained and gain nothing; once every unit left is explained they follow in descending
     residual variance. Rows and columns of picked units are dropped from S₀, W₀ from time to time.
     """
-    several = len(readers) > 1
     states, totals = [], []
     for index, (c, m) in enumerate(readers):
         state, total = _reader_state(c, m, factor if index == 0 else None)
         states.append(state)
         totals.append(total)
-    for state, total in zip(states, totals, strict=True):
-        state.scale = 1.0 / max(total, 1e-300) if several else 1.0
+    for state, scale in zip(states, _reader_scales(totals, len(readers) > 1), strict=True):
+        state.scale = scale
     n = states[0].residual.shape[0]
     tolerance = GREEDY_TOLERANCE * sum(s.scale * t for s, t in zip(states, totals, strict=True)) / n
     device = states[0].residual.device
