@@ -4,7 +4,10 @@
 * A fixed-size model, or one whose size is recorded (an snp export, a demo network), runs at that size.
 * Any other model (torchvision CNNs, pickled or TorchScript modules) runs at the data's own size
   (npz arrays, a folder of same-sized images); if it cannot run that small, at the smallest
-  doubling of it that works. Without a size of the data's own (mixed-size folders), the model's.
+  doubling of it that works, and if no doubling works (a model that takes one size only), at the
+  model's own size. Without a size of the data's own (mixed-size folders), the model's.
+* A pickled or TorchScript model's own size is 224x224 if it runs there, else the smallest
+  common size it runs at (:func:`runnable_shape`).
 
 Whatever is adapted (size, a grey channel repeated) is said in one line.
 """
@@ -79,10 +82,30 @@ def resolve_input_shape(
     while not runs_at(model, (channels, *size)):
         size = (size[0] * 2, size[1] * 2)
         if size[0] > max(height, data_size[0]) or size[1] > max(width, data_size[1]):
-            return (channels, *data_size), None  # runs at no size: the forward check says why
+            # no doubling runs: a model that takes only one size (a flatten into a linear layer)
+            # runs at its own, else at no size and the forward check says why
+            if model_shape[1:] != data_size and runs_at(model, model_shape):
+                return model_shape, f"the model cannot run on {_size(data_size)} images"
+            return (channels, *data_size), None
     if size != data_size:
         return (channels, *size), f"the model cannot run on {_size(data_size)} images"
     return (channels, *size), None
+
+
+# Square sizes tried, smallest first, for a model that cannot run at the default 224x224 and does
+# not say which size it takes (a plain nn.Sequential with a flatten into a linear layer).
+PROBE_SIZES = (8, 16, 28, 32, 48, 56, 64, 96, 112, 128, 160, 192, 256, 299, 384, 512)
+
+
+def runnable_shape(model: nn.Module, shape: Shape) -> Shape:
+    """``shape`` when the model runs at it, else the first of :data:`PROBE_SIZES` it runs at
+    (``shape`` again when it runs at none of them: the forward check then says why)."""
+    if runs_at(model, shape):
+        return shape
+    for size in PROBE_SIZES:
+        if size != shape[1] and runs_at(model, (shape[0], size, size)):
+            return (shape[0], size, size)
+    return shape
 
 
 def fit_data(bundle: DataBundle, shape: Shape, reason: str | None) -> FittedData:

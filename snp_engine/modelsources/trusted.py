@@ -11,6 +11,7 @@ from torch import nn
 from snp_engine.architectures import LoadedModel
 from snp_engine.errors import ModelLoadError
 from snp_engine.headers import sniff_format
+from snp_engine.inputs import runnable_shape
 from snp_engine.modelsources.base import register, size_rule_of
 from snp_engine.modelsources.checkpoints import (
     bare_state_dict_error,
@@ -31,14 +32,14 @@ def load_file(spec: str, path: Path, trust: bool) -> LoadedModel:
     if kind == "torchscript":
         model = load_torchscript(path, trust)
         arch = f"torchscript:{getattr(model, 'original_name', 'module')}"
-        shape = default_input_shape(model)
+        shape = runnable_shape(model, default_input_shape(model))
         return LoadedModel(model, spec, arch, num_classes_of(model), shape, str(path), size_rule_of(model))
     refuse_unreadable(path, kind)
     obj = torch_load(path, trust)
     if isinstance(obj, nn.Module):
         model = obj.cpu().eval()
         arch = f"pickle:{type(model).__name__}"
-        shape = default_input_shape(model)
+        shape = runnable_shape(model, default_input_shape(model))
         return LoadedModel(model, spec, arch, num_classes_of(model), shape, str(path), size_rule_of(model))
     if isinstance(obj, Mapping):
         raise bare_state_dict_error(path)

@@ -370,3 +370,19 @@ def test_code_carrying_model_files_need_trust(name, model_files):
     code, out, err = run("info", "--model", str(model_files / name), "--json", "--quiet")
     assert code == 2 and "Traceback" not in err
     assert "--trust" in json.loads(out)["error"]
+
+
+def test_fixed_size_pickled_model_on_other_sized_data_is_resized_and_said(tmp_path):
+    """A plain nn.Sequential (flatten into a linear layer: 28x28 only) on 32x32 data runs at 28x28, in one note."""
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 3)
+    ).eval()
+    torch.save(net, tmp_path / "net.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((12, 1, 32, 32)).astype(np.float32), y=np.arange(12) % 3)
+    for command in ("info", "eval"):
+        data = () if command == "info" else ("--data", f"npz:{tmp_path / 'd.npz'}")
+        result = run_json(command, "--model", str(tmp_path / "net.pt"), "--trust", *data)
+        assert result["input_shape"] == [1, 28, 28]
+    assert len(result["notes"]) == 1 and "resized 32x32 -> 28x28" in result["notes"][0], result["notes"]
+    assert result["samples"] == 12

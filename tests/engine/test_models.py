@@ -149,3 +149,36 @@ def test_accuracy_topk_larger_than_classes():
     loader = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
     result = accuracy(model, loader, topk=(1, 5))
     assert result["top5"] == 100.0 and 0.0 <= result["top1"] <= 100.0
+
+
+def _fixed_size_net() -> torch.nn.Sequential:
+    """A plain CNN whose flatten feeds a linear layer: it runs at 28x28 and 29x29 only."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 14 * 14, 5),
+    ).eval()
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torchscript"])
+def test_fixed_size_file_model_gets_the_size_it_runs_at(tmp_path, kind):
+    """224x224 is only a default: a pickled or TorchScript model that cannot run there gets a size it runs at."""
+    path = tmp_path / "net.pt"
+    if kind == "pickle":
+        torch.save(_fixed_size_net(), path)
+    else:
+        torch.jit.script(_fixed_size_net()).save(str(path))
+    loaded = load_model(str(path), trust=True)
+    assert loaded.input_shape == (1, 28, 28) and loaded.num_classes == 5
+
+
+def test_fixed_size_model_runs_at_its_own_size_when_no_doubling_of_the_data_fits():
+    from snp_engine.inputs import ANY, resolve_input_shape
+
+    net = _fixed_size_net()
+    for data_size in ((32, 32), (8, 8)):  # doublings of 8 skip 28 and 29
+        shape, reason = resolve_input_shape(net, (1, 28, 28), ANY, data_size)
+        assert shape == (1, 28, 28) and f"cannot run on {data_size[0]}x{data_size[1]}" in reason
+    assert resolve_input_shape(net, (1, 28, 28), ANY, (29, 29)) == ((1, 29, 29), None)  # runs there: kept
