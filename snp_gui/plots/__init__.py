@@ -7,16 +7,19 @@ They are re-exported here lazily so that the submodules can import the helpers b
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtGui import QColor, QPainter, QPalette, QPen, QPicture
+from PySide6.QtWidgets import QGraphicsItem, QStyleOptionGraphicsItem, QWidget
 
 __all__ = [
     "CurvesWidget",
     "HistoryPlot",
+    "PlotViewBox",
     "SweepPlot",
     "UnitMarker",
     "apply_palette",
@@ -106,7 +109,43 @@ class EdgeAxis(pg.AxisItem):
 
     With a grid, pyqtgraph clips tick labels to the axis and plot area, so on a short plot the label
     of the top tick, half above the view, was dropped.
+
+    With a grid the axis's bounding rectangle covers the whole plot, so a marker moved inside the plot
+    repaints the axis too: its tick labels are recorded apart from its lines and replayed only where
+    the part to repaint reaches them (the lines, grid included, are replayed as before).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._texts: QPicture | None = None  # the tick labels, recorded with the lines' picture
+        self._text_rect = QRectF()
+        super().__init__(*args, **kwargs)
+        # so that option.exposedRect is the part to repaint, not the whole bounding rectangle
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
+        self.label_paints = 0  # paints that replayed the tick labels (read by the tests)
+
+    def drawPicture(self, p: QPainter, axisSpec: Any, tickSpecs: Any, textSpecs: Any) -> None:
+        super().drawPicture(p, axisSpec, tickSpecs, [])
+        texts = QPicture()
+        painter = QPainter(texts)
+        try:  # as AxisItem.paint starts its picture, then the text part of AxisItem.drawPicture
+            if self.style["tickFont"]:
+                painter.setFont(self.style["tickFont"])
+            super().drawPicture(painter, (QPen(Qt.PenStyle.NoPen), axisSpec[1], axisSpec[2]), [], textSpecs)
+        finally:
+            painter.end()
+        self._texts = texts
+        self._text_rect = QRectF()
+        for rect, _flags, _text in textSpecs:
+            self._text_rect |= QRectF(rect)
+        self._text_rect.adjust(-4.0, -4.0, 4.0, 4.0)  # glyphs may reach a little past their boxes
+
+    def paint(self, p: QPainter, opt: QStyleOptionGraphicsItem, widget: QWidget | None) -> None:
+        if self.picture is None:  # stale: both pictures are recorded again (drawPicture), or neither is
+            self._texts = None
+        super().paint(p, opt, widget)  # the lines
+        if self._texts is not None and opt.exposedRect.intersects(self._text_rect):
+            self.label_paints += 1
+            self._texts.play(p)
 
     def boundingRect(self) -> QRectF:
         rect = super().boundingRect()
@@ -116,9 +155,56 @@ class EdgeAxis(pg.AxisItem):
         return rect.adjusted(-2 * margin, 0.0, 2 * margin, 0.0)
 
 
+class PlotViewBox(pg.ViewBox):
+    """A view box whose auto range does not repaint the whole plot when nothing about the range changed.
+
+    pyqtgraph's view box answers a change of any item in it (a marker moved, a curve's pen) by marking
+    its auto range stale and updating itself, i.e. its whole area, so that the range is recomputed
+    before the next paint: dragging a marker by one unit repainted every curve, line and grid line of
+    the plot instead of the strips the marker left and entered. Here the range is recomputed by a
+    queued call, which Qt delivers before the (low-priority) repaint; a range that changes repaints
+    the plot through the new view transform as before, one that does not repaints nothing more than
+    the changed items themselves. Items added with ``ignoreBounds`` do not count for the range, so
+    their changes are not even passed on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # set before the base class, whose constructor already adds items and queues a range update
+        self._unbounded: weakref.WeakSet = weakref.WeakSet()
+        self._range_queued = False
+        super().__init__(*args, **kwargs)
+
+    def addItem(self, item: Any, ignoreBounds: bool = False) -> None:
+        if ignoreBounds:
+            self._unbounded.add(item)
+        else:
+            self._unbounded.discard(item)
+        super().addItem(item, ignoreBounds=ignoreBounds)
+
+    def removeItem(self, item: Any) -> None:
+        self._unbounded.discard(item)
+        super().removeItem(item)
+
+    def itemBoundsChanged(self, item: Any) -> None:
+        if item in self._unbounded:
+            return  # it does not count for the auto range, so the range cannot have changed
+        super().itemBoundsChanged(item)
+
+    def queueUpdateAutoRange(self) -> None:
+        self._autoRangeNeedsUpdate = True
+        if not self._range_queued:
+            self._range_queued = True
+            QTimer.singleShot(0, self, self._settle_range)  # dropped with the view box if it goes first
+
+    def _settle_range(self) -> None:
+        self._range_queued = False
+        if self._autoRangeNeedsUpdate:
+            self.updateAutoRange()  # (prepareForPaint still does it where a paint comes first)
+
+
 def make_plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     """A plot with a faint grid, axis labels and no auto-range button (ranges are managed by the owner)."""
-    plot = pg.PlotWidget(axisItems={side: EdgeAxis(side) for side in ("left", "bottom")})
+    plot = pg.PlotWidget(viewBox=PlotViewBox(), axisItems={side: EdgeAxis(side) for side in ("left", "bottom")})
     item = plot.getPlotItem()
     item.setTitle(title or None)  # None leaves no empty title row
     item.showGrid(x=True, y=True, alpha=0.2)

@@ -20,7 +20,16 @@ from PySide6.QtGui import QColor, QKeyEvent
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
 from snp_gui.plots import UnitMarker, apply_palette, muted, series_colours, units_at
-from snp_gui.plots.series import ReadoutLabel, Series, curve_plot, hidden_item, nearest, plot_column, readout
+from snp_gui.plots.series import (
+    Curve,
+    ReadoutLabel,
+    Series,
+    curve_plot,
+    hidden_item,
+    nearest,
+    plot_column,
+    readout,
+)
 
 HINT = "Hover to read a curve · drag a marker or press ←/→ to change the units kept · click a curve to focus it"
 LEGEND_LIMIT = 16  # beyond this many groups the legend hides most of the plot, so it starts hidden
@@ -84,7 +93,7 @@ class CurvesWidget(QWidget):
         self.hover_dot = hidden_item(pg.ScatterPlotItem(size=9), 20)
         self.overlay_readout = ReadoutLabel(HINT)
         self.focus = curve_plot("")
-        self.focus_curve = pg.PlotDataItem(antialias=True)
+        self.focus_curve = Curve(antialias=True)
         self.focus_marker = hidden_item(UnitMarker(1), 10)
         self.focus_marker.setToolTip("Drag to change how many units this layer keeps")
         self.focus_marker.sigPositionChanged.connect(lambda line: self._marker_moved(self._selected, line))
@@ -220,12 +229,12 @@ class CurvesWidget(QWidget):
         """The overlay marker of group ``name``."""
         return self._series[name].marker
 
-    def curve(self, name: str) -> pg.PlotDataItem:
+    def curve(self, name: str) -> Curve:
         """The overlay curve of group ``name``."""
         return self._series[name].curve
 
     def _add_series(self, name: str, values: np.ndarray, colour: QColor) -> Series:
-        curve = pg.PlotDataItem(antialias=True)  # unnamed: legend entries are added only when it is shown
+        curve = Curve(antialias=True)  # unnamed: legend entries are added only when it is shown
         curve.setCurveClickable(True, width=8)
         curve.sigClicked.connect(partial(self._curve_clicked, name))
         marker = UnitMarker(len(values) - 1, self._fraction)

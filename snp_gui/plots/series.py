@@ -3,14 +3,98 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPaintEvent
-from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QLabel, QSizePolicy, QStyleOptionGraphicsItem, QVBoxLayout, QWidget
 
 from snp_gui.plots import UnitMarker, make_plot, units_at
+
+STRIP_SHARE = 0.5  # a curve exposed over less than this share of its width strokes only the exposed part
+
+
+class StripCurve(pg.PlotCurveItem):
+    """A curve over increasing x that strokes only the part of it that Qt asks to repaint.
+
+    A marker moved by one unit exposes two thin strips of the plot, and every curve crossing them is
+    painted again; pyqtgraph strokes the whole path (thousands of antialiased points for a wide
+    layer) and lets the clip throw away all but a few pixels. Here the points inside the exposed
+    strip, widened by the pen and one point on either side, are stroked instead: inside the clip
+    that gives the same pixels, since the segments left out lie wholly outside it. Curves with a
+    fill, a shadow, steps, a non-solid pen, or an exposed part of more than :data:`STRIP_SHARE` of
+    their width are drawn by pyqtgraph as they are.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # so that option.exposedRect is the part to repaint, not the whole bounding rectangle
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
+        self.strips = 0  # paints that stroked only part of the curve (read by the tests)
+        self._increasing: tuple[object, bool] = (None, False)
+
+    def _x_increases(self) -> bool:
+        x = self.xData
+        if self._increasing[0] is not x:  # checked once for each array the curve is given
+            self._increasing = (x, x is not None and len(x) > 1 and bool(np.all(np.diff(x) > 0)))
+        return self._increasing[1]
+
+    def paint(self, p: QPainter, opt: QStyleOptionGraphicsItem, widget: QWidget | None) -> None:
+        part = self._exposed_part(opt)
+        if part is None:
+            super().paint(p, opt, widget)
+            return
+        self.strips += 1
+        first, stop = part
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, bool(self.opts["antialias"]))
+        if self.opts["compositionMode"] is not None:
+            p.setCompositionMode(self.opts["compositionMode"])
+        p.setPen(self.opts["pen"])
+        p.drawPath(pg.arrayToQPath(self.xData[first:stop], self.yData[first:stop]))
+
+    def _exposed_part(self, opt: QStyleOptionGraphicsItem) -> tuple[int, int] | None:
+        """``first, stop``: the points to stroke for ``opt.exposedRect``; None to draw the whole curve."""
+        pen, opts = self.opts["pen"], self.opts
+        plain = (
+            self._exportOpts is False
+            and opts["fillLevel"] is None
+            and opts["shadowPen"] is None
+            and not opts["stepMode"]
+            and opts["connect"] in ("all", "auto")
+            and pen is not None
+            and pen.style() == Qt.PenStyle.SolidLine
+            and pen.isCosmetic()
+            and not self._shouldUseDrawLineSegments(pen)
+        )
+        if not plain or not self._x_increases():
+            return None
+        x = self.xData
+        exposed, width = opt.exposedRect, float(x[-1] - x[0])
+        if exposed.width() >= STRIP_SHARE * width:
+            return None
+        pixel = self.pixelWidth()  # x units per device pixel
+        if not np.isfinite(pixel) or pixel <= 0:
+            return None
+        margin = (pen.widthF() + 2.0) * pixel  # the stroke reaches half a pen width past its points
+        first = max(int(np.searchsorted(x, exposed.left() - margin, side="left")) - 1, 0)
+        stop = min(int(np.searchsorted(x, exposed.right() + margin, side="right")) + 1, len(x))
+        return (first, stop) if stop - first >= 2 else None
+
+
+class Curve(pg.PlotDataItem):
+    """A :class:`pyqtgraph.PlotDataItem` drawn by a :class:`StripCurve`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain = self.curve
+        plain.sigClicked.disconnect(self.sigClicked)
+        plain.setParentItem(None)
+        self.curve = StripCurve()
+        self.curve.setParentItem(self)
+        self.curve.sigClicked.connect(self.sigClicked)
+        self.updateItems(styleUpdate=True)
 
 
 @dataclass
@@ -19,7 +103,7 @@ class Series:
 
     values: np.ndarray
     colour: QColor
-    curve: pg.PlotDataItem
+    curve: Curve
     marker: UnitMarker
     word: str = "units"  # what a unit is: "heads" for an attention layer
 
