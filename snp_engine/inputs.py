@@ -9,7 +9,8 @@
 * A pickled or TorchScript model's own size is 224x224 if it runs there, else the smallest
   common size it runs at (:func:`runnable_shape`).
 
-Whatever is adapted (size, a grey channel repeated) is said in one line.
+Whatever is adapted (size, a grey channel repeated, and what the source changed while reading) is
+said in one line.
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ def fit_data(bundle: DataBundle, shape: Shape, reason: str | None) -> FittedData
         before = _size(bundle.image_size) if bundle.image_size else "mixed sizes"
         changes.append(f"resized {before} -> {height}x{width}" + (f" ({reason})" if reason else ""))
     fitted = adapt_to_model(bundle, channels, (height, width))
-    note = f"{bundle.name}: images adapted to the model's {channels}x{height}x{width} input: " + ", ".join(changes)
-    return FittedData(fitted, shape, note if changes else None)
+    parts = list(bundle.adapted)
+    if changes:
+        parts.append(f"images adapted to the model's {channels}x{height}x{width} input: " + ", ".join(changes))
+    return FittedData(fitted, shape, f"{bundle.name}: " + "; ".join(parts) if parts else None)
 
 
 def _size(size: tuple[int, int]) -> str:

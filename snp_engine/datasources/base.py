@@ -31,7 +31,8 @@ class DataBundle:
     has no separate test part, so ``test`` *is* the calibration data (accuracies are then labelled
     as measured on the calibration data). ``image_size`` is ``None`` for a folder of mixed sizes.
     ``retarget`` (folders) decodes the files again at another size instead of resampling tensors.
-    ``skipped`` counts image files that could not be read and were left out.
+    ``skipped`` counts image files that could not be read and were left out. ``adapted`` says, in
+    a few words each, what the source changed while reading (a layout transposed, pixels scaled).
     """
 
     name: str
@@ -44,6 +45,7 @@ class DataBundle:
     skipped: int = 0
     classes: tuple[str, ...] | None = None
     held_out: bool = True
+    adapted: tuple[str, ...] = ()
     retarget: Retarget | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property

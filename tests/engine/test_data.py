@@ -116,8 +116,14 @@ def test_npz_with_train_and_test_keys(tmp_path):
     ("arrays", "expected"),
     [
         ({"x": np.zeros((4, 1, 2, 2), np.float32)}, "missing key y"),
-        ({"x": np.zeros((4, 2, 2), np.float32), "y": np.zeros(4, np.int64)}, "expected (N, C, H, W)"),
-        ({"x": np.zeros((4, 1, 2, 2), np.uint8), "y": np.zeros(4, np.int64)}, "dtype uint8"),
+        ({"x": np.zeros((4, 4), np.float32), "y": np.zeros(4, np.int64)}, "expected (N, C, H, W)"),
+        ({"x": np.zeros((4, 1, 2, 2, 1), np.float32), "y": np.zeros(4, np.int64)}, "expected (N, C, H, W)"),
+        ({"x": np.zeros((4, 1, 2, 2), np.int32), "y": np.zeros(4, np.int64)}, "dtype int32"),
+        ({"x": np.zeros((4, 1, 2, 2), bool), "y": np.zeros(4, np.int64)}, "dtype bool"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.array([0.0, 1.5, 2.0, 1.0])}, "dtype float64"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.zeros((4, 2), np.int64)}, "'y' has shape (4, 2)"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.array([0, 1, -1, 2])}, "negative labels"),
+        ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.array(["-1", "0", "1", "2"])}, "negative labels"),
         ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.array([0, 1, -1, 2])}, "negative labels"),
         ({"x": np.zeros((4, 1, 2, 2), np.float32), "y": np.zeros(3, np.int64)}, "'y' has shape (3,)"),
     ],
@@ -128,6 +134,82 @@ def test_npz_errors_name_the_file(tmp_path, arrays, expected):
         load_data(spec)
     assert "broken_data.npz" in str(info.value)
     assert expected in str(info.value)
+
+
+def _xy(bundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibration images and labels in file order (the split is shuffled)."""
+    order = np.argsort(bundle.calibration.indices)
+    images, labels = _all(bundle.calibration)
+    return images[order], labels[order]
+
+
+def test_npz_other_image_layouts_and_uint8_pixels(tmp_path):
+    """Channels-last arrays, (N, H, W) grey images and uint8 pixels are read, and each is noted."""
+    from snp_engine.data import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (6, 5, 7, 3), dtype=np.uint8)  # N, H, W, C
+    labels = np.arange(6) % 2
+    bundle = load_data(_write_npz(tmp_path / "u8.npz", x=pixels, y=labels))
+    images, read = _xy(bundle)
+    expected = (pixels.transpose(0, 3, 1, 2) / 255.0 - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[
+        :, None, None
+    ]
+    assert bundle.channels == 3 and bundle.image_size == (5, 7)
+    assert np.allclose(images.numpy(), expected, atol=1e-6) and read.tolist() == labels.tolist()
+    assert any("channels-last" in a for a in bundle.adapted) and any("uint8" in a for a in bundle.adapted)
+
+    grey = rng.standard_normal((6, 5, 7)).astype(np.float32)  # N, H, W
+    bundle = load_data(_write_npz(tmp_path / "grey.npz", x=grey, y=labels))
+    images, _ = _xy(bundle)
+    assert bundle.channels == 1 and torch.equal(images[:, 0], torch.from_numpy(grey))
+    assert len(bundle.adapted) == 1 and "(N, H, W)" in bundle.adapted[0]
+
+    plain = rng.standard_normal((6, 3, 5, 7)).astype(np.float32)  # already N, C, H, W: untouched
+    assert load_data(_write_npz(tmp_path / "plain.npz", x=plain, y=labels)).adapted == ()
+
+
+@pytest.mark.parametrize(
+    ("y", "said"),
+    [
+        (np.array([2, 0, 1, 2])[:, None], "(N, 1)"),
+        (np.eye(3, dtype=np.float32)[[2, 0, 1, 2]], "one-hot"),
+        (np.array(["2", "0", "1", "2"]), "numeric string"),
+    ],
+    ids=["column", "one-hot", "numeric-strings"],
+)
+def test_npz_label_forms_read_as_class_indices(tmp_path, y, said):
+    bundle = load_data(_write_npz(tmp_path / "d.npz", x=np.zeros((4, 1, 2, 2), np.float32), y=y))
+    assert _xy(bundle)[1].tolist() == [2, 0, 1, 2] and bundle.num_classes == 3
+    assert len(bundle.adapted) == 1 and said in bundle.adapted[0]
+
+
+def test_npz_label_names_are_numbered_in_sorted_order_over_both_splits(tmp_path):
+    """Names in sorted order, like folder names; a name only in the test part still gets its own index."""
+    x = np.zeros((3, 1, 2, 2), np.float32)
+    spec = _write_npz(
+        tmp_path / "d.npz",
+        x_train=x,
+        y_train=np.array(["dog", "cat", "dog"]),
+        x_test=x,
+        y_test=np.array(["emu", "cat", "dog"]),
+    )
+    bundle = load_data(spec)
+    assert bundle.classes == ("cat", "dog", "emu") and bundle.num_classes == 3
+    assert _all(bundle.test)[1].tolist() == [2, 0, 1]
+    assert sorted(_all(bundle.train)[1].tolist()) == [0, 1, 1]
+    assert any("cat=0" in a for a in bundle.adapted)
+
+
+def test_npz_conversions_are_said_in_the_one_note(tmp_path):
+    from snp_engine.inputs import fit_data
+
+    pixels = np.zeros((4, 8, 8, 1), np.uint8)
+    bundle = load_data(_write_npz(tmp_path / "d.npz", x=pixels, y=np.arange(4) % 2))
+    note = fit_data(bundle, (3, 16, 16), None).note
+    assert "channels-last" in note and "uint8" in note and "repeated to 3" in note and "-> 16x16" in note
+    assert "\n" not in note
+    assert "uint8" in fit_data(bundle, (1, 8, 8), None).note  # nothing else to adapt: still said
 
 
 def test_npz_missing_file(tmp_path):
