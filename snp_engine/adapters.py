@@ -6,6 +6,8 @@ follows, and puts the originals back afterwards:
 
 - attention layers that run their projections as bare parameters (Swin's window attention), see
   :func:`snp_engine.heads.explicit_attention`;
+- MaxViT's partition attention, whose chunk and einsum over 4-D tokens torch-pruning's index
+  mapping cannot follow, see :mod:`snp_engine.partition_attention`;
 - ShuffleNetV2's channel shuffle, written as view → transpose → view (a reshape torch-pruning's
   index mapping divides by zero on), becomes the same permutation as one ``index_select``: channel
   c·g + i of the shuffled map is channel i·(C/g) + c of the input, for g groups of C/g channels.
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from snp_engine.heads import explicit_attention
+from snp_engine.partition_attention import traceable_partition_attention
 
 
 def shuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -55,7 +58,7 @@ def traceable(model: nn.Module) -> Iterator[None]:
     for block in blocks:
         block.forward = types.MethodType(_shuffle_block_forward, block)
     try:
-        with explicit_attention(model, multihead=False):
+        with explicit_attention(model, multihead=False), traceable_partition_attention(model):
             yield
     finally:
         for block in blocks:

@@ -388,7 +388,9 @@ def _describe_blockers(blockers: list[str]) -> str:
     followed by the layers involved where the operation is a layer."""
     described, layers = [], []
     for blocker in blockers:
-        words = next((text for key, text in _BLOCKER_WORDS if key.lower() in blocker.lower()), None)
+        # a layer is known by its kind, not its name ("grid_attention.mlp_layer.0 (LayerNorm)" is a norm)
+        kind = blocker.split(" (", 1)[1] if " (" in blocker else blocker
+        words = next((text for key, text in _BLOCKER_WORDS if key.lower() in kind.lower()), None)
         if words is None:  # "layer (Kind)" or a bare op name
             kind = blocker.split(" (")[1].rstrip(")") if " (" in blocker else blocker
             words = f"a {kind} operation"

@@ -24,7 +24,9 @@ not as a module, and cannot hold fewer heads than its embedding allows; while st
 taken, :func:`explicit_attention` swaps in :class:`HeadAttention` (the same computation, written
 out, sharing the same parameters), and pruned layers become :class:`HeadAttention` for good. timm's
 ``Attention`` (ViT, DeiT) calls its projection ``proj`` as a module and already supports any head
-count; it is pruned in place.
+count; it is pruned in place. MaxViT's partition attention (projections ``to_qkv`` and ``merge``,
+a bias-table column per head) becomes :class:`~snp_engine.partition_attention.PartitionHeadAttention`
+when it loses heads.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snp_engine.partition_attention import PartitionHeadAttention, is_partition_attention
 from snp_engine.subspace import block_units
 
 
@@ -328,7 +331,7 @@ def _why_not(module: nn.Module) -> str | None:
             return "attention whose heads share a normalisation"
         if getattr(module, "gate", None) is not None:
             return "gated attention"
-    if module.num_heads < 2:
+    if _heads(module) < 2:
         return "attention with a single head"
     return None
 
@@ -345,7 +348,25 @@ def _attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         or _is_timm_attention(m)
         or _is_timm_window_attention(m)
         or _is_window_attention(m)
+        or is_partition_attention(m)
     ]
+
+
+def _heads(module: nn.Module) -> int:
+    """The head count of an attention layer (MaxViT's is ``n_heads``)."""
+    return int(module.n_heads if is_partition_attention(module) else module.num_heads)
+
+
+def _qkv_name(module: nn.Module) -> str | None:
+    """The name, within the layer, of its fused q/k/v linear layer called as a module (None: bare
+    parameters, as torchvision's :class:`nn.MultiheadAttention`)."""
+    if is_partition_attention(module):
+        return "to_qkv"
+    return "qkv" if _fused(module) else None
+
+
+def _qkv_layer(module: nn.Module) -> nn.Linear:
+    return module.to_qkv if is_partition_attention(module) else module.qkv
 
 
 def _fused(module: nn.Module) -> bool:
@@ -367,6 +388,8 @@ def _head_dim(module: nn.Module) -> int:
 
 def output_projection(name: str, module: nn.Module) -> str:
     """The module name of an attention layer's output projection (its heads' reader)."""
+    if is_partition_attention(module):
+        return f"{name}.merge"
     return f"{name}.proj" if _fused(module) else f"{name}.out_proj"
 
 
@@ -387,14 +410,15 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every multi-head attention layer of ``model`` (torchvision, timm, or already pruned by snp)."""
     found = []
     for name, module in _attention_layers(model):
+        qkv = _qkv_name(module)
         found.append(
             AttentionLayer(
                 name,
-                int(module.num_heads),
+                _heads(module),
                 _head_dim(module),
                 output_projection(name, module),
                 _why_not(module),
-                f"{name}.qkv" if _fused(module) else None,
+                f"{name}.{qkv}" if qkv else None,
             )
         )
     return found
@@ -466,7 +490,7 @@ def _keep_per_head(target: nn.Module, source: nn.Module, heads_kept: torch.Tenso
 def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
     """Physically delete the heads ``removed`` of the attention layer ``name`` (in place)."""
     module = model.get_submodule(name)
-    heads, width = int(module.num_heads), _head_dim(module)
+    heads, width = _heads(module), _head_dim(module)
     kept = [h for h in range(heads) if h not in set(int(i) for i in removed)]
     if not kept:
         raise ValueError(f"{name}: an attention layer keeps at least one head")
@@ -479,6 +503,14 @@ def remove_heads(model: nn.Module, name: str, removed: Sequence[int]) -> None:
         module.num_heads = len(kept)
         if _is_timm_attention(module):
             module.attn_dim = len(kept) * width
+        return
+    if is_partition_attention(module):  # MaxViT: the explicit form, with its own smaller layers
+        smaller = PartitionHeadAttention.sharing(module)
+        smaller.to_qkv = _smaller_linear(module.to_qkv, rows, None)
+        smaller.merge = _smaller_linear(module.merge, None, columns)
+        _keep_per_head(smaller, module, heads_kept)
+        smaller.n_heads = len(kept)
+        _replace(model, name, smaller)
         return
     if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
         smaller = _window_form(module).sharing(module)  # then its own, smaller layers and per-head parameters
@@ -515,8 +547,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def value_l1(model: nn.Module, name: str) -> torch.Tensor:
     """L1 norm of each head's value-projection rows (the filters that produce the head's output)."""
     module = model.get_submodule(name)
-    heads, width = int(module.num_heads), _head_dim(module)
-    weight = module.qkv.weight if _fused(module) else module.in_proj_weight
+    heads, width = _heads(module), _head_dim(module)
+    weight = _qkv_layer(module).weight if _qkv_name(module) else module.in_proj_weight
     values = weight.detach()[2 * heads * width : 3 * heads * width]
     return values.abs().reshape(heads, -1).sum(1).double()
 
@@ -525,8 +557,11 @@ def product_macs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[flo
     """(q/k/v projection MACs, attention product MACs) of one call on one sample, all heads: the
     projection reads E channels per token and writes 3·H·d; q kᵀ and softmax(·) v cost 2·T·S·H·d for
     T query and S key tokens (Swin: each of the padded map's tokens attends within its window)."""
-    inner = int(module.num_heads) * _head_dim(module)
+    inner = _heads(module) * _head_dim(module)
     x = inputs[0]
+    if is_partition_attention(module):  # MaxViT: (B, G, P, D), each of the G partitions a sequence
+        sequences, tokens = x.shape[0] * x.shape[1], x.shape[2]
+        return float(sequences * tokens * x.shape[-1] * 3 * inner), float(2 * sequences * tokens * tokens * inner)
     if _is_window_attention(module) or isinstance(module, WindowHeadAttention):
         window = module.window_size
         height = -(-x.shape[1] // window[0]) * window[0]
@@ -557,8 +592,9 @@ def projection(model: nn.Module, name: str) -> tuple[str, int, bool]:
     ``qkv`` linear layer (a module that forward hooks see), or torchvision's ``in_proj_weight`` and
     bias (bare parameters: their count is returned)."""
     module = model.get_submodule(name)
-    if _fused(module):
-        return f"{name}.qkv", 0, True
+    qkv = _qkv_name(module)
+    if qkv:
+        return f"{name}.{qkv}", 0, True
     params = module.in_proj_weight.numel() + (module.in_proj_bias.numel() if module.in_proj_bias is not None else 0)
     return f"{name}.in_proj", params, False
 
