@@ -4,9 +4,10 @@ Two gloo processes analyse demo-vgg's digits calibration images with ``api.analy
 distributed=True)`` in batches of ``--batch-size``, sharded two ways, and every group's summed
 covariance is compared with one process reading all images in the same batch size:
 
-    strided    image i on process i mod N (what ``snp … --distributed`` does): a process's batch
-               holds other images than any batch of one process
-    batches    one process's batch k on process k mod N: every batch is one of one process's
+    strided    image i on process i mod N: a process's batch holds other images than any batch
+               of one process
+    batches    one process's batch k on process k mod N (what ``snp … --distributed`` does):
+               every batch is one of one process's
 
     python benchmarks/distributed_shards.py      # writes docs/benchmarks/distributed_shards.json
 """

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from snp_engine.distributed import Numbering
+from snp_engine.distributed import numbering as numbers_of
 from snp_engine.groups import Reader, UnitGroup
 from snp_engine.heads import explicit_attention
 from snp_engine.progress import Reporter
@@ -46,6 +48,11 @@ def _subsample(samples: torch.Tensor, layout: str, max_positions: int | None, im
     return samples[keep.to(samples.device)]
 
 
+def batch_seed(seed: int, first_image: int) -> int:
+    """The seed of the positions drawn for the batch whose first image is ``first_image`` of the set."""
+    return (seed * 1_000_003 + first_image) % (1 << 63)
+
+
 def collect_moments(
     model: nn.Module,
     groups: list[UnitGroup],
@@ -60,7 +67,11 @@ def collect_moments(
     """One pass over ``batches``: the moments of every reader's input, keyed by (group name,
     reader's module name) — a layer behind a concatenation reads several groups, each its own
     slice — and each reader's input shape (without the batch dimension, from the first batch),
-    keyed by the reader's module name."""
+    keyed by the reader's module name.
+
+    ``max_positions`` positions per image are drawn batch by batch from ``seed`` and the number in
+    the whole set of the batch's first image (:func:`~snp_engine.distributed.numbering`), so a
+    process reading a shard of whole batches draws what one process reading every image draws."""
     reporter = reporter or Reporter()
     readers = [(g, reader) for g in groups for reader in g.readers]
     moments = {(g.name, reader.consumer): Moments.zeros(g.channels, device) for g, reader in readers}
@@ -81,9 +92,14 @@ def collect_moments(
     try:
         model.eval()
         with torch.inference_mode(), explicit_attention(model):
+            numbered, seen = numbers_of(batches), 0
             for index, batch in enumerate(batches):
                 reporter.check()
-                model(images_of(batch).to(device))
+                images = images_of(batch)
+                if max_positions is not None:
+                    gen.manual_seed(batch_seed(seed, int(numbered.of(seen, 1)[0])))
+                model(images.to(device))
+                seen += images.shape[0]
                 done = f"batch {index + 1}" + (f"/{total_batches}" if total_batches else "")
                 reporter.update((index + 1) / total_batches if total_batches else 0.0, f"statistics: {done}")
     finally:
@@ -115,22 +131,25 @@ def collect_joint_folds(
     batches: Iterable,
     *,
     folds: int,
-    first_image: int = 0,
-    image_step: int = 1,
+    numbering: Numbering | None = None,
     device: torch.device | str = "cpu",
     reporter: Reporter | None = None,
     segments: SegmentCache | None = None,
 ) -> list[Moments]:
     """:func:`collect_joint_moments` split into ``folds`` parts: image i goes to fold i mod ``folds``
     with all its positions/tokens, so the parts are disjoint sets of images whose moments sum to
-    those of all images. The j-th image read here is image ``first_image + j·image_step`` of the
-    whole set (a process's shard), so folds agree however the images are spread over processes.
+    those of all images. Every part takes the shift of the first batch (its rows of every fold;
+    inside :func:`~snp_engine.statistics.shifts_of_process_zero`, process 0's), so the parts add up
+    without conversion. i is the image's number in the whole set (``numbering``, default
+    :func:`~snp_engine.distributed.numbering` of ``batches``: a process's shard knows its images'
+    numbers), so folds agree however the images are spread over processes.
 
     With ``segments`` (a :class:`~snp_engine.segments.SegmentCache` of these two networks) the two
     inputs come from its cached cuts, which compute the same values with each network segment run
     once over all readers; without it (or where the cache does not apply) both passes run from the
     images and stop at the reader."""
     reporter = reporter or Reporter()
+    numbering = numbering or numbers_of(batches)
     parts = [Moments.zeros(2 * units, device) for _ in range(folds)]
     seen = 0
     captured: dict[str, torch.Tensor] = {}
@@ -172,12 +191,18 @@ def collect_joint_folds(
                 if folds == 1:
                     parts[0].update(samples, reader.consumer)
                 else:
+                    if seen == 0:  # one shift for every fold: their sums then add without conversion
+                        shift = parts[0].fix_shift(samples)
+                        for part in parts[1:]:
+                            part.start_from(shift)
                     per_image = samples.shape[0] // images.shape[0]  # rows are grouped image by image
-                    local = torch.arange(images.shape[0], device=samples.device) + seen
-                    fold = (first_image + local * image_step) % folds
+                    fold = numbering.of(seen, images.shape[0]).to(samples.device) % folds
                     fold = fold.repeat_interleave(per_image)
-                    for index, part in enumerate(parts):
-                        part.update(samples[fold == index], reader.consumer)
+                    rows = samples[torch.argsort(fold, stable=True)].split(
+                        torch.bincount(fold, minlength=folds).tolist()
+                    )
+                    for part, own in zip(parts, rows, strict=True):
+                        part.update(own, reader.consumer)
                 seen += images.shape[0]
     finally:
         for handle in handles:

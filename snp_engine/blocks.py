@@ -48,6 +48,7 @@ them) can be corrected.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from torch import nn
 
 from snp_engine.activations import collect_joint_folds, following_norms, images_of, model_dtype
 from snp_engine.compensation import consumer_metric, tap_coverage
-from snp_engine.distributed import all_reduce, position
+from snp_engine.distributed import all_reduce, numbering, shifts_of_process_zero
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.groups import Reader
@@ -311,14 +312,13 @@ def score_blocks(
             blocks = find_blocks(model, _example(model, loader, device))
         if not blocks:
             return ()
-        rank, world = position() if distributed else (0, 1)
+        numbered = numbering(loader, distributed)
         parts = collect_block_moments(
             model,
             blocks,
             loader,
             folds=_folds(loader, folds, distributed),
-            first_image=rank,
-            image_step=world,
+            numbering=numbered,
             device=device,
             total_batches=len(loader),
             reporter=Scaled(reporter, 0.0, 0.9),
@@ -418,7 +418,7 @@ def remove_blocks(
         names = sorted(names, key=lambda name: order.get(name, (len(order),))[0])
         norms = following_norms(pruned, [reader.consumer for reader, _, _ in plan], example)
         folds = _folds(loader, folds, distributed)
-        rank, world = position() if distributed else (0, 1)
+        numbered = numbering(loader, distributed)
         fits: dict[str, dict] = {}
         for index, (reader, units, shape) in enumerate(plan):
             reporter.check()
@@ -429,18 +429,18 @@ def remove_blocks(
                 coverage = tap_coverage(layer.kernel_size, shape[2:], layer.stride, layer.padding, layer.dilation)
             metric = consumer_metric(weight_taps(layer, reader.layout, units), coverage).cpu()
             step = Scaled(reporter, index / len(plan), (index + 1) / len(plan))
-            parts = collect_joint_folds(
-                pruned,
-                dense,
-                reader,
-                units,
-                loader,
-                folds=folds,
-                first_image=rank,
-                image_step=world,
-                device=device,
-                reporter=step,
-            )
+            with shifts_of_process_zero() if distributed else contextlib.nullcontext():  # see snp_engine.statistics
+                parts = collect_joint_folds(
+                    pruned,
+                    dense,
+                    reader,
+                    units,
+                    loader,
+                    folds=folds,
+                    numbering=numbered,
+                    device=device,
+                    reporter=step,
+                )
             if distributed:
                 all_reduce(parts)
             parts = [part.to("cpu") for part in parts]

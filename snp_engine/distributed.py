@@ -1,9 +1,12 @@
 """Running one job over several processes (``torchrun``): process group, data shards, sums.
 
-Every process reads a disjoint shard of the calibration images (image i goes to process
-i mod world, so no image is read twice or left out); the statistics are sums, so adding them over
-processes (all-reduce) gives exactly the statistics of all images. Evaluation is sharded the same
-way (:func:`own_shard`) and its counts and sums are added (:func:`sums`), so accuracies, losses and
+Every process reads a disjoint shard of the calibration images: whole batches, batch k on process
+k mod world (:func:`shard`), so no image is read twice or left out and every batch a process reads
+is one that a single process reading all images would read too — its float32 products round alike,
+and the statistics, sums over images, add up over processes (all-reduce) to those of one process up
+to the order of float64 additions. Where an image's place in the whole set matters (held-out folds,
+sampled positions) :func:`numbering` gives it. Evaluation is sharded image by image
+(:func:`own_shard`) and its counts and sums are added (:func:`sums`), so accuracies, losses and
 logit errors are those of the whole evaluation set. Collectives time out (default 10 minutes,
 ``SNP_DISTRIBUTED_TIMEOUT`` seconds in the environment) so a failed process ends the others with a
 clear error instead of a hang; torchrun's SIGTERM to the remaining processes becomes
@@ -20,7 +23,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -121,9 +124,77 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def shard(dataset: Dataset, rank: int, world: int) -> Subset:
-    """Images rank, rank + world, rank + 2·world, …: disjoint shards that cover every image once."""
-    return Subset(dataset, range(rank, len(dataset), world))  # type: ignore[arg-type]
+class Shard(Subset):
+    """One process's part of a dataset (:func:`shard`); ``indices`` are its images' numbers in the set."""
+
+
+def shard(dataset: Dataset, rank: int, world: int, batch: int = 1) -> Shard:
+    """Whole batches of ``batch`` images, batch k (images k·batch … k·batch + batch − 1) on process
+    k mod ``world``: disjoint shards that cover every image once, whose batches of ``batch`` are
+    batches of one process reading every image. ``batch`` 1 puts image i on process i mod ``world``."""
+    if batch < 1:
+        raise SnpError(f"the batch size must be positive, got {batch}")
+    size = len(dataset)  # type: ignore[arg-type]
+    starts = range(rank * batch, size, world * batch)
+    return Shard(dataset, [i for start in starts for i in range(start, min(start + batch, size))])
+
+
+def shard_batch(size: int, world: int, batch: int) -> int:
+    """The batch in which ``size`` images are sharded over ``world`` processes: ``batch`` while that
+    gives every process a batch, else the largest that does (⌈size / world⌉; the processes' batches
+    then hold other images than one process's, which changes the float32 round-off only)."""
+    return batch if size >= batch * (world - 1) + 1 else max(1, -(-size // world))
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """The number in the whole set of each image one process reads, in reading order: ``indices``
+    where its images are a :class:`Shard` (or a part of one), else ``first + j·step`` for the j-th."""
+
+    first: int = 0
+    step: int = 1
+    indices: torch.Tensor | None = field(default=None, compare=False)
+
+    def of(self, seen: int, count: int) -> torch.Tensor:
+        """The numbers of the ``count`` images read after the first ``seen``."""
+        if self.indices is not None:
+            return self.indices[seen : seen + count]
+        return self.first + (torch.arange(count) + seen) * self.step
+
+
+def numbering(batches, distributed: bool = False) -> Numbering:
+    """How the images that ``batches`` (a loader, a wrapper of one, or a dataset) reads are numbered
+    in the whole set: by its :class:`Shard`'s indices, else, inside a process group, as images
+    rank, rank + world, … (a shard made elsewhere, image by image), else 0, 1, 2, …"""
+    indices = _shard_numbers(_dataset_behind(batches))
+    if indices is not None:
+        return Numbering(indices=torch.as_tensor(indices, dtype=torch.long))
+    rank, world = position() if distributed else (0, 1)
+    return Numbering(rank, world)
+
+
+def _dataset_behind(source):
+    """The dataset that a loader (or a wrapper with ``.loader``) reads; ``source`` if it is none."""
+    for _ in range(16):
+        if isinstance(source, Dataset):
+            return source
+        inner = getattr(source, "loader", None)
+        if inner is None:
+            inner = getattr(source, "dataset", None)
+        if inner is None:
+            return None
+        source = inner
+    return None
+
+
+def _shard_numbers(dataset) -> list[int] | None:
+    """The set numbers of ``dataset``'s items if it is a :class:`Shard` or a Subset of one, else None."""
+    if isinstance(dataset, Shard):
+        return list(dataset.indices)
+    if isinstance(dataset, Subset):
+        parent = _shard_numbers(dataset.dataset)
+        return None if parent is None else [parent[i] for i in dataset.indices]
+    return None
 
 
 def own_shard(dataset: Dataset, what: str = "evaluation") -> Dataset:
@@ -180,12 +251,16 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "TIMEOUT_VARIABLE",
     "Context",
+    "Numbering",
+    "Shard",
     "Stopped",
     "active",
     "all_reduce",
+    "numbering",
     "own_shard",
     "position",
     "shard",
+    "shard_batch",
     "shifts_of_process_zero",
     "start",
     "stop",

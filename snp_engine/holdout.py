@@ -95,16 +95,20 @@ class _Blocks:
 
     @classmethod
     def of(cls, moments: Moments, kept: torch.Tensor) -> _Blocks:
-        cov, mean = moments.covariance(), moments.mean()
-        n = cov.shape[0] // 2
-        return cls(
-            float(moments.samples),
-            mean[:n][kept],
-            mean[n:],
-            cov[kept][:, kept],
-            cov[n:, :n][:, kept],
-            cov[n:, n:].clone(),
-        )
+        """The blocks straight from the shifted sums: C_ab = (S_ab + S_baᵀ)/2N − o_a o_bᵀ with
+        S = Σ(z − s)(z − s)ᵀ and o = Σ(z − s)/N, without the rest of the 2n×2n covariance."""
+        n = moments.units // 2
+        count = moments.count.clamp_min(1)
+        offset = moments.shifted_total / count
+        outer = moments.shifted_outer
+        mean = moments.mean()
+        x = slice(n, 2 * n)
+
+        def block(rows, cols) -> torch.Tensor:
+            product = outer[rows][:, cols] + outer[cols][:, rows].T
+            return product / (2 * count) - torch.outer(offset[rows], offset[cols])
+
+        return cls(float(moments.samples), mean[:n][kept], mean[n:], block(kept, kept), block(x, kept), block(x, x))
 
     @staticmethod
     def pooled(parts: Sequence[_Blocks]) -> _Blocks:
@@ -140,8 +144,6 @@ def heldout_errors(
 def _errors(
     fit: _Blocks, held: _Blocks, metric: torch.Tensor, kept: torch.Tensor, kind: str, ridges: Sequence[float]
 ) -> torch.Tensor:
-    n = metric.shape[0]
-    k = kept.shape[0]
     cross, kept_cov, target_mean, kept_mean = fit.inputs(kept, kind)
     h_kk, h_xk, h_xx = held.kk, held.xk, held.xx  # the fitted map is always applied to x̃_K
     d_x = held.mean_x - target_mean
@@ -149,16 +151,16 @@ def _errors(
 
     lam, vec = torch.linalg.eigh(_sym(kept_cov))
     lam = lam.clamp_min(0)
+    # P = A₀ V is V on the kept rows and 0 elsewhere, so Pᵀ Y = Vᵀ Y_K and M P = M_{:,K} V (M symmetric)
     q = cross @ vec  # n×k
-    p = torch.zeros(n, k, dtype=vec.dtype)
-    p[kept] = vec  # A₀ V: the identity on the kept rows
-    mq, mp = metric @ q, metric @ p
-    x0, x1, x2 = q.T @ mq, q.T @ mp + mp.T @ q, p.T @ mp  # BᵀMB = x0 + r x1 + r² x2
+    mq, mp = metric @ q, metric[:, kept] @ vec
+    cross_term = vec.T @ mq[kept]  # Pᵀ M Q
+    x0, x1, x2 = q.T @ mq, cross_term + cross_term.T, vec.T @ mp[kept]  # BᵀMB = x0 + r x1 + r² x2
     g = vec.T @ h_kk @ vec
-    w = vec.T @ h_xk.T @ metric  # Vᵀ C_{K,x} M (k×n)
-    wq, wp = (w * q.T).sum(1), (w * p.T).sum(1)
+    held_v = h_xk @ vec  # C_{x,K} V of the held-out fold (n×k)
+    wq, wp = (held_v * mq).sum(0), (held_v * mp).sum(0)  # diagonals of Vᵀ C_{K,x} M Q and … M P
     m_dx = metric @ d_x
-    qm, pm = q.T @ m_dx, p.T @ m_dx
+    qm, pm = q.T @ m_dx, vec.T @ m_dx[kept]
     u = vec.T @ d_k
     base = float((metric * h_xx).sum()) + float(d_x @ m_dx)
 

@@ -9,6 +9,7 @@ statistics alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from torch import nn
 from snp_engine.activations import collect_joint_folds, collect_joint_moments, model_dtype
 from snp_engine.analysis import Analysis
 from snp_engine.compensation import compensation_ridge, one_shot_reconstruction, reconstruction, within_groups
-from snp_engine.distributed import all_reduce, position
+from snp_engine.distributed import all_reduce, numbering, shifts_of_process_zero
 from snp_engine.distributed import total as total_over_processes
 from snp_engine.errors import SnpError
 from snp_engine.groups import Reader, call_order
@@ -234,30 +235,29 @@ def _fit_sequential(
     are computed, not their values.
     """
     images = len(loader.loader.dataset) if hasattr(loader, "loader") else None
-    rank, world = position() if distributed else (0, 1)
     if images is not None and distributed:
         images = total_over_processes(images)
     folds = max(1, min(folds, images or folds))
-    parts = collect_joint_folds(
-        pruned,
-        dense,
-        reader.reader,
-        g.channels,
-        loader,
-        folds=folds,
-        first_image=rank,
-        image_step=world,
-        device=device,
-        reporter=reporter,
-        segments=segments,
-    )
+    with shifts_of_process_zero() if distributed else contextlib.nullcontext():  # see snp_engine.statistics
+        parts = collect_joint_folds(
+            pruned,
+            dense,
+            reader.reader,
+            g.channels,
+            loader,
+            folds=folds,
+            numbering=numbering(loader, distributed),
+            device=device,
+            reporter=reporter,
+            segments=segments,
+        )
     if distributed:
         all_reduce(parts)
     parts = [part.to("cpu") for part in parts]
     if isinstance(kept, int):
         n = g.units
         own_cov = within_groups(Moments.union(parts).covariance()[:n, :n], reader.reader.groups)
-        inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed)
+        inputs = OrderingInputs(own_cov, reader.metric, g.weight_l1, analysis.seed, factor=reader.factor)
         kept = torch.sort(balanced(order_units(analysis.ordering, inputs), g.group.parts)[:kept]).values
     channels = g.group.channel_indices(kept)
     choice = fit_reader(pruned, reader.reader, g.channels, channels, parts, reader.metric, reader.coverage, reader.norm)

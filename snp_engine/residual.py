@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from snp_engine.activations import images_of
+from snp_engine.distributed import Numbering
+from snp_engine.distributed import numbering as numbers_of
 from snp_engine.progress import Reporter
 from snp_engine.statistics import Moments, to_samples
 
@@ -173,8 +175,7 @@ def collect_block_moments(
     batches: Iterable,
     *,
     folds: int,
-    first_image: int = 0,
-    image_step: int = 1,
+    numbering: Numbering | None = None,
     device: torch.device | str = "cpu",
     total_batches: int | None = None,
     reporter: Reporter | None = None,
@@ -182,11 +183,13 @@ def collect_block_moments(
     """One pass over ``batches``: per block, the moments of z = [x; y] (input; output) split into
     ``folds`` parts, image i going to fold i mod ``folds`` with all its positions or tokens.
 
-    The j-th image read here is image ``first_image + j·image_step`` of the whole set (a process's
-    shard, see :mod:`snp_engine.distributed`), so each image lands in the same fold however the
-    images are spread over processes and the folds' moments, summed over the processes, are those
-    of one process reading every image. The moments stay on ``device``."""
+    i is the image's number in the whole set (``numbering``, default
+    :func:`~snp_engine.distributed.numbering` of ``batches``: a process's shard knows its images'
+    numbers), so each image lands in the same fold however the images are spread over processes and
+    the folds' moments, summed over the processes, are those of one process reading every image.
+    The moments stay on ``device``."""
     reporter = reporter or Reporter()
+    numbering = numbering or numbers_of(batches)
     parts = {b.name: [Moments.zeros(2 * b.units, device) for _ in range(folds)] for b in blocks}
     inputs: dict[str, torch.Tensor] = {}
     fold_of_image: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)]
@@ -215,7 +218,7 @@ def collect_block_moments(
             for index, batch in enumerate(batches):
                 reporter.check()
                 images = images_of(batch).to(device)
-                fold_of_image[0] = (first_image + (torch.arange(images.shape[0]) + seen) * image_step) % folds
+                fold_of_image[0] = numbering.of(seen, images.shape[0]) % folds
                 model(images)
                 seen += images.shape[0]
                 done = f"batch {index + 1}" + (f"/{total_batches}" if total_batches else "")

@@ -218,6 +218,24 @@ class Moments:
         self.shifted_total += total
         self.shifted_outer += outer
 
+    def fix_shift(self, samples: torch.Tensor) -> torch.Tensor:
+        """Fix the shift from ``samples`` as a first update would (inside
+        :func:`shifts_of_process_zero`: process 0's), without adding them; returns it. Several
+        statistics given the same shift (the folds of one pass) add up without any conversion."""
+        if self._fixed:
+            raise ValueError("the shift of statistics that hold samples is fixed already")
+        shift = _shared_shift(self._first_shift(samples.detach().to(device=self.count.device)))
+        self.start_from(shift)
+        return shift
+
+    def start_from(self, shift: torch.Tensor) -> None:
+        """Take ``shift`` (float64 holding float32 values, e.g. another statistic's) before any update."""
+        if self._fixed:
+            raise ValueError("the shift of statistics that hold samples is fixed already")
+        self.shift.copy_(shift)
+        self._fixed = True
+        self._shifts.clear()
+
     @staticmethod
     def _first_shift(x: torch.Tensor) -> torch.Tensor:
         """The shift the first batch sets (float64 holding float32 values, so that float32 batches
@@ -256,7 +274,10 @@ class Moments:
         this one holds no samples yet)."""
         base, more = (self, other) if self._fixed or not other._fixed else (other, self)
         more = more.to(base.count.device)
-        total, outer = _reshifted(more.count, more.shifted_total, more.shifted_outer, more.shift - base.shift)
+        if torch.equal(more.shift, base.shift):  # the same shift (the folds of one pass): plain sums
+            total, outer = more.shifted_total, more.shifted_outer
+        else:
+            total, outer = _reshifted(more.count, more.shifted_total, more.shifted_outer, more.shift - base.shift)
         return Moments(
             base.count + more.count, base.shifted_total + total, base.shifted_outer + outer, base.shift.clone()
         )

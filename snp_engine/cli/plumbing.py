@@ -22,8 +22,8 @@ def prepare(
     """Device first (a missing CUDA is reported before any slow loading), then model, data and checks.
 
     With ``--distributed`` this process joins torchrun's process group and keeps its shard of the
-    calibration images (``--samples`` counts images over all processes); the dense check on the
-    first calibration images is shared the same way.
+    calibration images, whole batches of ``--batch-size`` (``--samples`` counts images over all
+    processes); the dense check on the first calibration images is shared too.
     """
     context = distributed.start(args.device) if getattr(args, "distributed", False) else None
     device = context.device if context is not None else resolve_device(args.device)
@@ -40,7 +40,9 @@ def prepare(
         distributed=context is not None,
     )
     if context is not None and prepared.data is not None:
-        prepared = workflows.sharded(prepared, context.rank, context.world, getattr(args, "samples", None))
+        prepared = workflows.sharded(
+            prepared, context.rank, context.world, getattr(args, "samples", None), getattr(args, "batch_size", 1)
+        )
         args.samples = None  # the shard is already cut to this process's part of --samples
     say(args, prepared.notes, "note")
     say(args, prepared.warnings, "warning")

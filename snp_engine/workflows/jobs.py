@@ -126,14 +126,16 @@ def prune(
     distributed: bool = False,
 ) -> Pruned:
     """A pruned copy of the prepared model and its record (sequential calibration needs the
-    calibration data)."""
+    calibration data). One-shot gets the calibration data too when there is some: only residual
+    streams read through layer norms use it (their fit from data instead of the linearised norm,
+    see :mod:`snp_engine.layernorm_streams`); every other fit comes from the analysis' statistics."""
     compensation = Compensation(compensation)
     sequential = compensation is Compensation.SEQUENTIAL
     return api.prune(
         prepared.model.model,
         analysis,
         plan,
-        data=prepared.require_data() if sequential else None,
+        data=prepared.require_data() if sequential else prepared.data,
         compensate=compensation is not Compensation.NONE,
         sequential=sequential,
         physical=physical,

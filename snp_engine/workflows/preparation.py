@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 
 from snp_engine.activations import model_dtype
 from snp_engine.data import DataBundle, load_data, make_loader
-from snp_engine.distributed import own_shard, shard
+from snp_engine.distributed import own_shard, shard, shard_batch
 from snp_engine.errors import ModelLoadError, SnpError
 from snp_engine.inputs import FittedData, fit_data, resolve_input_shape
 from snp_engine.metrics import scores
@@ -219,17 +219,21 @@ def prepare(
     return Prepared(loaded, fitted.bundle, evaluation, fitted.shape, tuple(notes), tuple(warnings), dense, label)
 
 
-def sharded(prepared: Prepared, rank: int, world: int, samples: int | None = None) -> Prepared:
+def sharded(prepared: Prepared, rank: int, world: int, samples: int | None = None, batch_size: int = 1) -> Prepared:
     """This process's shard of the calibration images: the first ``samples`` of them (all by
-    default), then every ``world``-th from ``rank`` on. The evaluation data stays whole here: the
-    measuring functions shard it themselves when told ``distributed`` (and sum what they count)."""
+    default), in whole batches of ``batch_size`` (batch k on process k mod ``world``, see
+    :func:`~snp_engine.distributed.shard`; a smaller batch when there are fewer batches than
+    processes), so each batch is one that one process reading every image would read. The
+    evaluation data stays whole here: the measuring functions shard it themselves when told
+    ``distributed`` (and sum what they count)."""
     data = prepared.require_data()
     calibration = data.calibration
     if samples is not None:
         calibration = Subset(calibration, range(min(samples, len(calibration))))  # type: ignore[arg-type]
-    part = shard(calibration, rank, world)
-    if len(part) == 0:
-        raise SnpError(f"{len(calibration)} calibration image(s) cannot be shared by {world} processes")
+    size = len(calibration)  # type: ignore[arg-type]
+    if size < world:
+        raise SnpError(f"{size} calibration image(s) cannot be shared by {world} processes")
+    part = shard(calibration, rank, world, shard_batch(size, world, batch_size))
     shared = dataclasses.replace(data, calibration=part)  # .test: see the docstring
     evaluation = shared if prepared.evaluation is data else prepared.evaluation
     return dataclasses.replace(prepared, data=shared, evaluation=evaluation)

@@ -61,7 +61,14 @@ def _same_export(a: Path, b: Path, rel: float = 1e-8) -> None:
 # the 4 folds (image i in fold i mod 4) lies on one process, so they are bit-identical.
 
 
-@pytest.mark.parametrize("mode", [(), ("--one-shot",)], ids=["sequential", "one-shot"])
+# Batches of 16 over 2 processes: each process reads whole batches of one process (batch k on
+# process k mod 2), so their float32 products, and the positions drawn per batch, are the same.
+BATCHES = ("--batch-size", "16", "--max-positions", "16")
+
+
+@pytest.mark.parametrize(
+    "mode", [(), ("--one-shot",), ("--one-shot", *BATCHES)], ids=["sequential", "one-shot", "one-shot-batches"]
+)
 def test_distributed_prune_equals_one_process(tmp_path, mode):
     single = _snp("prune", *COMMON, "--flops-reduction", "0.5", *mode, "--out", str(tmp_path / "one.safetensors"))
     split = _snp(

@@ -427,3 +427,23 @@ def test_a_stream_read_with_and_without_a_layer_norm(mode):
     dropped = _outputs(api.prune(model, analysis, plan, compensate=False, sequential=False).model, data)
     dense = _outputs(model, data)
     assert float((_outputs(physical, data) - dense).pow(2).mean()) < float((dropped - dense).pow(2).mean())
+
+
+def test_the_workflows_one_shot_fits_the_streams_from_the_calibration_data(analysed):
+    """What the command line and the app run (workflows.prune, one-shot) hands the calibration data
+    to the streams' fit: the same network as api.prune with data, not the data-free linearised fit."""
+    from snp_engine.architectures import LoadedModel
+    from snp_engine.datasources.base import DataBundle
+    from snp_engine.workflows.jobs import prune as prune_job
+    from snp_engine.workflows.preparation import Prepared
+
+    model, data, analysis = analysed
+    plan = analysis.plan(keep={STAGE2: 10})
+    bundle = DataBundle("made", None, data, data, 10, 3, (32, 32))
+    loaded = LoadedModel(model, "made", "convnext", 10, (3, 32, 32), "random init")
+    prepared = Prepared(loaded, bundle, bundle, (3, 32, 32))
+    job = _outputs(prune_job(prepared, analysis, plan, compensation="one-shot", batch_size=24).model, data)
+    with_data = _outputs(api.prune(model, analysis, plan, sequential=False, data=data, batch_size=24).model, data)
+    data_free = _outputs(api.prune(model, analysis, plan, sequential=False).model, data)
+    torch.testing.assert_close(job, with_data, rtol=0, atol=0)
+    assert not torch.equal(job, data_free)

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Subset
 
 from snp_engine import api
-from snp_engine.distributed import shard
+from snp_engine.distributed import Numbering, numbering, shard, shard_batch
 from snp_engine.evaluation import fidelity
 from snp_engine.residual import collect_block_moments, find_blocks
 from snp_engine.runtime import batches_of
@@ -107,23 +107,18 @@ def test_distributed_evaluation_shards_the_set_and_sums_to_one_process(tmp_path)
         assert result["dense"][1] == dense.samples == 256 and result["dense"][0] == pytest.approx(dense.top1)
 
 
-def test_block_folds_follow_the_image_not_the_shard():
-    """Each shard's j-th image is image first + j·step of the set: its block moments go to the fold of
-    that image, so the shards' fold moments summed are one pass's over all images (3 shards, batches of 5)."""
+@pytest.mark.parametrize("batch", [1, 5])
+def test_block_folds_follow_the_image_not_the_shard(batch):
+    """A shard knows its images' numbers in the set: its block moments go to the fold of that image,
+    so the shards' fold moments summed are one pass's over all images (3 shards of 37 images,
+    sharded image by image or in whole batches of 5, read in batches of 5)."""
     model = demo_model("demo-resnet")
     images = Subset(digits().calibration, range(37))
     blocks = find_blocks(model, stacked(images)[0][:1])
     whole = collect_block_moments(model, blocks, batches_of(images, batch_size=5), folds=4)
     world = 3
     shards = [
-        collect_block_moments(
-            model,
-            blocks,
-            batches_of(shard(images, rank, world), batch_size=5),
-            folds=4,
-            first_image=rank,
-            image_step=world,
-        )
+        collect_block_moments(model, blocks, batches_of(shard(images, rank, world, batch), batch_size=5), folds=4)
         for rank in range(world)
     ]
     for block in blocks:
@@ -134,6 +129,32 @@ def test_block_folds_follow_the_image_not_the_shard():
             scale = float(one.covariance().abs().max())
             torch.testing.assert_close(summed.covariance(), one.covariance(), rtol=1e-6, atol=1e-6 * scale)
             torch.testing.assert_close(summed.mean(), one.mean(), rtol=1e-6, atol=1e-6 * scale**0.5)
+
+
+@pytest.mark.parametrize(("size", "world", "batch"), [(37, 3, 5), (40, 2, 8), (64, 4, 16), (5, 2, 1), (9, 3, 4)])
+def test_shards_are_whole_batches_that_cover_every_image_once(size, world, batch):
+    parts = [shard(range(size), rank, world, batch) for rank in range(world)]
+    assert sorted(i for part in parts for i in part.indices) == list(range(size))
+    for rank, part in enumerate(parts):
+        assert part.indices and all((i // batch) % world == rank for i in part.indices)
+        chunks = [part.indices[k : k + batch] for k in range(0, len(part.indices), batch)]
+        assert all(chunk == list(range(chunk[0], chunk[0] + len(chunk))) for chunk in chunks)  # one batch each
+        assert all(chunk[0] % batch == 0 for chunk in chunks)
+        assert numbering(batches_of(part, batch_size=batch)).of(0, len(part)).tolist() == list(part.indices)
+        first = Subset(part, range(min(3, len(part))))  # a part of a shard keeps the numbers
+        assert numbering(batches_of(first, batch_size=2)).of(0, len(first)).tolist() == part.indices[: len(first)]
+
+
+def test_too_few_batches_for_the_processes_shard_in_smaller_ones():
+    assert shard_batch(200, 2, 64) == 64 and shard_batch(65, 2, 64) == 64  # 2 batches: one each
+    assert shard_batch(64, 2, 64) == 32 and shard_batch(5, 3, 64) == 2
+    assert all(shard(range(5), rank, 3, shard_batch(5, 3, 64)).indices for rank in range(3))
+
+
+def test_a_plain_loader_is_numbered_in_order_or_by_the_process_stride():
+    loader = batches_of(Subset(digits().calibration, range(10)), batch_size=4)
+    assert numbering(loader).of(3, 4).tolist() == [3, 4, 5, 6]
+    assert Numbering(first=1, step=3).of(2, 2).tolist() == [7, 10]
 
 
 def test_process_zeros_shifts_make_the_float32_products_those_of_one_process(tmp_path):

@@ -287,3 +287,25 @@ def test_attention_layers_and_default_arguments_use_the_cache():
 
 def analysis_of(model, data):
     return api.analyze(model, data, batch_size=32)
+
+
+def test_reselection_orders_with_the_consumers_rows_where_the_analysis_did(monkeypatch):
+    """A reader with fewer (output, tap) rows than inputs (the classifier here: 5 outputs of 16
+    inputs) hands its rows F to the re-selection's ordering, as the analysis did, not M = FᵀF only."""
+    import snp_engine.pruning as pruning
+
+    data = _data()
+    model, analysis, _ = _analysed(_ResNet, data)
+    factored = {g.name for g in analysis.groups if g.metric_factor is not None}
+    plan = analysis.plan(keep={"head.0": 9})
+    assert factored == {"head.0"} and plan.keep["head.0"] < 16  # the 16 channels read by fc, pruned
+    seen: list[bool] = []
+    order = pruning.order_units
+
+    def recording(name, inputs):
+        seen.append(inputs.factor is not None)
+        return order(name, inputs)
+
+    monkeypatch.setattr(pruning, "order_units", recording)
+    _prune(model, data, analysis, plan, reselect=True)
+    assert sum(seen) == len(factored) and len(seen) >= len(factored)
