@@ -122,7 +122,7 @@ def fit_data(bundle: DataBundle, shape: Shape, reason: str | None) -> FittedData
         before = _size(bundle.image_size) if bundle.image_size else "mixed sizes"
         changes.append(f"resized {before} -> {height}x{width}" + (f" ({reason})" if reason else ""))
     fitted = adapt_to_model(bundle, channels, (height, width))
-    parts = list(bundle.adapted)
+    parts = list(fitted.adapted)  # what the source did for this shape (a folder decodes again)
     if changes:
         parts.append(f"images adapted to the model's {channels}x{height}x{width} input: " + ", ".join(changes))
     return FittedData(fitted, shape, f"{bundle.name}: " + "; ".join(parts) if parts else None)

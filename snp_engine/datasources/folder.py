@@ -3,7 +3,8 @@
 
 Images are decoded at the model's input size (resize the shorter side, centre crop, ImageNet
 normalisation). A folder whose images all have one size reports that size, so a model that takes
-any size runs on the images as they are.
+any size runs on the images as they are; a folder of grey images reports 1 channel (repeated for
+a colour model, and said). 16-bit grey images are scaled to 8 bits, not clipped.
 """
 
 from __future__ import annotations
@@ -21,20 +22,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224  # decoding size of a folder of mixed sizes until a model asks for another
 SPLIT_NAMES = ("train", "val", "test")
+GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # PIL modes of one-channel images (and "I;16…")
 
 
 def load_folder(root: Path, seed: int) -> DataBundle:
-    """Scan the folder once (headers only) and decode it at its own size, or 224 when sizes differ."""
-    skipped, sizes = [0], set()
+    """Scan the folder once (headers only) and decode it at its own size, or 224 when sizes differ;
+    with 1 channel when every image is grey, else with 3."""
+    skipped, sizes, modes = [0], set(), {"grey": 0, "colour": 0}
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     split_dirs = {n: subdirs[n] for n in SPLIT_NAMES if n in subdirs}
     if split_dirs:
-        parts = {n: _image_folder(p, skipped, sizes) for n, p in split_dirs.items()}
+        parts = {n: _image_folder(p, skipped, sizes, modes) for n, p in split_dirs.items()}
         classes = _common_classes(root, parts)
     else:
-        parts = {"": _image_folder(root, skipped, sizes)}
+        parts = {"": _image_folder(root, skipped, sizes, modes)}
         classes = parts[""].classes
     native = next(iter(sizes)) if len(sizes) == 1 else None
+    grey, colour = modes["grey"], modes["colour"]
 
     def decode(channels: int, size: tuple[int, int], as_found: bool = False) -> DataBundle:
         if channels not in (1, 3):
@@ -57,10 +61,13 @@ def load_folder(root: Path, seed: int) -> DataBundle:
             skipped=skipped[0],
             classes=tuple(classes),
             held_out=held_out,
+            adapted=(f"{grey} of {grey + colour} images are grey, read as RGB",)
+            if channels == 3 and grey and colour
+            else (),
             retarget=decode,
         )
 
-    return decode(3, native or (DEFAULT_SIZE, DEFAULT_SIZE), as_found=True)
+    return decode(1 if not colour else 3, native or (DEFAULT_SIZE, DEFAULT_SIZE), as_found=True)
 
 
 def _common_classes(root: Path, parts: dict) -> list[str]:
@@ -109,9 +116,9 @@ def _folder_transform(size: tuple[int, int], channels: int, resize: bool) -> Cal
     return transforms.Compose(steps)
 
 
-def _image_folder(root: Path, skipped: list[int], sizes: set):
+def _image_folder(root: Path, skipped: list[int], sizes: set, modes: dict[str, int]):
     """An ImageFolder that leaves out (and counts) files with an image extension PIL cannot open,
-    and records the (height, width) of every readable image.
+    and records the (height, width) of every readable image and counts grey and colour ones.
 
     Only the header is read here so that scanning a large folder stays fast; a file that is
     truncated further in still fails when it is loaded.
@@ -126,10 +133,12 @@ def _image_folder(root: Path, skipped: list[int], sizes: set):
         try:
             with Image.open(path) as image:
                 width, height = image.size
+                mode = image.mode
         except (OSError, UnidentifiedImageError, ValueError):
             skipped[0] += 1
             return False
         sizes.add((height, width))
+        modes["grey" if mode in GREY_MODES or mode.startswith("I;16") else "colour"] += 1
         return True
 
     try:
@@ -149,9 +158,23 @@ def _load_image(path: str):
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return _eight_bit(image).convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:  # PIL reports broken files as all of these
         raise DataError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
+
+
+def _eight_bit(image):
+    """16-bit grey images scaled to 8 bits (PIL's own conversion clips every value above 255 to
+    white); a 32-bit integer image is taken as 16-bit when its values exceed 255."""
+    import numpy as np
+    from PIL import Image
+
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if image.mode == "I" and values.max(initial=0) <= 255:
+        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
+    return Image.fromarray((values.clip(0, 65535) >> 8).astype(np.uint8), "L")
 
 
 class FolderSource:

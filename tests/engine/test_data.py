@@ -277,6 +277,47 @@ def test_image_folder_grayscale(tmp_path):
     assert bundle.test[0][0].shape == (1, 6, 6)
 
 
+def _grey_folder(root, per_class: int = 2, mode: str = "L"):
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((6, 6), 100 + i, np.uint16 if mode == "I;16" else np.uint8)
+            Image.fromarray(pixels if mode != "I;16" else pixels * 256).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_grey_folder_has_one_channel_and_says_so_only_when_repeated(tmp_path):
+    from snp_engine.inputs import fit_data
+
+    bundle = load_data(str(_grey_folder(tmp_path / "grey")))
+    assert bundle.channels == 1 and bundle.calibration[0][0].shape == (1, 6, 6)
+    assert fit_data(bundle, (1, 6, 6), None).note is None  # nothing converted, nothing said
+    repeated = fit_data(bundle, (3, 6, 6), None)
+    assert "repeated to 3" in repeated.note and repeated.bundle.calibration[0][0].shape == (3, 6, 6)
+
+
+def test_grey_images_among_colour_ones_are_said(tmp_path):
+    from snp_engine.inputs import fit_data
+
+    root = _grey_folder(tmp_path / "mixed")
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "a" / "colour.png")
+    bundle = load_data(str(root))
+    assert bundle.channels == 3 and bundle.adapted == ("4 of 5 images are grey, read as RGB",)
+    assert "4 of 5" in fit_data(bundle, (3, 6, 6), None).note
+    assert "4 of 5" not in fit_data(bundle, (1, 6, 6), None).note  # decoded as grey: nothing read as RGB
+
+
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    """PIL's own conversion turns every 16-bit value above 255 white; 100*256 must read as 100/255."""
+    from snp_engine.data import IMAGENET_MEAN, IMAGENET_STD
+
+    bundle = load_data(str(_grey_folder(tmp_path / "deep", mode="I;16")))
+    images, _ = _all(bundle.calibration)
+    expected = {(v / 255 - sum(IMAGENET_MEAN) / 3) / (sum(IMAGENET_STD) / 3) for v in (100, 101)}
+    found = {round(float(v), 5) for v in images.unique()}
+    assert found == {round(v, 5) for v in expected}
+
+
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):
