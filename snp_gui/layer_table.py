@@ -78,6 +78,25 @@ HEADER_TIPS = (
     "This layer keeps a multiple of this many units (or all of them); double-click to edit",
 )
 Index = QModelIndex | QPersistentModelIndex
+# The roles the model answers; a cell's repaint asks for seven roles, three of which it never sets
+# (font, decoration, background), and every call comes through Python: those return at once.
+_Role = Qt.ItemDataRole
+ANSWERED_ROLES = frozenset(
+    (
+        _Role.DisplayRole,
+        _Role.CheckStateRole,
+        _Role.EditRole,
+        _Role.TextAlignmentRole,
+        _Role.ForegroundRole,
+        _Role.ToolTipRole,
+        _Role.UserRole,
+    )
+)
+RIGHT_ALIGNED = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+# flags, combined once rather than on each of the many calls a repaint makes
+SELECTABLE = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+CHECKABLE = SELECTABLE | Qt.ItemFlag.ItemIsUserCheckable
+EDITABLE = SELECTABLE | Qt.ItemFlag.ItemIsEditable
 
 
 @dataclass
@@ -168,7 +187,7 @@ class LayerTableModel(QAbstractTableModel):
         return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+        if role not in ANSWERED_ROLES or not index.isValid():
             return None
         row, column = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
@@ -180,7 +199,7 @@ class LayerTableModel(QAbstractTableModel):
                 return row.values()[column]
             return row.kept if column == KEPT else _display(row, column)
         if role == Qt.ItemDataRole.TextAlignmentRole and column >= UNITS:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return RIGHT_ALIGNED
         if row.excluded_reason is not None:
             if role == Qt.ItemDataRole.ForegroundRole:
                 return QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
@@ -207,10 +226,10 @@ class LayerTableModel(QAbstractTableModel):
         row = self._rows[index.row()]
         if row.excluded_reason is not None:
             return Qt.ItemFlag.ItemIsEnabled  # enabled so that its tooltip shows, but neither selectable nor editable
-        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        if index.column() == LOCK:
-            return flags | Qt.ItemFlag.ItemIsUserCheckable
-        return flags | Qt.ItemFlag.ItemIsEditable if index.column() in (KEPT, MIN, ROUND) else flags
+        column = index.column()
+        if column == LOCK:
+            return CHECKABLE
+        return EDITABLE if column in (KEPT, MIN, ROUND) else SELECTABLE
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
         if not index.isValid() or self._rows[index.row()].excluded_reason is not None:

@@ -137,7 +137,8 @@ class EdgeAxis(pg.AxisItem):
         self._text_rect = QRectF()
         for rect, _flags, _text in textSpecs:
             self._text_rect |= QRectF(rect)
-        self._text_rect.adjust(-4.0, -4.0, 4.0, 4.0)  # glyphs may reach a little past their boxes
+        # a glyph's edge may reach a pixel or two past the side of its box, not past its line height
+        self._text_rect.adjust(-3.0, 0.0, 3.0, 0.0)
 
     def paint(self, p: QPainter, opt: QStyleOptionGraphicsItem, widget: QWidget | None) -> None:
         if self.picture is None:  # stale: both pictures are recorded again (drawPicture), or neither is

@@ -59,6 +59,7 @@ class CurvesWidget(QWidget):
         self._selected: str | None = None
         self._fraction = False
         self._focus_axis = "kept units"
+        self._dot_colour: int | None = None  # the focus dot's colour (its one point sits at 0, 0: it is moved)
         self._syncing = False  # set while markers are moved by code, so that no signal goes out
         self._build_controls()
         self._build_plots()
@@ -287,7 +288,12 @@ class CurvesWidget(QWidget):
                 return
             self.focus_marker.set_units(k)
         x, y = self.focus_marker.value(), float(series.values[k])
-        self.focus_dot.setData([x], [y], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None))
+        if self._dot_colour != series.colour.rgba():  # another layer: the dot takes its colour
+            self._dot_colour = series.colour.rgba()
+            self.focus_dot.setData([0.0], [0.0], brush=pg.mkBrush(series.colour), pen=pg.mkPen(None))
+        # moved rather than given new data: new data repaints the whole focus plot (pyqtgraph's scatter
+        # marks a rectangle far wider than the plot while its points are replaced), a move just the dot
+        self.focus_dot.setPos(x, y)
         self.focus_label.setText(f" {k}/{series.n} {series.word}: {100 * y:.1f} %")
         self.focus_label.setPos(x, y)
         # below the point is free under a rising curve; near the right end, go left to stay in view

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QGraphicsItem, QLabel, QSizePolicy, QStyleOptionGr
 
 from snp_gui.plots import UnitMarker, make_plot, units_at
 
-STRIP_SHARE = 0.5  # a curve exposed over less than this share of its width strokes only the exposed part
+STRIP_SHARE = 0.8  # a curve exposed over less than this share of its width strokes only the exposed part
 
 
 class StripCurve(pg.PlotCurveItem):
@@ -32,7 +32,8 @@ class StripCurve(pg.PlotCurveItem):
         super().__init__(*args, **kwargs)
         # so that option.exposedRect is the part to repaint, not the whole bounding rectangle
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
-        self.strips = 0  # paints that stroked only part of the curve (read by the tests)
+        self.strips = 0  # paints that stroked only part of the curve, and paints of the whole (for the tests)
+        self.wholes = 0
         self._increasing: tuple[object, bool] = (None, False)
 
     def _x_increases(self) -> bool:
@@ -44,6 +45,7 @@ class StripCurve(pg.PlotCurveItem):
     def paint(self, p: QPainter, opt: QStyleOptionGraphicsItem, widget: QWidget | None) -> None:
         part = self._exposed_part(opt)
         if part is None:
+            self.wholes += 1
             super().paint(p, opt, widget)
             return
         self.strips += 1
@@ -52,7 +54,8 @@ class StripCurve(pg.PlotCurveItem):
         if self.opts["compositionMode"] is not None:
             p.setCompositionMode(self.opts["compositionMode"])
         p.setPen(self.opts["pen"])
-        p.drawPath(pg.arrayToQPath(self.xData[first:stop], self.yData[first:stop]))
+        x, y = self.xData[first:stop], self.yData[first:stop]
+        p.drawPath(pg.arrayToQPath(x, y, connect=self.opts["connect"], finiteCheck=not self.opts["skipFiniteCheck"]))
 
     def _exposed_part(self, opt: QStyleOptionGraphicsItem) -> tuple[int, int] | None:
         """``first, stop``: the points to stroke for ``opt.exposedRect``; None to draw the whole curve."""
@@ -62,7 +65,7 @@ class StripCurve(pg.PlotCurveItem):
             and opts["fillLevel"] is None
             and opts["shadowPen"] is None
             and not opts["stepMode"]
-            and opts["connect"] in ("all", "auto")
+            and opts["connect"] in ("all", "finite")
             and pen is not None
             and pen.style() == Qt.PenStyle.SolidLine
             and pen.isCosmetic()
