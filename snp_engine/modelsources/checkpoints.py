@@ -45,7 +45,18 @@ def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
 
 
 def bare_state_dict_error(path: Path) -> ModelLoadError:
-    return ModelLoadError(f"{path} holds bare weights without an architecture; load it as torchvision:ARCH@{path}")
+    return ModelLoadError(
+        f"{path} holds bare weights without an architecture; load it as torchvision:ARCH@{path} or "
+        f"timm:NAME@{path}, or, for a network of your own, save the whole model (torch.save(model) or "
+        "TorchScript) and pass --trust"
+    )
+
+
+# Keys training scripts keep a state dict under, most common first (PyTorch's own tutorials save
+# model_state_dict; Lightning and many repositories state_dict; others model, net, ...).
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "state", "weights", "params")
+# Prefixes that wrappers add to every key: DataParallel/DDP, torch.compile, both.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
@@ -71,23 +82,47 @@ def read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-            if isinstance(inner, nn.Module):
-                return inner.state_dict()
+        inner = _wrapped_state(obj)
+        if isinstance(inner, nn.Module):
+            return inner.state_dict()
+        obj = inner
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
     if not tensors:
-        raise ModelLoadError(f"{path}: no state dict found (expected a dict of tensors)")
+        found = ", ".join(str(k) for k in list(obj)[:8]) if isinstance(obj, Mapping) else type(obj).__name__
+        raise ModelLoadError(
+            f"{path}: no state dict found (expected a dict of tensors, or one under "
+            f"{', '.join(STATE_DICT_KEYS[:3])}, ...; found: {found or 'an empty dict'})"
+        )
     return strip_prefix(tensors, "module.")
 
 
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Undo the ``module.`` prefix that DataParallel/DDP checkpoints carry."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k.removeprefix(prefix): v for k, v in state.items()}
+def _wrapped_state(obj: Mapping) -> Mapping | nn.Module:
+    """The state dict inside a training checkpoint: the mapping under one of
+    :data:`STATE_DICT_KEYS`, else the only mapping of tensors among its values; ``obj`` itself
+    when its own values are tensors."""
+    if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in STATE_DICT_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping | nn.Module):
+            return inner
+    nested = [
+        v for v in obj.values() if isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
+    ]
+    return nested[0] if len(nested) == 1 else obj
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Undo the prefixes that wrappers give every key: ``module.`` (DataParallel/DDP) and
+    ``_orig_mod.`` (torch.compile), in any order and combination; ``prefix`` is kept for callers."""
+    prefixes = dict.fromkeys((prefix, *WRAPPER_PREFIXES))
+    stripped = True
+    while state and stripped:
+        stripped = False
+        for known in prefixes:
+            if all(k.startswith(known) for k in state):
+                state = {k.removeprefix(known): v for k, v in state.items()}
+                stripped = True
     return state
 
 
@@ -118,6 +153,8 @@ def torch_load(path: Path, trust: bool) -> object:
 
 def refuse_unreadable(path: Path, kind: str) -> None:
     """One clear sentence for files that are not a PyTorch archive or pickle at all."""
+    if kind == "zip" and _is_npz(path):
+        raise ModelLoadError(f"{path}: a NumPy .npz archive (data, not a model); give it as --data npz:{path}")
     if kind in ("zip", "pickle"):
         return
     reasons = {
@@ -127,6 +164,18 @@ def refuse_unreadable(path: Path, kind: str) -> None:
     }
     reason = reasons.get(kind, "not a model file snp can read (neither safetensors nor a PyTorch file)")
     raise ModelLoadError(f"{path}: {reason}")
+
+
+def _is_npz(path: Path) -> bool:
+    """A zip archive of ``.npy`` members only (what numpy.savez writes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def load_torchscript(path: Path, trust: bool) -> nn.Module:
@@ -149,6 +198,14 @@ def load_torchscript(path: Path, trust: bool) -> nn.Module:
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, path: Path) -> None:
     """``load_state_dict(strict=True)`` with a short, readable list of what does not fit."""
     problems = state_dict_mismatches(model, state)
+    expected = model.state_dict()
+    if problems and state and not set(state) & set(expected):
+        theirs = ", ".join(list(state)[:3])
+        ours = ", ".join(list(expected)[:3])
+        raise ModelLoadError(
+            f"{path} does not fit {arch}: none of its {len(state)} keys ({theirs}, ...) is one of the "
+            f"architecture's ({ours}, ...); it holds the weights of another network"
+        )
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ModelLoadError(f"{path} does not fit {arch}: {shown}")

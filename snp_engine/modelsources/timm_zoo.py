@@ -136,7 +136,9 @@ class TimmSource:
 
     def load(self, spec: str, trust: bool) -> LoadedModel:
         spec = spec.strip()
-        name, _, path = spec.removeprefix(TIMM_PREFIX).partition("@")
+        name, at, path = spec.removeprefix(TIMM_PREFIX).partition("@")
+        if at and not path.strip():
+            raise ModelLoadError(f"model '{spec}': no weights file after '@' (timm:NAME@WEIGHTS.pth)")
         return load_timm(spec, name.strip(), Path(path.strip()) if path.strip() else None, trust)
 
 

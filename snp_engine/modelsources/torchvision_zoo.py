@@ -114,8 +114,10 @@ class TorchvisionSource:
 
     def load(self, spec: str, trust: bool) -> LoadedModel:
         spec = spec.strip()
-        arch, _, path = spec.removeprefix(TORCHVISION_PREFIX).partition("@")
-        return load_torchvision(spec, arch.strip(), Path(path) if path else None, trust)
+        arch, at, path = spec.removeprefix(TORCHVISION_PREFIX).partition("@")
+        if at and not path.strip():
+            raise ModelLoadError(f"model '{spec}': no weights file after '@' (torchvision:ARCH@WEIGHTS.pth)")
+        return load_torchvision(spec, arch.strip(), Path(path.strip()) if path else None, trust)
 
 
 register(TorchvisionSource())

@@ -182,3 +182,61 @@ def test_fixed_size_model_runs_at_its_own_size_when_no_doubling_of_the_data_fits
         shape, reason = resolve_input_shape(net, (1, 28, 28), ANY, data_size)
         assert shape == (1, 28, 28) and f"cannot run on {data_size[0]}x{data_size[1]}" in reason
     assert resolve_input_shape(net, (1, 28, 28), ANY, (29, 29)) == ((1, 29, 29), None)  # runs there: kept
+
+
+@pytest.fixture(scope="module")
+def small_resnet_state():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=3).state_dict()
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 3},  # PyTorch's tutorials
+        lambda sd: {"net": sd, "acc": 0.9},
+        lambda sd: {"checkpoint_of_mine": sd, "epoch": 1},  # the only mapping of tensors
+        lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile
+        lambda sd: {"state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}},  # DDP around compile
+    ],
+    ids=["model_state_dict", "net", "only-mapping", "compiled", "ddp-compiled"],
+)
+def test_training_checkpoints_load_as_their_state_dict(tmp_path, small_resnet_state, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(small_resnet_state), path)
+    loaded = load_model(f"torchvision:resnet18@{path}")
+    assert loaded.num_classes == 3
+    assert torch.equal(loaded.model.state_dict()["fc.weight"], small_resnet_state["fc.weight"])
+
+
+def test_checkpoint_without_a_state_dict_lists_what_it_holds(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "a": {"x": 1}, "b": {"y": 2}}, path)
+    with pytest.raises(ModelLoadError, match=r"no state dict found.*found: epoch, a, b"):
+        load_model(f"torchvision:resnet18@{path}")
+
+
+def test_weights_of_another_network_are_named_as_such(tmp_path):
+    path = tmp_path / "mine.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).state_dict(), path)
+    with pytest.raises(ModelLoadError, match=r"none of its 2 keys \(0\.weight, 0\.bias.*another network"):
+        load_model(f"torchvision:resnet18@{path}")
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18@", "torchvision:resnet18@  ", "timm:resnet18@"])
+def test_an_empty_weights_path_is_refused_not_random(spec):
+    """``ARCH@`` with the path left out must not quietly give random weights."""
+    if spec.startswith("timm:"):
+        pytest.importorskip("timm")
+    with pytest.raises(ModelLoadError, match="no weights file after '@'"):
+        load_model(spec)
+
+
+def test_an_npz_given_as_model_says_it_is_data(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.zeros((2, 1, 4, 4), np.float32), y=np.zeros(2, np.int64))
+    for spec in (str(path), f"torchvision:resnet18@{path}"):
+        with pytest.raises(ModelLoadError, match=r"NumPy \.npz archive \(data, not a model\).*--data npz:"):
+            load_model(spec)
