@@ -75,6 +75,10 @@ def load_npz(path: Path, seed: int) -> DataBundle:
 
 def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], bool]:
     """The archive's arrays, after checking it is a readable .npz with the expected keys."""
+    if not str(path) or str(path) == ".":
+        raise DataError("npz: needs a path, npz:PATH")
+    if path.is_dir():
+        raise DataError(f"npz file '{path}' is a folder; give a folder of images without npz:")
     if not path.is_file():
         raise DataError(f"npz file '{path}' does not exist")
     try:
@@ -91,6 +95,13 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], bool]:
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
+        if any(key.endswith("data.pkl") for key in keys):
+            archive.close()
+            raise DataError(
+                f"npz file '{path}' is a PyTorch file, not a NumPy .npz; save x and y with numpy.savez instead"
+            )
+    except DataError:
+        raise
     except Exception as exc:  # numpy and zipfile report a damaged archive in many ways
         raise DataError(f"npz file '{path}' could not be read as a NumPy .npz archive ({exc})") from exc
     with archive:

@@ -222,6 +222,57 @@ def test_unknown_spec():
         load_data("no-such-dataset")
 
 
+@pytest.mark.parametrize("spec", ["", "  ", "npz:"])
+def test_an_empty_spec_is_refused_not_read_as_the_current_folder(spec, tmp_path, monkeypatch):
+    _make_image_folder(tmp_path / "pets")  # the current folder holds a class tree: must not be read
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"no data given|needs a path"):
+        load_data(spec)
+
+
+def _write_torch_data(path):
+    torch.save({"x": torch.zeros(2, 1, 4, 4), "y": torch.zeros(2, dtype=torch.long)}, path)
+
+
+def _write_zip(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a/1.png", b"")
+
+
+def _write_npz_without_suffix(path):
+    with open(path, "wb") as handle:
+        np.savez(handle, x=np.zeros(1), y=np.zeros(1))
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "expected"),
+    [
+        ("d.pt", _write_torch_data, "a PyTorch file.*numpy.savez"),
+        ("one.png", lambda p: Image.fromarray(np.zeros((4, 4), np.uint8)).save(p), "a single image.*FOLDER/<class>"),
+        ("d.csv", lambda p: p.write_text("a,b\n1,2\n"), "not a folder and not an .npz file"),
+        ("images.zip", _write_zip, "unpack it"),
+        ("arrays", _write_npz_without_suffix, "give it as npz:"),
+    ],
+    ids=["torch", "image", "csv", "zip", "npz-without-suffix"],
+)
+def test_a_file_that_is_no_data_says_what_it_is(tmp_path, name, write, expected):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DataError, match=expected):
+        load_data(str(path))
+
+
+def test_npz_prefix_on_a_folder_or_a_torch_file(tmp_path):
+    root = _make_image_folder(tmp_path / "pets")
+    with pytest.raises(DataError, match="is a folder; give a folder of images without npz:"):
+        load_data(f"npz:{root}")
+    _write_torch_data(tmp_path / "d.pt")
+    with pytest.raises(DataError, match=r"is a PyTorch file, not a NumPy \.npz"):
+        load_data(f"npz:{tmp_path / 'd.pt'}")
+
+
 # ------------------------------------------------------------------------------------ ImageFolder
 
 
