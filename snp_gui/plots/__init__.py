@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QPainter, QPalette, QPen, QPicture
 from PySide6.QtWidgets import QGraphicsItem, QStyleOptionGraphicsItem, QWidget
 
@@ -156,23 +156,38 @@ class EdgeAxis(pg.AxisItem):
         return rect.adjusted(-2 * margin, 0.0, 2 * margin, 0.0)
 
 
-class PlotViewBox(pg.ViewBox):
-    """A view box whose auto range does not repaint the whole plot when nothing about the range changed.
+def _bounds_key(item: Any, group: Any) -> tuple | None:
+    """What the auto range reads of ``item``: its data bounds and pixel padding (or its bounding
+    rectangle), where it sits in the view and whether it is shown; None where it cannot be read."""
+    try:
+        if hasattr(item, "dataBounds"):
+            bounds = (*item.dataBounds(0), *item.dataBounds(1), float(item.pixelPadding()))
+        else:
+            rect = item.boundingRect()
+            bounds = (rect.x(), rect.y(), rect.width(), rect.height())
+        t = item.itemTransform(group)[0]
+        return (*bounds, t.m11(), t.m12(), t.m21(), t.m22(), t.dx(), t.dy(), item.isVisible())
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
 
-    pyqtgraph's view box answers a change of any item in it (a marker moved, a curve's pen) by marking
-    its auto range stale and updating itself, i.e. its whole area, so that the range is recomputed
-    before the next paint: dragging a marker by one unit repainted every curve, line and grid line of
-    the plot instead of the strips the marker left and entered. Here the range is recomputed by a
-    queued call, which Qt delivers before the (low-priority) repaint; a range that changes repaints
-    the plot through the new view transform as before, one that does not repaints nothing more than
-    the changed items themselves. Items added with ``ignoreBounds`` do not count for the range, so
-    their changes are not even passed on.
+
+class PlotViewBox(pg.ViewBox):
+    """A view box that repaints all of itself only when an item's change can move its auto range.
+
+    pyqtgraph's view box answers a change of any item in it by marking its auto range stale and
+    updating itself, i.e. its whole area, so that the range is recomputed before the next paint:
+    dragging a marker by one unit repainted every curve, line and grid line of the plot instead of
+    the strips the marker left and entered, and so did a curve given another pen. Here a change is
+    passed on only when the item counts for the range (not added with ``ignoreBounds``) and what the
+    range reads of it (data bounds, pixel padding, place, visibility) differs from the last time;
+    an item that changed otherwise repaints only where it was and where it is, as every graphics
+    item does. Ranges over the visible data only (``setAutoVisible``) are left to pyqtgraph.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # set before the base class, whose constructor already adds items and queues a range update
+        # set before the base class, whose constructor already adds items
         self._unbounded: weakref.WeakSet = weakref.WeakSet()
-        self._range_queued = False
+        self._read: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # item -> _bounds_key
         super().__init__(*args, **kwargs)
 
     def addItem(self, item: Any, ignoreBounds: bool = False) -> None:
@@ -180,27 +195,24 @@ class PlotViewBox(pg.ViewBox):
             self._unbounded.add(item)
         else:
             self._unbounded.discard(item)
+        self._read.pop(item, None)
         super().addItem(item, ignoreBounds=ignoreBounds)
 
     def removeItem(self, item: Any) -> None:
         self._unbounded.discard(item)
+        self._read.pop(item, None)
         super().removeItem(item)
 
     def itemBoundsChanged(self, item: Any) -> None:
         if item in self._unbounded:
             return  # it does not count for the auto range, so the range cannot have changed
+        if not any(self.state["autoVisibleOnly"]):
+            key = _bounds_key(item, self.childGroup)
+            if key is not None:
+                if self._read.get(item) == key:
+                    return  # nothing the range reads of it changed (e.g. a pen of the same width)
+                self._read[item] = key
         super().itemBoundsChanged(item)
-
-    def queueUpdateAutoRange(self) -> None:
-        self._autoRangeNeedsUpdate = True
-        if not self._range_queued:
-            self._range_queued = True
-            QTimer.singleShot(0, self, self._settle_range)  # dropped with the view box if it goes first
-
-    def _settle_range(self) -> None:
-        self._range_queued = False
-        if self._autoRangeNeedsUpdate:
-            self.updateAutoRange()  # (prepareForPaint still does it where a paint comes first)
 
 
 def make_plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QPointF, Signal
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtGui import QColor, QPalette, QShowEvent
 from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
 from snp_engine.workflows.sensitivity import LayerSensitivity
@@ -47,6 +47,7 @@ class SensitivityPlot(QWidget):
         self._relax: set[str] = set()
         self._removed: dict[str, str] = {}  # layer inside a removed residual block: that block
         self._selected: str | None = None
+        self._hidden_change = False  # bars changed while the plot was hidden: drawn when it is shown
         self._bars: list[tuple[pg.PlotWidget, pg.BarGraphItem]] = []
         for plot in (self.error_plot, self.drop_plot):
             plot.setMinimumHeight(100)
@@ -121,7 +122,16 @@ class SensitivityPlot(QWidget):
             return QColor(WARNING_COLOUR)
         return colour_at(0.15, self.palette())
 
+    def showEvent(self, event: QShowEvent) -> None:
+        if self._hidden_change:
+            self._redraw()
+        super().showEvent(event)
+
     def _redraw(self) -> None:
+        if not self.isVisible():  # e.g. a layer selected while another tab is shown: nothing to draw yet
+            self._hidden_change = True
+            return
+        self._hidden_change = False
         names = [name for name in self._names if name in self._layers]
         xs = np.array([self._names.index(name) for name in names], dtype=float)
         brushes = [pg.mkBrush(self._brush(name)) for name in names]
