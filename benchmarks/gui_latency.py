@@ -6,14 +6,19 @@ resnet50 (random weights) on a few random 224x224 images, run by the GUI's own t
 runs a 10 ms timer measures how late the event loop delivers its ticks. Its curves (one per prunable
 group) then feed the interaction timings:
 
-* ``drag``: move one layer's marker by a unit, as a mouse drag does (``sigPositionChanged``);
+* ``drag``: move one layer's marker by a unit, as a mouse drag does (``sigPositionChanged``), a
+  different layer each step (so each step also selects its layer: restyles two curves, refocuses);
+* ``drag_one_layer``: a slow drag of one marker, a unit a step, ten steps a layer (the first of the ten
+  selects it, as the first mouse move of a drag does);
 * ``threshold``: move the threshold slider while it is held down (explained variance and FLOPs modes);
 * ``architecture``: the Architecture tab's first (folded) view of the network, Unfold all / Fold all, and
   a layer selected while the tab is shown (its block unfolded, the view redrawn and scrolled to it).
 
 Each interaction is timed three ways: the signal handlers alone (controller → curves, table, summary),
 plus the queued events (``processEvents``: scene and table repaints), and plus a full render of the
-window (``grab``), an upper bound since a real drag repaints only what changed.
+window (``grab``), an upper bound since a real drag repaints only what changed. The GUI thread's CPU
+time for handlers + events is recorded too (``events_cpu``): on a shared machine the wall time also
+counts the time spent waiting for a core, the CPU time mostly does not.
 
     .venv/bin/python benchmarks/gui_latency.py           # writes docs/benchmarks/gui_latency.json
     .venv/bin/python benchmarks/gui_latency.py --quick   # tiny smoke run
@@ -142,14 +147,15 @@ def background_analysis(app, window, args) -> tuple[dict, dict, api.Analysis]:
 
 
 def time_interaction(app, window, action, repeats: int) -> dict:
-    """Three timings per interaction: handlers only, + queued events, + a full window render."""
-    out = {"handlers": [], "events": [], "render": []}
+    """Three timings per interaction: handlers only, + queued events (also as CPU time), + a full render."""
+    out = {"handlers": [], "events": [], "events_cpu": [], "render": []}
     for index in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         action(index)
         out["handlers"].append(1000 * (time.perf_counter() - start))
         app.processEvents()
         out["events"].append(1000 * (time.perf_counter() - start))
+        out["events_cpu"].append(1000 * (time.thread_time() - cpu))
         window.grab()
         out["render"].append(1000 * (time.perf_counter() - start))
         app.processEvents()  # settle before the next step
@@ -165,6 +171,15 @@ def interactions(app, window, analysis: api.Analysis, repeats: int) -> dict:
         marker = curves.marker(name)
         k = marker.units()
         marker.setValue(float(k - 1 if k > 1 else k + 1))  # one unit, as a slow drag would
+
+    def drag_one_layer(index: int) -> None:
+        run = index // 10
+        marker = curves.marker(names[(7 * run) % len(names)])  # layers from all over the network
+        k = marker.units()
+        step = -1 if run % 2 == 0 else 1  # the runs alternate between fewer and more units
+        if not 1 <= k + step <= marker.n:
+            step = -step
+        marker.setValue(float(k + step))
 
     def threshold(mode: str, low: float, high: float):
         window.threshold.set_value(mode, low)
@@ -182,6 +197,7 @@ def interactions(app, window, analysis: api.Analysis, repeats: int) -> dict:
     out = {"groups": len(names), "excluded": len(analysis.excluded), "units": int(sum(analysis.units.values()))}
     kinds = (
         ("drag", lambda: drag),
+        ("drag_one_layer", lambda: drag_one_layer),
         ("threshold_variance", lambda: threshold("variance", 0.90, 0.999)),
         ("threshold_flops", lambda: threshold("flops", 0.2, 0.7)),
     )
