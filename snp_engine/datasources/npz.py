@@ -164,7 +164,10 @@ def _pixels(x: np.ndarray, notes: list[str]) -> np.ndarray:
         return np.ascontiguousarray(images)
     mean = np.array(IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,), np.float32)
     std = np.array(IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,), np.float32)
-    notes.append("uint8 pixels scaled to [0, 1] and normalised with the ImageNet mean/std, as image folders are")
+    notes.append(
+        "uint8 pixels scaled to [0, 1] and normalised with the ImageNet mean/std, as image folders are "
+        "(store float images for another normalisation)"
+    )
     return np.ascontiguousarray((images - mean[:, None, None]) / std[:, None, None])
 
 

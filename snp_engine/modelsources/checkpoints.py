@@ -147,8 +147,33 @@ def torch_load(path: Path, trust: bool) -> object:
     try:
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError) as exc:  # the model's class is not importable here
+        raise ModelLoadError(f"{path}: {_class_not_found(exc)}") from None
     except Exception as exc:  # arbitrary unpickling can fail in arbitrary ways
         raise ModelLoadError(f"{path}: could not be unpickled ({type(exc).__name__}: {exc})") from exc
+
+
+SAVE_INSTEAD = "save the model as TorchScript instead (torch.jit.script(model).save(PATH))"
+
+
+def _class_not_found(exc: Exception) -> str:
+    """A pickle names its model's class by module and name; say which one is missing and what helps."""
+    import re
+
+    if isinstance(exc, ModuleNotFoundError):
+        return (
+            f"the pickled model's class comes from module '{exc.name}', which cannot be imported here; add its "
+            f"folder to PYTHONPATH or {SAVE_INSTEAD}"
+        )
+    found = re.search(r"attribute '([^']+)' on <module '([^']+)'", str(exc))
+    if found and found.group(2) == "__main__":
+        return (
+            f"the pickled model's class {found.group(1)} was defined in the script that saved it (__main__), so "
+            f"it cannot be found when loading; {SAVE_INSTEAD}, or define the class in a module of its own"
+        )
+    if found:
+        return f"the pickled model's class {found.group(1)} is not in module '{found.group(2)}' here; {SAVE_INSTEAD}"
+    return f"could not be unpickled ({type(exc).__name__}: {exc})"
 
 
 def refuse_unreadable(path: Path, kind: str) -> None:

@@ -240,3 +240,33 @@ def test_an_npz_given_as_model_says_it_is_data(tmp_path):
     for spec in (str(path), f"torchvision:resnet18@{path}"):
         with pytest.raises(ModelLoadError, match=r"NumPy \.npz archive \(data, not a model\).*--data npz:"):
             load_model(spec)
+
+
+class _ScriptNet(torch.nn.Module):
+    """A user's own network class, as defined in the script that trains it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("where", ["__main__", "users_own_module"])
+def test_a_pickle_whose_class_cannot_be_imported_says_which_and_what_helps(tmp_path, monkeypatch, where):
+    import sys
+    import types
+
+    home = sys.modules["__main__"] if where == "__main__" else types.ModuleType(where)
+    monkeypatch.setattr(_ScriptNet, "__module__", where)
+    monkeypatch.setattr(home, "_ScriptNet", _ScriptNet, raising=False)
+    monkeypatch.setitem(sys.modules, where, home)
+    torch.save(_ScriptNet(), tmp_path / "mine.pt")
+    monkeypatch.delattr(home, "_ScriptNet")
+    if where != "__main__":
+        monkeypatch.delitem(sys.modules, where)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(tmp_path / "mine.pt"), trust=True)
+    message = str(info.value)
+    assert "TorchScript" in message and ("_ScriptNet" in message if where == "__main__" else where in message)
