@@ -179,6 +179,12 @@ class Analysis:
     def curves(self) -> dict[str, np.ndarray]:
         return {g.name: g.curve for g in self.groups}
 
+    @property
+    def reader_weights(self) -> dict[str, float]:
+        """The budget greedy's weight of each group's lost explained variance: its number of readers
+        (see :mod:`snp_engine.ratios`)."""
+        return {g.name: float(1 + len(g.more)) for g in self.groups}
+
     def group(self, name: str) -> GroupAnalysis:
         for g in self.groups:
             if g.name == name:
@@ -221,9 +227,10 @@ class Analysis:
         """Keep counts from exactly one of: a global explained-variance threshold ``variance``
         (0 < V ≤ 1), a FLOPs or parameter reduction (0 ≤ R < 1), or explicit ``keep`` counts
         (groups not named keep all their units). A reduction is split across layers greedily by lost
-        explained variance per saved cost (``allocation="greedy"``) or by bisection on one global
-        threshold (``allocation="threshold"``). ``constraints`` lock groups or set their own minimum
-        and rounding (:class:`~snp_engine.ratios.Constraints`); explicit counts must agree with them."""
+        explained variance per saved cost (``allocation="greedy"``; a group's loss counted at each of
+        its readers, :attr:`reader_weights`) or by bisection on one global threshold
+        (``allocation="threshold"``). ``constraints`` lock groups or set their own minimum and
+        rounding (:class:`~snp_engine.ratios.Constraints`); explicit counts must agree with them."""
         given = [x is not None for x in (variance, flops_reduction, params_reduction, keep)]
         if sum(given) != 1:
             raise SnpError("give exactly one of variance, flops_reduction, params_reduction or keep")
@@ -255,7 +262,7 @@ class Analysis:
                 paths = self.__dict__.setdefault("_budget_paths", {})
                 key = (index, round_to, rules)
                 if allocation == "greedy" and key not in paths:
-                    paths[key] = BudgetPath(curves, cost, round_to, 1, saving, rules)
+                    paths[key] = BudgetPath(curves, cost, round_to, 1, saving, rules, self.reader_weights)
                 counts, threshold = keep_for_budget(
                     curves,
                     cost,
@@ -265,6 +272,7 @@ class Analysis:
                     saving=saving,
                     constraints=rules,
                     path=paths.get(key) if allocation == "greedy" else None,
+                    weights=self.reader_weights,
                 )
         except ValueError as exc:
             raise SnpError(str(exc)) from None

@@ -253,3 +253,15 @@ def test_transformer_quick(tmp_path):
     assert heads["mlp_kept"]["mean"] == sum(g["units"] for g in vit["groups"].values() if g["kind"] == "channels")
     assert data["cost"]["ratio"] > 0 and {"output", "greedy"} <= set(data["cost"]["reorder_seconds_one_layer"])
     assert transformer.table(data).count("\n") == 4
+
+
+def test_allocation_quick(tmp_path):
+    from benchmarks import allocation
+
+    allocation.main(_args(tmp_path, "allocation"))
+    data = _check(tmp_path / "allocation.json", ("models", "targets"))
+    cells = data["models"]["demo-resnet"]["cells"]
+    assert set(cells) == {f"0.5/{v}/{m}" for v in allocation.VARIANTS for m in ("sequential", "one-shot")}
+    assert data["models"]["demo-resnet"]["readers"]  # the residual stream is read by several layers
+    plans = {v: cells[f"0.5/{v}/sequential"]["multi_reader_keep"] for v in allocation.VARIANTS}
+    assert sum(plans["per reader"].values()) >= sum(plans["pooled"].values())  # streams cut less

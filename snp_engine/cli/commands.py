@@ -14,6 +14,7 @@ from snp_engine import distributed, io, workflows
 from snp_engine.cli import plumbing
 from snp_engine.deploy import require_onnx
 from snp_engine.errors import SnpError
+from snp_engine.layernorm_streams import stream_norms
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.ratios import Constraints
 from snp_engine.subspace import DEFAULT_ORDERING
@@ -30,6 +31,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     groups, excluded, params, flops, warnings = found.groups, found.excluded, found.params, found.flops, found.warnings
     pruning = loaded.pruning.to_dict() if loaded.pruning is not None else None
     blocks = workflows.removable_blocks(prepared, device=device)
+    norms = {g.name: stream_norms(loaded.model, g) for g in groups}  # a stream read through layer norms
     plumbing.say(args, warnings, "warning")
     result = {
         "model": args.model,
@@ -52,6 +54,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
                     else {}
                 ),
                 **({"parts": g.parts} if g.parts > 1 else {}),
+                **({"layer_norms": list(norms[g.name])} if norms[g.name] else {}),
             }
             for g in groups
         ],
@@ -75,7 +78,9 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
         f"prunable layer groups ({len(groups)}):",
         *(
             f"  {g.name:<28} -> {g.consumer + (f' (+{len(g.more_readers)})' if g.more_readers else ''):<28} "
-            f"{g.units:>6} {g.unit_word}" + (f"  {g.coupling}" if g.coupled else "")
+            f"{g.units:>6} {g.unit_word}"
+            + (f"  {g.coupling}" if g.coupled else "")
+            + (f", through {len(norms[g.name])} layer norms" if norms[g.name] else "")
             for g in groups
         ),
     ]

@@ -447,3 +447,20 @@ def test_the_workflows_one_shot_fits_the_streams_from_the_calibration_data(analy
     data_free = _outputs(api.prune(model, analysis, plan, sequential=False).model, data)
     torch.testing.assert_close(job, with_data, rtol=0, atol=0)
     assert not torch.equal(job, data_free)
+
+
+def test_info_names_the_layer_norms_a_stream_is_read_through(tmp_path, capsys):
+    import json
+
+    from snp_engine.cli import main
+
+    path, model = tmp_path / "tiny_convnext.pt", tiny_convnext()
+    torch.save(model, path)
+    main(["info", "--model", str(path), "--trust", "--input-size", "32", "--json", "--quiet"])
+    groups = {g["name"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    norms = groups[STAGE2]["layer_norms"]
+    assert norms and all(isinstance(model.get_submodule(name), nn.LayerNorm) for name in norms)
+    assert "layer_norms" not in groups["features.3.0.block.3"]  # an MLP's hidden units: no stream
+    main(["info", "--model", str(path), "--trust", "--input-size", "32", "--quiet"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith(STAGE2))
+    assert f"through {len(groups[STAGE2]['layer_norms'])} layer norms" in line

@@ -377,3 +377,34 @@ def test_one_budget_path_gives_every_target_the_plan_of_its_own_greedy():
         alone, _ = keep_for_budget(curves, cost, share * full, constraints=rules)
         shared, _ = keep_for_budget(curves, cost, share * full, constraints=rules, path=path)
         assert shared == alone and cost(shared) <= share * full
+
+
+def test_greedy_counts_a_groups_loss_at_each_of_its_readers():
+    """Two identical curves and per-unit savings, one group read by three layers (weight 3): its
+    step loses three times the explained variance, so the greedy cuts the other group first; the
+    same plan comes from a shared path and from scaling that group's curve by 3."""
+    from snp_engine.ratios import BudgetPath
+
+    curve = np.linspace(0, 1, 11)
+    curves = {"stream": curve, "layer": curve.copy()}
+    cost = _linear_cost({"stream": 2.0, "layer": 1.0})  # a stream unit saves twice a layer unit
+    plain, _ = keep_for_budget(curves, cost, 24.0)
+    weighted, _ = keep_for_budget(curves, cost, 24.0, weights={"stream": 3.0})
+    assert plain["stream"] < plain["layer"]  # unweighted the stream looks cheaper per saved cost
+    assert weighted["layer"] < weighted["stream"]  # counted at its three readers it is not
+    assert cost(weighted) <= 24.0
+    scaled, _ = keep_for_budget({"stream": 3 * curve, "layer": curve}, cost, 24.0)
+    path = BudgetPath(curves, cost, weights={"stream": 3.0})
+    assert keep_for_budget(curves, cost, 24.0, path=path)[0] == weighted == scaled
+    thresholds = keep_for_budget(curves, cost, 24.0, allocation="threshold", weights={"stream": 3.0})
+    assert thresholds == keep_for_budget(curves, cost, 24.0, allocation="threshold")  # not the paper's rule
+
+
+def test_an_analysis_weighs_each_group_by_its_readers():
+    from snp_engine import api
+    from tests.engine.helpers import demo_model, digits
+
+    analysis = api.analyze(demo_model("demo-resnet"), digits().calibration, samples=64)
+    weights = analysis.reader_weights
+    assert weights == {g.name: float(len(g.group.readers)) for g in analysis.groups}
+    assert max(weights.values()) > 1  # demo-resnet's residual stream has several readers
