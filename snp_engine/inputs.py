@@ -67,9 +67,10 @@ def resolve_input_shape(
                 f"--input-size {input_size} cannot be used with it"
             )
         shape = (channels, input_size, input_size)
-        if rule != ANY and not runs_at(model, shape):
+        if not runs_at(model, shape) and (rule != ANY or runs_at(model, model_shape)):
+            made = "was made for" if rule != ANY else "runs at"
             raise SnpError(
-                f"the model cannot run on inputs of shape {shape}: {name} was made for {height}x{width} inputs; "
+                f"the model cannot run on inputs of shape {shape}: {name} {made} {height}x{width} inputs; "
                 "give another --input-size or none"
             )
         return shape, "--input-size"

@@ -270,3 +270,12 @@ def test_a_pickle_whose_class_cannot_be_imported_says_which_and_what_helps(tmp_p
         load_model(str(tmp_path / "mine.pt"), trust=True)
     message = str(info.value)
     assert "TorchScript" in message and ("_ScriptNet" in message if where == "__main__" else where in message)
+
+
+def test_an_input_size_a_fixed_size_file_model_cannot_take_names_the_size_it_runs_at():
+    from snp_engine.errors import SnpError
+    from snp_engine.inputs import ANY, resolve_input_shape
+
+    with pytest.raises(SnpError, match=r"cannot run on inputs of shape \(1, 32, 32\): net runs at 28x28 inputs"):
+        resolve_input_shape(_fixed_size_net(), (1, 28, 28), ANY, (8, 8), 32, name="net")
+    assert resolve_input_shape(_fixed_size_net(), (1, 28, 28), ANY, (8, 8), 29) == ((1, 29, 29), "--input-size")
