@@ -386,3 +386,25 @@ def test_fixed_size_pickled_model_on_other_sized_data_is_resized_and_said(tmp_pa
         assert result["input_shape"] == [1, 28, 28]
     assert len(result["notes"]) == 1 and "resized 32x32 -> 28x28" in result["notes"][0], result["notes"]
     assert result["samples"] == 12
+
+
+def test_uint8_channels_last_npz_reads_as_the_same_images_in_a_folder(tmp_path):
+    """The same pixels as a uint8 (N, H, W, C) npz and as PNG files give the same accuracy; the npz says in
+    one note what it converted."""
+    rng = np.random.default_rng(4)
+    pixels = (rng.random((24, 8, 8, 3)) * 255).astype(np.uint8)
+    labels = np.arange(24) % 10
+    np.savez(tmp_path / "pixels.npz", x=pixels, y=labels)
+    root = tmp_path / "pixels"
+    for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        (root / f"{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / f"{label}" / f"{index}.png")
+    spec = f"torchvision:resnet18@{tmp_path / 'r.pth'}"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r.pth")
+    from_npz = run_json("eval", "--model", spec, "--data", f"npz:{tmp_path / 'pixels.npz'}")
+    from_folder = run_json("eval", "--model", spec, "--data", str(root))
+    assert from_npz["input_shape"] == from_folder["input_shape"] == [3, 8, 8]
+    assert from_npz["top1"] == from_folder["top1"] and from_npz["samples"] == 24
+    assert from_folder["notes"] == [] and len(from_npz["notes"]) == 1
+    assert "channels-last" in from_npz["notes"][0] and "uint8" in from_npz["notes"][0]

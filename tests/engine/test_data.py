@@ -405,3 +405,17 @@ def test_adapt_refuses_to_drop_channels(tmp_path):
     spec = _write_npz(tmp_path / "rgb.npz", x=np.zeros((4, 3, 4, 4), np.float32), y=np.zeros(4, np.int64))
     with pytest.raises(DataError, match="3-channel"):
         adapt_to_model(load_data(spec), 1, None)
+
+
+def test_uint8_npz_pixels_decode_as_the_same_png_files_do(tmp_path):
+    rng = np.random.default_rng(5)
+    pixels = (rng.random((6, 5, 5, 3)) * 255).astype(np.uint8)
+    for index, image in enumerate(pixels):
+        (tmp_path / "f" / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "f" / f"c{index % 2}" / f"{index:02d}.png")
+    folder = load_data(str(tmp_path / "f"))
+    npz = load_data(_write_npz(tmp_path / "p.npz", x=pixels, y=np.arange(6) % 2))
+    order = np.argsort(folder.calibration.indices)  # folder files are listed by class, then name
+    from_files = _all(folder.calibration)[0][order]
+    by_class = [*range(0, 6, 2), *range(1, 6, 2)]
+    assert torch.allclose(from_files, _xy(npz)[0][by_class], atol=1e-6)
