@@ -22,14 +22,15 @@ The simple case is one producer and one reader (a VGG layer, a ResNet block's in
 - a concatenation (DenseNet, SqueezeNet's fire modules, GoogLeNet/Inception): a branch's units are
   a contiguous slice of each reader's input, channels ``start`` to ``start + units`` of ``width``;
   the reader's other input channels belong to other groups (or to none) and stay as they are.
-- a residual stream read through layer norms over its channels (ConvNeXt, torchvision and timm):
-  the norms (``LayerNorm`` after a permute, ``LayerNorm2d``) are listed with the channel-wise
-  modules; they are not channel-wise, and :mod:`snp_engine.layernorm_streams` says how they are
-  restricted to the kept channels and how the readers after them are refitted. Per-channel
+- a residual stream read through layer norms over its channels (ConvNeXt, torchvision and timm;
+  MaxViT, whose stream also passes through the permutes and transposes of its window and grid
+  partitions): the norms (``LayerNorm`` after a permute, ``LayerNorm2d``) are listed with the
+  channel-wise modules; they are not channel-wise, and :mod:`snp_engine.layernorm_streams` says how
+  they are restricted to the kept channels and how the readers after them are refitted. Per-channel
   layer-scale vectors and the permutes around the norms come along;
-- attention heads (torchvision and timm ViTs): the units of a *head group* are the heads of one
-  multi-head attention layer, each ``block`` = head-width channels of the output projection's input
-  (``kind == "heads"``, see :mod:`snp_engine.heads`).
+- attention heads (torchvision and timm ViTs, Swin, MaxViT): the units of a *head group* are the
+  heads of one multi-head attention layer, each ``block`` = head-width channels of the output
+  projection's input (``kind == "heads"``, see :mod:`snp_engine.heads`).
 
 Each reader r sees its own tensor x_r (the stream after a different number of blocks), so the
 statistics, the least-squares compensation x_r ≈ c_r + A_r x_{r,K} and the consumer metric M_r
@@ -293,8 +294,9 @@ def _classify(dependencies, names: dict[nn.Module, str]):
 
 # what a residual stream read through layer norms over its channels passes through besides them
 # (ConvNeXt: the permutes around a channels-last layer norm, the norm's own op, the layer scale, and
-# the reshapes of pooling a map to one position)
-_STREAM_NORM_OPS = ("NativeLayerNorm", "Permute", "AsStrided", "Parameter", "View", "Reshape")
+# the reshapes of pooling a map to one position; MaxViT: the permutes, reshapes and the transpose of
+# its window and grid partitions, which move positions, never channels)
+_STREAM_NORM_OPS = ("NativeLayerNorm", "Permute", "Transpose", "AsStrided", "Parameter", "View", "Reshape")
 
 
 def _stream_norms(

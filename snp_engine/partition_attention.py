@@ -18,6 +18,12 @@ deletes those rows and columns and lowers H; c stays D^{-1/2}, because D is the 
 layer's input (the residual stream), which removing heads does not change, so every kept head's
 o_h is unchanged.
 
+The residual stream x itself is a layer-norm stream (:mod:`snp_engine.layernorm_streams`): the
+layer reads LN(x) through ``to_qkv`` (a reader, refitted towards the dense W_qkv LN(x)) and writes
+through ``merge`` (a producer). When the stream keeps D' < D channels, W_qkv becomes 3·H·d × D' and
+W_m D' × H·d, and c stays the dense D^{-1/2}: the refitted W_qkv reproduces the dense q, k and v,
+which the dense scores scale by D^{-1/2}.
+
 torchvision's forward cannot run with fewer heads (it reshapes the heads' output back to the
 input width D), and torch-pruning cannot trace it: its ``chunk`` and ``einsum`` over 4-D token
 tensors make torch-pruning's reshape index mapping expand channel indices on every pass around
@@ -25,7 +31,8 @@ the residual stream, so finding the groups never ends. :class:`PartitionHeadAtte
 the same outputs with the same parameter and buffer names (state dicts are interchangeable): the
 partitions are folded into the batch, q, k and v come from one reshape of 3-D tensors, and the
 heads' output is H·d wide. It stands in for the original while the dependency graph is built
-(:func:`traceable_partition_attention`) and replaces every layer that loses heads for good.
+(:func:`traceable_partition_attention`) and replaces for good every layer that loses heads or
+whose stream loses channels (:func:`explicit_where_narrowed`).
 """
 
 from __future__ import annotations
@@ -103,6 +110,20 @@ class PartitionHeadAttention(nn.Module):
         return self.merge(out)
 
 
+def explicit_where_narrowed(model: nn.Module) -> None:
+    """Make every torchvision MaxViT attention of ``model`` whose input width is no longer its
+    heads' width H·d (its residual stream lost channels) a :class:`PartitionHeadAttention`, which
+    runs at any width; c = D^{-1/2} stays the dense layer's constant (the readers were fitted with
+    it). Layers of the full width are left as they are."""
+    cls = _torchvision_class()
+    for name, module in list(model.named_modules()):
+        if cls is None or not isinstance(module, cls):
+            continue
+        if module.merge.out_features != module.n_heads * module.head_dim:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, PartitionHeadAttention.sharing(module))
+
+
 @contextlib.contextmanager
 def traceable_partition_attention(model: nn.Module) -> Iterator[None]:
     """Within the block every torchvision MaxViT attention of ``model`` is a
@@ -123,4 +144,9 @@ def traceable_partition_attention(model: nn.Module) -> Iterator[None]:
             setattr(owner, child, module)
 
 
-__all__ = ["PartitionHeadAttention", "is_partition_attention", "traceable_partition_attention"]
+__all__ = [
+    "PartitionHeadAttention",
+    "explicit_where_narrowed",
+    "is_partition_attention",
+    "traceable_partition_attention",
+]

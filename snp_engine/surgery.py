@@ -21,6 +21,7 @@ from snp_engine.adapters import traceable
 from snp_engine.compensation import compensated_weight, constant_response
 from snp_engine.groups import Reader, UnitGroup, build_dependency_graph, tracing
 from snp_engine.heads import remove_heads, value_l1
+from snp_engine.partition_attention import explicit_where_narrowed
 
 
 def weight_view(consumer: nn.Module, layout: str, units: int, start: int = 0, width: int = 0) -> torch.Tensor:
@@ -156,6 +157,7 @@ def remove_units(
             pruning_group = graph.get_pruning_group(producer, handler, idxs=indices)
             pruning_group.prune()
     _restore_grouped_inputs(model, groups, removed, grouped)
+    explicit_where_narrowed(model)  # MaxViT's attention on a narrower stream
     for group in heads:  # after torch-pruning: it traces attention layers as they were
         if removed.get(group.name):
             remove_heads(model, group.name, removed[group.name])

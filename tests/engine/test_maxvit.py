@@ -1,6 +1,7 @@
 """MaxViT (torchvision's ``MaxVit``) on a small configuration: its groups are found in bounded
 time (the partition attention in its explicit form), its heads are pruned with the maths of
-:mod:`snp_engine.partition_attention`, keep-all is exact and an export reloads with equal logits.
+:mod:`snp_engine.partition_attention`, its residual streams as layer-norm streams
+(:mod:`snp_engine.layernorm_streams`), keep-all is exact and an export reloads with equal logits.
 The full ``maxvit_t`` (224x224, the smallest input its partition size 7 allows) is in
 test_zoo.py (slow) and docs/benchmarks.md §9."""
 
@@ -99,12 +100,18 @@ def test_groups_are_found_quickly():
         assert f"{block}.layers.MBconv.layers.squeeze_excitation.fc1" in names
         assert f"{block}.layers.window_attention.mlp_layer.1" in names
         assert f"{block}.layers.grid_attention.mlp_layer.1" in names
-    reasons = {e.name: e.reason for e in excluded}
-    assert not [name for name in reasons if name.endswith("to_qkv")]  # covered by the head groups
-    streams = {name: reason for name, reason in reasons.items() if name.endswith("MBconv.proj.1")}
-    assert sorted(streams) == ["blocks.0.layers.0.layers.MBconv.proj.1", "blocks.1.layers.0.layers.MBconv.proj.1"]
-    for reason in streams.values():
-        assert reason.startswith("passes through a layer norm") and "\n" not in reason
+    assert [(e.name, e.reason) for e in excluded] == [("classifier.5", "network output")]
+    # each stage's residual stream: produced by the MBConvs, the attention's merge and the MLPs, read
+    # through layer norms by to_qkv and the MLPs (and by the next stage's MBConv, the classifier)
+    stream = next(g for g in groups if g.name == "blocks.1.layers.0.layers.MBconv.proj.1")
+    assert stream.units == 16
+    for layer in ("blocks.1.layers.0", "blocks.1.layers.1"):
+        for part in ("window_attention", "grid_attention"):
+            assert f"{layer}.layers.{part}.attn_layer.1.merge" in stream.all_producers
+            assert f"{layer}.layers.{part}.mlp_layer.3" in stream.all_producers
+            assert f"{layer}.layers.{part}.attn_layer.1.to_qkv" in {r.consumer for r in stream.readers}
+            assert f"{layer}.layers.{part}.attn_layer.0" in stream.channelwise  # the layer norms
+    assert "classifier.3" in {r.consumer for r in stream.readers}
 
 
 def test_removing_heads_leaves_the_kept_heads_outputs():
@@ -168,3 +175,26 @@ def test_a_flops_plan_prunes_exports_and_reloads(family, tmp_path):
     with torch.no_grad():
         assert torch.equal(again(images), run.model(images))
     assert sum(p.numel() for p in again.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_a_narrower_stream_runs_its_attention_in_the_explicit_form(family, tmp_path):
+    """Stream channels removed: every attention on the stream reads fewer than H·d channels, which
+    torchvision's forward cannot reshape; those layers become PartitionHeadAttention (c = D^{-1/2}
+    of the dense width kept), sequential calibration refits the readers, and the export reloads."""
+    torch.set_num_threads(1)
+    model = small_maxvit()
+    images = torch.randn(32, 3, SIDE, SIDE)
+    data = TensorDataset(images, torch.zeros(32, dtype=torch.long))
+    analysis = api.analyze(model, data, batch_size=16, max_positions=64)
+    stream = "blocks.1.layers.0.layers.MBconv.proj.1"
+    run = api.prune(model, analysis, analysis.plan(keep={stream: 14}), data=data, batch_size=16)
+    attention = [m for n, m in run.model.named_modules() if n.startswith("blocks.1.") and n.endswith("attn_layer.1")]
+    assert len(attention) == 4 and all(isinstance(m, PartitionHeadAttention) for m in attention)
+    assert all(m.to_qkv.in_features == 14 and m.scale_factor == 16**-0.5 for m in attention)
+    with torch.no_grad():
+        dense, pruned = model(images), run.model(images)
+    assert float((pruned - dense).norm() / dense.norm()) < 0.1
+    path = io.export_model(run, tmp_path / "m.safetensors", arch=ARCH, num_classes=5, input_shape=(3, SIDE, SIDE))
+    again = io.load_exported(path).model
+    with torch.no_grad():
+        assert torch.equal(again(images), pruned)
