@@ -1,8 +1,8 @@
 """``npz:PATH``: a NumPy archive of images and class labels.
 
 Images are float (used as they are: normalised as the model was trained) or uint8 pixels 0-255
-(read like an image folder's files: scaled to [0, 1] and normalised with the ImageNet mean/std),
-laid out (N, C, H, W), channels-last (N, H, W, C) or (N, H, W) for grey images. Labels are
+(read like an image folder's files: RGBA without alpha, scaled to [0, 1] and normalised with the
+ImageNet mean/std), laid out (N, C, H, W), channels-last (N, H, W, C) or (N, H, W) for grey images. Labels are
 integers (an (N, 1) column or one-hot rows too) or class names (numbered in sorted order, as folder
 names are). Whatever is converted is said in the data's note.
 
@@ -155,8 +155,11 @@ def _images(where: str, x: np.ndarray, key: str, notes: list[str]) -> torch.Tens
 
 
 def _pixels(x: np.ndarray, notes: list[str]) -> np.ndarray:
-    """uint8 pixels as an image folder's files would be read: scaled to [0, 1], then normalised
-    with the ImageNet mean/std (their average for one channel)."""
+    """uint8 pixels as an image folder's files would be read: RGBA without its alpha, scaled to
+    [0, 1], then normalised with the ImageNet mean/std (their average for one channel)."""
+    if x.shape[1] == 4:  # RGBA pixels: the alpha channel goes, as it does for an image file
+        x = x[:, :3]
+        notes.append("alpha channel of the RGBA pixels dropped")
     images = x.astype(np.float32) / 255.0
     channels = x.shape[1]
     if channels not in (1, 3):

@@ -165,6 +165,13 @@ def test_npz_other_image_layouts_and_uint8_pixels(tmp_path):
     assert bundle.channels == 1 and torch.equal(images[:, 0], torch.from_numpy(grey))
     assert len(bundle.adapted) == 1 and "(N, H, W)" in bundle.adapted[0]
 
+    rgba = np.concatenate([pixels, np.full((6, 5, 7, 1), 7, np.uint8)], axis=3)
+    bundle = load_data(_write_npz(tmp_path / "rgba.npz", x=rgba, y=labels))
+    assert bundle.channels == 3 and np.allclose(_xy(bundle)[0].numpy(), expected, atol=1e-6)
+    assert any("alpha" in a for a in bundle.adapted)
+    floats = rng.standard_normal((6, 4, 5, 7)).astype(np.float32)  # 4 float channels: the model's to judge
+    assert load_data(_write_npz(tmp_path / "four.npz", x=floats, y=labels)).channels == 4
+
     plain = rng.standard_normal((6, 3, 5, 7)).astype(np.float32)  # already N, C, H, W: untouched
     assert load_data(_write_npz(tmp_path / "plain.npz", x=plain, y=labels)).adapted == ()
 
