@@ -10,6 +10,7 @@ wall-clock and address-space limit, so one runaway model cannot take the others 
     .venv/bin/python benchmarks/zoo.py                  # all models, writes docs/benchmarks/zoo.json
     .venv/bin/python benchmarks/zoo.py --quick          # a few small models
     .venv/bin/python benchmarks/zoo.py resnet18 swin_t  # chosen models
+    .venv/bin/python benchmarks/zoo.py maxvit_t --rerun "why"  # replace these rows in zoo.json
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from benchmarks import common
 TARGET = 0.3
 IMAGES = 4
 QUICK = ("resnet18", "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5")
-# inputs smaller than this fail inside the network itself (pooling to nothing)
+# inputs smaller than this fail inside the network itself (pooling to nothing; MaxViT: its maps after
+# the stem and each of its four stages, side/32 at the last, must be whole multiples of its partition
+# size 7, so 224 is its smallest input)
 MIN_SIDE = {"inception_v3": 96, "googlenet": 64, "maxvit_t": 224, "vit_h_14": 56}
 
 
@@ -191,7 +194,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "zoo.json")
     parser.add_argument("--resume", action="store_true", help="keep the models already in --out, run the rest")
     parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
+    parser.add_argument(
+        "--rerun",
+        metavar="WHY",
+        help="replace the chosen models' rows in --out and keep the others; WHY and this machine's state "
+        "are added to its 'reruns'",
+    )
     args = parser.parse_args()
+    if args.rerun is not None:
+        if not args.models or not args.out.is_file():
+            parser.error("--rerun needs the models to rerun and an existing --out")
+        _rerun(args.models, args.out, args.rerun, args.timeout, args.memory_gib)
+        return
     if args.table:
         print(table(json.loads(args.out.read_text())["models"]))
         return
@@ -227,6 +241,21 @@ def main() -> None:
         common.write_json(
             args.out, {"benchmark": "zoo", "machine": common.machine_info(), "settings": settings, "models": rows}
         )
+
+
+def _rerun(names: list[str], out: Path, why: str, timeout: float, memory_gib: float) -> None:
+    """Run ``names`` again and put their rows into the results file ``out`` in place of the old ones."""
+    results = json.loads(out.read_text())
+    fresh = []
+    for name in names:
+        row = _run_isolated(name, timeout, memory_gib)
+        fresh.append(row)
+        print(f"{name:<24} {row['status']:<8} {row.get('message', '')[:100]}", flush=True)
+    by_name = {row["model"]: row for row in fresh}
+    rows = [by_name.pop(row["model"], row) for row in results["models"]]  # in place, in the file's order
+    results["models"] = rows + list(by_name.values())
+    results.setdefault("reruns", []).append({"models": sorted(names), "machine": common.machine_info(), "why": why})
+    common.write_json(out, results)
 
 
 if __name__ == "__main__":
