@@ -1,5 +1,5 @@
 """A folder of images in ImageFolder layout (``root/<class>/<image>``), optionally split into
-``train/``, ``val/`` and/or ``test/``.
+``train/``, ``val/`` (or ``validation/``, ``valid/``) and/or ``test/``.
 
 Images are decoded at the model's input size (resize the shorter side, centre crop, ImageNet
 normalisation). A folder whose images all have one size reports that size, so a model that takes
@@ -22,6 +22,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224  # decoding size of a folder of mixed sizes until a model asks for another
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # PIL modes of one-channel images (and "I;16…")
 
 
@@ -29,8 +30,7 @@ def load_folder(root: Path, seed: int) -> DataBundle:
     """Scan the folder once (headers only) and decode it at its own size, or 224 when sizes differ;
     with 1 channel when every image is grey, else with 3."""
     skipped, sizes, modes = [0], set(), {"grey": 0, "colour": 0}
-    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    split_dirs = {n: subdirs[n] for n in SPLIT_NAMES if n in subdirs}
+    split_dirs = _split_dirs(root)
     if split_dirs:
         parts = {n: _image_folder(p, skipped, sizes, modes) for n, p in split_dirs.items()}
         classes = _common_classes(root, parts)
@@ -68,6 +68,20 @@ def load_folder(root: Path, seed: int) -> DataBundle:
         )
 
     return decode(1 if not colour else 3, native or (DEFAULT_SIZE, DEFAULT_SIZE), as_found=True)
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders present, by split name; ``validation/``, ``valid/``, ``training/`` and
+    ``testing/`` (any case) count as ``val/``, ``train/`` and ``test/``; two folders of one split are refused."""
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = SPLIT_ALIASES.get(path.name.lower(), path.name.lower())
+        if name not in SPLIT_NAMES:
+            continue
+        if name in found:
+            raise DataError(f"folder '{root}': both {found[name].name}/ and {path.name}/ would be its {name} split")
+        found[name] = path
+    return {name: found[name] for name in SPLIT_NAMES if name in found}
 
 
 def _common_classes(root: Path, parts: dict) -> list[str]:

@@ -330,6 +330,19 @@ def test_image_folder_with_train_and_val(tmp_path):
     assert bundle.skipped == 2
 
 
+@pytest.mark.parametrize("val", ["validation", "Valid"])
+def test_a_validation_folder_is_the_val_split(tmp_path, val):
+    """train/ + validation/ (a common layout) must not be refused, nor read as two classes."""
+    _make_image_folder(tmp_path / "d" / "train", per_class=4)
+    _make_image_folder(tmp_path / "d" / val, per_class=2)
+    bundle = load_data(str(tmp_path / "d"))
+    assert bundle.held_out and bundle.classes == ("cat", "dog")
+    assert len(bundle.train) == 8 and len(bundle.test) == 4
+    _make_image_folder(tmp_path / "d" / "val", per_class=1)
+    with pytest.raises(DataError, match=rf"both ({val}|val)/ and ({val}|val)/ would be its val split"):
+        load_data(str(tmp_path / "d"))
+
+
 def test_image_folder_grayscale(tmp_path):
     bundle = load_data(str(_make_image_folder(tmp_path / "pets")), input_size=6, channels=1)
     assert bundle.test[0][0].shape == (1, 6, 6)
