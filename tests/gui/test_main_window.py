@@ -302,8 +302,8 @@ def test_dropping_an_image_folder_loads_it_as_data(qtbot, window, tmp_path):
     )
     outcome, message = run(qtbot, window, "load data", lambda: window.dropEvent(event))
     assert outcome == FINISHED, message
-    bundle = window.session.data  # as found: RGB decoding at the images' own size
-    assert bundle.num_classes == 2 and bundle.channels == 3 and bundle.image_size == (12, 12)
+    bundle = window.session.data  # as found: grey images, one channel, at their own size
+    assert bundle.num_classes == 2 and bundle.channels == 1 and bundle.image_size == (12, 12)
     fitted = window.session.model_data()  # decoded again for demo-vgg's 1x8x8 input
     assert fitted.channels == 1 and fitted.image_size == (8, 8) and fitted.calibration[0][0].shape == (1, 8, 8)
     assert window.data_panel.current() == str(tmp_path / "images")
