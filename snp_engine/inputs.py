@@ -38,15 +38,22 @@ class FittedData:
 
 def runs_at(model: nn.Module, shape: Shape) -> bool:
     """True when one zero image of ``shape`` passes through the model."""
+    return forward_error(model, shape) is None
+
+
+def forward_error(model: nn.Module, shape: Shape) -> str | None:
+    """Why one zero image of ``shape`` does not pass through the model, in one line (``None``: it
+    does). TorchScript puts its interpreter's traceback first, so the last line is the reason."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         with torch.inference_mode():
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
-    except Exception:  # any failure means "not at this size"; the caller reports it clearly later
-        return False
-    return True
+    except Exception as exc:  # any failure means "not at this size"; the caller says so clearly
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return (lines[-1] if lines else type(exc).__name__)[:200]
+    return None
 
 
 def resolve_input_shape(
@@ -88,7 +95,11 @@ def resolve_input_shape(
             # runs at its own, else at no size and the forward check says why
             if model_shape[1:] != data_size and runs_at(model, model_shape):
                 return model_shape, f"the model cannot run on {_size(data_size)} images"
-            return (channels, *data_size), None
+            shape = (channels, *data_size)
+            raise SnpError(
+                f"the model cannot run on inputs of shape {shape}, a doubling of it or {height}x{width}: give "
+                f"--input-size S, the size {name} was trained at ({forward_error(model, shape)})"
+            )
     if size != data_size:
         return (channels, *size), f"the model cannot run on {_size(data_size)} images"
     return (channels, *size), None

@@ -279,3 +279,18 @@ def test_an_input_size_a_fixed_size_file_model_cannot_take_names_the_size_it_run
     with pytest.raises(SnpError, match=r"cannot run on inputs of shape \(1, 32, 32\): net runs at 28x28 inputs"):
         resolve_input_shape(_fixed_size_net(), (1, 28, 28), ANY, (8, 8), 32, name="net")
     assert resolve_input_shape(_fixed_size_net(), (1, 28, 28), ANY, (8, 8), 29) == ((1, 29, 29), "--input-size")
+
+
+def test_a_model_that_runs_at_no_size_tried_says_why_in_one_line():
+    """Neither the data's size, its doublings nor the model's own: one error naming the size and the reason,
+    for TorchScript its last line rather than the interpreter's traceback."""
+    from snp_engine.errors import SnpError
+    from snp_engine.inputs import ANY, resolve_input_shape
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(2 * 20 * 20, 3))
+    for model in (net.eval(), torch.jit.script(net.eval())):
+        with pytest.raises(SnpError) as info:
+            resolve_input_shape(model, (1, 224, 224), ANY, (24, 24), name="net")
+        message = str(info.value)
+        assert "(1, 24, 24)" in message and "--input-size" in message and "mat1 and mat2" in message
+        assert "\n" not in message and "Traceback" not in message
