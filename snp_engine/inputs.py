@@ -92,7 +92,7 @@ def resolve_input_shape(
         size = (size[0] * 2, size[1] * 2)
         if size[0] > max(height, data_size[0]) or size[1] > max(width, data_size[1]):
             # no doubling runs: a model that takes only one size (a flatten into a linear layer)
-            # runs at its own, else at no size and the forward check says why
+            # runs at its own; one that runs at none of these is refused with the forward's reason
             if model_shape[1:] != data_size and runs_at(model, model_shape):
                 return model_shape, f"the model cannot run on {_size(data_size)} images"
             shape = (channels, *data_size)
