@@ -101,6 +101,17 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> Result:
     return result, lines
 
 
+def _check_exportable(arch: str) -> None:
+    """An snp file needs an architecture it can rebuild; else say which outputs do without one."""
+    try:
+        io.check_exportable(arch)
+    except SnpError as exc:
+        raise SnpError(
+            f"{exc}; write the pruned network as TorchScript (--out pruned.pt) or ONNX (--out pruned.onnx) "
+            "instead, which load without its code"
+        ) from None
+
+
 def _writes() -> bool:
     """Whether this process writes the output files (always, except on torchrun's other processes)."""
     return distributed.position()[0] == 0
@@ -253,10 +264,12 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
     _check_remove_blocks(args)
     rules = _constraint_rules(args)
     plumbing.check_output(args.out, args.torchscript, args.onnx)
-    if args.onnx:
+    kind = workflows.output_kind(args.out)
+    if args.onnx or kind == "onnx":
         require_onnx()  # before the analysis, not after it
     prepared, device = plumbing.prepare(args, require_labels=True)
-    io.check_exportable(prepared.model.arch)
+    if kind == "snp":
+        _check_exportable(prepared.model.arch)
     warnings = [*prepared.warnings, *prepared.notes]
     dense = prepared.model.model.eval()  # analyse and prune move it to the device they run on
     original, removed, chosen = prepared, None, None
@@ -367,19 +380,19 @@ def cmd_prune(args: argparse.Namespace, reporter: Reporter) -> Result:
         "input_shape": list(prepared.input_shape),
     }
     reporter.update(0.9, "exporting")
-    written = {"snp": Path(args.out)}  # under torchrun, process 0 alone writes
+    written = {kind: Path(args.out)}  # under torchrun, process 0 alone writes
     if _writes():
         written = workflows.export(
             prepared,
             pruned,
-            args.out,
+            args.out if kind == "snp" else None,
             settings=settings,
             metrics=metrics,
-            torchscript=args.torchscript,
-            onnx=args.onnx,
+            torchscript=args.out if kind == "torchscript" else args.torchscript,
+            onnx=args.out if kind == "onnx" else args.onnx,
             reporter=Scaled(reporter, 0.9, 1.0),
         )
-    out = written.pop("snp")
+    out = written.pop(kind)
     extra = {kind: str(path) for kind, path in written.items()}
     reporter.update(1.0, "done")
     gone = set(workflows.inner_groups(analysis, chosen.blocks)) if chosen else set()  # went with the blocks

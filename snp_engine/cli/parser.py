@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"snp {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress output on stderr")
+    common.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="nothing on stderr but errors: no progress, notes or warnings (--json still lists the notes and warnings)",
+    )
     common.add_argument(
         "--device",
         default="auto",
@@ -147,7 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D2",
         help="held-out data for the reported accuracies (default: the data's test split, or the calibration data)",
     )
-    prune.add_argument("--out", required=True, metavar="FILE", help="pruned model (.safetensors) to write")
+    prune.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="pruned model to write: .safetensors (snp's file: rebuilds torchvision, timm and demo architectures "
+        "and records the pruning), .pt/.ts (TorchScript) or .onnx; a network of one's own class needs .pt or .onnx",
+    )
     prune.add_argument("--torchscript", metavar="FILE", help="also write a traced TorchScript file")
     prune.add_argument(
         "--onnx", metavar="FILE", help="also write an ONNX file, checked in onnxruntime (pip install onnx onnxruntime)"

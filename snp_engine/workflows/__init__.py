@@ -48,6 +48,7 @@ from snp_engine.workflows.jobs import (
     inspect,
     make_plan,
     no_groups_reason,
+    output_kind,
     prune,
 )
 from snp_engine.workflows.measuring import Comparison, compare, cost, fidelity, latencies, score
@@ -109,6 +110,7 @@ __all__ = [
     "make_plan",
     "no_groups_reason",
     "open_data",
+    "output_kind",
     "plan_with_blocks",
     "prepare",
     "prune",

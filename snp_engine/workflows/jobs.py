@@ -220,10 +220,25 @@ def finetune(
     return FineTuned(model.eval(), split, before, after, tuple(history), record)
 
 
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
+
+
+def output_kind(path: str | Path) -> str:
+    """What a main output file is, by its suffix: ``onnx`` (.onnx), ``torchscript`` (.pt, .ts,
+    .torchscript: a traced module for ``torch.jit.load``) or ``snp`` (.safetensors and anything
+    else: the snp file, which rebuilds the architecture and records the pruning). A network whose
+    architecture cannot be rebuilt from an snp file (one's own class, loaded from a pickle or
+    TorchScript) is written in one of the other two, which load without its code."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    return "torchscript" if suffix in TORCHSCRIPT_SUFFIXES else "snp"
+
+
 def export(
     prepared: Prepared,
     model: nn.Module | Pruned,
-    path: str | Path,
+    path: str | Path | None,
     *,
     settings: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
@@ -231,15 +246,16 @@ def export(
     onnx: str | Path | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Path]:
-    """Write ``model`` as an snp file (plus optional TorchScript/ONNX copies), each verified on
-    reload and written atomically. Returns the paths by kind."""
+    """Write ``model`` as an snp file at ``path`` (none for None) plus optional TorchScript/ONNX
+    copies, each verified on reload and written atomically. Returns the paths by kind."""
     reporter = reporter or Reporter()
     reporter.check()
     loaded, shape = prepared.model, prepared.input_shape
     record = model.record if isinstance(model, Pruned) else None
     cpu_model = (model.model if isinstance(model, Pruned) else model).cpu()
-    written = {
-        "snp": io.export_model(
+    written = {}
+    if path is not None:
+        written["snp"] = io.export_model(
             cpu_model,
             path,
             arch=loaded.arch,
@@ -251,7 +267,6 @@ def export(
             base=loaded.metadata,
             reporter=Scaled(reporter, 0.0, 0.7),
         )
-    }
     example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
     if torchscript:
         reporter.update(0.75, "writing TorchScript")

@@ -53,8 +53,8 @@ class DenseCheck:
             return None
         return (
             f"the unpruned model scores only {self.top1:.1f}% top-1 on the first {self.samples} calibration images "
-            f"(chance: {self.chance:.1f}%): the preprocessing, normalisation or input size probably differs from "
-            "its training (see --input-size); accuracies and pruning results will not mean much"
+            f"(chance: {self.chance:.1f}%): the preprocessing, normalisation, input size or label numbering "
+            "probably differs from its training (see --input-size); accuracies and pruning results will not mean much"
         )
 
 

@@ -408,3 +408,38 @@ def test_uint8_channels_last_npz_reads_as_the_same_images_in_a_folder(tmp_path):
     assert from_npz["top1"] == from_folder["top1"] and from_npz["samples"] == 24
     assert from_folder["notes"] == [] and len(from_npz["notes"]) == 1
     assert "channels-last" in from_npz["notes"][0] and "uint8" in from_npz["notes"][0]
+
+
+def test_a_network_of_ones_own_class_prunes_to_torchscript_or_onnx(tmp_path):
+    """A pickled nn.Sequential has no architecture an snp file could rebuild: .safetensors is refused
+    before any work with the way out, and --out .pt (TorchScript) / .onnx writes the pruned network,
+    which loads without its code and computes what the pruning computed."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    ).eval()
+    torch.save(net, tmp_path / "net.pt")
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((48, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=images, y=np.arange(48) % 3)
+    common = ("prune", "--model", str(tmp_path / "net.pt"), "--trust", "--data", f"npz:{tmp_path / 'd.npz'}")
+    common += ("--flops-reduction", "0.5", "--one-shot")
+    code, _, err = run(*common, "--out", str(tmp_path / "pruned.safetensors"), "--quiet")
+    assert code != 0 and "--out pruned.pt" in err and "--out pruned.onnx" in err
+    assert not (tmp_path / "pruned.safetensors").exists()
+    result = run_json(*common, "--out", str(tmp_path / "pruned.pt"))
+    assert result["out"] == str(tmp_path / "pruned.pt") and sum(result["keep"].values()) < 32
+    scripted = torch.jit.load(str(tmp_path / "pruned.pt"))
+    widths = [p.shape[0] for name, p in scripted.named_parameters() if name.endswith("weight") and p.dim() == 4]
+    assert widths and widths[0] < 16  # physically smaller
+    again = run_json("eval", "--model", str(tmp_path / "pruned.pt"), "--trust", "--data", f"npz:{tmp_path / 'd.npz'}")
+    assert again["top1"] == pytest.approx(result["top1_after"])
+    pytest.importorskip("onnxruntime")
+    onnx = run_json(*common, "--out", str(tmp_path / "pruned.onnx"))
+    assert onnx["out"] == str(tmp_path / "pruned.onnx") and (tmp_path / "pruned.onnx").stat().st_size > 0
