@@ -14,6 +14,7 @@ from torch import nn
 from snp_engine import workflows
 from snp_engine.api import Analysis, Plan
 from snp_engine.blocks import BlockScore
+from snp_engine.errors import SnpError
 from snp_engine.metrics import Scores
 from snp_engine.progress import Reporter, Scaled
 from snp_engine.workflows import Prepared, Pruned
@@ -254,10 +255,16 @@ def export(
         **({"removed_blocks": list(job.blocks)} if job.blocks else {}),
     }
     target = Path(path)
+    arch = prepared.model.arch
+    if not workflows.rebuildable(arch) and not (torchscript or onnx):
+        raise SnpError(
+            f"no snp file can rebuild this network's architecture ('{arch}', a class of its own): tick "
+            "'Also write TorchScript' or 'Also write ONNX', which load without its code"
+        )
     written = workflows.export(
         prepared,
         pruned,
-        target,
+        target if workflows.rebuildable(arch) else None,
         settings=settings,
         metrics=metrics,
         torchscript=target.with_suffix(".pt") if torchscript else None,

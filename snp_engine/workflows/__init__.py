@@ -50,6 +50,7 @@ from snp_engine.workflows.jobs import (
     no_groups_reason,
     output_kind,
     prune,
+    rebuildable,
 )
 from snp_engine.workflows.measuring import Comparison, compare, cost, fidelity, latencies, score
 from snp_engine.workflows.preparation import (
@@ -115,6 +116,7 @@ __all__ = [
     "prepare",
     "prune",
     "prune_with_blocks",
+    "rebuildable",
     "removable_blocks",
     "remove_blocks",
     "score",

@@ -235,6 +235,16 @@ def output_kind(path: str | Path) -> str:
     return "torchscript" if suffix in TORCHSCRIPT_SUFFIXES else "snp"
 
 
+def rebuildable(arch: str) -> bool:
+    """Whether an snp file can rebuild ``arch`` (demo, torchvision and timm architectures; not a
+    class of one's own from a pickle or TorchScript file, which TorchScript or ONNX copies carry)."""
+    try:
+        io.check_exportable(arch)
+    except SnpError:
+        return False
+    return True
+
+
 def export(
     prepared: Prepared,
     model: nn.Module | Pruned,

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from snp_engine import workflows
 from snp_engine.api import Plan
 from snp_engine.errors import SnpError
 from snp_gui.summary import human_count
@@ -112,6 +113,14 @@ class ExportDialog(QDialog):
         layout.addWidget(note)
         layout.addWidget(buttons)
 
+    def own_class(self) -> None:
+        """A network of its own class: no snp file can rebuild it, so the TorchScript copy is the export."""
+        self.torchscript.setChecked(True)
+        self.path.setToolTip(
+            "No snp file can rebuild this network's own class: the TorchScript (.pt) and ONNX (.onnx) "
+            "files beside this name are written instead"
+        )
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
             self, "Export pruned network", self.path.text(), "snp export (*.safetensors)"
@@ -143,6 +152,8 @@ def export_with_dialog(parent: QWidget, session: Session, settings: Settings) ->
     default = str(Path(settings.last_dir()) / f"{name}-pruned.safetensors")
     summary = removal_summary(plan, session.analysis.units, session.metrics, session.stale)
     dialog = ExportDialog(summary, default, parent)
+    if session.model is not None and not workflows.rebuildable(session.model.arch):
+        dialog.own_class()
     if dialog.exec():
         choice = dialog.choice()
         settings.remember_dir(choice.path)

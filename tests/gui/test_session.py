@@ -211,3 +211,34 @@ def test_shared_channels_option_reaches_the_analysis(qtbot, session):
     assert session.options.coupled == "keep"
     assert run(qtbot, session, "analysis", session.analyse)[0] == FINISHED
     assert "conv1" not in session.analysis.names and len(session.analysis.names) == 3
+
+
+def test_a_network_of_its_own_class_exports_as_torchscript(qtbot, session, tmp_path):
+    """A trusted pickle of one's own nn.Sequential: the snp file alone is refused in one line (no
+    file could rebuild the class); with the TorchScript copy chosen, that file is the export."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 12, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 10),
+    ).eval()
+    torch.save(net, tmp_path / "own.pt")
+    assert run(qtbot, session, "load model", lambda: session.load_model(str(tmp_path / "own.pt"), trust=True))[0] == (
+        FINISHED
+    )
+    with qtbot.waitSignal(session.prepared_changed, timeout=TIMEOUT, check_params_cb=lambda p: p is not None):
+        assert run(qtbot, session, "load data", lambda: session.open_data("digits"))[0] == FINISHED
+    outcome, message = run(qtbot, session, "analysis", session.analyse)
+    assert outcome == FINISHED, message
+    session.set_threshold("flops", 0.5)
+    target = tmp_path / "own-pruned.safetensors"
+    outcome, message = run(qtbot, session, "export", lambda: session.export(str(target)))
+    assert outcome == "failed" and "TorchScript" in message and "\n" not in message
+    outcome, message = run(qtbot, session, "export", lambda: session.export(str(target), torchscript=True))
+    assert outcome == FINISHED, message
+    assert not target.exists()
+    scripted = torch.jit.load(str(target.with_suffix(".pt")))
+    assert scripted(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert next(p for n, p in scripted.named_parameters() if n.endswith("weight")).shape[0] < 12  # pruned
