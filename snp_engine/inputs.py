@@ -5,7 +5,8 @@
 * Any other model (torchvision CNNs, pickled or TorchScript modules) runs at the data's own size
   (npz arrays, a folder of same-sized images); if it cannot run that small, at the smallest
   doubling of it that works, and if no doubling works (a model that takes one size only), at the
-  model's own size. Without a size of the data's own (mixed-size folders), the model's.
+  model's own size. A folder of mixed sizes counts as its most common size where that is smaller
+  than the model's own (small images are not blown up to 224x224); else it runs at the model's.
 * A pickled or TorchScript model's own size is 224x224 if it runs there, else the smallest
   common size it runs at (:func:`runnable_shape`).
 
@@ -64,8 +65,10 @@ def resolve_input_shape(
     input_size: int | None = None,
     *,
     name: str = "the model",
+    common_size: tuple[int, int] | None = None,
 ) -> tuple[Shape, str | None]:
-    """The (C, H, W) to feed the model and, when it is not the data's own size, why."""
+    """The (C, H, W) to feed the model and, when it is not the data's own size, why.
+    ``common_size``: the most common size of data of mixed sizes (``data_size`` None)."""
     channels, height, width = model_shape
     if input_size is not None:
         if rule == FIXED and input_size != height:
@@ -85,8 +88,11 @@ def resolve_input_shape(
         return model_shape, "the model's fixed input size"
     if rule == RECORDED:
         return model_shape, "the input size the model was made for"
-    if data_size is None:
-        return model_shape, "the images differ in size; the model's default size"
+    mixed = data_size is None
+    if mixed:
+        if common_size is None or common_size[0] * common_size[1] >= height * width:
+            return model_shape, "the images differ in size; the model's default size"
+        data_size = common_size  # small images of a few sizes: the most common one, not 224x224
     size = data_size
     while not runs_at(model, (channels, *size)):
         size = (size[0] * 2, size[1] * 2)
@@ -102,7 +108,7 @@ def resolve_input_shape(
             )
     if size != data_size:
         return (channels, *size), f"the model cannot run on {_size(data_size)} images"
-    return (channels, *size), None
+    return (channels, *size), "the images differ in size; their most common size" if mixed else None
 
 
 # Square sizes tried, smallest first, for a model that cannot run at the default 224x224 and does

@@ -33,6 +33,7 @@ class DataBundle:
     ``retarget`` (folders) decodes the files again at another size instead of resampling tensors.
     ``skipped`` counts image files that could not be read and were left out. ``adapted`` says, in
     a few words each, what the source changed while reading (a layout transposed, pixels scaled).
+    ``common_size`` is the most common (height, width) of a folder of mixed sizes.
     """
 
     name: str
@@ -46,6 +47,7 @@ class DataBundle:
     classes: tuple[str, ...] | None = None
     held_out: bool = True
     adapted: tuple[str, ...] = ()
+    common_size: tuple[int, int] | None = None
     retarget: Retarget | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property

@@ -10,6 +10,7 @@ a colour model, and said). 16-bit grey images are scaled to 8 bits, not clipped.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # PIL modes of one-channel images
 def load_folder(root: Path, seed: int) -> DataBundle:
     """Scan the folder once (headers only) and decode it at its own size, or 224 when sizes differ;
     with 1 channel when every image is grey, else with 3."""
-    skipped, sizes, modes = [0], set(), {"grey": 0, "colour": 0}
+    skipped, sizes, modes = [0], Counter(), {"grey": 0, "colour": 0}
     split_dirs = _split_dirs(root)
     if split_dirs:
         parts = {n: _image_folder(p, skipped, sizes, modes) for n, p in split_dirs.items()}
@@ -38,6 +39,8 @@ def load_folder(root: Path, seed: int) -> DataBundle:
         parts = {"": _image_folder(root, skipped, sizes, modes)}
         classes = parts[""].classes
     native = next(iter(sizes)) if len(sizes) == 1 else None
+    # the most common size (the larger of equally common ones), for a model that takes any size
+    common = max(sizes, key=lambda size: (sizes[size], size[0] * size[1])) if sizes else None
     grey, colour = modes["grey"], modes["colour"]
 
     def decode(channels: int, size: tuple[int, int], as_found: bool = False) -> DataBundle:
@@ -64,6 +67,7 @@ def load_folder(root: Path, seed: int) -> DataBundle:
             adapted=(f"{grey} of {grey + colour} images are grey, read as RGB",)
             if channels == 3 and grey and colour
             else (),
+            common_size=common if native is None else None,
             retarget=decode,
         )
 
@@ -130,7 +134,7 @@ def _folder_transform(size: tuple[int, int], channels: int, resize: bool) -> Cal
     return transforms.Compose(steps)
 
 
-def _image_folder(root: Path, skipped: list[int], sizes: set, modes: dict[str, int]):
+def _image_folder(root: Path, skipped: list[int], sizes: Counter, modes: dict[str, int]):
     """An ImageFolder that leaves out (and counts) files with an image extension PIL cannot open,
     and records the (height, width) of every readable image and counts grey and colour ones.
 
@@ -151,7 +155,7 @@ def _image_folder(root: Path, skipped: list[int], sizes: set, modes: dict[str, i
         except (OSError, UnidentifiedImageError, ValueError):
             skipped[0] += 1
             return False
-        sizes.add((height, width))
+        sizes[height, width] += 1
         modes["grey" if mode in GREY_MODES or mode.startswith("I;16") else "colour"] += 1
         return True
 

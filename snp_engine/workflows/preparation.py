@@ -102,7 +102,13 @@ def fit(loaded: LoadedModel, bundle: DataBundle, input_size: int | None = None) 
     """``bundle`` adapted to the input shape the one rule picks for ``loaded``."""
     rule = loaded.size_rule
     shape, reason = resolve_input_shape(
-        loaded.model, loaded.input_shape, rule, bundle.image_size, input_size, name=loaded.arch
+        loaded.model,
+        loaded.input_shape,
+        rule,
+        bundle.image_size,
+        input_size,
+        name=loaded.arch,
+        common_size=bundle.common_size,
     )
     return fit_data(bundle, shape, reason)
 

@@ -443,3 +443,24 @@ def test_a_network_of_ones_own_class_prunes_to_torchscript_or_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = run_json(*common, "--out", str(tmp_path / "pruned.onnx"))
     assert onnx["out"] == str(tmp_path / "pruned.onnx") and (tmp_path / "pruned.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [(((32, 32), (32, 32), (40, 36)), [3, 32, 32]), (((300, 260), (260, 300), (300, 260)), [3, 224, 224])],
+    ids=["small", "photos"],
+)
+def test_a_folder_of_mixed_sizes_runs_at_its_most_common_size_unless_larger_than_the_models(tmp_path, sizes, expected):
+    """Small images of a few sizes are not blown up to torchvision's 224x224: a model that takes any
+    size runs at their most common size; photos larger than that are brought down to it."""
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (tmp_path / "images" / f"c{label}").mkdir(parents=True)
+        for index, (height, width) in enumerate(sizes):
+            pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(tmp_path / "images" / f"c{label}" / f"{index}.png")
+    result = run_json("eval", "--model", "torchvision:resnet18", "--data", str(tmp_path / "images"))
+    assert result["input_shape"] == expected
+    note = next(line for line in result["notes"] if "resized mixed sizes" in line)
+    assert f"-> {expected[1]}x{expected[2]}" in note
+    assert ("most common size" in note) == (expected[1] == 32)
