@@ -22,3 +22,10 @@ class AnalysisError(SnpError):
 
 class OutOfMemoryError(AnalysisError):
     """The device ran out of memory; a smaller batch or another device may succeed."""
+
+
+def reason_of(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line: its last non-empty line (TorchScript puts its
+    interpreter's traceback first, the reason last), at most ``limit`` characters."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:limit]

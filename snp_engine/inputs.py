@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from snp_engine.datasources.base import DataBundle, adapt_to_model
-from snp_engine.errors import SnpError
+from snp_engine.errors import SnpError, reason_of
 
 Shape = tuple[int, int, int]
 FIXED, RECORDED, ANY = "fixed", "recorded", "any"
@@ -52,8 +52,7 @@ def forward_error(model: nn.Module, shape: Shape) -> str | None:
         with torch.inference_mode():
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
     except Exception as exc:  # any failure means "not at this size"; the caller says so clearly
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return (lines[-1] if lines else type(exc).__name__)[:200]
+        return reason_of(exc)
     return None
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from snp_engine.activations import images_of
-from snp_engine.errors import AnalysisError, OutOfMemoryError, SnpError
+from snp_engine.errors import AnalysisError, OutOfMemoryError, SnpError, reason_of
 
 DEFAULT_BATCH_SIZE = 64
 OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
@@ -108,9 +108,9 @@ def check_forward(model: nn.Module, example: torch.Tensor) -> None:
     except Exception as exc:
         if is_out_of_memory(exc):
             raise
-        detail = " ".join(str(exc).split())[:200]
         raise AnalysisError(
-            f"the model cannot run on inputs of shape {tuple(example.shape[1:])} ({type(exc).__name__}: {detail})"
+            f"the model cannot run on inputs of shape {tuple(example.shape[1:])} "
+            f"({type(exc).__name__}: {reason_of(exc)})"
         ) from None
 
 

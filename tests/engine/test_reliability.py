@@ -395,6 +395,16 @@ def test_wrong_input_size_is_one_clear_error(data):
     assert api.evaluate(model, data)["top1"] > 95  # still usable
 
 
+def test_a_torchscript_model_at_a_wrong_size_gives_the_reason_not_its_interpreters_traceback():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    scripted = torch.jit.trace(net, torch.zeros(1, 1, 8, 8))
+    bigger = TensorImageDataset(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(AnalysisError, match=r"cannot run on inputs of shape \(1, 16, 16\)") as raised:
+        api.evaluate(scripted, bigger)
+    message = str(raised.value)
+    assert "Traceback" not in message and "\n" not in message and "mat1 and mat2" in message
+
+
 def test_fewer_samples_than_units_is_regularised_and_reported(data, test_images):
     model = demo_model("demo-vgg")
     analysis = api.analyze(model, data, samples=40)
