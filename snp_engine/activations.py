@@ -92,7 +92,7 @@ def collect_moments(
     try:
         model.eval()
         with torch.inference_mode(), explicit_attention(model):
-            numbered, seen = numbers_of(batches), 0
+            numbered, seen = numbers_of(batches) if max_positions is not None else None, 0
             for index, batch in enumerate(batches):
                 reporter.check()
                 images = images_of(batch)

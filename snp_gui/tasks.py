@@ -256,7 +256,8 @@ def export(
     }
     target = Path(path)
     arch = prepared.model.arch
-    if not workflows.rebuildable(arch) and not (torchscript or onnx):
+    rebuildable = workflows.rebuildable(arch)
+    if not rebuildable and not (torchscript or onnx):
         raise SnpError(
             f"no snp file can rebuild this network's architecture ('{arch}', a class of its own): tick "
             "'Also write TorchScript' or 'Also write ONNX', which load without its code"
@@ -264,7 +265,7 @@ def export(
     written = workflows.export(
         prepared,
         pruned,
-        target if workflows.rebuildable(arch) else None,
+        target if rebuildable else None,
         settings=settings,
         metrics=metrics,
         torchscript=target.with_suffix(".pt") if torchscript else None,
